@@ -1,0 +1,27 @@
+# MaskTFX: `make demo` runs the whole pipeline on built-in data; `make test` runs the test suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+# Re-run setup whenever the pinned dependencies change.
+$(STAMP): pyproject.toml constraints.txt scripts/setup-venv.sh
+	VENV=$(VENV) ./scripts/setup-venv.sh
+
+demo: $(STAMP)
+	$(PY) -m masktfx.demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,151 @@
+"""The `masktfx` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+# The package sets TF_USE_LEGACY_KERAS before anything imports TensorFlow.
+from masktfx.config import ConfigError, PipelineConfig
+
+DEFAULT_MAX_PIXELS = PipelineConfig().max_pixels
+
+
+class CommandError(RuntimeError):
+    """A command could not do what was asked; the message says why. Exit status 2."""
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("ingest", help="manifest CSV -> gzipped TFRecord shards (Apache Beam)",
+                            description="Read a manifest of images, masks and labels and write "
+                                        "gzipped TFRecord shards, ingest_report.json and "
+                                        "rejected.csv.")
+    parser.add_argument("manifest", help="the manifest CSV; paths are relative to its folder")
+    parser.add_argument("--output", required=True, help="output folder (a span goes in span-N/)")
+    parser.add_argument("--span", type=int, default=None,
+                        help="write into OUTPUT/span-N for ImportExampleGen's {SPAN} pattern")
+    parser.add_argument("--resize-masks", action="store_true",
+                        help="resize masks of another size to the image (nearest neighbour)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels, before decoding them")
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="allow paths outside the manifest's folder")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 1) and publish no shards if any row is rejected")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the shards already in the output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[],
+                        help="the rest of the line goes to Beam, e.g. --runner=DataflowRunner")
+    parser.set_defaults(handler=cmd_ingest)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from masktfx.ingest import IngestError, run_ingest
+    from masktfx.manifest import ManifestError
+
+    if args.span is not None and args.span < 0:
+        raise CommandError("--span must be >= 0")
+    try:
+        result = run_ingest(args.manifest, args.output, span=args.span,
+                            beam_args=args.beam_args, resize_masks=args.resize_masks,
+                            max_pixels=args.max_pixels,
+                            allow_outside_paths=args.allow_outside_paths, strict=args.strict,
+                            overwrite=args.overwrite,
+                            progress=False if args.no_progress else None)
+    except (ManifestError, IngestError) as exc:
+        raise CommandError(str(exc)) from None
+    report = result.report
+    print(f"ingested {result.written} of {report['rows']} rows into {result.output_dir}"
+          f" ({result.rejected} rejected)")
+    if result.rejected:
+        print(f"rejected rows and reasons: {os.path.join(result.output_dir, 'rejected.csv')}")
+    if not result.published:
+        print("no shards were published: "
+              + ("no row was good" if result.written == 0 else "--strict and rows were rejected"),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_demo_data(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo-data", help="write built-in demo data with its manifest")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    synthetic = kinds.add_parser("synthetic", help="synthetic regions; the signal is inside the "
+                                                   "mask, look-alikes outside it")
+    synthetic.add_argument("--output", required=True)
+    synthetic.add_argument("--num-examples", type=int, default=400)
+    synthetic.add_argument("--views", type=int, default=1)
+    synthetic.add_argument("--size", type=int, default=64)
+    synthetic.add_argument("--sites", type=int, default=4, help="sites (scanner-like groups)")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(handler=cmd_demo_synthetic)
+    nuclei = kinds.add_parser("nuclei", help="real fluorescence nuclei (BBBC038) from the "
+                                             "stardist==0.9.2 wheel")
+    nuclei.add_argument("--output", required=True)
+    nuclei.add_argument("--wheel-dir", default=None,
+                        help="folder holding the stardist wheel (default: VENV/share/masktfx)")
+    nuclei.add_argument("--tile", type=int, default=48, help="side of the tile around a region")
+    nuclei.add_argument("--seed", type=int, default=0)
+    nuclei.set_defaults(handler=cmd_demo_nuclei)
+
+
+def cmd_demo_synthetic(args: argparse.Namespace) -> int:
+    from masktfx.demo_data import DemoDataError, write_synthetic
+
+    try:
+        path = write_synthetic(args.output, num_examples=args.num_examples, views=args.views,
+                               size=args.size, num_sites=args.sites, seed=args.seed)
+    except DemoDataError as exc:
+        raise CommandError(str(exc)) from None
+    print(path)
+    return 0
+
+
+def cmd_demo_nuclei(args: argparse.Namespace) -> int:
+    from masktfx.demo_data import DemoDataError, write_nuclei
+
+    try:
+        path = write_nuclei(args.output, wheel_dir=args.wheel_dir, tile=args.tile, seed=args.seed)
+    except DemoDataError as exc:
+        raise CommandError(str(exc)) from None
+    print(path)
+    return 0
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ingest, _add_demo_data]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="masktfx", description="Region-level image "
+                                     "classification pipelines on TFX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (CommandError, ConfigError) as exc:
+        print(f"masktfx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The one configuration object: loaded from YAML, overridden by CLI flags, passed to the pipeline
+and, through `custom_config`, to the module files TFX runs.
+
+Every tunable lives here once; nothing else defines defaults for these values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+MASK_MODES = ("crop", "zero", "channel")
+NORMALIZATIONS = ("region", "dataset")
+MODEL_PRESETS = ("seed", "resnet")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of one MaskTFX pipeline; field docs are shown by `masktfx run --help`."""
+
+    pipeline_name: str = field(default="masktfx", metadata={"help": "TFX pipeline name"})
+    model_name: str = field(default="masktfx", metadata={"help": "name the model is served under"})
+    data_root: str = field(default="", metadata={"help": "folder of `masktfx ingest` output"})
+    workdir: str = field(default="workdir", metadata={"help": "pipeline root, MLMD and serving"})
+    serving_dir: str = field(default="", metadata={"help": "push target; default WORKDIR/serving"})
+    span_window: int = field(
+        default=1, metadata={"help": "train on the last N spans (1: the latest span only)"}
+    )
+    eval_buckets: int = field(default=1, metadata={"help": "hash buckets of `group` for eval"})
+    train_buckets: int = field(default=4, metadata={"help": "hash buckets of `group` for train"})
+    # Transform
+    num_views: int = field(default=0, metadata={"help": "views per example; 0: from the data"})
+    channels: int = field(default=1, metadata={"help": "image channels the model sees (1 or 3)"})
+    image_size: int = field(default=64, metadata={"help": "side of the model's square input"})
+    mask_mode: str = field(default="crop", metadata={"help": "crop | zero | channel"})
+    crop_margin: float = field(
+        default=0.25, metadata={"help": "context around the region's box, as a fraction of it"}
+    )
+    keep_mask_channel: bool = field(
+        default=True, metadata={"help": "with crop or zero, add the mask as an extra channel"}
+    )
+    normalization: str = field(default="region", metadata={"help": "region | dataset"})
+    max_pixels: int = field(
+        default=50_000_000, metadata={"help": "refuse images with more pixels (before decoding)"}
+    )
+    # Trainer
+    model_preset: str = field(default="resnet", metadata={"help": "seed | resnet"})
+    epochs: int = field(default=12, metadata={"help": "training epochs (upper bound)"})
+    train_steps: int = field(
+        default=0, metadata={"help": "total training steps; 0: whole epochs over the data"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "training batch size"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
+    early_stopping_patience: int = field(
+        default=4, metadata={"help": "epochs without eval AUC gain before stopping"}
+    )
+    augment: bool = field(default=True, metadata={"help": "flips, rotations, brightness"})
+    seed: int = field(default=42, metadata={"help": "random seed"})
+    # Evaluator
+    decision_threshold: float = field(default=0.5, metadata={"help": "probability -> label"})
+    min_accuracy: float = field(default=0.7, metadata={"help": "lowest BinaryAccuracy to bless"})
+    max_auc_drop: float = field(
+        default=0.01, metadata={"help": "largest AUC drop against the baseline to bless"}
+    )
+    # Beam
+    direct_num_workers: int = field(
+        default=0, metadata={"help": "DirectRunner workers; 0: one per core"}
+    )
+    beam_args: list[str] = field(
+        default_factory=list, metadata={"help": "extra Beam pipeline args", "cli": False}
+    )
+
+    @property
+    def resolved_serving_dir(self) -> str:
+        return self.serving_dir or os.path.join(self.workdir, "serving")
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.workdir, "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.workdir, "metadata.sqlite")
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the model input: the image channels, plus one when the mask rides along."""
+        with_mask = self.mask_mode == "channel" or self.keep_mask_channel
+        return self.channels + (1 if with_mask else 0)
+
+    def validate(self) -> "PipelineConfig":
+        """Fail before any component runs, naming the field at fault."""
+        _require(self.pipeline_name.strip() != "", "pipeline_name", "must not be empty")
+        _require(self.model_name.replace("-", "").replace("_", "").isalnum(), "model_name",
+                 f"must be letters, digits, '-' or '_', got {self.model_name!r}")
+        _require(self.mask_mode in MASK_MODES, "mask_mode",
+                 f"must be one of {', '.join(MASK_MODES)}, got {self.mask_mode!r}")
+        _require(self.normalization in NORMALIZATIONS, "normalization",
+                 f"must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
+        _require(self.model_preset in MODEL_PRESETS, "model_preset",
+                 f"must be one of {', '.join(MODEL_PRESETS)}, got {self.model_preset!r}")
+        _require(8 <= self.image_size <= 1024, "image_size",
+                 f"must be between 8 and 1024, got {self.image_size}")
+        _require(self.channels in (1, 3), "channels", f"must be 1 or 3, got {self.channels}")
+        _require(0 <= self.num_views <= 64, "num_views", f"must be 0..64, got {self.num_views}")
+        _require(self.crop_margin >= 0, "crop_margin", f"must be >= 0, got {self.crop_margin}")
+        _require(self.max_pixels > 0, "max_pixels", f"must be positive, got {self.max_pixels}")
+        for name in ("decision_threshold", "min_accuracy"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, name, f"must be between 0 and 1, got {value}")
+        _require(0.0 <= self.max_auc_drop <= 1.0, "max_auc_drop",
+                 f"must be between 0 and 1, got {self.max_auc_drop}")
+        for name in ("epochs", "batch_size", "span_window", "eval_buckets", "train_buckets"):
+            value = getattr(self, name)
+            _require(value >= 1, name, f"must be >= 1, got {value}")
+        _require(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
+        _require(self.learning_rate > 0, "learning_rate",
+                 f"must be positive, got {self.learning_rate}")
+        _require(self.early_stopping_patience >= 1, "early_stopping_patience",
+                 f"must be >= 1, got {self.early_stopping_patience}")
+        _require(self.direct_num_workers >= 0, "direct_num_workers",
+                 f"must be >= 0, got {self.direct_num_workers}")
+        return self
+
+    def to_custom_config(self) -> dict[str, Any]:
+        """The JSON-serializable form TFX hands to `preprocessing_fn` and `run_fn`."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "PipelineConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; "
+                              f"known fields: {', '.join(sorted(known))}")
+        converted = {name: _coerce(known[name], value, source) for name, value in values.items()}
+        return cls(**converted)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "PipelineConfig":
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = yaml.safe_load(handle) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+        return cls.from_dict(values, source=path)
+
+    def replace(self, **changes: Any) -> "PipelineConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _require(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config field {name!r} {message}")
+
+
+def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
+    """Accept YAML/CLI values of the field's type, with clear errors for the rest."""
+    kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "str":
+            return str(value)
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                return value.split()
+            return [str(item) for item in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: field {spec.name!r} expects {kind}, got {value!r}") from None
+    return value
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (`image_size` -> `--image-size`), all defaulting to 'not given'."""
+    group = parser.add_argument_group("pipeline configuration (override the --config file)")
+    for spec in fields(PipelineConfig):
+        if not spec.metadata.get("cli", True):
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        group.add_argument(flag, dest=f"cfg_{spec.name}", default=None, metavar="VALUE",
+                           help=f"{spec.metadata.get('help', '')} (default: {_default(spec)})")
+
+
+def config_from_args(args: argparse.Namespace, base: PipelineConfig | None = None
+                     ) -> PipelineConfig:
+    """YAML file (if `--config`) first, then every flag the user gave, then validation."""
+    config_path = getattr(args, "config", None)
+    config = base or (PipelineConfig.from_yaml(config_path) if config_path else PipelineConfig())
+    overrides = {
+        spec.name: getattr(args, f"cfg_{spec.name}")
+        for spec in fields(PipelineConfig)
+        if getattr(args, f"cfg_{spec.name}", None) is not None
+    }
+    beam_args = getattr(args, "beam_args", None)
+    if beam_args:
+        overrides["beam_args"] = list(config.beam_args) + list(beam_args)
+    merged = {**dataclasses.asdict(config), **overrides}
+    return PipelineConfig.from_dict(merged, source="command line").validate()
+
+
+def _default(spec: dataclasses.Field) -> Any:
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    return spec.default_factory()  # type: ignore[misc]

@@ -1,0 +1,228 @@
+"""Built-in demo data, made on the spot: nothing is downloaded at run time.
+
+`synthetic`: every image holds the same number of look-alike spots; a positive region holds one of
+them inside its mask, a negative region holds none (all its spots lie outside). A model that ignores
+the mask sees no difference between the classes. Sites differ the way scanners do: brightness,
+contrast, noise and scale.
+
+`nuclei`: real fluorescence microscopy (BBBC038, the 2018 Data Science Bowl) as shipped in the
+`stardist==0.9.2` wheel. Positive: a nucleus's own mask; negative: the same shape moved onto
+background with no overlap. One tile around each region.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from masktfx.images import encode_png
+
+STARDIST_REQUIREMENT = "stardist==0.9.2"
+STARDIST_IMAGE = "stardist/data/images/img2d.tif"
+STARDIST_LABELS = "stardist/data/images/mask2d.tif"
+
+
+class DemoDataError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    brightness: float
+    contrast: float
+    noise: float
+    scale: float
+
+
+def make_sites(count: int, rng: np.random.Generator) -> list[Site]:
+    sites = []
+    for index in range(count):
+        sites.append(Site(
+            name=f"site{index + 1}",
+            brightness=float(rng.uniform(-0.12, 0.12)),
+            contrast=float(rng.uniform(0.75, 1.25)),
+            noise=float(rng.uniform(0.03, 0.09)),
+            scale=float(rng.uniform(0.8, 1.25)),
+        ))
+    return sites
+
+
+def _spot(grid_y, grid_x, cy, cx, radius):
+    return np.exp(-((grid_y - cy) ** 2 + (grid_x - cx) ** 2) / (2.0 * radius ** 2))
+
+
+def synthesize_region(rng: np.random.Generator, size: int, views: int, positive: bool,
+                      site: Site) -> tuple[list[np.ndarray], np.ndarray]:
+    """K co-registered uint8 images and a bool mask for one region."""
+    grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32)
+    # The region: an ellipse away from the border.
+    ry, rx = rng.uniform(0.16, 0.28, size=2) * size
+    cy = rng.uniform(ry + 2, size - ry - 2)
+    cx = rng.uniform(rx + 2, size - rx - 2)
+    inside = ((grid_y - cy) / ry) ** 2 + ((grid_x - cx) / rx) ** 2 <= 1.0
+    radius = 0.035 * size * site.scale
+    # Same number of spots in both classes; a positive has exactly one of them inside the region.
+    total = int(rng.integers(2, 5))
+    centres = []
+    if positive:
+        inner = np.argwhere(((grid_y - cy) / (ry - radius * 1.5)) ** 2
+                            + ((grid_x - cx) / (rx - radius * 1.5)) ** 2 <= 1.0)
+        centres.append(inner[rng.integers(len(inner))])
+    outer_ok = (((grid_y - cy) / (ry + radius * 3)) ** 2
+                + ((grid_x - cx) / (rx + radius * 3)) ** 2) > 1
+    margin = int(np.ceil(radius * 2))
+    outer_ok[:margin], outer_ok[-margin:], outer_ok[:, :margin], outer_ok[:, -margin:] = (
+        False, False, False, False)
+    outer = np.argwhere(outer_ok)
+    while len(centres) < total and len(outer):
+        centres.append(outer[rng.integers(len(outer))])
+    images = []
+    for view in range(views):
+        # Background: smooth anatomy-like texture plus site-specific brightness and noise.
+        background = np.full((size, size), 0.45, np.float32)
+        for _ in range(3):
+            by, bx = rng.uniform(0, size, size=2)
+            background += rng.uniform(-0.12, 0.12) * _spot(grid_y, grid_x, by, bx,
+                                                           rng.uniform(0.15, 0.4) * size)
+        background += 0.05 * inside  # the region itself is a slightly different tissue
+        sign = 1.0 if view % 2 == 0 else -1.0  # views differ in contrast, like MRI sequences
+        amplitude = sign * rng.uniform(0.28, 0.4)
+        spots = np.zeros_like(background)
+        for spot_y, spot_x in centres:
+            spots += _spot(grid_y, grid_x, spot_y, spot_x, radius * rng.uniform(0.85, 1.15))
+        image = background + amplitude * spots
+        image = (image - 0.45) * site.contrast + 0.45 + site.brightness
+        image += rng.normal(0.0, site.noise, size=image.shape)
+        images.append(np.clip(image * 255.0, 0, 255).astype(np.uint8))
+    return images, inside
+
+
+def write_synthetic(output: str, num_examples: int = 400, views: int = 1, size: int = 64,
+                    num_sites: int = 4, regions_per_subject: int = 4, seed: int = 0) -> str:
+    """Write images, masks and manifest.csv under `output`; returns the manifest's path."""
+    if num_examples < 2:
+        raise DemoDataError("--num-examples must be at least 2")
+    if not 1 <= views <= 16:
+        raise DemoDataError("--views must be between 1 and 16")
+    if not 16 <= size <= 1024:
+        raise DemoDataError("--size must be between 16 and 1024")
+    rng = np.random.default_rng(seed)
+    sites = make_sites(num_sites, rng)
+    os.makedirs(os.path.join(output, "images"), exist_ok=True)
+    os.makedirs(os.path.join(output, "masks"), exist_ok=True)
+    view_names = ["image"] if views == 1 else [f"image_t{v + 1}" for v in range(views)]
+    manifest_path = os.path.join(output, "manifest.csv")
+    with open(manifest_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", *view_names, "mask", "label", "group", "site"])
+        for index in range(num_examples):
+            site = sites[index % num_sites]
+            subject = index // (num_sites * regions_per_subject)
+            positive = bool(rng.random() < 0.5)
+            images, inside = synthesize_region(rng, size, views, positive, site)
+            example_id = f"ex{index:06d}"
+            image_paths = []
+            for view, image in enumerate(images):
+                relative = f"images/{example_id}_v{view + 1}.png"
+                with open(os.path.join(output, relative), "wb") as out:
+                    out.write(encode_png(image))
+                image_paths.append(relative)
+            mask_path = f"masks/{example_id}.png"
+            with open(os.path.join(output, mask_path), "wb") as out:
+                out.write(encode_png(inside))
+            writer.writerow([example_id, *image_paths, mask_path, int(positive),
+                             f"{site.name}-s{subject:04d}", site.name])
+    return manifest_path
+
+
+def default_wheel_dir() -> str:
+    return os.environ.get("MASKTFX_WHEEL_DIR", os.path.join(sys.prefix, "share", "masktfx"))
+
+
+def find_stardist_wheel(wheel_dir: str | None = None) -> str:
+    wheel_dir = wheel_dir or default_wheel_dir()
+    found = sorted(glob.glob(os.path.join(wheel_dir, "stardist-0.9.2-*.whl")))
+    if not found:
+        raise DemoDataError(
+            f"the {STARDIST_REQUIREMENT} wheel is not in {wheel_dir}; fetch it once with "
+            f"`pip download --no-deps {STARDIST_REQUIREMENT} -d {wheel_dir}` (make setup does)")
+    return found[-1]
+
+
+def _read_wheel_tiff(wheel: str, member: str) -> np.ndarray:
+    import io
+
+    import tifffile
+
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(member)
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise DemoDataError(f"{wheel}: cannot read {member}: {exc}") from None
+    return tifffile.imread(io.BytesIO(data))
+
+
+def _tile_origin(centre: float, tile: int, limit: int) -> int:
+    return int(np.clip(round(centre - tile / 2), 0, limit - tile))
+
+
+def write_nuclei(output: str, wheel_dir: str | None = None, tile: int = 48, seed: int = 0) -> str:
+    """Write tiles, masks and manifest.csv from the stardist wheel; returns the manifest path."""
+    import tifffile
+
+    wheel = find_stardist_wheel(wheel_dir)
+    image = _read_wheel_tiff(wheel, STARDIST_IMAGE)
+    labels = _read_wheel_tiff(wheel, STARDIST_LABELS)
+    rng = np.random.default_rng(seed)
+    height, width = labels.shape
+    occupied = labels > 0
+    # Keep negatives clear of every nucleus by a small margin.
+    pad = 2
+    near_nucleus = occupied.copy()
+    for dy in range(-pad, pad + 1):
+        for dx in range(-pad, pad + 1):
+            near_nucleus |= np.roll(np.roll(occupied, dy, axis=0), dx, axis=1)
+    os.makedirs(os.path.join(output, "images"), exist_ok=True)
+    os.makedirs(os.path.join(output, "masks"), exist_ok=True)
+    manifest_path = os.path.join(output, "manifest.csv")
+    with open(manifest_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image", "mask", "label", "group"])
+        for value in np.unique(labels[labels > 0]):
+            ys, xs = np.nonzero(labels == value)
+            shape_y, shape_x = ys - ys.min(), xs - xs.min()
+            shape_h, shape_w = shape_y.max() + 1, shape_x.max() + 1
+            if shape_h + 4 > tile or shape_w + 4 > tile:
+                continue  # a nucleus larger than a tile would lose its context
+            placements = [("pos", ys.min(), xs.min())]
+            for _ in range(300):
+                oy = int(rng.integers(0, height - shape_h))
+                ox = int(rng.integers(0, width - shape_w))
+                if not near_nucleus[shape_y + oy, shape_x + ox].any():
+                    placements.append(("neg", oy, ox))
+                    break
+            for kind, oy, ox in placements:
+                region = np.zeros((height, width), bool)
+                region[shape_y + oy, shape_x + ox] = True
+                top = _tile_origin(oy + shape_h / 2, tile, height)
+                left = _tile_origin(ox + shape_w / 2, tile, width)
+                window = (slice(top, top + tile), slice(left, left + tile))
+                example_id = f"nucleus{int(value):03d}-{kind}"
+                image_path = f"images/{example_id}.tif"
+                mask_path = f"masks/{example_id}.png"
+                tifffile.imwrite(os.path.join(output, image_path),
+                                 np.ascontiguousarray(image[window]))
+                with open(os.path.join(output, mask_path), "wb") as out:
+                    out.write(encode_png(region[window]))
+                quadrant = (2 if top + tile / 2 >= height / 2 else 0) + (
+                    1 if left + tile / 2 >= width / 2 else 0)
+                writer.writerow([example_id, image_path, mask_path, int(kind == "pos"),
+                                 f"quadrant{quadrant + 1}"])
+    return manifest_path

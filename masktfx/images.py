@@ -1,0 +1,233 @@
+"""Reading, checking and encoding the images and masks of one region, at ingest and in serving.
+
+Images keep the bytes they were read with (PNG, JPEG), so records stay small and Transform decodes
+exactly what the user gave; TIFF, which TensorFlow cannot decode, is re-encoded losslessly as PNG.
+Masks are always stored as canonical single-channel 8-bit PNGs, 0 outside and 255 inside.
+
+Channels: 1 (grayscale), 3 (RGB) and 4 (RGBA; the alpha channel is dropped when decoded) are
+accepted, at 8 or 16 bits; Transform converts them to `config.channels`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# We check sizes ourselves, against the configurable limit, before any decoding.
+Image.MAX_IMAGE_PIXELS = None
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class RegionInputError(ValueError):
+    """One image or mask cannot be used; the message says why (the caller adds which file)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    encoded: bytes  # bytes to store: as read, or PNG re-encoded from TIFF
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+
+
+def sniff_format(data: bytes) -> str | None:
+    if data.startswith(PNG_SIGNATURE):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return None
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise RegionInputError("file not found") from None
+    except IsADirectoryError:
+        raise RegionInputError("is a directory, not an image file") from None
+    except PermissionError:
+        raise RegionInputError("permission denied") from None
+    except OSError as exc:
+        raise RegionInputError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def _check_format(data: bytes) -> str:
+    if not data:
+        raise RegionInputError("empty file (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise RegionInputError("not a PNG, JPEG or TIFF image (unrecognised file signature)")
+    return fmt
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width < 2 or height < 2:
+        raise RegionInputError(f"image is {width}x{height}; at least 2x2 pixels are needed")
+    if width * height > max_pixels:
+        raise RegionInputError(
+            f"image is {width}x{height} = {width * height} pixels, above the limit of "
+            f"{max_pixels} (config max_pixels); refused before decoding")
+
+
+def _decode_tiff(data: bytes) -> np.ndarray:
+    import tifffile
+
+    try:
+        array = tifffile.imread(io.BytesIO(data), key=0)
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise RegionInputError(f"cannot decode TIFF: {exc}") from None
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3):
+        raise RegionInputError(f"TIFF has shape {array.shape}; expected a 2-D image")
+    return array
+
+
+def _tiff_header_size(data: bytes) -> tuple[int, int]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            return int(page.imagewidth), int(page.imagelength)
+    except Exception as exc:
+        raise RegionInputError(f"cannot read TIFF header: {exc}") from None
+
+
+def _open_pil(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
+    """Open lazily, check the declared size, then decode fully to catch truncated files."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception as exc:
+        raise RegionInputError(f"cannot decode {fmt.upper()}: {exc}") from None
+    _check_pixels(image.width, image.height, max_pixels)
+    try:
+        image.load()
+    except Exception as exc:
+        raise RegionInputError(f"cannot decode {fmt.upper()} (truncated or corrupt): {exc}") \
+            from None
+    return image
+
+
+_PIL_CHANNELS = {"1": 1, "L": 1, "P": 3, "I": 1, "I;16": 1, "I;16B": 1, "I;16L": 1,
+                 "RGB": 3, "RGBA": 4, "CMYK": 4, "LA": 2, "PA": 2, "F": 1}
+
+
+def load_image(path: str, max_pixels: int) -> ImageInfo:
+    """Read and fully check one image; returns the bytes to store."""
+    data = read_file(path)
+    return check_image_bytes(data, max_pixels)
+
+
+def check_image_bytes(data: bytes, max_pixels: int) -> ImageInfo:
+    fmt = _check_format(data)
+    if fmt == "tiff":
+        width, height = _tiff_header_size(data)
+        _check_pixels(width, height, max_pixels)
+        array = _decode_tiff(data)
+        if array.dtype not in (np.uint8, np.uint16):
+            raise RegionInputError(
+                f"TIFF pixels are {array.dtype}; images must be 8- or 16-bit unsigned integers")
+        channels = 1 if array.ndim == 2 else array.shape[-1]
+        _check_channels(channels)
+        return ImageInfo(encode_png(array), array.shape[1], array.shape[0], channels,
+                         array.dtype.itemsize * 8)
+    image = _open_pil(data, fmt, max_pixels)
+    channels = _PIL_CHANNELS.get(image.mode)
+    if channels is None:
+        raise RegionInputError(f"unsupported {fmt.upper()} pixel mode {image.mode!r}")
+    _check_channels(channels)
+    depth = 16 if image.mode.startswith("I") else 8
+    return ImageInfo(data, image.width, image.height, channels, depth)
+
+
+def _check_channels(channels: int) -> None:
+    if channels not in (1, 3, 4):
+        raise RegionInputError(
+            f"image has {channels} channels; 1 (gray), 3 (RGB) or 4 (RGBA) are supported")
+
+
+def decode_mask_array(data: bytes, max_pixels: int) -> np.ndarray:
+    """Any single-channel image; nonzero pixels are inside the region. Returns bool [H, W]."""
+    fmt = _check_format(data)
+    if fmt == "tiff":
+        width, height = _tiff_header_size(data)
+        _check_pixels(width, height, max_pixels)
+        array = _decode_tiff(data)
+    else:
+        image = _open_pil(data, fmt, max_pixels)
+        if image.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
+            channels = _PIL_CHANNELS.get(image.mode, len(image.getbands()))
+            raise RegionInputError(
+                f"mask has {channels} channels ({image.mode}); masks must be single-channel")
+        array = np.asarray(image)
+    if array.ndim != 2:
+        raise RegionInputError(
+            f"mask has {array.shape[-1]} channels; masks must be single-channel")
+    return array != 0
+
+
+def load_mask(path: str, image_size: tuple[int, int], resize: bool, max_pixels: int
+              ) -> tuple[bytes, float]:
+    """Read a mask, match it to the image (width, height), return canonical PNG and coverage."""
+    region = decode_mask_array(read_file(path), max_pixels)
+    return canonical_mask(region, image_size, resize)
+
+
+def canonical_mask(region: np.ndarray, image_size: tuple[int, int], resize: bool
+                   ) -> tuple[bytes, float]:
+    height, width = region.shape
+    if (width, height) != tuple(image_size):
+        if not resize:
+            raise RegionInputError(
+                f"mask is {width}x{height} but the image is {image_size[0]}x{image_size[1]}; "
+                "pass --resize-masks to resize masks with nearest neighbour")
+        region = resize_nearest(region, image_size)
+    coverage = float(region.mean())
+    if coverage == 0.0:
+        raise RegionInputError("mask is empty (no nonzero pixel): there is no region")
+    return encode_png(region.astype(np.uint8) * 255), coverage
+
+
+def resize_nearest(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize to (width, height), sampling pixel centres."""
+    width, height = size
+    rows = ((np.arange(height) + 0.5) * region.shape[0] / height).astype(np.int64)
+    cols = ((np.arange(width) + 0.5) * region.shape[1] / width).astype(np.int64)
+    return region[np.clip(rows, 0, region.shape[0] - 1)][:, np.clip(cols, 0, region.shape[1] - 1)]
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless PNG of an 8- or 16-bit array with 1, 2, 3 or 4 channels (deterministic bytes)."""
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    if array.dtype not in (np.uint8, np.uint16):
+        raise RegionInputError(f"cannot store {array.dtype} pixels as PNG")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    height, width, channels = array.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    depth = 8 if array.dtype == np.uint8 else 16
+    pixels = np.ascontiguousarray(array.astype(">u2") if depth == 16 else array)
+    rows = pixels.view(np.uint8).reshape(height, -1)
+    scanlines = np.hstack([np.zeros((height, 1), np.uint8), rows]).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    return (PNG_SIGNATURE + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(scanlines, 6)) + chunk(b"IEND", b""))

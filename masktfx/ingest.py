@@ -1,0 +1,370 @@
+"""`masktfx ingest`: manifest -> gzipped TFRecord shards, as an Apache Beam pipeline.
+
+The row work (read, check, encode, write) is fused into one Beam stage after a reshuffle of the
+small manifest rows, so no image bytes cross a shuffle: memory stays flat in the number of rows and
+any Beam runner spreads the work. Shards are written beside the target folder and renamed into place
+only when the run succeeded, so ImportExampleGen never reads a half-written span.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from masktfx import images as imageio
+from masktfx.config import PipelineConfig
+from masktfx.manifest import ManifestRow, Rejection, read_manifest
+from modules import features
+
+REJECTED_TAG = "rejected"
+STATS_TAG = "stats"
+COVERAGE_BINS = 20
+
+
+class IngestError(RuntimeError):
+    """Ingest could not run at all; nothing was written."""
+
+
+@dataclass
+class IngestResult:
+    output_dir: str
+    report: dict
+    published: bool
+
+    @property
+    def written(self) -> int:
+        return int(self.report["examples_written"])
+
+    @property
+    def rejected(self) -> int:
+        return int(self.report["rejected"])
+
+
+def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
+                  ) -> tuple[bytes, dict]:
+    """Read and check every file of one row; returns the serialized example and its stats.
+
+    Raises `_RowFailure` naming the file at fault.
+    """
+    from masktfx.records import make_example
+
+    infos = []
+    for view_index, path in enumerate(row.images):
+        try:
+            infos.append(imageio.load_image(path, max_pixels))
+        except imageio.RegionInputError as exc:
+            raise _RowFailure(path, f"image: {exc}") from None
+        first = infos[0]
+        if (infos[-1].width, infos[-1].height) != (first.width, first.height):
+            raise _RowFailure(path, f"view {view_index + 1} is {infos[-1].width}x"
+                                    f"{infos[-1].height} but view 1 is {first.width}x"
+                                    f"{first.height}; the views of a row must be co-registered")
+    masks, coverages = [], []
+    for mask_index, path in enumerate(row.masks):
+        target = infos[mask_index]
+        try:
+            encoded, coverage = imageio.load_mask(path, (target.width, target.height),
+                                                  resize_masks, max_pixels)
+        except imageio.RegionInputError as exc:
+            raise _RowFailure(path, f"mask: {exc}") from None
+        masks.append(encoded)
+        coverages.append(coverage)
+    example = make_example([info.encoded for info in infos], masks, row.label, row.example_id,
+                           row.group, row.metadata)
+    serialized = example.SerializeToString()
+    stats = {
+        "label": row.label,
+        "size": f"{infos[0].width}x{infos[0].height}",
+        "channels": infos[0].channels,
+        "bit_depth": max(info.bit_depth for info in infos),
+        "coverage": sum(coverages) / len(coverages),
+        "group": row.group,
+        "bytes": len(serialized),
+    }
+    return serialized, stats
+
+
+class _RowFailure(Exception):
+    def __init__(self, path: str, reason: str):
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+class EncodeRegionFn(beam.DoFn):
+    """Main output: serialized examples; tagged outputs: rejections and per-example stats."""
+
+    def __init__(self, max_pixels: int, resize_masks: bool, progress_dir: str | None):
+        self._max_pixels = max_pixels
+        self._resize_masks = resize_masks
+        self._progress_dir = progress_dir
+        self._progress_file = None
+        self._done = 0
+
+    def setup(self):
+        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+        if self._progress_dir and os.path.isdir(self._progress_dir):
+            self._progress_file = os.path.join(self._progress_dir, uuid.uuid4().hex)
+
+    def process(self, row: ManifestRow):
+        try:
+            serialized, stats = encode_region(row, self._max_pixels, self._resize_masks)
+        except _RowFailure as failure:
+            yield beam.pvalue.TaggedOutput(REJECTED_TAG, Rejection(row.row, failure.path,
+                                                                   failure.reason))
+        else:
+            yield serialized
+            yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
+        self._done += 1
+        if self._progress_file and self._done % 16 == 0:
+            self._write_progress()
+
+    def finish_bundle(self):
+        if self._progress_file:
+            self._write_progress()
+
+    def _write_progress(self):
+        with open(self._progress_file, "w", encoding="ascii") as handle:
+            handle.write(str(self._done))
+
+
+class IngestStatsFn(beam.CombineFn):
+    """Counts and histograms with constant memory, whatever the number of rows."""
+
+    def create_accumulator(self):
+        return {"examples": 0, "labels": {"0": 0, "1": 0}, "sizes": {}, "channels": {},
+                "bit_depths": {}, "coverage_sum": 0.0, "coverage_min": None,
+                "coverage_max": None, "coverage_hist": [0] * COVERAGE_BINS, "groups": {},
+                "bytes": 0}
+
+    def add_input(self, acc, stats):
+        acc["examples"] += 1
+        acc["labels"][str(stats["label"])] += 1
+        for key, name in (("sizes", "size"), ("channels", "channels"),
+                          ("bit_depths", "bit_depth")):
+            value = str(stats[name])
+            acc[key][value] = acc[key].get(value, 0) + 1
+        coverage = stats["coverage"]
+        acc["coverage_sum"] += coverage
+        acc["coverage_min"] = coverage if acc["coverage_min"] is None else min(
+            acc["coverage_min"], coverage)
+        acc["coverage_max"] = coverage if acc["coverage_max"] is None else max(
+            acc["coverage_max"], coverage)
+        acc["coverage_hist"][min(int(coverage * COVERAGE_BINS), COVERAGE_BINS - 1)] += 1
+        acc["groups"][stats["group"]] = acc["groups"].get(stats["group"], 0) + 1
+        acc["bytes"] += stats["bytes"]
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            merged["examples"] += acc["examples"]
+            merged["bytes"] += acc["bytes"]
+            merged["coverage_sum"] += acc["coverage_sum"]
+            for key in ("labels", "sizes", "channels", "bit_depths", "groups"):
+                for value, count in acc[key].items():
+                    merged[key][value] = merged[key].get(value, 0) + count
+            for key, pick in (("coverage_min", min), ("coverage_max", max)):
+                values = [v for v in (merged[key], acc[key]) if v is not None]
+                merged[key] = pick(values) if values else None
+            merged["coverage_hist"] = [a + b for a, b in zip(merged["coverage_hist"],
+                                                             acc["coverage_hist"])]
+        return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(text.encode("utf-8", "surrogateescape"))
+
+
+def _rejections_csv(rejections: list[Rejection]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["row", "path", "reason"])
+    for item in sorted(rejections, key=lambda r: (r.row, r.path)):
+        writer.writerow([item.row, item.path, item.reason])
+    return buffer.getvalue()
+
+
+def build_report(stats: dict, rejections: list[Rejection], manifest_path: str,
+                 views: tuple[str, ...], shared_mask: bool, metadata_columns: tuple[str, ...],
+                 span: int | None) -> dict:
+    examples = stats["examples"]
+    return {
+        "manifest": os.path.abspath(manifest_path),
+        "span": span,
+        "rows": examples + len(rejections),
+        "examples_written": examples,
+        "rejected": len(rejections),
+        "label_balance": {"0": stats["labels"]["0"], "1": stats["labels"]["1"],
+                          "positive_fraction": (stats["labels"]["1"] / examples) if examples
+                          else None},
+        "views": [view or "image" for view in views],
+        "num_views": len(views),
+        "shared_mask": shared_mask,
+        "metadata_columns": list(metadata_columns),
+        "groups": len(stats["groups"]),
+        "image_sizes": stats["sizes"],
+        "channels": stats["channels"],
+        "bit_depths": stats["bit_depths"],
+        "mask_coverage": {
+            "min": stats["coverage_min"],
+            "mean": (stats["coverage_sum"] / examples) if examples else None,
+            "max": stats["coverage_max"],
+            "histogram": {"bin_edges": [i / COVERAGE_BINS for i in range(COVERAGE_BINS + 1)],
+                          "counts": stats["coverage_hist"]},
+        },
+        "total_bytes": stats["bytes"],
+    }
+
+
+def _finalize(stats_list, rejected_list, manifest_rejections, out_dir, report_fields):
+    rejections = list(manifest_rejections) + list(rejected_list)
+    stats = stats_list[0] if stats_list else IngestStatsFn().create_accumulator()
+    report = build_report(stats, rejections, **report_fields)
+    _write_text(os.path.join(out_dir, features.REJECTED_CSV), _rejections_csv(rejections))
+    _write_text(os.path.join(out_dir, features.INGEST_REPORT), json.dumps(report, indent=2))
+
+
+def target_dir(output: str, span: int | None) -> str:
+    return output if span is None else os.path.join(
+        output, features.SPAN_DIR_TEMPLATE.format(span=span))
+
+
+def _existing_shards(directory: str) -> list[str]:
+    return FileSystems.match([os.path.join(directory, features.SHARD_GLOB)])[0].metadata_list
+
+
+def _show_progress(progress_dir: str, total: int, stop: threading.Event) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="row", desc="ingest", file=sys.stderr) as bar:
+        while not stop.wait(0.5):
+            done = 0
+            for name in os.listdir(progress_dir):
+                try:
+                    with open(os.path.join(progress_dir, name), encoding="ascii") as handle:
+                        done += int(handle.read() or 0)
+                except (OSError, ValueError):
+                    continue
+            bar.n = min(done, total)
+            bar.refresh()
+        bar.n = total
+        bar.refresh()
+
+
+def run_ingest(manifest_path: str, output: str, span: int | None = None,
+               beam_args: list[str] | None = None, resize_masks: bool = False,
+               max_pixels: int | None = None, allow_outside_paths: bool = False,
+               strict: bool = False, overwrite: bool = False,
+               progress: bool | None = None) -> IngestResult:
+    """Ingest one manifest; shards are published only if at least one row is good (and, with
+    `strict`, none is rejected). The report and rejected.csv are always written."""
+    if max_pixels is None:
+        max_pixels = PipelineConfig().max_pixels
+    manifest = read_manifest(manifest_path, allow_outside=allow_outside_paths)
+    final_dir = target_dir(output, span)
+    local = "://" not in final_dir
+    if FileSystems.exists(final_dir) and _existing_shards(final_dir) and not overwrite:
+        raise IngestError(f"{final_dir} already holds TFRecord shards; pass --overwrite to "
+                          "replace them, or ingest into another --span")
+    if local:
+        os.makedirs(os.path.dirname(os.path.abspath(final_dir)) or ".", exist_ok=True)
+        work_dir = tempfile.mkdtemp(prefix=".ingest-", dir=os.path.dirname(
+            os.path.abspath(final_dir)))
+        os.chmod(work_dir, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the span from others
+    else:
+        work_dir = final_dir
+
+    beam_args = list(beam_args or [])
+    if not any(arg.startswith("--runner") for arg in beam_args):
+        beam_args += ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                      "--direct_num_workers=0"]
+    direct = any(arg in ("--runner=DirectRunner", "--runner=direct") for arg in beam_args)
+    show_progress = (progress if progress is not None else sys.stderr.isatty()) and direct \
+        and bool(manifest.rows)
+    progress_dir = tempfile.mkdtemp(prefix="masktfx-progress-") if show_progress else None
+    report_fields = dict(manifest_path=manifest_path, views=manifest.views,
+                         shared_mask=manifest.shared_mask,
+                         metadata_columns=manifest.metadata_columns, span=span)
+    stop = threading.Event()
+    watcher = None
+    if progress_dir:
+        watcher = threading.Thread(target=_show_progress,
+                                   args=(progress_dir, len(manifest.rows), stop), daemon=True)
+        watcher.start()
+    try:
+        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+            results = (
+                pipeline
+                | "Rows" >> beam.Create(manifest.rows)
+                | "Spread" >> beam.Reshuffle()
+                | "Encode" >> beam.ParDo(EncodeRegionFn(max_pixels, resize_masks, progress_dir))
+                .with_outputs(REJECTED_TAG, STATS_TAG, main="examples"))
+            _ = results.examples | "Write" >> beam.io.WriteToTFRecord(
+                os.path.join(work_dir, features.SHARD_PREFIX),
+                file_name_suffix=features.SHARD_SUFFIX,
+                compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+            stats = results[STATS_TAG] | "Stats" >> beam.CombineGlobally(IngestStatsFn())
+            rejected = results[REJECTED_TAG] | "Rejected" >> beam.combiners.ToList()
+            _ = (pipeline | "Finalize" >> beam.Create([None])
+                 | beam.Map(lambda _, s, r: _finalize(s, r, manifest.rejected, work_dir,
+                                                      report_fields),
+                            s=beam.pvalue.AsList(stats), r=beam.pvalue.AsSingleton(rejected)))
+    except Exception:
+        if local:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join()
+        if progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+
+    with FileSystems.open(os.path.join(work_dir, features.INGEST_REPORT)) as handle:
+        report = json.loads(handle.read().decode("utf-8"))
+    publish = report["examples_written"] > 0 and not (strict and report["rejected"] > 0)
+    if not local:
+        return IngestResult(final_dir, report, publish)
+    if not publish:
+        for meta in _existing_shards(work_dir):
+            os.remove(meta.path)
+    if publish or not os.path.exists(final_dir):
+        _replace_dir(work_dir, final_dir)
+        return IngestResult(final_dir, report, publish)
+    return IngestResult(work_dir, report, publish)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace_dir(source: str, target: str) -> None:
+    """Move the new span in. A new folder is renamed into place in one step; an existing one
+    (only with --overwrite) loses its old shards and report, and nothing else it holds."""
+    if not os.path.exists(target):
+        os.rename(source, target)
+        return
+    for meta in _existing_shards(target):
+        os.remove(meta.path)
+    for name in os.listdir(source):
+        os.replace(os.path.join(source, name), os.path.join(target, name))
+    os.rmdir(source)

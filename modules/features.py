@@ -1,0 +1,43 @@
+"""The TFRecord contract between `masktfx ingest`, the pipeline, the module files and serving.
+
+Every feature name, file pattern and signature name lives here and is imported everywhere else, so
+that a rename cannot leave one side of the contract behind.
+"""
+
+# Raw features written by `masktfx ingest` (one tf.Example per region).
+IMAGES_KEY = "images"  # bytes list: K encoded images (PNG/JPEG as read, TIFF re-encoded as PNG)
+MASKS_KEY = "masks"  # bytes list: 1 (shared) or K single-channel PNG masks, 0 outside, 255 inside
+LABEL_KEY = "label"  # int64: 1 when the feature is present inside the region
+ID_KEY = "id"  # bytes: the example's identifier
+GROUP_KEY = "group"  # bytes: patient/subject/scene/site; a group never straddles the splits
+
+# Features that are not user metadata; every other bytes feature is a metadata column.
+RESERVED_KEYS = (IMAGES_KEY, MASKS_KEY, LABEL_KEY, ID_KEY, GROUP_KEY)
+
+# Features the serving model does not need from a client (never sent at inference time).
+NON_INPUT_KEYS = (LABEL_KEY, ID_KEY, GROUP_KEY)
+
+# Transformed features produced by `preprocessing_fn` and consumed by the Trainer.
+REGION_KEY = "region"  # float32 [K, S, S, C'] crops (C' = channels, +1 with the mask channel)
+TRANSFORMED_LABEL_KEY = "label_xf"
+
+# Files written by `masktfx ingest`.
+SPAN_DIR_TEMPLATE = "span-{span}"
+SPAN_DIR_PATTERN = "span-{SPAN}"  # ImportExampleGen's placeholder for the span number
+SHARD_PREFIX = "data"
+SHARD_SUFFIX = ".tfrecord.gz"
+SHARD_GLOB = f"{SHARD_PREFIX}-*{SHARD_SUFFIX}"
+INGEST_REPORT = "ingest_report.json"
+REJECTED_CSV = "rejected.csv"
+
+# Serving signatures and their tensors.
+SERVING_SIGNATURE = "serving_default"
+RAW_SIGNATURE = "predict_raw"
+TRANSFORM_SIGNATURE = "transform_features"
+EXAMPLES_INPUT = "examples"
+PROBABILITY_OUTPUT = "probability"
+PREDICTED_LABEL_OUTPUT = "label"
+
+# Split names written by ImportExampleGen.
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"

@@ -1,0 +1,1 @@
+"""MaskTFX pipeline."""

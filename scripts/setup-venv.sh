@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Create .venv with Python 3.10 and the pinned stack; fetch the demo wheel. Used by `make setup`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+is_py310() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' >/dev/null 2>&1; }
+
+find_python() {
+  local candidate
+  for candidate in "${PYTHON:-}" python3.10; do
+    if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 && is_py310 "$candidate"; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  local roots=()
+  command -v pyenv >/dev/null 2>&1 && roots+=("$(pyenv root)")
+  roots+=("${PYENV_ROOT:-$HOME/.pyenv}")
+  for root in "${roots[@]}"; do
+    for candidate in $(ls -d "$root"/versions/3.10.*/bin/python3.10 2>/dev/null | sort -V -r); do
+      if is_py310 "$candidate"; then echo "$candidate"; return 0; fi
+    done
+  done
+  for candidate in /usr/local/bin/python3.10 /usr/bin/python3.10; do
+    if [ -x "$candidate" ] && is_py310 "$candidate"; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+
+if [ -x "$VENV/bin/python" ] && ! is_py310 "$VENV/bin/python"; then
+  echo "setup: $VENV is not Python 3.10; recreating it" >&2
+  rm -rf "$VENV"
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! PY=$(find_python); then
+    cat >&2 <<'MSG'
+setup: Python 3.10 was not found (TFX 1.16 needs exactly 3.10).
+Install it, for example with pyenv:   pyenv install 3.10.13
+or with your package manager (python3.10 and python3.10-venv), or point PYTHON=/path/to/python3.10.
+MSG
+    exit 1
+  fi
+  echo "setup: creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade "pip==26.3"
+echo "setup: installing the pinned stack (a few minutes on a fresh machine)"
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
+wheel_dir="$VENV/share/masktfx"
+if ! ls "$wheel_dir"/stardist-0.9.2-*.whl >/dev/null 2>&1; then
+  echo "setup: fetching the stardist==0.9.2 wheel for the nuclei demo data (not installed)"
+  "$VENV/bin/python" -m pip download --quiet --no-deps "stardist==0.9.2" -d "$wheel_dir"
+fi
+touch "$VENV/.installed"
+echo "setup: done ($VENV)"
