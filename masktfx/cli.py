@@ -116,7 +116,70 @@ def cmd_demo_nuclei(args: argparse.Namespace) -> int:
     return 0
 
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ingest, _add_demo_data]
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    from masktfx.config import add_config_flags
+
+    parser = sub.add_parser("run", help="run the whole TFX pipeline locally (LocalDagRunner)",
+                            description="Ingest (for a manifest), validate, transform, train, "
+                                        "evaluate and push, with an SQLite MLMD store and "
+                                        "caching in the workdir.")
+    parser.add_argument("--data", required=True,
+                        help="ingested data folder, or a manifest CSV to ingest first")
+    parser.add_argument("--config", default=None, help="YAML file of configuration fields")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_config_flags(parser)
+    parser.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from masktfx.config import config_from_args
+
+    config = config_from_args(args)
+    return run_and_summarize(config, args.data, as_json=args.json)
+
+
+def run_and_summarize(config: PipelineConfig, data: str, as_json: bool = False) -> int:
+    """Prepare (errors here mean nothing ran), run, and print the summary from MLMD."""
+    from masktfx.ingest import IngestError
+    from masktfx.manifest import ManifestError
+    from pipeline.data import DataLayoutError
+    from pipeline.local_runner import prepare, run_pipeline
+    from pipeline.summary import format_summary, summarize_run
+
+    try:
+        prepared = prepare(config, data)
+    except (ManifestError, IngestError, DataLayoutError, OSError) as exc:
+        raise CommandError(str(exc)) from None
+    config = prepared.config
+    if prepared.ingested:
+        print(f"ingested {data} into {prepared.ingested}")
+    failure = None
+    try:
+        run_pipeline(config)
+    except Exception as exc:  # a component failed: say which and why, exit 1
+        failure = exc
+    try:
+        summary = summarize_run(config)
+    except LookupError:
+        summary = None
+    if failure is not None:
+        print(f"masktfx run: the pipeline failed: {type(failure).__name__}: {failure}",
+              file=sys.stderr)
+        if summary:
+            failed = [n for n, state in summary.components.items() if state not in
+                      ("COMPLETE", "CACHED")]
+            if failed:
+                print(f"components not completed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_ingest, _add_demo_data, _add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:

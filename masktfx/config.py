@@ -16,6 +16,7 @@ from typing import Any
 MASK_MODES = ("crop", "zero", "channel")
 NORMALIZATIONS = ("region", "dataset")
 MODEL_PRESETS = ("seed", "resnet")
+RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
 
 
 class ConfigError(ValueError):
@@ -34,10 +35,14 @@ class PipelineConfig:
     span_window: int = field(
         default=1, metadata={"help": "train on the last N spans (1: the latest span only)"}
     )
+    use_spans: bool = field(
+        default=True, metadata={"help": "data root holds span-N/ folders (false: shards at top)"})
     eval_buckets: int = field(default=1, metadata={"help": "hash buckets of `group` for eval"})
     train_buckets: int = field(default=4, metadata={"help": "hash buckets of `group` for train"})
     # Transform
     num_views: int = field(default=0, metadata={"help": "views per example; 0: from the data"})
+    num_masks: int = field(
+        default=0, metadata={"help": "masks per example: 1 (shared) or num_views; 0: from data"})
     channels: int = field(default=1, metadata={"help": "image channels the model sees (1 or 3)"})
     image_size: int = field(default=64, metadata={"help": "side of the model's square input"})
     mask_mode: str = field(default="crop", metadata={"help": "crop | zero | channel"})
@@ -53,24 +58,34 @@ class PipelineConfig:
     )
     # Trainer
     model_preset: str = field(default="resnet", metadata={"help": "seed | resnet"})
-    epochs: int = field(default=12, metadata={"help": "training epochs (upper bound)"})
+    epochs: int = field(default=30, metadata={"help": "training epochs (upper bound)"})
     train_steps: int = field(
         default=0, metadata={"help": "total training steps; 0: whole epochs over the data"}
     )
     batch_size: int = field(default=32, metadata={"help": "training batch size"})
     learning_rate: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
     early_stopping_patience: int = field(
-        default=4, metadata={"help": "epochs without eval AUC gain before stopping"}
+        default=8, metadata={"help": "epochs without eval AUC gain before stopping"}
     )
     augment: bool = field(default=True, metadata={"help": "flips, rotations, brightness"})
     seed: int = field(default=42, metadata={"help": "random seed"})
     # Evaluator
+    metadata_columns: list[str] = field(
+        default_factory=list, metadata={"help": "metadata columns of the data (resolved from it)",
+                                        "cli": False})
+    slice_columns: list[str] = field(
+        default_factory=list, metadata={"help": "metadata columns to slice the evaluation by "
+                                                "(default: every metadata column of the data)",
+                                        "cli": False})
     decision_threshold: float = field(default=0.5, metadata={"help": "probability -> label"})
     min_accuracy: float = field(default=0.7, metadata={"help": "lowest BinaryAccuracy to bless"})
     max_auc_drop: float = field(
         default=0.01, metadata={"help": "largest AUC drop against the baseline to bless"}
     )
     # Beam
+    direct_running_mode: str = field(
+        default="multi_processing",
+        metadata={"help": "DirectRunner mode: multi_processing | multi_threading | in_memory"})
     direct_num_workers: int = field(
         default=0, metadata={"help": "DirectRunner workers; 0: one per core"}
     )
@@ -96,6 +111,12 @@ class PipelineConfig:
         with_mask = self.mask_mode == "channel" or self.keep_mask_channel
         return self.channels + (1 if with_mask else 0)
 
+    @property
+    def beam_pipeline_args(self) -> list[str]:
+        """DirectRunner settings first; `beam_args` (e.g. --runner=FlinkRunner) may override."""
+        return [f"--direct_running_mode={self.direct_running_mode}",
+                f"--direct_num_workers={self.direct_num_workers}", *self.beam_args]
+
     def validate(self) -> "PipelineConfig":
         """Fail before any component runs, naming the field at fault."""
         _require(self.pipeline_name.strip() != "", "pipeline_name", "must not be empty")
@@ -111,6 +132,9 @@ class PipelineConfig:
                  f"must be between 8 and 1024, got {self.image_size}")
         _require(self.channels in (1, 3), "channels", f"must be 1 or 3, got {self.channels}")
         _require(0 <= self.num_views <= 64, "num_views", f"must be 0..64, got {self.num_views}")
+        _require(self.num_masks in (0, 1) or self.num_masks == self.num_views, "num_masks",
+                 f"must be 1 (one shared mask) or num_views ({self.num_views}), "
+                 f"got {self.num_masks}")
         _require(self.crop_margin >= 0, "crop_margin", f"must be >= 0, got {self.crop_margin}")
         _require(self.max_pixels > 0, "max_pixels", f"must be positive, got {self.max_pixels}")
         for name in ("decision_threshold", "min_accuracy"):
@@ -126,6 +150,8 @@ class PipelineConfig:
                  f"must be positive, got {self.learning_rate}")
         _require(self.early_stopping_patience >= 1, "early_stopping_patience",
                  f"must be >= 1, got {self.early_stopping_patience}")
+        _require(self.direct_running_mode in RUNNING_MODES, "direct_running_mode",
+                 f"must be one of {', '.join(RUNNING_MODES)}, got {self.direct_running_mode!r}")
         _require(self.direct_num_workers >= 0, "direct_num_workers",
                  f"must be >= 0, got {self.direct_num_workers}")
         return self

@@ -1,0 +1,161 @@
+"""Trainer module file: `run_fn` trains the model on the transformed examples and saves it with
+the Transform graph attached, so serving decodes, masks and crops exactly as training did.
+
+Signatures of the SavedModel:
+- `serving_default`: `examples` (serialized tf.Example without the label) -> `probability`,
+  `label`.
+- `predict_raw`: `images` (string [batch, K]) and `masks` (string [batch, 1 or K]) -> the same.
+- `transform_features`: `examples` -> the transformed features (for TFMA).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import json  # noqa: E402
+import logging  # noqa: E402
+from typing import Any  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+
+from masktfx.config import PipelineConfig  # noqa: E402
+from modules import features  # noqa: E402
+from modules.model import build_model  # noqa: E402
+
+TRAINING_SUMMARY = "training_summary.json"
+
+
+def _transformed_dataset(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput,
+                         batch_size: int) -> tf.data.Dataset:
+    files = tf.io.gfile.glob(file_pattern) if isinstance(file_pattern, str) else [
+        name for pattern in file_pattern for name in tf.io.gfile.glob(pattern)]
+    if not files:
+        raise ValueError(f"no transformed examples match {file_pattern}")
+    spec = tf_transform_output.transformed_feature_spec()
+    dataset = tf.data.Dataset.from_tensor_slices(sorted(files)).interleave(
+        lambda name: tf.data.TFRecordDataset(name, compression_type="GZIP"),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return dataset.batch(batch_size).map(
+        lambda records: tf.io.parse_example(records, spec), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def augment(regions: tf.Tensor, channels: int) -> tf.Tensor:
+    """Random dihedral symmetry (flips and 90-degree rotations) and brightness/contrast per example.
+
+    `regions` is [B, K, S, S, C']; views and the mask channel move together, and only the first
+    `channels` (image) channels get brightness/contrast.
+    """
+    batch = tf.shape(regions)[0]
+
+    def coin() -> tf.Tensor:
+        return tf.random.uniform([batch, 1, 1, 1, 1]) < 0.5
+
+    regions = tf.where(coin(), tf.reverse(regions, axis=[2]), regions)
+    regions = tf.where(coin(), tf.reverse(regions, axis=[3]), regions)
+    regions = tf.where(coin(), tf.transpose(regions, [0, 1, 3, 2, 4]), regions)
+    contrast = tf.random.uniform([batch, 1, 1, 1, 1], 0.8, 1.2)
+    brightness = tf.random.uniform([batch, 1, 1, 1, 1], -0.2, 0.2)
+    pixels = regions[..., :channels] * contrast + brightness
+    return tf.concat([pixels, regions[..., channels:]], axis=-1)
+
+
+def make_input(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput,
+               config: PipelineConfig, training: bool) -> tf.data.Dataset:
+    """(region, label) batches; shuffled and augmented only for training."""
+    dataset = _transformed_dataset(file_pattern, tf_transform_output, config.batch_size)
+    if training:
+        dataset = dataset.unbatch().shuffle(2048, seed=config.seed).batch(config.batch_size)
+
+    def split(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        regions = batch[features.REGION_KEY]
+        if training and config.augment:
+            regions = augment(regions, config.channels)
+        return regions, batch[features.TRANSFORMED_LABEL_KEY]
+
+    return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput
+                  ) -> dict[int, float]:
+    """Balanced weights n / (2 n_c), from one cheap pass over the training labels."""
+    counts = [0, 0]
+    for batch in _transformed_dataset(file_pattern, tf_transform_output, 1024):
+        labels = batch[features.TRANSFORMED_LABEL_KEY].numpy()
+        counts[1] += int(labels.sum())
+        counts[0] += int(len(labels) - labels.sum())
+    total = sum(counts)
+    if min(counts) == 0:
+        raise ValueError(f"the training split holds only one class (counts {counts}); "
+                         "a binary classifier needs both")
+    return {label: total / (2.0 * count) for label, count in enumerate(counts)}
+
+
+def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+                    config: PipelineConfig) -> dict[str, Any]:
+    model.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+    serving_spec = {key: raw_spec[key] for key in (features.IMAGES_KEY, features.MASKS_KEY)}
+    num_masks = serving_spec[features.MASKS_KEY].shape[0]
+    threshold = config.decision_threshold
+
+    def predict(raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        transformed = model.tft_layer(raw)
+        probability = tf.reshape(model(transformed[features.REGION_KEY], training=False), [-1])
+        return {features.PROBABILITY_OUTPUT: probability,
+                features.PREDICTED_LABEL_OUTPUT: tf.cast(probability >= threshold, tf.int64)}
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
+    def serve_examples(examples):
+        return predict(tf.io.parse_example(examples, serving_spec))
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, config.num_views], tf.string, name=features.IMAGES_KEY),
+        tf.TensorSpec([None, num_masks], tf.string, name=features.MASKS_KEY)])
+    def predict_raw(images, masks):
+        return predict({features.IMAGES_KEY: images, features.MASKS_KEY: masks})
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
+    def transform_features(examples):
+        return model.tft_layer(tf.io.parse_example(examples, raw_spec))
+
+    return {
+        features.SERVING_SIGNATURE: serve_examples.get_concrete_function(),
+        features.RAW_SIGNATURE: predict_raw.get_concrete_function(),
+        features.TRANSFORM_SIGNATURE: transform_features.get_concrete_function(),
+    }
+
+
+def run_fn(fn_args: Any) -> None:
+    """TFX Trainer entry point (generic trainer); `custom_config` is the PipelineConfig."""
+    config = PipelineConfig.from_dict(fn_args.custom_config).validate()
+    tf.keras.utils.set_random_seed(config.seed)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    train = make_input(fn_args.train_files, tf_transform_output, config, training=True)
+    evaluation = make_input(fn_args.eval_files, tf_transform_output, config, training=False)
+    weights = class_weights(fn_args.train_files, tf_transform_output)
+    steps_per_epoch = None
+    if fn_args.train_steps:
+        train = train.repeat()
+        steps_per_epoch = max(1, int(fn_args.train_steps) // config.epochs)
+    model = build_model(config)
+    callbacks = [
+        tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                         patience=config.early_stopping_patience,
+                                         restore_best_weights=True),
+        tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+    ]
+    history = model.fit(train, validation_data=evaluation, epochs=config.epochs,
+                        steps_per_epoch=steps_per_epoch, class_weight=weights,
+                        callbacks=callbacks, verbose=2)
+    logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
+    signatures = make_signatures(model, tf_transform_output, config)
+    model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY), "w") as out:
+        out.write(json.dumps({"class_weights": weights, "history": {
+            key: [float(v) for v in values] for key, values in history.history.items()}}))

@@ -1,0 +1,181 @@
+"""Transform module file: decode the views and masks, apply the mask, crop, normalize.
+
+TFX runs `preprocessing_fn` in Beam over the training data, and the same graph is saved with the
+model and run inside `serving_default` and `predict_raw`, so training and serving see identical
+pixels.
+
+Mask modes (`config.mask_mode`):
+- `crop` (default): crop all views to the region's bounding box, made square and widened by
+  `crop_margin` on each side, then resize to `image_size`; the context around the region is kept.
+- `zero`: resize the whole image and set every pixel outside the region to 0.
+- `channel`: resize the whole image; the mask is only given as an extra channel.
+With `keep_mask_channel` (default on) `crop` and `zero` also append the mask as a channel.
+
+Normalization (`config.normalization`):
+- `region` (default): per image, subtract the mean and divide by the standard deviation of the
+  pixels inside the region (robust to site brightness and contrast).
+- `dataset`: z-score with the mean and variance of all training pixels (tft analyzers).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from typing import Any  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+
+from masktfx.config import PipelineConfig  # noqa: E402
+from modules import features  # noqa: E402
+
+_EPSILON = 1e-6
+
+
+def decode_views(encoded: tf.Tensor, channels: int) -> tf.Tensor:
+    """[K] encoded images -> [K, H, W, channels] float32 in [0, 1], whatever the bit depth."""
+    return tf.map_fn(
+        lambda data: tf.io.decode_image(data, channels=channels, dtype=tf.float32,
+                                        expand_animations=False),
+        encoded, fn_output_signature=tf.TensorSpec([None, None, channels], tf.float32))
+
+
+def decode_masks(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor, num_views: int
+                 ) -> tf.Tensor:
+    """[1 or K] PNG masks -> [K, H, W, 1] float32 of 0/1, resized (nearest) to the image size."""
+
+    def decode_one(data: tf.Tensor) -> tf.Tensor:
+        mask = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
+        mask = tf.image.resize(mask, tf.stack([height, width]),
+                               method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)
+        return tf.cast(mask > 0, tf.float32)
+
+    masks = tf.map_fn(decode_one, encoded,
+                      fn_output_signature=tf.TensorSpec([None, None, 1], tf.float32))
+    return tf.broadcast_to(masks, tf.stack([num_views, height, width, 1]))
+
+
+def region_box(mask: tf.Tensor, margin: float) -> tf.Tensor:
+    """Normalized [y1, x1, y2, x2] of the square box around the region, widened by `margin`.
+
+    `mask` is [H, W] of 0/1; an empty mask (possible at serving time) gives the whole image.
+    """
+    shape = tf.shape(mask)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    rows = tf.reduce_any(mask > 0, axis=1)
+    cols = tf.reduce_any(mask > 0, axis=0)
+
+    def extent(hits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        length = tf.shape(hits)[0]
+        first = tf.argmax(tf.cast(hits, tf.int32), output_type=tf.int32)
+        last = length - 1 - tf.argmax(tf.cast(tf.reverse(hits, [0]), tf.int32),
+                                      output_type=tf.int32)
+        return tf.cast(first, tf.float32), tf.cast(last, tf.float32)
+
+    y0, y1 = extent(rows)
+    x0, x1 = extent(cols)
+    side = tf.maximum(y1 - y0 + 1.0, x1 - x0 + 1.0) * (1.0 + 2.0 * margin)
+    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
+    half = (side - 1.0) / 2.0
+    # crop_and_resize maps a normalized coordinate c to pixel c * (size - 1).
+    box = tf.stack([(cy - half) / tf.maximum(height - 1.0, 1.0),
+                    (cx - half) / tf.maximum(width - 1.0, 1.0),
+                    (cy + half) / tf.maximum(height - 1.0, 1.0),
+                    (cx + half) / tf.maximum(width - 1.0, 1.0)])
+    whole = tf.constant([0.0, 0.0, 1.0, 1.0])
+    return tf.where(tf.reduce_any(rows), box, whole)
+
+
+def crop_to_region(views: tf.Tensor, masks: tf.Tensor, size: int, margin: float
+                   ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Crop every view and mask to the box around the union of the masks; [K, S, S, C]."""
+    union = tf.reduce_max(masks[..., 0], axis=0)
+    box = region_box(union, margin)
+    num = tf.shape(views)[0]
+    boxes = tf.tile(box[tf.newaxis], [num, 1])
+    indices = tf.range(num)
+    cropped = tf.image.crop_and_resize(views, boxes, indices, [size, size], method="bilinear")
+    cropped_masks = tf.image.crop_and_resize(masks, boxes, indices, [size, size],
+                                             method="nearest")
+    return cropped, cropped_masks
+
+
+def apply_mask(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig) -> tf.Tensor:
+    """[K, H, W, C] views + [K, H, W, 1] masks -> [K, S, S, C'] model input for one example."""
+    size = config.image_size
+    if config.mask_mode == "crop":
+        views, masks = crop_to_region(views, masks, size, config.crop_margin)
+    else:
+        views = tf.image.resize(views, [size, size], method="bilinear")
+        masks = tf.image.resize(masks, [size, size], method="nearest")
+    if config.normalization == "region":
+        views = standardize_over_region(views, masks)
+    if config.mask_mode == "zero":
+        views = views * masks
+    if config.mask_mode == "channel" or config.keep_mask_channel:
+        views = tf.concat([views, masks], axis=-1)
+    return views
+
+
+def standardize_over_region(views: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
+    """Per view: (x - mean) / std over the region's pixels (the whole view if it is empty)."""
+    weights = masks
+    empty = tf.reduce_sum(weights, axis=[1, 2, 3], keepdims=True) < 1.0
+    weights = tf.where(empty, tf.ones_like(weights), weights)
+    count = tf.reduce_sum(weights, axis=[1, 2, 3], keepdims=True) * tf.cast(
+        tf.shape(views)[-1], tf.float32)
+    mean = tf.reduce_sum(views * weights, axis=[1, 2, 3], keepdims=True) / count
+    variance = tf.reduce_sum(tf.square(views - mean) * weights, axis=[1, 2, 3],
+                             keepdims=True) / count
+    return (views - mean) / tf.maximum(tf.sqrt(variance), 1e-3)
+
+
+def transform_regions(images: tf.Tensor, masks: tf.Tensor, config: PipelineConfig) -> tf.Tensor:
+    """[B, K] encoded images and [B, 1 or K] masks -> [B, K, S, S, C'] float32."""
+    num_views = config.num_views
+    channels = config.channels
+    size = config.image_size
+
+    def one_example(pair: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        encoded_views, encoded_masks = pair
+        tf.debugging.assert_equal(tf.shape(encoded_views)[0], num_views,
+                                  message=f"expected {num_views} view(s) per example")
+        views = decode_views(encoded_views, channels)
+        shape = tf.shape(views)
+        decoded_masks = decode_masks(encoded_masks, shape[1], shape[2], num_views)
+        return apply_mask(views, decoded_masks, config)
+
+    regions = tf.map_fn(
+        one_example, (images, masks),
+        fn_output_signature=tf.TensorSpec([num_views, size, size, config.input_channels],
+                                          tf.float32))
+    regions.set_shape([None, num_views, size, size, config.input_channels])
+    return regions
+
+
+def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
+                     ) -> dict[str, tf.Tensor]:
+    """TFX entry point; `custom_config` is `PipelineConfig.to_custom_config()`."""
+    config = PipelineConfig.from_dict(custom_config).validate()
+    if config.num_views < 1:
+        raise ValueError("config.num_views must be resolved from the data before Transform runs")
+    images = _dense(inputs[features.IMAGES_KEY])
+    masks = _dense(inputs[features.MASKS_KEY])
+    regions = transform_regions(images, masks, config)
+    if config.normalization == "dataset":
+        pixels = regions[..., :config.channels]
+        scaled = tft.scale_to_z_score(pixels)
+        regions = tf.concat([scaled, regions[..., config.channels:]], axis=-1)
+    outputs = {features.REGION_KEY: regions}
+    if features.LABEL_KEY in inputs:
+        label = _dense(inputs[features.LABEL_KEY])
+        outputs[features.TRANSFORMED_LABEL_KEY] = tf.cast(tf.reshape(label, [-1]), tf.int64)
+    return outputs
+
+
+def _dense(tensor: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
+    if isinstance(tensor, tf.SparseTensor):
+        return tf.sparse.to_dense(tensor, default_value="" if tensor.dtype == tf.string else 0)
+    return tensor

@@ -1,0 +1,95 @@
+"""What the pipeline needs to know about the ingested data before it is built: layout, number
+of views and masks, metadata columns. Read from the shards themselves, so data from any writer
+that follows the contract works."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from masktfx.config import PipelineConfig
+from modules import features
+
+_SPAN = re.compile(r"^span-(\d+)$")
+
+
+class DataLayoutError(ValueError):
+    """The data root does not hold ingested shards; the message says what was looked for."""
+
+
+@dataclass(frozen=True)
+class DataDescription:
+    use_spans: bool
+    spans: tuple[int, ...]
+    num_views: int
+    num_masks: int
+    metadata_columns: tuple[str, ...]
+
+
+def list_spans(data_root: str) -> list[int]:
+    if not tf.io.gfile.isdir(data_root):
+        return []
+    spans = []
+    for name in tf.io.gfile.listdir(data_root):
+        match = _SPAN.match(name.rstrip("/"))
+        if match and tf.io.gfile.glob(os.path.join(data_root, name.rstrip("/"),
+                                                   features.SHARD_GLOB)):
+            spans.append(int(match.group(1)))
+    return sorted(spans)
+
+
+def describe_data(data_root: str) -> DataDescription:
+    """Inspect the latest span (or the flat shards) of `data_root` from its first record."""
+    spans = list_spans(data_root)
+    if spans:
+        pattern = os.path.join(data_root, features.SPAN_DIR_TEMPLATE.format(span=spans[-1]),
+                               features.SHARD_GLOB)
+    else:
+        pattern = os.path.join(data_root, features.SHARD_GLOB)
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise DataLayoutError(
+            f"{data_root}: no ingested data; expected {features.SHARD_GLOB} shards in it or in "
+            f"span-N/ folders (run `masktfx ingest` first, or pass a manifest CSV)")
+    first = None
+    for name in files:
+        for record in tf.data.TFRecordDataset(name, compression_type="GZIP").take(1):
+            first = tf.train.Example.FromString(record.numpy())
+        if first is not None:
+            break
+    if first is None:
+        raise DataLayoutError(f"{pattern}: the shards hold no record")
+    feature = first.features.feature
+    for key in (features.IMAGES_KEY, features.MASKS_KEY, features.LABEL_KEY):
+        if key not in feature:
+            raise DataLayoutError(f"{files[0]}: records have no {key!r} feature; they were not "
+                                  "written by `masktfx ingest`")
+    metadata = tuple(sorted(name for name in feature if name not in features.RESERVED_KEYS))
+    return DataDescription(
+        use_spans=bool(spans), spans=tuple(spans),
+        num_views=len(feature[features.IMAGES_KEY].bytes_list.value),
+        num_masks=len(feature[features.MASKS_KEY].bytes_list.value),
+        metadata_columns=metadata)
+
+
+def resolve_config(config: PipelineConfig, description: DataDescription) -> PipelineConfig:
+    """Fill the fields left to the data (0 or empty) and check the rest agrees with it."""
+    views = config.num_views or description.num_views
+    if views != description.num_views:
+        raise DataLayoutError(f"config num_views is {config.num_views} but the data has "
+                              f"{description.num_views} view(s) per example")
+    masks = config.num_masks or description.num_masks
+    if masks != description.num_masks:
+        raise DataLayoutError(f"config num_masks is {config.num_masks} but the data has "
+                              f"{description.num_masks} mask(s) per example")
+    unknown = sorted(set(config.slice_columns) - set(description.metadata_columns))
+    if unknown:
+        raise DataLayoutError(f"config slice_columns {', '.join(unknown)} are not metadata "
+                              f"columns of the data ({', '.join(description.metadata_columns)})")
+    return config.replace(
+        num_views=views, num_masks=masks, use_spans=description.use_spans,
+        metadata_columns=list(description.metadata_columns),
+        slice_columns=list(config.slice_columns or description.metadata_columns)).validate()

@@ -1,0 +1,82 @@
+"""Runs `create_pipeline` with TFX's LocalDagRunner and an SQLite MLMD store in the workdir."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
+
+import hashlib  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from tfx import v1 as tfx  # noqa: E402
+
+from masktfx.config import PipelineConfig  # noqa: E402
+from modules.schema import write_schema  # noqa: E402
+from pipeline.data import describe_data, list_spans, resolve_config  # noqa: E402
+from pipeline.pipeline import create_pipeline, schema_path  # noqa: E402
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    config: PipelineConfig
+    ingested: str | None  # the span folder written for a manifest, if one was written
+
+
+def manifest_fingerprint(manifest_path: str) -> str:
+    """A new or edited manifest means new data; the same manifest means none."""
+    digest = hashlib.sha256()
+    with open(manifest_path, "rb") as handle:
+        digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def ingest_manifest_into_workdir(manifest_path: str, config: PipelineConfig
+                                 ) -> tuple[str, str | None]:
+    """Ingest into WORKDIR/data/span-N, a new span only when the manifest changed.
+
+    Returns the data root and the span folder written (None when the latest span already holds
+    this manifest, so a re-run with no new data is served from the cache).
+    """
+    from masktfx.ingest import run_ingest
+
+    data_root = os.path.join(config.workdir, "data")
+    fingerprint = manifest_fingerprint(manifest_path)
+    spans = list_spans(data_root)
+    if spans:
+        marker = os.path.join(data_root, f"span-{spans[-1]}", "manifest.sha256")
+        if os.path.exists(marker) and open(marker, encoding="ascii").read().strip() == fingerprint:
+            return data_root, None
+    span = (spans[-1] + 1) if spans else 1
+    result = run_ingest(manifest_path, data_root, span=span, max_pixels=config.max_pixels,
+                        beam_args=config.beam_pipeline_args)
+    if not result.published:
+        raise RuntimeError(f"ingest of {manifest_path} wrote no example; see "
+                           f"{os.path.join(result.output_dir, 'rejected.csv')}")
+    with open(os.path.join(result.output_dir, "manifest.sha256"), "w", encoding="ascii") as out:
+        out.write(fingerprint)
+    return data_root, result.output_dir
+
+
+def prepare(config: PipelineConfig, data: str) -> PreparedRun:
+    """Resolve the data (ingesting a manifest first), fill config fields left to the data and
+    write the contract schema. Raises before any component runs if something is wrong."""
+    config = config.replace(workdir=os.path.abspath(config.workdir)).validate()
+    ingested = None
+    if data.lower().endswith(".csv"):
+        data_root, ingested = ingest_manifest_into_workdir(data, config)
+    else:
+        data_root = data
+    config = resolve_config(config.replace(data_root=os.path.abspath(data_root)),
+                            describe_data(data_root))
+    write_schema(config, schema_path(config))
+    return PreparedRun(config, ingested)
+
+
+def run_pipeline(config: PipelineConfig) -> None:
+    """Run the whole pipeline; raises if a component fails."""
+    os.makedirs(config.workdir, exist_ok=True)
+    pipeline = create_pipeline(config)
+    pipeline.metadata_connection_config = (
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
+    tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -1,0 +1,150 @@
+"""The MaskTFX pipeline definition, shared by the local and the Kubeflow runners.
+
+`create_pipeline` builds components only; which runner runs them, and where, is the runners' job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2, range_config_pb2
+
+import modules
+from components.anomaly_gate import AnomalyGate
+from components.versioned_pusher import VersionedPusher
+from masktfx.config import PipelineConfig
+from modules import features
+
+MODULES_DIR = os.path.dirname(os.path.abspath(modules.__file__))
+TRANSFORM_MODULE = os.path.join(MODULES_DIR, "transform.py")
+TRAINER_MODULE = os.path.join(MODULES_DIR, "trainer.py")
+
+
+def schema_path(config: PipelineConfig) -> str:
+    """Where the runner writes the contract schema (`modules.schema`) for ImportSchemaGen."""
+    return f"{config.pipeline_root}/schema/schema.pbtxt"
+
+
+def example_gen_configs(config: PipelineConfig) -> dict[str, Any]:
+    """Input pattern, group-hash split and span window for ImportExampleGen."""
+    if config.use_spans:
+        pattern = f"{features.SPAN_DIR_PATTERN}/{features.SHARD_GLOB}"
+        range_config = range_config_pb2.RangeConfig(
+            rolling_range=range_config_pb2.RollingRange(num_spans=config.span_window))
+    else:
+        pattern, range_config = features.SHARD_GLOB, None
+    return {
+        "input_config": example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="single_split", pattern=pattern)]),
+        "output_config": example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+            splits=[
+                example_gen_pb2.SplitConfig.Split(name=features.TRAIN_SPLIT,
+                                                  hash_buckets=config.train_buckets),
+                example_gen_pb2.SplitConfig.Split(name=features.EVAL_SPLIT,
+                                                  hash_buckets=config.eval_buckets),
+            ],
+            # Hash of the group, so a patient, subject or site never straddles the splits.
+            partition_feature_name=features.GROUP_KEY)),
+        "range_config": range_config,
+    }
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    """Metrics overall and per metadata column; the gate: accuracy floor and bounded AUC drop."""
+    accuracy = tfma.MetricConfig(
+        class_name="BinaryAccuracy",
+        config=json.dumps({"threshold": config.decision_threshold}),
+        threshold=tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.min_accuracy})))
+    auc = tfma.MetricConfig(
+        class_name="AUC",
+        threshold=tfma.MetricThreshold(change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -config.max_auc_drop})))
+    thresholded = json.dumps({"thresholds": [config.decision_threshold]})
+    metrics = [
+        tfma.MetricConfig(class_name="ExampleCount"),
+        accuracy,
+        auc,
+        tfma.MetricConfig(class_name="AUC", config=json.dumps(
+            {"name": "auc_pr", "curve": "PR"})),
+        tfma.MetricConfig(class_name="Precision", config=thresholded),
+        tfma.MetricConfig(class_name="Recall", config=thresholded),
+        tfma.MetricConfig(class_name="Calibration"),
+        tfma.MetricConfig(class_name="MeanLabel"),
+        tfma.MetricConfig(class_name="MeanPrediction"),
+        tfma.MetricConfig(class_name="CalibrationPlot"),
+        tfma.MetricConfig(class_name="ConfusionMatrixPlot"),
+    ]
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name=features.SERVING_SIGNATURE,
+                                    label_key=features.LABEL_KEY,
+                                    prediction_key=features.PROBABILITY_OUTPUT,
+                                    preprocessing_function_names=[
+                                        features.TRANSFORM_SIGNATURE])],
+        slicing_specs=[tfma.SlicingSpec()] + [
+            tfma.SlicingSpec(feature_keys=[column]) for column in config.slice_columns],
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)])
+
+
+def create_pipeline(config: PipelineConfig, data_root: Any = None,
+                    train_steps: Any = None) -> tfx.dsl.Pipeline:
+    """The whole chain, ingest shards to pushed model.
+
+    `data_root` and `train_steps` default to the config; the Kubeflow runner passes runtime
+    parameters there so a scheduled run can change them.
+    """
+    config.validate()
+    custom_config = config.to_custom_config()
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data_root if data_root is not None else config.data_root,
+        **example_gen_configs(config))
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path(config))
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
+                                                  schema=schema_gen.outputs["schema"])
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        module_file=TRANSFORM_MODULE, custom_config=custom_config)
+    # Transform must not run on data the validator flagged.
+    transform.add_upstream_node(anomaly_gate)
+    trainer = tfx.components.Trainer(
+        module_file=TRAINER_MODULE,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps)
+        if train_steps is None else train_steps,
+        eval_args=tfx.proto.EvalArgs(num_steps=0),
+        custom_config=custom_config)
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        eval_config=eval_config(config))
+    pusher = VersionedPusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(config.resolved_serving_dir, config.model_name))))
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=[example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate,
+                    transform,
+                    trainer, model_resolver, evaluator, pusher],
+        enable_cache=True,
+        metadata_connection_config=None,
+        beam_pipeline_args=config.beam_pipeline_args)

@@ -1,0 +1,160 @@
+"""The module files on their own: preprocessing_fn through tft_beam, the models, and run_fn on
+tiny transformed data, down to a SavedModel whose signatures agree."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from conftest import square_mask
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from masktfx.config import PipelineConfig
+from masktfx.images import encode_png
+from masktfx.records import make_example
+from modules import features
+from modules.model import build_model
+from modules.trainer import run_fn
+from modules.transform import preprocessing_fn
+
+
+def _raw_spec(num_views: int, num_masks: int) -> dict:
+    return {
+        features.IMAGES_KEY: tf.io.FixedLenFeature([num_views], tf.string),
+        features.MASKS_KEY: tf.io.FixedLenFeature([num_masks], tf.string),
+        features.LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64),
+    }
+
+
+def _transform(instances: list[dict], config: PipelineConfig, tmp_path, output_dir=None):
+    metadata = dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(_raw_spec(config.num_views, config.num_masks)))
+    fn = functools.partial(preprocessing_fn, custom_config=config.to_custom_config())
+    with tft_beam.Context(temp_dir=str(tmp_path / "tft_tmp"), force_tf_compat_v1=False):
+        (transformed, transformed_metadata), transform_fn = (
+            (instances, metadata) | tft_beam.AnalyzeAndTransformDataset(fn))
+        if output_dir:
+            _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
+            metadata_io.write_metadata(
+                metadata, os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    return transformed, transformed_metadata
+
+
+def _gradient(size: int) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size]
+    return ((y * 7 + x * 3) % 256).astype(np.uint8)
+
+
+def test_crop_mode_crops_the_region_box_with_margin(tmp_path):
+    image = _gradient(32)
+    mask = square_mask(32, 4, 12)  # rows and columns 4..11
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=12, crop_margin=0.25)
+    instance = {features.IMAGES_KEY: [encode_png(image)], features.MASKS_KEY: [encode_png(mask)],
+                features.LABEL_KEY: [1]}
+    transformed, _ = _transform([instance], config, tmp_path)
+    region = np.asarray(transformed[0][features.REGION_KEY]).reshape(1, 12, 12, 2)
+    assert transformed[0][features.TRANSFORMED_LABEL_KEY] == 1
+    # box: 8 pixels widened by 25% on each side = 12, centred on 7.5 -> pixels 2..13, 1:1
+    expected_mask = mask[2:14, 2:14].astype(np.float32)
+    np.testing.assert_array_equal(region[0, :, :, 1], expected_mask)
+    crop = image[2:14, 2:14].astype(np.float32) / 255.0
+    inside = crop[expected_mask > 0]
+    expected = (crop - inside.mean()) / inside.std()
+    np.testing.assert_allclose(region[0, :, :, 0], expected, atol=1e-4)
+
+
+def test_zero_and_channel_modes_with_three_views_and_per_view_masks(tmp_path, rng):
+    views = [rng.integers(0, 255, (24, 24), np.uint8) for _ in range(3)]
+    masks = [square_mask(24, 3 * i + 2, 3 * i + 14) for i in range(3)]
+    instance = {features.IMAGES_KEY: [encode_png(v) for v in views],
+                features.MASKS_KEY: [encode_png(m) for m in masks], features.LABEL_KEY: [0]}
+    zero = PipelineConfig(num_views=3, num_masks=3, image_size=24, mask_mode="zero")
+    transformed, _ = _transform([instance], zero, tmp_path)
+    region = np.asarray(transformed[0][features.REGION_KEY]).reshape(3, 24, 24, 2)
+    for view in range(3):
+        np.testing.assert_array_equal(region[view, :, :, 1], masks[view].astype(np.float32))
+        assert np.all(region[view, :, :, 0][~masks[view]] == 0)
+        assert np.any(region[view, :, :, 0][masks[view]] != 0)
+    channel = PipelineConfig(num_views=3, num_masks=3, image_size=16, mask_mode="channel",
+                             keep_mask_channel=False, normalization="dataset")
+    transformed, meta = _transform([instance, instance], channel, tmp_path / "b")
+    region = np.asarray(transformed[0][features.REGION_KEY]).reshape(3, 16, 16, 2)
+    pixels = np.stack([np.asarray(t[features.REGION_KEY]).reshape(3, 16, 16, 2)[..., 0]
+                       for t in transformed])
+    assert abs(pixels.mean()) < 1e-3 and abs(pixels.std() - 1) < 1e-2
+
+
+def test_views_are_checked_against_the_config(tmp_path, rng):
+    instance = {features.IMAGES_KEY: [encode_png(rng.integers(0, 255, (16, 16), np.uint8))],
+                features.MASKS_KEY: [encode_png(square_mask(16, 2, 9))], features.LABEL_KEY: [0]}
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=8, channels=3)
+    transformed, _ = _transform([instance], config, tmp_path)
+    assert np.asarray(transformed[0][features.REGION_KEY]).size == 8 * 8 * 4  # gray -> RGB + mask
+
+
+@pytest.mark.parametrize("preset", ["seed", "resnet"])
+@pytest.mark.parametrize("views", [1, 3])
+def test_models_build_for_one_and_three_views(preset, views):
+    config = PipelineConfig(num_views=views, num_masks=1, image_size=32, model_preset=preset)
+    model = build_model(config)
+    batch = np.zeros((2, views, 32, 32, config.input_channels), np.float32)
+    assert model(batch).shape == (2, 1)
+    assert model.input_shape == (None, views, 32, 32, 2)
+
+
+def _tiny_examples(rng, count):
+    examples = []
+    for index in range(count):
+        label = index % 2
+        image = rng.integers(0, 60, (20, 20)).astype(np.uint8)
+        if label:
+            image[8:12, 8:12] = 250
+        examples.append((label, encode_png(image), encode_png(square_mask(20, 5, 15))))
+    return examples
+
+
+def test_run_fn_saves_a_model_whose_signatures_agree(tmp_path, rng):
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=2, batch_size=8,
+                            model_preset="seed")
+    examples = _tiny_examples(rng, 24)
+    instances = [{features.IMAGES_KEY: [img], features.MASKS_KEY: [mask],
+                  features.LABEL_KEY: [label]} for label, img, mask in examples]
+    transform_dir = str(tmp_path / "transform")
+    transformed, transformed_metadata = _transform(instances, config, tmp_path, transform_dir)
+    spec = transformed_metadata.schema
+    coder = tft.coders.ExampleProtoCoder(spec)
+    data_dir = tmp_path / "transformed"
+    data_dir.mkdir()
+    for split, rows in (("train", transformed[:16]), ("eval", transformed[16:])):
+        with tf.io.TFRecordWriter(str(data_dir / f"{split}.gz"),
+                                  options=tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+            for row in rows:
+                w.write(coder.encode(row))
+    serving_dir = str(tmp_path / "serving_model")
+    fn_args = FnArgs(train_files=[str(data_dir / "train.gz")],
+                     eval_files=[str(data_dir / "eval.gz")], transform_output=transform_dir,
+                     serving_model_dir=serving_dir, model_run_dir=str(tmp_path / "run"),
+                     custom_config=config.to_custom_config(), train_steps=None)
+    run_fn(fn_args)
+    assert os.listdir(str(tmp_path / "run"))  # TensorBoard logs and the training summary
+    loaded = tf.saved_model.load(serving_dir)
+    assert set(loaded.signatures) == {features.SERVING_SIGNATURE, features.RAW_SIGNATURE,
+                                      features.TRANSFORM_SIGNATURE}
+    serialized = tf.constant([make_example([img], [mask]).SerializeToString()
+                              for _, img, mask in examples])
+    by_example = loaded.signatures[features.SERVING_SIGNATURE](examples=serialized)
+    by_raw = loaded.signatures[features.RAW_SIGNATURE](
+        images=tf.constant([[img] for _, img, _ in examples]),
+        masks=tf.constant([[mask] for _, _, mask in examples]))
+    probability = by_example[features.PROBABILITY_OUTPUT].numpy()
+    assert probability.shape == (24,) and np.all((probability >= 0) & (probability <= 1))
+    np.testing.assert_allclose(probability, by_raw[features.PROBABILITY_OUTPUT].numpy(),
+                               atol=1e-6)
+    np.testing.assert_array_equal(by_example[features.PREDICTED_LABEL_OUTPUT].numpy(),
+                                  (probability >= 0.5).astype(np.int64))

@@ -1,0 +1,104 @@
+"""The real pipeline end to end on the local runner (slow: a few minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from masktfx import cli
+from masktfx.config import PipelineConfig
+from masktfx.demo_data import write_synthetic
+from masktfx.records import make_example
+from modules import features
+from pipeline.summary import summarize_run
+
+pytestmark = pytest.mark.slow
+
+FLAGS = ["--image-size", "32", "--epochs", "20", "--batch-size", "16"]
+
+
+def _run(manifest: str, workdir: str, *extra: str) -> int:
+    return cli.main(["run", "--data", manifest, "--workdir", workdir, *FLAGS, *extra])
+
+
+def _rows(manifest: str) -> list[dict[str, str]]:
+    with open(manifest, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=240, size=32)
+    workdir = str(tmp_path / "work")
+    assert _run(manifest, workdir) == 0
+    out = capsys.readouterr().out
+    assert "blessed: yes" in out and "pushed: version" in out
+    config = PipelineConfig(workdir=workdir)
+    summary = summarize_run(config)
+    assert summary.blessed and summary.pushed
+    assert summary.metrics["auc"] >= 0.9
+    assert sum(summary.examples.values()) == 240
+    model_dir = os.path.join(config.resolved_serving_dir, config.model_name)
+    versions = [name for name in os.listdir(model_dir) if name.isdigit()]
+    assert versions == [summary.pushed_version]
+    assert not [name for name in os.listdir(model_dir) if not name.isdigit()]
+
+    # the pushed model loads, and both signatures give the same probabilities
+    loaded = tf.saved_model.load(os.path.join(model_dir, versions[0]))
+    base = os.path.dirname(manifest)
+    rows = _rows(manifest)[:12]
+    images, masks = [], []
+    for row in rows:
+        with open(os.path.join(base, row["image"]), "rb") as handle:
+            images.append(handle.read())
+        with open(os.path.join(base, row["mask"]), "rb") as handle:
+            masks.append(handle.read())
+    serialized = [make_example([i], [m]).SerializeToString() for i, m in zip(images, masks)]
+    by_example = loaded.signatures[features.SERVING_SIGNATURE](examples=tf.constant(serialized))
+    by_raw = loaded.signatures[features.RAW_SIGNATURE](
+        images=tf.constant([[i] for i in images]), masks=tf.constant([[m] for m in masks]))
+    np.testing.assert_allclose(by_example[features.PROBABILITY_OUTPUT].numpy(),
+                               by_raw[features.PROBABILITY_OUTPUT].numpy(), atol=1e-6)
+
+    # a second run with no new data is served from the cache and pushes nothing new
+    assert _run(manifest, workdir) == 0
+    again = summarize_run(config)
+    assert again.run_id != summary.run_id
+    assert again.all_cached, again.components
+    assert sorted(name for name in os.listdir(model_dir)) == versions
+
+
+def test_label_shuffled_data_is_not_blessed_and_nothing_is_pushed(tmp_path, capsys):
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=240, size=32, seed=7)
+    rows = _rows(manifest)
+    labels = [row["label"] for row in rows]
+    random.Random(0).shuffle(labels)
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row, label in zip(rows, labels):
+            writer.writerow({**row, "label": label})
+    workdir = str(tmp_path / "work")
+    assert _run(manifest, workdir, "--direct-running-mode", "in_memory") == 0
+    out = capsys.readouterr().out
+    assert "blessed: NO" in out and "binary_accuracy" in out
+    assert "pushed: nothing" in out
+    config = PipelineConfig(workdir=workdir)
+    assert not os.path.exists(os.path.join(config.resolved_serving_dir, config.model_name)) or \
+        not os.listdir(os.path.join(config.resolved_serving_dir, config.model_name))
+
+
+def test_bad_config_fails_before_any_component(tmp_path, capsys):
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=8, size=16)
+    for flag, value, message in (("--model-preset", "vgg", "model_preset"),
+                                 ("--image-size", "0", "image_size"),
+                                 ("--decision-threshold", "1.5", "decision_threshold"),
+                                 ("--mask-mode", "blur", "mask_mode")):
+        assert cli.main(["run", "--data", manifest, "--workdir", str(tmp_path / "w"), flag,
+                         value]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
