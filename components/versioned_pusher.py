@@ -9,6 +9,7 @@ Versions are Unix timestamps, always greater than every version already in the f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,6 +26,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
 PARTIAL_PREFIX = ".partial-"
+SOURCES_FILE = ".masktfx-versions.json"  # version -> the Trainer model it was copied from
 
 
 def existing_versions(base_directory: str) -> list[int]:
@@ -38,13 +40,35 @@ def next_version(base_directory: str) -> int:
     return max([int(time.time())] + [v + 1 for v in existing_versions(base_directory)])
 
 
-def publish_version(model_path: str, base_directory: str) -> tuple[int, str]:
+def _read_sources(base_directory: str) -> dict[str, str]:
+    try:
+        with open(os.path.join(base_directory, SOURCES_FILE), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_source(base_directory: str, version: int, model_path: str) -> None:
+    sources = _read_sources(base_directory)
+    sources[str(version)] = model_path
+    partial = os.path.join(base_directory, f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:8]}.json")
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(sources, handle, indent=1, sort_keys=True)
+    os.replace(partial, os.path.join(base_directory, SOURCES_FILE))
+
+
+def publish_version(model_path: str, base_directory: str) -> tuple[int, str, bool]:
     """Copy `model_path` into a hidden folder beside the versions, then rename it into place.
 
-    On any failure (a full disk, say) the partial copy is removed and the versions already there
-    are untouched.
+    Returns (version, path, published). When the newest version already is this model (a re-run
+    with no new data re-evaluates it against itself), nothing is copied and that version is
+    returned. On any failure (a full disk, say) the partial copy is removed and the versions
+    already there are untouched.
     """
     os.makedirs(base_directory, exist_ok=True)
+    versions = existing_versions(base_directory)
+    if versions and _read_sources(base_directory).get(str(versions[-1])) == model_path:
+        return versions[-1], os.path.join(base_directory, str(versions[-1])), False
     version = next_version(base_directory)
     partial = os.path.join(base_directory, f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
     try:
@@ -54,7 +78,8 @@ def publish_version(model_path: str, base_directory: str) -> tuple[int, str]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return version, target
+    _record_source(base_directory, version, model_path)
+    return version, target, True
 
 
 class Executor(pusher_executor.Executor):
@@ -78,8 +103,10 @@ class Executor(pusher_executor.Executor):
             raise ValueError(f"push destination {base_directory} is not a local or mounted "
                              "folder; the versioned pusher renames folders, which object stores "
                              "cannot do atomically")
-        version, serving_path = publish_version(model_path, base_directory)
-        logging.info("Model version %d published at %s", version, serving_path)
+        version, serving_path, published = publish_version(model_path, base_directory)
+        logging.info("Model version %d %s at %s", version,
+                     "published" if published else "was already serving this model",
+                     serving_path)
         io_utils.copy_dir(model_path, model_push.uri)  # archive copy, as TFX's Pusher keeps
         self._MarkPushed(model_push, pushed_destination=serving_path,
                          pushed_version=str(version))

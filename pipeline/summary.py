@@ -30,12 +30,6 @@ class RunSummary:
     pushed_path: str | None = None
     pushed_version: str | None = None
 
-    @property
-    def all_cached(self) -> bool:
-        return bool(self.components) and all(
-            state == "CACHED" for node, state in self.components.items()
-            if not node.endswith("resolver"))
-
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

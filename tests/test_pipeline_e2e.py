@@ -13,7 +13,7 @@ import tensorflow as tf
 from masktfx import cli
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
-from masktfx.records import make_example
+from masktfx.records import make_example, read_examples
 from modules import features
 from pipeline.summary import summarize_run
 
@@ -45,7 +45,7 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     model_dir = os.path.join(config.resolved_serving_dir, config.model_name)
     versions = [name for name in os.listdir(model_dir) if name.isdigit()]
     assert versions == [summary.pushed_version]
-    assert not [name for name in os.listdir(model_dir) if not name.isdigit()]
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".partial")]
 
     # the pushed model loads, and both signatures give the same probabilities
     loaded = tf.saved_model.load(os.path.join(model_dir, versions[0]))
@@ -64,12 +64,16 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     np.testing.assert_allclose(by_example[features.PROBABILITY_OUTPUT].numpy(),
                                by_raw[features.PROBABILITY_OUTPUT].numpy(), atol=1e-6)
 
-    # a second run with no new data is served from the cache and pushes nothing new
+    # a second run with no new data is served from the cache up to the Trainer; the Evaluator
+    # re-checks the same model against itself as the new baseline, and nothing new is pushed
     assert _run(manifest, workdir) == 0
     again = summarize_run(config)
     assert again.run_id != summary.run_id
-    assert again.all_cached, again.components
-    assert sorted(name for name in os.listdir(model_dir)) == versions
+    for node in ("ImportExampleGen", "StatisticsGen", "ExampleValidator", "Transform",
+                 "Trainer"):
+        assert again.components[node] == "CACHED", again.components
+    assert again.pushed_version == summary.pushed_version
+    assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
 
 
 def test_label_shuffled_data_is_not_blessed_and_nothing_is_pushed(tmp_path, capsys):
@@ -102,3 +106,28 @@ def test_bad_config_fails_before_any_component(tmp_path, capsys):
                          value]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_a_span_that_breaks_the_contract_stops_before_transform(tmp_path, capsys):
+    """Span 2 has records without masks: ExampleValidator flags it and the run stops."""
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=40, size=16)
+    data_root = tmp_path / "ingested"
+    assert cli.main(["ingest", manifest, "--output", str(data_root), "--span", "1",
+                     "--no-progress", "--beam-args", "--runner=DirectRunner"]) == 0
+    records = read_examples(str(data_root / "span-1" / features.SHARD_GLOB))
+    (data_root / "span-2").mkdir()
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(str(data_root / "span-2" / "data-00000-of-00001.tfrecord.gz"),
+                              options=options) as writer:
+        for index, example in enumerate(records):
+            if index > 0:  # the first record keeps its masks, the others lose them
+                del example.features.feature[features.MASKS_KEY]
+            writer.write(example.SerializeToString())
+    workdir = str(tmp_path / "work")
+    assert cli.main(["run", "--data", str(data_root), "--workdir", workdir, *FLAGS,
+                     "--direct-running-mode", "in_memory"]) == 1
+    err = capsys.readouterr().err
+    assert "anomalies" in err and "'masks'" in err
+    summary = summarize_run(PipelineConfig(workdir=workdir))
+    assert "Transform" not in summary.components or \
+        summary.components["Transform"] not in ("COMPLETE", "CACHED")

@@ -1,0 +1,84 @@
+"""The configuration object and the versioned pusher's publishing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+from components import versioned_pusher
+from components.versioned_pusher import existing_versions, publish_version
+from masktfx.config import ConfigError, PipelineConfig, add_config_flags, config_from_args
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_flags(parser)
+    return parser.parse_args(argv)
+
+
+def test_yaml_then_flags_then_validation(tmp_path):
+    path = tmp_path / "masktfx.yaml"
+    path.write_text("image_size: 48\nmask_mode: zero\naugment: false\nbeam_args: [--foo=1]\n")
+    config = config_from_args(_parse(["--config", str(path), "--image-size", "96"]))
+    assert config.image_size == 96 and config.mask_mode == "zero" and config.augment is False
+    assert config.beam_args == ["--foo=1"]
+    assert config.beam_pipeline_args[:2] == ["--direct_running_mode=multi_processing",
+                                             "--direct_num_workers=0"]
+    assert PipelineConfig.from_dict(config.to_custom_config()) == config
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("image_size: 0\n", "'image_size' must be between 8 and 1024, got 0"),
+    ("model_preset: vgg\n", "'model_preset' must be one of seed, resnet"),
+    ("decision_threshold: 1.5\n", "'decision_threshold' must be between 0 and 1"),
+    ("mask_mode: blur\n", "'mask_mode' must be one of crop, zero, channel"),
+    ("image_sise: 64\n", "unknown field(s) image_sise"),
+    ("epochs: many\n", "field 'epochs' expects int, got 'many'"),
+    ("- a list\n", "expected a mapping"),
+])
+def test_bad_values_name_the_field(tmp_path, yaml_text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as error:
+        config_from_args(_parse(["--config", str(path)]))
+    assert message in str(error.value)
+
+
+def _model(tmp_path, name: str, payload: str) -> str:
+    model = tmp_path / name
+    (model / "variables").mkdir(parents=True, exist_ok=True)
+    (model / "saved_model.pb").write_text(payload)
+    (model / "variables" / "variables.index").write_text(payload)
+    return str(model)
+
+
+def test_publish_versions_increase_and_same_model_is_not_pushed_twice(tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    first, path, published = publish_version(_model(tmp_path, "a", "one"), base)
+    assert published and open(os.path.join(path, "saved_model.pb")).read() == "one"
+    again, _, published = publish_version(_model(tmp_path, "a", "one"), base)
+    assert (again, published) == (first, False)
+    second, _, published = publish_version(_model(tmp_path, "b", "two"), base)
+    assert published and second > first
+    assert existing_versions(base) == [first, second]
+    assert not [n for n in os.listdir(base) if n.startswith(versioned_pusher.PARTIAL_PREFIX)]
+
+
+def test_a_failed_copy_leaves_no_partial_version_and_the_old_one_intact(tmp_path, monkeypatch):
+    base = str(tmp_path / "serving" / "m")
+    first, _, _ = publish_version(_model(tmp_path, "a", "one"), base)
+
+    def copy_until_full(source, target):
+        os.makedirs(target)
+        with open(os.path.join(target, "saved_model.pb"), "w") as handle:
+            handle.write("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(versioned_pusher.shutil, "copytree", copy_until_full)
+    with pytest.raises(OSError, match="No space left"):
+        publish_version(_model(tmp_path, "b", "two"), base)
+    assert existing_versions(base) == [first]
+    assert sorted(os.listdir(base)) == sorted([str(first), versioned_pusher.SOURCES_FILE])
