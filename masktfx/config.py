@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-MASK_MODES = ("crop", "zero", "channel")
+MASK_MODES = ("crop", "zero", "channel", "none")
 NORMALIZATIONS = ("region", "dataset")
 MODEL_PRESETS = ("seed", "resnet")
 RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
@@ -45,7 +45,8 @@ class PipelineConfig:
         default=0, metadata={"help": "masks per example: 1 (shared) or num_views; 0: from data"})
     channels: int = field(default=1, metadata={"help": "image channels the model sees (1 or 3)"})
     image_size: int = field(default=64, metadata={"help": "side of the model's square input"})
-    mask_mode: str = field(default="crop", metadata={"help": "crop | zero | channel"})
+    mask_mode: str = field(
+        default="crop", metadata={"help": "crop | zero | channel | none (ablation: no mask)"})
     crop_margin: float = field(
         default=0.25, metadata={"help": "context around the region's box, as a fraction of it"}
     )
@@ -108,7 +109,8 @@ class PipelineConfig:
     @property
     def input_channels(self) -> int:
         """Channels of the model input: the image channels, plus one when the mask rides along."""
-        with_mask = self.mask_mode == "channel" or self.keep_mask_channel
+        with_mask = self.mask_mode == "channel" or (
+            self.keep_mask_channel and self.mask_mode != "none")
         return self.channels + (1 if with_mask else 0)
 
     @property

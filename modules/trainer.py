@@ -64,10 +64,16 @@ def augment(regions: tf.Tensor, channels: int) -> tf.Tensor:
 
 def make_input(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput,
                config: PipelineConfig, training: bool) -> tf.data.Dataset:
-    """(region, label) batches; shuffled and augmented only for training."""
-    dataset = _transformed_dataset(file_pattern, tf_transform_output, config.batch_size)
+    """(region, label) batches of transformed examples; shuffled and augmented for training."""
+    return training_pairs(_transformed_dataset(file_pattern, tf_transform_output,
+                                               config.batch_size), config, training)
+
+
+def training_pairs(batches: tf.data.Dataset, config: PipelineConfig, training: bool
+                   ) -> tf.data.Dataset:
+    """Batches of transformed feature dicts -> (region, label), augmented only for training."""
     if training:
-        dataset = dataset.unbatch().shuffle(2048, seed=config.seed).batch(config.batch_size)
+        batches = batches.unbatch().shuffle(2048, seed=config.seed).batch(config.batch_size)
 
     def split(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         regions = batch[features.REGION_KEY]
@@ -75,7 +81,7 @@ def make_input(file_pattern: list[str] | str, tf_transform_output: tft.TFTransfo
             regions = augment(regions, config.channels)
         return regions, batch[features.TRANSFORMED_LABEL_KEY]
 
-    return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return batches.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput
@@ -130,6 +136,25 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
     }
 
 
+def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.data.Dataset,
+                weights: dict[int, float], log_dir: str | None = None,
+                steps_per_epoch: int | None = None, verbose: int = 2
+                ) -> tuple[tf.keras.Model, tf.keras.callbacks.History]:
+    """Fit with early stopping on eval AUC (best weights kept); shared by run_fn and bench."""
+    model = build_model(config)
+    callbacks = [
+        tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
+                                         patience=config.early_stopping_patience,
+                                         restore_best_weights=True),
+    ]
+    if log_dir:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
+    history = model.fit(train, validation_data=evaluation, epochs=config.epochs,
+                        steps_per_epoch=steps_per_epoch, class_weight=weights,
+                        callbacks=callbacks, verbose=verbose)
+    return model, history
+
+
 def run_fn(fn_args: Any) -> None:
     """TFX Trainer entry point (generic trainer); `custom_config` is the PipelineConfig."""
     config = PipelineConfig.from_dict(fn_args.custom_config).validate()
@@ -142,16 +167,8 @@ def run_fn(fn_args: Any) -> None:
     if fn_args.train_steps:
         train = train.repeat()
         steps_per_epoch = max(1, int(fn_args.train_steps) // config.epochs)
-    model = build_model(config)
-    callbacks = [
-        tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                         patience=config.early_stopping_patience,
-                                         restore_best_weights=True),
-        tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-    ]
-    history = model.fit(train, validation_data=evaluation, epochs=config.epochs,
-                        steps_per_epoch=steps_per_epoch, class_weight=weights,
-                        callbacks=callbacks, verbose=2)
+    model, history = train_model(config, train, evaluation, weights, fn_args.model_run_dir,
+                                 steps_per_epoch)
     logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
     signatures = make_signatures(model, tf_transform_output, config)
     model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)

@@ -9,6 +9,8 @@ Mask modes (`config.mask_mode`):
   `crop_margin` on each side, then resize to `image_size`; the context around the region is kept.
 - `zero`: resize the whole image and set every pixel outside the region to 0.
 - `channel`: resize the whole image; the mask is only given as an extra channel.
+- `none`: the mask is ignored (whole image, no mask channel); an ablation, to measure what the
+  mask is worth.
 With `keep_mask_channel` (default on) `crop` and `zero` also append the mask as a channel.
 
 Normalization (`config.normalization`):
@@ -110,11 +112,13 @@ def apply_mask(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig) -> tf
     else:
         views = tf.image.resize(views, [size, size], method="bilinear")
         masks = tf.image.resize(masks, [size, size], method="nearest")
+    if config.mask_mode == "none":
+        masks = tf.ones_like(masks)  # the region is the whole image: the mask is not used
     if config.normalization == "region":
         views = standardize_over_region(views, masks)
     if config.mask_mode == "zero":
         views = views * masks
-    if config.mask_mode == "channel" or config.keep_mask_channel:
+    if config.input_channels > config.channels:
         views = tf.concat([views, masks], axis=-1)
     return views
 

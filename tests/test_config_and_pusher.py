@@ -34,7 +34,7 @@ def test_yaml_then_flags_then_validation(tmp_path):
     ("image_size: 0\n", "'image_size' must be between 8 and 1024, got 0"),
     ("model_preset: vgg\n", "'model_preset' must be one of seed, resnet"),
     ("decision_threshold: 1.5\n", "'decision_threshold' must be between 0 and 1"),
-    ("mask_mode: blur\n", "'mask_mode' must be one of crop, zero, channel"),
+    ("mask_mode: blur\n", "'mask_mode' must be one of crop, zero, channel, none"),
     ("image_sise: 64\n", "unknown field(s) image_sise"),
     ("epochs: many\n", "field 'epochs' expects int, got 'many'"),
     ("- a list\n", "expected a mapping"),
