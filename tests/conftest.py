@@ -39,3 +39,85 @@ def write_manifest(path: str, header: list[str], rows: list[list[object]]) -> st
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def _raw_spec(num_views: int, num_masks: int) -> dict:
+    import tensorflow as tf
+
+    from modules import features
+
+    return {
+        features.IMAGES_KEY: tf.io.FixedLenFeature([num_views], tf.string),
+        features.MASKS_KEY: tf.io.FixedLenFeature([num_masks], tf.string),
+        features.LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64),
+    }
+
+
+def run_transform(instances: list[dict], config, tmp_path, output_dir=None):
+    """preprocessing_fn through tft_beam, as TFX's Transform runs it; optionally saved."""
+    import functools
+
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+
+    from modules.transform import preprocessing_fn
+
+    metadata = dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(_raw_spec(config.num_views, config.num_masks)))
+    fn = functools.partial(preprocessing_fn, custom_config=config.to_custom_config())
+    with tft_beam.Context(temp_dir=str(tmp_path / "tft_tmp"), force_tf_compat_v1=False):
+        (transformed, transformed_metadata), transform_fn = (
+            (instances, metadata) | tft_beam.AnalyzeAndTransformDataset(fn))
+        if output_dir:
+            _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
+            metadata_io.write_metadata(
+                metadata, os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    return transformed, transformed_metadata
+
+
+def tiny_examples(rng: np.random.Generator, count: int) -> list[tuple[int, bytes, bytes]]:
+    """(label, image PNG, mask PNG): positives have a bright square inside the region."""
+    examples = []
+    for index in range(count):
+        label = index % 2
+        image = rng.integers(0, 60, (20, 20)).astype(np.uint8)
+        if label:
+            image[8:12, 8:12] = 250
+        examples.append((label, encode_png(image), encode_png(square_mask(20, 5, 15))))
+    return examples
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A real SavedModel made by run_fn on 24 tiny transformed examples (about 30 s, once)."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from masktfx.config import PipelineConfig
+    from modules import features
+    from modules.trainer import run_fn
+
+    tmp_path = tmp_path_factory.mktemp("tiny_model")
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=2, batch_size=8,
+                            model_preset="seed")
+    examples = tiny_examples(np.random.default_rng(7), 24)
+    instances = [{features.IMAGES_KEY: [img], features.MASKS_KEY: [mask],
+                  features.LABEL_KEY: [label]} for label, img, mask in examples]
+    transform_dir = str(tmp_path / "transform")
+    transformed, transformed_metadata = run_transform(instances, config, tmp_path, transform_dir)
+    coder = tft.coders.ExampleProtoCoder(transformed_metadata.schema)
+    data_dir = tmp_path / "transformed"
+    data_dir.mkdir()
+    for split, rows in (("train", transformed[:16]), ("eval", transformed[16:])):
+        options = tf.io.TFRecordOptions(compression_type="GZIP")
+        with tf.io.TFRecordWriter(str(data_dir / f"{split}.gz"), options=options) as writer:
+            for row in rows:
+                writer.write(coder.encode(row))
+    serving_dir = str(tmp_path / "serving_model")
+    run_fn(FnArgs(train_files=[str(data_dir / "train.gz")], eval_files=[str(data_dir / "eval.gz")],
+                  transform_output=transform_dir, serving_model_dir=serving_dir,
+                  model_run_dir=str(tmp_path / "run"), custom_config=config.to_custom_config(),
+                  train_steps=None))
+    return serving_dir, examples

@@ -3,47 +3,22 @@ tiny transformed data, down to a SavedModel whose signatures agree."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
-from conftest import square_mask
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
-from tfx.components.trainer.fn_args_utils import FnArgs
+from conftest import run_transform, square_mask
 
 from masktfx.config import PipelineConfig
 from masktfx.images import encode_png
 from masktfx.records import make_example
 from modules import features
 from modules.model import build_model
-from modules.trainer import run_fn
-from modules.transform import preprocessing_fn
 
 
-def _raw_spec(num_views: int, num_masks: int) -> dict:
-    return {
-        features.IMAGES_KEY: tf.io.FixedLenFeature([num_views], tf.string),
-        features.MASKS_KEY: tf.io.FixedLenFeature([num_masks], tf.string),
-        features.LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64),
-    }
-
-
-def _transform(instances: list[dict], config: PipelineConfig, tmp_path, output_dir=None):
-    metadata = dataset_metadata.DatasetMetadata(
-        schema_utils.schema_from_feature_spec(_raw_spec(config.num_views, config.num_masks)))
-    fn = functools.partial(preprocessing_fn, custom_config=config.to_custom_config())
-    with tft_beam.Context(temp_dir=str(tmp_path / "tft_tmp"), force_tf_compat_v1=False):
-        (transformed, transformed_metadata), transform_fn = (
-            (instances, metadata) | tft_beam.AnalyzeAndTransformDataset(fn))
-        if output_dir:
-            _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
-            metadata_io.write_metadata(
-                metadata, os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
-    return transformed, transformed_metadata
+def _transform(instances, config, tmp_path):
+    return run_transform(instances, config, tmp_path)
 
 
 def _gradient(size: int) -> np.ndarray:
@@ -108,41 +83,9 @@ def test_models_build_for_one_and_three_views(preset, views):
     assert model.input_shape == (None, views, 32, 32, 2)
 
 
-def _tiny_examples(rng, count):
-    examples = []
-    for index in range(count):
-        label = index % 2
-        image = rng.integers(0, 60, (20, 20)).astype(np.uint8)
-        if label:
-            image[8:12, 8:12] = 250
-        examples.append((label, encode_png(image), encode_png(square_mask(20, 5, 15))))
-    return examples
-
-
-def test_run_fn_saves_a_model_whose_signatures_agree(tmp_path, rng):
-    config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=2, batch_size=8,
-                            model_preset="seed")
-    examples = _tiny_examples(rng, 24)
-    instances = [{features.IMAGES_KEY: [img], features.MASKS_KEY: [mask],
-                  features.LABEL_KEY: [label]} for label, img, mask in examples]
-    transform_dir = str(tmp_path / "transform")
-    transformed, transformed_metadata = _transform(instances, config, tmp_path, transform_dir)
-    spec = transformed_metadata.schema
-    coder = tft.coders.ExampleProtoCoder(spec)
-    data_dir = tmp_path / "transformed"
-    data_dir.mkdir()
-    for split, rows in (("train", transformed[:16]), ("eval", transformed[16:])):
-        with tf.io.TFRecordWriter(str(data_dir / f"{split}.gz"),
-                                  options=tf.io.TFRecordOptions(compression_type="GZIP")) as w:
-            for row in rows:
-                w.write(coder.encode(row))
-    serving_dir = str(tmp_path / "serving_model")
-    fn_args = FnArgs(train_files=[str(data_dir / "train.gz")],
-                     eval_files=[str(data_dir / "eval.gz")], transform_output=transform_dir,
-                     serving_model_dir=serving_dir, model_run_dir=str(tmp_path / "run"),
-                     custom_config=config.to_custom_config(), train_steps=None)
-    run_fn(fn_args)
-    assert os.listdir(str(tmp_path / "run"))  # TensorBoard logs and the training summary
+def test_run_fn_saves_a_model_whose_signatures_agree(tiny_model):
+    serving_dir, examples = tiny_model
+    assert os.listdir(os.path.join(os.path.dirname(serving_dir), "run"))  # TensorBoard, summary
     loaded = tf.saved_model.load(serving_dir)
     assert set(loaded.signatures) == {features.SERVING_SIGNATURE, features.RAW_SIGNATURE,
                                       features.TRANSFORM_SIGNATURE}

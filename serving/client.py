@@ -1,0 +1,197 @@
+"""A TF Serving client for MaskTFX models, over REST or gRPC; works against the real TF Serving and
+against `masktfx serve` alike.
+
+Predictions come with the model version that made them: over gRPC the response says it; over REST
+(whose predict response does not) the client asks for the newest available version first and
+sends the request to that version's URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modules import features
+
+GRPC_MESSAGE_LIMIT = 64 * 2**20  # images are large; gRPC's default is 4 MB
+
+
+class ServingClientError(RuntimeError):
+    """The server refused or failed the request; `message` is the server's own words."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probability: float
+    label: int
+    model_version: int
+
+
+def _with_retries(call: Callable[[], Any], retries: int, backoff: float) -> Any:
+    """Retry only what says 'try again later' (HTTP 503, gRPC UNAVAILABLE)."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except ServingClientError as error:
+            if error.code not in ("UNAVAILABLE", "503") or attempt == retries:
+                raise
+            time.sleep(backoff * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+class RestClient:
+    def __init__(self, url: str, model: str, timeout: float = 30.0, retries: int = 3,
+                 backoff: float = 0.25):
+        import requests
+
+        self.url = url.rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._session = requests.Session()
+
+    def _model_url(self, version: int | None) -> str:
+        base = f"{self.url}/v1/models/{self.model}"
+        return base if version is None else f"{base}/versions/{version}"
+
+    def _request(self, method: str, url: str, body: dict | None = None) -> dict:
+        import requests
+
+        def once() -> dict:
+            try:
+                response = self._session.request(method, url, json=body, timeout=self.timeout)
+            except requests.ConnectionError as exc:
+                raise ServingClientError("UNREACHABLE", f"cannot connect to {url}: {exc}") \
+                    from None
+            except requests.Timeout:
+                raise ServingClientError("DEADLINE_EXCEEDED",
+                                         f"no answer from {url} in {self.timeout} s") from None
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = {"error": response.text[:500]}
+            if response.status_code != 200:
+                code = "UNAVAILABLE" if response.status_code == 503 else str(
+                    response.status_code)
+                raise ServingClientError(code, payload.get("error", response.reason))
+            return payload
+
+        return _with_retries(once, self.retries, self.backoff)
+
+    def status(self, version: int | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", self._model_url(version))["model_version_status"]
+
+    def metadata(self, version: int | None = None) -> dict[str, Any]:
+        return self._request("GET", self._model_url(version) + "/metadata")
+
+    def latest_version(self) -> int:
+        available = [int(s["version"]) for s in self.status() if s["state"] == "AVAILABLE"]
+        if not available:
+            raise ServingClientError("UNAVAILABLE", f"no version of {self.model} is available")
+        return max(available)
+
+    def predict(self, body: dict[str, Any], version: int | None = None) -> dict[str, Any]:
+        return self._request("POST", self._model_url(version) + ":predict", body)
+
+    def predict_regions(self, images: Sequence[Sequence[bytes]], masks: Sequence[Sequence[bytes]],
+                        version: int | None = None) -> list[Prediction]:
+        """Many regions in one request, through the `predict_raw` signature."""
+        body = {"signature_name": features.RAW_SIGNATURE, "instances": [
+            {features.IMAGES_KEY: [{"b64": base64.b64encode(i).decode()} for i in views],
+             features.MASKS_KEY: [{"b64": base64.b64encode(m).decode()} for m in region]}
+            for views, region in zip(images, masks)]}
+        for attempt in range(3):
+            chosen = version if version is not None else self.latest_version()
+            try:
+                predictions = self.predict(body, chosen)["predictions"]
+                break
+            except ServingClientError as error:
+                # the version was unloaded between the status and the predict: ask again
+                if version is not None or error.code != "404" or attempt == 2:
+                    raise
+        return [Prediction(float(p[features.PROBABILITY_OUTPUT]),
+                           int(p[features.PREDICTED_LABEL_OUTPUT]), chosen) for p in predictions]
+
+
+class GrpcClient:
+    def __init__(self, target: str, model: str, timeout: float = 30.0, retries: int = 3,
+                 backoff: float = 0.25):
+        import grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        self.model = model
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT)])
+        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def _call(self, method: Callable, request: Any) -> Any:
+        import grpc
+
+        def once() -> Any:
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                raise ServingClientError(error.code().name, error.details() or "") from None
+
+        return _with_retries(once, self.retries, self.backoff)
+
+    def _spec(self, spec: Any, version: int | None, signature: str = "") -> None:
+        spec.name = self.model
+        if version is not None:
+            spec.version.value = version
+        if signature:
+            spec.signature_name = signature
+
+    def status(self, version: int | None = None) -> list[dict[str, Any]]:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec, version)
+        response = self._call(self._models.GetModelStatus, request)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return [{"version": str(s.version), "state": states.Name(s.state),
+                 "status": {"error_message": s.status.error_message}}
+                for s in response.model_version_status]
+
+    def metadata(self, version: int | None = None) -> Any:
+        """The SignatureDefMap of the served version."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec, version)
+        response = self._call(self._predict.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return signature_map
+
+    def predict_regions(self, images: Sequence[Sequence[bytes]], masks: Sequence[Sequence[bytes]],
+                        version: int | None = None) -> list[Prediction]:
+        import numpy as np
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, version, features.RAW_SIGNATURE)
+        request.inputs[features.IMAGES_KEY].CopyFrom(
+            tf.make_tensor_proto(np.array([list(v) for v in images], dtype=object)))
+        request.inputs[features.MASKS_KEY].CopyFrom(
+            tf.make_tensor_proto(np.array([list(m) for m in masks], dtype=object)))
+        response = self._call(self._predict.Predict, request)
+        probability = tf.make_ndarray(response.outputs[features.PROBABILITY_OUTPUT])
+        label = tf.make_ndarray(response.outputs[features.PREDICTED_LABEL_OUTPUT])
+        served = response.model_spec.version.value
+        return [Prediction(float(p), int(v), served) for p, v in zip(probability, label)]

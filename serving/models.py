@@ -1,0 +1,258 @@
+"""Loading, switching and calling the versions of one model, as TF Serving does it.
+
+The manager polls the model's base path for numbered version folders, loads a new version fully
+before it serves it, then unloads older versions. A request holds a reference to the version it
+started on, so a switch never fails a request in flight.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import logging  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from masktfx.images import RegionInputError, check_image_bytes, decode_mask_array  # noqa: E402
+from modules import features  # noqa: E402
+
+log = logging.getLogger("masktfx.serve")
+
+
+class ServingError(Exception):
+    """An error with a TF Serving status code (INVALID_ARGUMENT, NOT_FOUND, ...)."""
+
+    HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
+                   "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503, "INTERNAL": 500,
+                   "UNIMPLEMENTED": 501}
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return self.HTTP_STATUS.get(self.code, 500)
+
+
+@dataclass
+class ServableVersion:
+    version: int
+    path: str
+    state: str = "START"
+    error: str = ""
+    module: Any = None
+    signature_defs: dict[str, Any] = field(default_factory=dict)  # name -> SignatureDef proto
+
+
+def _read_signature_defs(path: str) -> dict[str, Any]:
+    from tensorflow.python.saved_model import loader_impl
+
+    saved_model = loader_impl.parse_saved_model(path)
+    return dict(saved_model.meta_graphs[0].signature_def)
+
+
+def version_folders(base_path: str) -> dict[int, str]:
+    """Numbered folders holding a complete SavedModel (saved_model.pb present)."""
+    if not os.path.isdir(base_path):
+        return {}
+    found = {}
+    for name in os.listdir(base_path):
+        path = os.path.join(base_path, name)
+        if name.isdigit() and os.path.exists(os.path.join(path, "saved_model.pb")):
+            found[int(name)] = path
+    return found
+
+
+class ModelManager:
+    """One model's versions; serves the newest `keep_versions` of them (TF Serving's 'latest')."""
+
+    def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0,
+                 keep_versions: int = 1, max_pixels: int = 50_000_000):
+        self.name = name
+        self.base_path = os.path.abspath(base_path)
+        self.poll_seconds = poll_seconds
+        self.keep_versions = keep_versions
+        self.max_pixels = max_pixels
+        self._versions: dict[int, ServableVersion] = {}
+        self._failed: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- version management ------------------------------------------------------------------
+    def poll_once(self) -> None:
+        """Load the newest versions not yet loaded, then retire the ones beyond the policy."""
+        on_disk = version_folders(self.base_path)
+        wanted = sorted(on_disk, reverse=True)[:self.keep_versions]
+        for version in sorted(wanted):
+            with self._lock:
+                known = self._versions.get(version)
+            if known is not None or version in self._failed:
+                continue
+            servable = ServableVersion(version, on_disk[version], state="LOADING")
+            with self._lock:
+                self._versions[version] = servable
+            try:
+                servable.module = tf.saved_model.load(servable.path)
+                servable.signature_defs = _read_signature_defs(servable.path)
+                servable.state = "AVAILABLE"
+                log.info("model %s version %d is available", self.name, version)
+            except Exception as exc:  # a broken version must not stop the others
+                servable.state, servable.error = "END", f"{type(exc).__name__}: {exc}"
+                self._failed.add(version)
+                log.error("model %s version %d failed to load: %s", self.name, version, exc)
+        available = [v for v, s in self._versions.items() if s.state == "AVAILABLE"]
+        keep = set(sorted(available, reverse=True)[:self.keep_versions])
+        for version in available:
+            if version not in keep:
+                with self._lock:
+                    servable = self._versions[version]
+                    servable.state = "UNLOADING"
+                    servable.module = None  # requests in flight keep their own reference
+                    servable.state = "END"
+                log.info("model %s version %d unloaded", self.name, version)
+
+    def start(self) -> None:
+        self.poll_once()
+        self._thread = threading.Thread(target=self._poll_forever, daemon=True,
+                                        name=f"poll-{self.name}")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _poll_forever(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # keep polling whatever one poll met
+                log.exception("polling %s failed", self.base_path)
+
+    # -- lookups -------------------------------------------------------------------------------
+    def status(self, version: int | None = None) -> list[ServableVersion]:
+        with self._lock:
+            versions = sorted(self._versions.values(), key=lambda s: s.version, reverse=True)
+        if version is not None:
+            versions = [s for s in versions if s.version == version]
+            if not versions:
+                raise ServingError("NOT_FOUND",
+                                   f"Could not find version {version} of model {self.name}")
+        return versions
+
+    def servable(self, version: int | None = None) -> tuple[ServableVersion, Any]:
+        """The version to call and a reference to its loaded module (held for the request)."""
+        with self._lock:
+            if version is None:
+                ready = [s for s in self._versions.values() if s.state == "AVAILABLE"]
+                if not ready:
+                    raise ServingError("UNAVAILABLE" if self._versions else "NOT_FOUND",
+                                       f"no version of model {self.name} is available yet "
+                                       f"(watching {self.base_path})")
+                chosen = max(ready, key=lambda s: s.version)
+            else:
+                chosen = self._versions.get(version)
+                if chosen is None or chosen.state != "AVAILABLE":
+                    raise ServingError("NOT_FOUND", f"Servable not found for request: Specific"
+                                                    f"({self.name}, {version})")
+            return chosen, chosen.module
+
+    # -- inference -----------------------------------------------------------------------------
+    def predict(self, inputs: dict[str, np.ndarray], signature_name: str = "",
+                version: int | None = None) -> tuple[int, str, dict[str, np.ndarray]]:
+        servable, module = self.servable(version)
+        name = signature_name or features.SERVING_SIGNATURE
+        if name not in module.signatures:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"signature {name!r} not found; this model has "
+                               f"{', '.join(sorted(module.signatures))}")
+        function = module.signatures[name]
+        specs = function.structured_input_signature[1]
+        tensors = check_inputs(inputs, specs)
+        if name == features.RAW_SIGNATURE:
+            check_region_inputs(inputs[features.IMAGES_KEY], inputs[features.MASKS_KEY],
+                                self.max_pixels)
+        try:
+            outputs = function(**tensors)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+            message = getattr(exc, "message", str(exc)).split("\n")[0]
+            raise ServingError("INVALID_ARGUMENT", message) from None
+        return servable.version, name, {key: value.numpy() for key, value in outputs.items()}
+
+
+def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec]
+                 ) -> dict[str, tf.Tensor]:
+    """Names, dtypes and shapes against the signature, with TF Serving-like messages."""
+    missing = sorted(set(specs) - set(inputs))
+    extra = sorted(set(inputs) - set(specs))
+    if missing or extra:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"inputs must be {', '.join(sorted(specs))}"
+                           + (f"; missing {', '.join(missing)}" if missing else "")
+                           + (f"; unexpected {', '.join(extra)}" if extra else ""))
+    tensors = {}
+    for name, spec in specs.items():
+        value = np.asarray(inputs[name], dtype=object if spec.dtype == tf.string else None)
+        if value.ndim == 0 or value.shape[0] == 0:
+            raise ServingError("INVALID_ARGUMENT", f"input {name!r} holds an empty batch")
+        if not spec.shape.is_compatible_with(value.shape):
+            raise ServingError("INVALID_ARGUMENT",
+                               f"input {name!r} has shape {list(value.shape)} but the signature "
+                               f"expects {spec.shape.as_list()} (None: any size)")
+        try:
+            tensors[name] = tf.constant(value, dtype=spec.dtype)
+        except (TypeError, ValueError) as exc:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"input {name!r} cannot be {spec.dtype.name}: {exc}") from None
+    return tensors
+
+
+def check_region_inputs(images: np.ndarray, masks: np.ndarray, max_pixels: int) -> None:
+    """Every image decodable and under the pixel limit; masks single-channel, same size."""
+    for row in range(len(images)):
+        sizes = []
+        for view, data in enumerate(images[row]):
+            try:
+                info = check_image_bytes(bytes(data), max_pixels)
+            except RegionInputError as exc:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"instance {row}, images[{view}]: {exc}") from None
+            sizes.append((info.width, info.height))
+        if len(set(sizes)) > 1:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"instance {row}: views differ in size {sizes}; they must be "
+                               "co-registered")
+        for index, data in enumerate(masks[row]):
+            try:
+                region = decode_mask_array(bytes(data), max_pixels)
+            except RegionInputError as exc:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"instance {row}, masks[{index}]: {exc}") from None
+            if (region.shape[1], region.shape[0]) != sizes[0]:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"instance {row}, masks[{index}]: mask is {region.shape[1]}x"
+                                   f"{region.shape[0]} but the image is {sizes[0][0]}x"
+                                   f"{sizes[0][1]}")
+            if not region.any():
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"instance {row}, masks[{index}]: mask is empty (no region)")
+
+
+def wait_for_version(manager: ModelManager, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return manager.servable()[0].version
+        except ServingError:
+            time.sleep(0.1)
+    raise TimeoutError(f"no version of {manager.name} became available in {timeout} s")

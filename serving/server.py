@@ -1,0 +1,390 @@
+"""`masktfx serve`: a development model server that speaks TF Serving's REST and gRPC APIs for
+what MaskTFX uses (predict, model status, model metadata).
+
+Production uses the real TensorFlow Serving (the manifests in kubernetes/); this server lets the
+same client code run on laptops, in CI and on machines without the TF Serving binary.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import base64  # noqa: E402
+import binascii  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import threading  # noqa: E402
+from concurrent import futures  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from serving.models import ModelManager, ServingError  # noqa: E402
+
+log = logging.getLogger("masktfx.serve")
+
+DEFAULT_BODY_LIMIT = 32 * 2**20
+_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?::(?P<verb>[a-z]+)|/(?P<metadata>metadata))?/?$")
+
+
+# -- JSON <-> arrays (TF Serving's REST encoding) ---------------------------------------------
+def _decode_value(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise ServingError("INVALID_ARGUMENT",
+                               f"{where}: an object value must be {{\"b64\": \"<base64>\"}}")
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ServingError("INVALID_ARGUMENT", f"{where}: invalid base64 in \"b64\"") from None
+    if isinstance(value, list):
+        return [_decode_value(item, where) for item in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return value
+
+
+def _to_array(value: Any) -> np.ndarray:
+    try:
+        array = np.array(value, dtype=object)
+    except ValueError:
+        raise ServingError("INVALID_ARGUMENT", "input lists are ragged") from None
+    if array.size and not isinstance(array.flat[0], bytes):
+        try:
+            array = np.array(value)
+        except ValueError:
+            raise ServingError("INVALID_ARGUMENT", "input lists are ragged") from None
+    return array
+
+
+def parse_predict_body(body: dict[str, Any], input_names: list[str]
+                       ) -> tuple[dict[str, np.ndarray], bool]:
+    """Row (`instances`) or columnar (`inputs`) form -> batched arrays; True for row form."""
+    if ("instances" in body) == ("inputs" in body):
+        raise ServingError("INVALID_ARGUMENT",
+                           "the request must have exactly one of \"instances\" or \"inputs\"")
+    if "instances" in body:
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise ServingError("INVALID_ARGUMENT", "\"instances\" must be a non-empty list")
+        columns: dict[str, list] = {name: [] for name in input_names}
+        for index, instance in enumerate(instances):
+            if len(input_names) == 1:
+                name = input_names[0]
+                named = isinstance(instance, dict) and set(instance) == {name}
+                value = instance[name] if named else instance
+                columns[name].append(_decode_value(value, f"instance {index}"))
+                continue
+            if not isinstance(instance, dict):
+                raise ServingError("INVALID_ARGUMENT", f"instance {index} must be an object "
+                                                       f"with {', '.join(input_names)}")
+            unknown = sorted(set(instance) - set(input_names))
+            missing = sorted(set(input_names) - set(instance))
+            if unknown or missing:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"instance {index}: inputs must be {', '.join(input_names)}"
+                                   + (f"; missing {', '.join(missing)}" if missing else "")
+                                   + (f"; unknown {', '.join(unknown)}" if unknown else ""))
+            for name in input_names:
+                columns[name].append(_decode_value(instance[name], f"instance {index}, {name}"))
+        return {name: _to_array(values) for name, values in columns.items()}, True
+    inputs = body["inputs"]
+    if not isinstance(inputs, dict) or (len(input_names) == 1 and set(inputs) == {"b64"}):
+        inputs = {input_names[0]: inputs}
+    return {name: _to_array(_decode_value(value, name)) for name, value in inputs.items()}, False
+
+
+def _jsonable(value: np.ndarray) -> Any:
+    if value.dtype == object:
+        return [_jsonable(v) if isinstance(v, np.ndarray) else
+                {"b64": base64.b64encode(v).decode()} for v in value]
+    return value.tolist()
+
+
+def format_predict_response(outputs: dict[str, np.ndarray], rows: bool) -> dict[str, Any]:
+    names = sorted(outputs)
+    if not rows:
+        if len(names) == 1:
+            return {"outputs": _jsonable(outputs[names[0]])}
+        return {"outputs": {name: _jsonable(outputs[name]) for name in names}}
+    count = len(next(iter(outputs.values())))
+    columns = {name: _jsonable(outputs[name]) for name in names}
+    if len(names) == 1:
+        return {"predictions": columns[names[0]]}
+    return {"predictions": [{name: columns[name][i] for name in names} for i in range(count)]}
+
+
+def status_json(manager: ModelManager, version: int | None) -> dict[str, Any]:
+    return {"model_version_status": [
+        {"version": str(s.version), "state": s.state,
+         "status": {"error_code": "OK" if not s.error else "UNKNOWN",
+                    "error_message": s.error}}
+        for s in manager.status(version)]}
+
+
+def metadata_json(manager: ModelManager, version: int | None) -> dict[str, Any]:
+    from google.protobuf import json_format
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    servable, _ = manager.servable(version)
+    signature_map = {name: json_format.MessageToDict(proto)
+                     for name, proto in servable.signature_defs.items()
+                     if isinstance(proto, meta_graph_pb2.SignatureDef)}
+    return {"model_spec": {"name": manager.name, "signature_name": "",
+                           "version": str(servable.version)},
+            "metadata": {"signature_def": {"signature_def": signature_map}}}
+
+
+# -- REST ---------------------------------------------------------------------------------------
+class RestHandler(BaseHTTPRequestHandler):
+    server_version = "masktfx-dev-model-server"
+    protocol_version = "HTTP/1.1"
+    models: dict[str, ModelManager] = {}
+    body_limit = DEFAULT_BODY_LIMIT
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # route to logging, not stderr
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, error: ServingError) -> None:
+        self._send(error.http_status, {"error": error.message})
+
+    def _route(self) -> tuple[ModelManager, int | None, dict[str, str]]:
+        match = _PATH.match(self.path.split("?", 1)[0])
+        if not match:
+            raise ServingError("NOT_FOUND", f"Malformed request: {self.command} {self.path}")
+        parts = match.groupdict()
+        manager = self.models.get(parts["name"])
+        if manager is None:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest("
+                                            f"{parts['name']})")
+        if parts["label"]:
+            raise ServingError("NOT_FOUND", f"Unrecognized servable version label: "
+                                            f"{parts['label']}")
+        version = None
+        if parts["version"] is not None:
+            if not parts["version"].isdigit():
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"version {parts['version']!r} is not a number")
+            version = int(parts["version"])
+        return manager, version, parts
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        try:
+            manager, version, parts = self._route()
+            if parts["verb"]:
+                raise ServingError("NOT_FOUND", f"{parts['verb']} needs POST")
+            if parts["metadata"]:
+                self._send(200, metadata_json(manager, version))
+            else:
+                self._send(200, status_json(manager, version))
+        except ServingError as error:
+            self._error(error)
+
+    def do_POST(self) -> None:  # noqa: N802
+        try:
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                self.close_connection = True
+                raise ServingError("INVALID_ARGUMENT", "Content-Length is required")
+            if int(length) > self.body_limit:
+                self.close_connection = True  # the body is not read
+                raise ServingError("RESOURCE_EXHAUSTED",
+                                   f"request body of {length} bytes is over the limit of "
+                                   f"{self.body_limit} bytes")
+            raw = self.rfile.read(int(length))
+            manager, version, parts = self._route()
+            if parts["verb"] != "predict":
+                raise ServingError("UNIMPLEMENTED" if parts["verb"] in ("classify", "regress")
+                                   else "NOT_FOUND",
+                                   f"{parts['verb'] or 'this path'} is not supported; use "
+                                   ":predict")
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ServingError("INVALID_ARGUMENT", f"the body is not valid JSON: {exc}") \
+                    from None
+            if not isinstance(body, dict):
+                raise ServingError("INVALID_ARGUMENT", "the body must be a JSON object")
+            signature = body.get("signature_name", "") or ""
+            servable, module = manager.servable(version)
+            name = signature or "serving_default"
+            if name not in module.signatures:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"signature {name!r} not found; this model has "
+                                   f"{', '.join(sorted(module.signatures))}")
+            input_names = sorted(module.signatures[name].structured_input_signature[1])
+            inputs, rows = parse_predict_body(body, input_names)
+            _, _, outputs = manager.predict(inputs, name, servable.version)
+            self._send(200, format_predict_response(outputs, rows))
+        except ServingError as error:
+            self._error(error)
+        except Exception as exc:  # never let one request take the server down
+            log.exception("predict failed")
+            self._send(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+
+
+# -- gRPC ---------------------------------------------------------------------------------------
+def _grpc_services(models: dict[str, ModelManager]):
+    import grpc
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    codes = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+             "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+             "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+             "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+             "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+             "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
+             "INTERNAL": grpc.StatusCode.INTERNAL}
+
+    def lookup(spec, context) -> tuple[ModelManager, int | None]:
+        manager = models.get(spec.name)
+        if manager is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"Servable not found for request: Latest({spec.name})")
+        version = spec.version.value if spec.HasField("version") else None
+        if spec.version_label:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"Unrecognized servable version label: {spec.version_label}")
+        return manager, version
+
+    def guarded(method):
+        def wrapper(self, request, context):
+            try:
+                return method(self, request, context)
+            except ServingError as error:
+                context.abort(codes.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
+        return wrapper
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        @guarded
+        def Predict(self, request, context):  # noqa: N802 (gRPC naming)
+            manager, version = lookup(request.model_spec, context)
+            inputs = {}
+            for name, proto in request.inputs.items():
+                try:
+                    inputs[name] = tf.make_ndarray(proto)
+                except Exception as exc:
+                    raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {exc}") from None
+            served, signature, outputs = manager.predict(
+                inputs, request.model_spec.signature_name, version)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = manager.name
+            response.model_spec.version.value = served
+            response.model_spec.signature_name = signature
+            for name, value in outputs.items():
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+        @guarded
+        def GetModelMetadata(self, request, context):  # noqa: N802
+            manager, version = lookup(request.model_spec, context)
+            if list(request.metadata_field) != ["signature_def"]:
+                raise ServingError("INVALID_ARGUMENT",
+                                   "metadata_field must be [\"signature_def\"]")
+            servable, _ = manager.servable(version)
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for name, proto in servable.signature_defs.items():
+                if isinstance(proto, meta_graph_pb2.SignatureDef):
+                    signature_map.signature_def[name].CopyFrom(proto)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = manager.name
+            response.model_spec.version.value = servable.version
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
+
+        def Classify(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported; use Predict")
+
+        def Regress(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported; use Predict")
+
+        def MultiInference(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported")
+
+    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+        @guarded
+        def GetModelStatus(self, request, context):  # noqa: N802
+            manager, version = lookup(request.model_spec, context)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            states = get_model_status_pb2.ModelVersionStatus.State
+            for servable in manager.status(version):
+                entry = response.model_version_status.add()
+                entry.version = servable.version
+                entry.state = states.Value(servable.state)
+                entry.status.error_message = servable.error
+            return response
+
+        def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "model config reload is not supported")
+
+    return PredictionService(), ModelService(), prediction_service_pb2_grpc, \
+        model_service_pb2_grpc
+
+
+class ModelServer:
+    """REST and gRPC front ends over one or more ModelManagers."""
+
+    def __init__(self, models: dict[str, ModelManager], host: str = "127.0.0.1",
+                 rest_port: int = 8501, grpc_port: int | None = 8500,
+                 body_limit: int = DEFAULT_BODY_LIMIT, grpc_workers: int = 16):
+        self.models = models
+        handler = type("Handler", (RestHandler,), {"models": models, "body_limit": body_limit})
+        self.rest = ThreadingHTTPServer((host, rest_port), handler)
+        self.rest.daemon_threads = True
+        self.rest_port = self.rest.server_address[1]
+        self.grpc = None
+        self.grpc_port = None
+        if grpc_port is not None:
+            import grpc
+
+            self.grpc = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=grpc_workers),
+                options=[("grpc.max_receive_message_length", body_limit),
+                         ("grpc.max_send_message_length", body_limit)])
+            prediction, model_service, prediction_grpc, model_grpc = _grpc_services(models)
+            prediction_grpc.add_PredictionServiceServicer_to_server(prediction, self.grpc)
+            model_grpc.add_ModelServiceServicer_to_server(model_service, self.grpc)
+            self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")
+            if not self.grpc_port:
+                raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
+        self._rest_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        for manager in self.models.values():
+            manager.start()
+        if self.grpc:
+            self.grpc.start()
+        self._rest_thread = threading.Thread(target=self.rest.serve_forever, daemon=True,
+                                             name="rest")
+        self._rest_thread.start()
+
+    def stop(self) -> None:
+        self.rest.shutdown()
+        self.rest.server_close()
+        if self.grpc:
+            self.grpc.stop(grace=2).wait()
+        for manager in self.models.values():
+            manager.stop()
