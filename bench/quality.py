@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from masktfx.config import PipelineConfig  # noqa: E402
 from masktfx.demo_data import write_nuclei, write_synthetic  # noqa: E402
-from masktfx.images import check_image_bytes, decode_mask_array  # noqa: E402
+from masktfx.images import check_image_bytes, decode_mask_array, load_image, load_mask  # noqa: E402,E501
 from masktfx.manifest import read_manifest  # noqa: E402
 from modules import features  # noqa: E402
 
@@ -45,8 +45,10 @@ def load_rows(manifest_path: str, slice_column: str | None):
     manifest = read_manifest(manifest_path)
     images, masks, labels, groups, sites = [], [], [], [], []
     for row in manifest.rows:
-        images.append([open(p, "rb").read() for p in row.images])
-        masks.append([open(p, "rb").read() for p in row.masks])
+        infos = [load_image(p, 10**8) for p in row.images]
+        images.append([info.encoded for info in infos])
+        masks.append([load_mask(p, (infos[0].width, infos[0].height), False, 10**8)[0]
+                      for p in row.masks])
         labels.append(row.label)
         groups.append(row.group)
         metadata = dict(row.metadata)

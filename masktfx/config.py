@@ -31,6 +31,8 @@ class PipelineConfig:
     model_name: str = field(default="masktfx", metadata={"help": "name the model is served under"})
     data_root: str = field(default="", metadata={"help": "folder of `masktfx ingest` output"})
     workdir: str = field(default="workdir", metadata={"help": "pipeline root, MLMD and serving"})
+    pipeline_root_uri: str = field(
+        default="", metadata={"help": "pipeline root; default WORKDIR/pipeline_root"})
     serving_dir: str = field(default="", metadata={"help": "push target; default WORKDIR/serving"})
     span_window: int = field(
         default=1, metadata={"help": "train on the last N spans (1: the latest span only)"}
@@ -100,7 +102,7 @@ class PipelineConfig:
 
     @property
     def pipeline_root(self) -> str:
-        return os.path.join(self.workdir, "pipeline_root")
+        return self.pipeline_root_uri or os.path.join(self.workdir, "pipeline_root")
 
     @property
     def metadata_path(self) -> str:

@@ -1,9 +1,11 @@
 """Built-in demo data, made on the spot: nothing is downloaded at run time.
 
 `synthetic`: every image holds the same number of look-alike spots; a positive region holds one of
-them inside its mask, a negative region holds none (all its spots lie outside). A model that ignores
-the mask sees no difference between the classes. Sites differ the way scanners do: brightness,
-contrast, noise and scale.
+them inside its mask, a negative region holds none (all its spots lie outside). The region itself
+is invisible without its mask, so a model that ignores the mask sees no difference between the
+classes. Half of all regions, of either class, also hold a bright thin streak (a vessel-like
+confounder), so the brightest pixel inside the region does not give the answer away: the shape
+does. Sites differ the way scanners do: brightness, contrast, noise and scale.
 
 `nuclei`: real fluorescence microscopy (BBBC038, the 2018 Data Science Bowl) as shipped in the
 `stardist==0.9.2` wheel. Positive: a nucleus's own mask; negative: the same shape moved onto
@@ -83,6 +85,13 @@ def synthesize_region(rng: np.random.Generator, size: int, views: int, positive:
     outer = np.argwhere(outer_ok)
     while len(centres) < total and len(outer):
         centres.append(outer[rng.integers(len(outer))])
+    streak = None
+    if rng.random() < 0.5:  # a bright, thin, vessel-like streak inside the region, either class
+        angle = rng.uniform(0, np.pi)
+        length = 0.8 * min(ry, rx)
+        distance = np.abs((grid_x - cx) * np.sin(angle) - (grid_y - cy) * np.cos(angle))
+        along = np.abs((grid_x - cx) * np.cos(angle) + (grid_y - cy) * np.sin(angle))
+        streak = np.exp(-distance ** 2 / (2 * (0.35 * radius) ** 2)) * (along <= length)
     images = []
     for view in range(views):
         # Background: smooth anatomy-like texture plus site-specific brightness and noise.
@@ -91,13 +100,14 @@ def synthesize_region(rng: np.random.Generator, size: int, views: int, positive:
             by, bx = rng.uniform(0, size, size=2)
             background += rng.uniform(-0.12, 0.12) * _spot(grid_y, grid_x, by, bx,
                                                            rng.uniform(0.15, 0.4) * size)
-        background += 0.05 * inside  # the region itself is a slightly different tissue
         sign = 1.0 if view % 2 == 0 else -1.0  # views differ in contrast, like MRI sequences
         amplitude = sign * rng.uniform(0.28, 0.4)
         spots = np.zeros_like(background)
         for spot_y, spot_x in centres:
             spots += _spot(grid_y, grid_x, spot_y, spot_x, radius * rng.uniform(0.85, 1.15))
         image = background + amplitude * spots
+        if streak is not None:
+            image += amplitude * 1.1 * streak
         image = (image - 0.45) * site.contrast + 0.45 + site.brightness
         image += rng.normal(0.0, site.noise, size=image.shape)
         images.append(np.clip(image * 255.0, 0, 255).astype(np.uint8))

@@ -92,10 +92,10 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 
 
 def create_pipeline(config: PipelineConfig, data_root: Any = None,
-                    train_steps: Any = None) -> tfx.dsl.Pipeline:
+                    train_args: Any = None) -> tfx.dsl.Pipeline:
     """The whole chain, ingest shards to pushed model.
 
-    `data_root` and `train_steps` default to the config; the Kubeflow runner passes runtime
+    `data_root` and `train_args` default to the config; the Kubeflow runner passes runtime
     parameters there so a scheduled run can change them.
     """
     config.validate()
@@ -120,7 +120,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps)
-        if train_steps is None else train_steps,
+        if train_args is None else train_args,
         eval_args=tfx.proto.EvalArgs(num_steps=0),
         custom_config=custom_config)
     model_resolver = tfx.dsl.Resolver(

@@ -1,0 +1,145 @@
+"""Kubeflow: compile the real pipeline, and send submit/schedule to a local stand-in for the KFP
+API on loopback (no KFP backend can run here)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+from masktfx import cli
+from pipeline.kfp_client import KfpError, check_cron
+
+EXPECTED_TASKS = {"ImportExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
+                  "AnomalyGate", "Transform", "Trainer", "Evaluator", "VersionedPusher"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kfp")
+    output = str(tmp / "pipeline.yaml")
+    assert cli.main(["compile", "--output", output, "--image", "registry.example/masktfx:0.1.0",
+                     "--pipeline-root", str(tmp / "root"), "--data-root", "/data/ingested",
+                     "--num-views", "2", "--num-masks", "1"]) == 0
+    return output
+
+
+def test_compiled_spec_has_every_component_our_image_and_runtime_parameters(compiled):
+    with open(compiled, encoding="utf-8") as handle:
+        spec = yaml.safe_load(handle)
+    tasks = set(spec["root"]["dag"]["tasks"])
+    assert EXPECTED_TASKS <= tasks
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"data-root", "train-args"} <= set(parameters)
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()
+              if "container" in e}
+    assert images == {"registry.example/masktfx:0.1.0"}
+    import kfp.components
+
+    component = kfp.components.load_component_from_file(compiled)
+    assert component.name
+
+
+def test_compile_refuses_what_kfp_cannot_take(tmp_path, capsys):
+    assert cli.main(["compile", "--output", str(tmp_path / "p.json"), "--image", "x",
+                     "--pipeline-root", str(tmp_path), "--num-views", "1",
+                     "--num-masks", "1"]) == 2
+    assert "must end in .yaml" in capsys.readouterr().err
+    assert cli.main(["compile", "--output", str(tmp_path / "p.yaml"), "--image", "x",
+                     "--pipeline-root", str(tmp_path)]) == 2
+    assert "num_views and num_masks must be known" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("expression, message", [
+    ("0 3 * * *", "use '0 0 3 * * *'"),
+    ("0 0 3 * *  * *", "has 7 fields"),
+    ("0 0 3 * * $", "day-of-week field '$'"),
+])
+def test_bad_cron_expressions_are_refused(expression, message):
+    with pytest.raises(KfpError, match=message.replace("*", r"\*").replace("$", r"\$")):
+        check_cron(expression)
+    assert check_cron(" 0  0 3 * * * ") == "0 0 3 * * *"
+
+
+class FakeKfpApi(BaseHTTPRequestHandler):
+    """Answers the few KFP v2beta1 API calls kfp.Client makes, and records them."""
+
+    requests: list[dict] = []
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self, body: dict | None) -> None:
+        self.requests.append({"method": self.command, "path": self.path, "body": body,
+                              "authorization": self.headers.get("Authorization")})
+
+    def do_GET(self):  # noqa: N802
+        self._record(None)
+        if "/healthz" in self.path:
+            self._answer({"multi_user": False})
+        else:
+            self._answer({"experiments": [], "total_size": 0})
+
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        self._record(body)
+        if self.path.endswith("/experiments"):
+            self._answer({"experiment_id": "exp-1", "display_name": body.get("display_name")})
+        elif self.path.endswith("/recurringruns"):
+            self._answer({"recurring_run_id": "rr-1", "display_name": body.get("display_name")})
+        elif self.path.endswith("/runs"):
+            self._answer({"run_id": "run-1", "display_name": body.get("display_name")})
+        else:
+            self.send_error(404)
+
+
+@pytest.fixture
+def kfp_api():
+    FakeKfpApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKfpApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", FakeKfpApi.requests
+    server.shutdown()
+
+
+def test_submit_and_schedule_send_the_right_requests(compiled, kfp_api, monkeypatch, capsys):
+    host, requests = kfp_api
+    monkeypatch.setenv("KFP_TOKEN", "secret-from-env")
+    assert cli.main(["submit", "--host", host, "--package", compiled, "--experiment", "nightly",
+                     "--param", "data-root=/data/span-7", "--run-name", "manual"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"run_id": "run-1"}
+    run = [r for r in requests if r["method"] == "POST" and r["path"].endswith("/runs")][0]
+    assert run["body"]["display_name"] == "manual"
+    assert run["body"]["experiment_id"] == "exp-1"
+    assert run["body"]["runtime_config"]["parameters"] == {"data-root": "/data/span-7"}
+    assert "Transform" in json.dumps(run["body"]["pipeline_spec"])
+    assert run["authorization"] == "Bearer secret-from-env"
+    experiment = [r for r in requests if r["path"].endswith("/experiments")][0]
+    assert experiment["body"]["display_name"] == "nightly"
+
+    requests.clear()
+    assert cli.main(["schedule", "--host", host, "--package", compiled, "--cron", "0 0 3 * * *",
+                     "--max-concurrency", "1", "--no-catchup", "--name", "nightly"]) == 0
+    recurring = [r for r in requests if r["path"].endswith("/recurringruns")][0]["body"]
+    assert recurring["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert recurring["max_concurrency"] in (1, "1") and recurring["no_catchup"] is True
+    assert recurring["display_name"] == "nightly" and recurring["mode"] == "ENABLE"
+
+    requests.clear()
+    assert cli.main(["schedule", "--host", host, "--package", compiled, "--cron",
+                     "0 3 * * *"]) == 2
+    assert "use '0 0 3 * * *'" in capsys.readouterr().err
+    assert requests == []  # refused before anything was sent
