@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 
@@ -63,6 +64,33 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
         images=tf.constant([[i] for i in images]), masks=tf.constant([[m] for m in masks]))
     np.testing.assert_allclose(by_example[features.PROBABILITY_OUTPUT].numpy(),
                                by_raw[features.PROBABILITY_OUTPUT].numpy(), atol=1e-6)
+
+    # the pushed folder served by `masktfx serve`, called by `masktfx predict` over REST and gRPC
+    from serving.models import ModelManager, wait_for_version
+    from serving.server import ModelServer
+
+    manager = ModelManager(config.model_name, model_dir)
+    server = ModelServer({config.model_name: manager}, rest_port=0, grpc_port=0)
+    server.start()
+    try:
+        wait_for_version(manager)
+        expected = by_raw[features.PROBABILITY_OUTPUT].numpy()
+        capsys.readouterr()
+        first12 = os.path.join(base, "first12.csv")  # the same 12 regions, as a manifest
+        with open(first12, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        for target in (["--server", f"http://127.0.0.1:{server.rest_port}"],
+                       ["--grpc", f"127.0.0.1:{server.grpc_port}"]):
+            assert cli.main(["predict", *target, "--model", config.model_name, "--manifest",
+                             first12]) == 0
+            lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            np.testing.assert_allclose([line["probability"] for line in lines], expected,
+                                       atol=1e-5)
+            assert {line["model_version"] for line in lines} == {int(versions[0])}
+    finally:
+        server.stop()
 
     # a second run with no new data is served from the cache up to the Trainer; the Evaluator
     # re-checks the same model against itself as the new baseline, and nothing new is pushed
