@@ -202,3 +202,12 @@ def test_multiprocessing_runner_through_the_cli(tmp_path):
     manifest = write_synthetic(str(tmp_path / "data"), num_examples=40, size=16)
     assert cli.main(["ingest", manifest, "--output", str(tmp_path / "out"), "--no-progress"]) == 0
     assert len(_by_id(str(tmp_path / "out"))) == 40
+
+
+def test_progress_bar_counts_every_row(tmp_path, capsys):
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=20, size=16)
+    result = run_ingest(manifest, str(tmp_path / "out"), beam_args=IN_PROCESS_BEAM,
+                        progress=True)
+    assert result.written == 20
+    err = capsys.readouterr().err
+    assert "ingest" in err and "20/20" in err
