@@ -168,15 +168,20 @@ class ModelManager:
             return chosen, chosen.module
 
     # -- inference -----------------------------------------------------------------------------
-    def predict(self, inputs: dict[str, np.ndarray], signature_name: str = "",
-                version: int | None = None) -> tuple[int, str, dict[str, np.ndarray]]:
+    def signature(self, signature_name: str = "", version: int | None = None
+                  ) -> tuple[ServableVersion, str, Any]:
+        """The version to call, the signature's name (default serving_default), its function."""
         servable, module = self.servable(version)
         name = signature_name or features.SERVING_SIGNATURE
         if name not in module.signatures:
             raise ServingError("INVALID_ARGUMENT",
                                f"signature {name!r} not found; this model has "
                                f"{', '.join(sorted(module.signatures))}")
-        function = module.signatures[name]
+        return servable, name, module.signatures[name]
+
+    def predict(self, inputs: dict[str, np.ndarray], signature_name: str = "",
+                version: int | None = None) -> tuple[int, str, dict[str, np.ndarray]]:
+        servable, name, function = self.signature(signature_name, version)
         specs = function.structured_input_signature[1]
         tensors = check_inputs(inputs, specs)
         if name == features.RAW_SIGNATURE:
@@ -190,16 +195,21 @@ class ModelManager:
         return servable.version, name, {key: value.numpy() for key, value in outputs.items()}
 
 
+def check_input_names(given: Any, expected: Any, where: str = "") -> None:
+    """The same names as the signature's inputs, or an error listing what is missing or extra."""
+    missing = sorted(set(expected) - set(given))
+    unknown = sorted(set(given) - set(expected))
+    if missing or unknown:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"{where}inputs must be {', '.join(sorted(expected))}"
+                           + (f"; missing {', '.join(missing)}" if missing else "")
+                           + (f"; unknown {', '.join(unknown)}" if unknown else ""))
+
+
 def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec]
                  ) -> dict[str, tf.Tensor]:
     """Names, dtypes and shapes against the signature, with TF Serving-like messages."""
-    missing = sorted(set(specs) - set(inputs))
-    extra = sorted(set(inputs) - set(specs))
-    if missing or extra:
-        raise ServingError("INVALID_ARGUMENT",
-                           f"inputs must be {', '.join(sorted(specs))}"
-                           + (f"; missing {', '.join(missing)}" if missing else "")
-                           + (f"; unexpected {', '.join(extra)}" if extra else ""))
+    check_input_names(inputs, specs)
     tensors = {}
     for name, spec in specs.items():
         value = np.asarray(inputs[name], dtype=object if spec.dtype == tf.string else None)

@@ -23,7 +23,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from serving.models import ModelManager, ServingError  # noqa: E402
+from serving.models import ModelManager, ServingError, check_input_names  # noqa: E402
 
 log = logging.getLogger("masktfx.serve")
 
@@ -85,13 +85,7 @@ def parse_predict_body(body: dict[str, Any], input_names: list[str]
             if not isinstance(instance, dict):
                 raise ServingError("INVALID_ARGUMENT", f"instance {index} must be an object "
                                                        f"with {', '.join(input_names)}")
-            unknown = sorted(set(instance) - set(input_names))
-            missing = sorted(set(input_names) - set(instance))
-            if unknown or missing:
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"instance {index}: inputs must be {', '.join(input_names)}"
-                                   + (f"; missing {', '.join(missing)}" if missing else "")
-                                   + (f"; unknown {', '.join(unknown)}" if unknown else ""))
+            check_input_names(instance, input_names, f"instance {index}: ")
             for name in input_names:
                 columns[name].append(_decode_value(instance[name], f"instance {index}, {name}"))
         return {name: _to_array(values) for name, values in columns.items()}, True
@@ -220,14 +214,9 @@ class RestHandler(BaseHTTPRequestHandler):
                     from None
             if not isinstance(body, dict):
                 raise ServingError("INVALID_ARGUMENT", "the body must be a JSON object")
-            signature = body.get("signature_name", "") or ""
-            servable, module = manager.servable(version)
-            name = signature or "serving_default"
-            if name not in module.signatures:
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"signature {name!r} not found; this model has "
-                                   f"{', '.join(sorted(module.signatures))}")
-            input_names = sorted(module.signatures[name].structured_input_signature[1])
+            servable, name, function = manager.signature(body.get("signature_name") or "",
+                                                         version)
+            input_names = sorted(function.structured_input_signature[1])
             inputs, rows = parse_predict_body(body, input_names)
             _, _, outputs = manager.predict(inputs, name, servable.version)
             self._send(200, format_predict_response(outputs, rows))
