@@ -114,7 +114,6 @@ class EncodeRegionFn(beam.DoFn):
         self._done = 0
 
     def setup(self):
-        os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         if self._progress_dir and os.path.isdir(self._progress_dir):
             self._progress_file = os.path.join(self._progress_dir, uuid.uuid4().hex)
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from masktfx.example_proto import Example  # noqa: E402
 from modules import features  # noqa: E402
 
 
@@ -16,27 +17,28 @@ def _to_bytes(value: str | bytes) -> bytes:
 
 def make_example(images: Sequence[bytes], masks: Sequence[bytes], label: int | None = None,
                  example_id: str = "", group: str = "",
-                 metadata: Iterable[tuple[str, str]] = ()) -> "tf.train.Example":  # noqa: F821
-    """One region; `label` None gives the inference form (what `serving_default` reads)."""
-    import tensorflow as tf
+                 metadata: Iterable[tuple[str, str]] = ()) -> Example:
+    """One region; `label` None gives the inference form (what `serving_default` reads).
 
-    def bytes_feature(values: Sequence[str | bytes]) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[_to_bytes(v) for v in values]))
+    Returns a message with tf.train.Example's wire format, built without loading TensorFlow.
+    """
+    example = Example()
+    feature = example.features.feature
 
-    feature_map = {
-        features.IMAGES_KEY: bytes_feature(list(images)),
-        features.MASKS_KEY: bytes_feature(list(masks)),
-    }
+    def put_bytes(name: str, values: Sequence[str | bytes]) -> None:
+        feature[name].bytes_list.value.extend(_to_bytes(v) for v in values)
+
+    put_bytes(features.IMAGES_KEY, list(images))
+    put_bytes(features.MASKS_KEY, list(masks))
     if label is not None:
-        feature_map[features.LABEL_KEY] = tf.train.Feature(
-            int64_list=tf.train.Int64List(value=[int(label)]))
+        feature[features.LABEL_KEY].int64_list.value.append(int(label))
     if example_id:
-        feature_map[features.ID_KEY] = bytes_feature([example_id])
+        put_bytes(features.ID_KEY, [example_id])
     if group:
-        feature_map[features.GROUP_KEY] = bytes_feature([group])
+        put_bytes(features.GROUP_KEY, [group])
     for name, value in metadata:
-        feature_map[name] = bytes_feature([value])
-    return tf.train.Example(features=tf.train.Features(feature=feature_map))
+        put_bytes(name, [value])
+    return example
 
 
 def read_examples(pattern: str) -> list["tf.train.Example"]:  # noqa: F821
