@@ -211,3 +211,22 @@ def test_progress_bar_counts_every_row(tmp_path, capsys):
     assert result.written == 20
     err = capsys.readouterr().err
     assert "ingest" in err and "20/20" in err
+
+
+def test_jpeg_rgb_and_rgba_png_are_kept_as_read(tmp_path, rng):
+    from PIL import Image
+
+    rgb = rng.integers(0, 255, (24, 24, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=90)
+    write_png(str(tmp_path / "rgba.png"), rng.integers(0, 255, (24, 24, 4), np.uint8))
+    write_png(str(tmp_path / "mask.png"), square_mask(24, 4, 16))
+    manifest = write_manifest(str(tmp_path / "manifest.csv"), ["id", "image", "mask", "label"],
+                              [["jpg", "photo.jpg", "mask.png", "1"],
+                               ["png", "rgba.png", "mask.png", "0"]])
+    result = run_ingest(manifest, str(tmp_path / "out"), beam_args=IN_PROCESS_BEAM)
+    assert result.written == 2
+    examples = _by_id(result.output_dir)
+    for example_id, name in (("jpg", "photo.jpg"), ("png", "rgba.png")):
+        stored = examples[example_id].features.feature[features.IMAGES_KEY].bytes_list.value[0]
+        assert stored == (tmp_path / name).read_bytes()
+    assert result.report["channels"] == {"3": 1, "4": 1}
