@@ -55,16 +55,23 @@ def example_gen_configs(config: PipelineConfig) -> dict[str, Any]:
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     """Metrics overall and per metadata column; the gate: accuracy floor and bounded AUC drop."""
+    # The gate looks at the whole eval split; per-slice figures are reported, not gated (a slice
+    # of a dozen examples would make the decision a coin toss).
+    overall = [tfma.SlicingSpec()]
     accuracy = tfma.MetricConfig(
         class_name="BinaryAccuracy",
         config=json.dumps({"threshold": config.decision_threshold}),
-        threshold=tfma.MetricThreshold(
-            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.min_accuracy})))
+        per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+            slicing_specs=overall, threshold=tfma.MetricThreshold(
+                value_threshold=tfma.GenericValueThreshold(
+                    lower_bound={"value": config.min_accuracy})))])
     auc = tfma.MetricConfig(
         class_name="AUC",
-        threshold=tfma.MetricThreshold(change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -config.max_auc_drop})))
+        per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+            slicing_specs=overall, threshold=tfma.MetricThreshold(
+                change_threshold=tfma.GenericChangeThreshold(
+                    direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                    absolute={"value": -config.max_auc_drop})))])
     thresholded = json.dumps({"thresholds": [config.decision_threshold]})
     metrics = [
         tfma.MetricConfig(class_name="ExampleCount"),

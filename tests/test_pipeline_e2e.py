@@ -33,11 +33,11 @@ def _rows(manifest: str) -> list[dict[str, str]]:
 
 
 def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
-    manifest = write_synthetic(str(tmp_path / "data"), num_examples=240, size=32)
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=240, size=48)
     workdir = str(tmp_path / "work")
     assert _run(manifest, workdir) == 0
     out = capsys.readouterr().out
-    assert "blessed: yes" in out and "pushed: version" in out
+    assert "blessed: yes" in out and "pushed: version" in out, out
     config = PipelineConfig(workdir=workdir)
     summary = summarize_run(config)
     assert summary.blessed and summary.pushed
