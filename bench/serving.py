@@ -1,0 +1,138 @@
+"""bench/serving: latency and throughput of `masktfx serve` (REST and gRPC) against the same
+SavedModel called in process, in one run.
+
+For 1 and 32 regions per request and 1 and 8 concurrent clients: p50/p99 latency (ms) and
+requests/s. Targets: REST adds at most 3 ms p50 over in process for one region; throughput at 8
+clients at least 0.7x the in-process figure.
+
+    python bench/serving.py [--model-base-path demo/pipeline/serving/masktfx-demo] [--seconds 5]
+
+The model is a pushed version folder's parent (run `make demo` first for the default).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from masktfx.demo_data import write_synthetic  # noqa: E402
+from masktfx.manifest import read_manifest  # noqa: E402
+from modules import features  # noqa: E402
+
+
+def run_load(call, clients: int, seconds: float) -> dict:
+    """`clients` threads calling `call()` for `seconds`; latency percentiles and requests/s."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+    errors: list[str] = []
+
+    def worker() -> None:
+        mine = []
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            try:
+                call()
+            except Exception as exc:  # counted, and reported
+                errors.append(repr(exc))
+                continue
+            mine.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    values = np.array(latencies) * 1000
+    return {"requests": len(latencies), "errors": len(errors),
+            "p50_ms": round(float(np.percentile(values, 50)), 2),
+            "p99_ms": round(float(np.percentile(values, 99)), 2),
+            "requests_per_s": round(len(latencies) / elapsed, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-base-path", default="demo/pipeline/serving/masktfx-demo")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from serving.client import GrpcClient, RestClient
+    from serving.models import ModelManager, version_folders, wait_for_version
+    from serving.server import ModelServer
+
+    versions = version_folders(args.model_base_path)
+    if not versions:
+        sys.exit(f"no pushed version under {args.model_base_path}: run `make demo` first, or "
+                 "pass --model-base-path SERVING_DIR/MODEL_NAME")
+    version = max(versions)
+    loaded = tf.saved_model.load(versions[version])
+    raw = loaded.signatures[features.RAW_SIGNATURE]
+    num_views = raw.structured_input_signature[1][features.IMAGES_KEY].shape[1]
+    manifest = read_manifest(write_synthetic(tempfile.mkdtemp(), num_examples=32,
+                                             views=num_views, size=64))
+    images = [[open(p, "rb").read() for p in row.images] for row in manifest.rows]
+    masks = [[open(p, "rb").read() for p in row.masks] for row in manifest.rows]
+
+    manager = ModelManager("bench", args.model_base_path)
+    server = ModelServer({"bench": manager}, rest_port=0, grpc_port=0)
+    server.start()
+    wait_for_version(manager)
+    rest = RestClient(f"http://127.0.0.1:{server.rest_port}", "bench", retries=0)
+    grpc_client = GrpcClient(f"127.0.0.1:{server.grpc_port}", "bench", retries=0)
+    result = {"benchmark": "serving", "cpu_count": os.cpu_count(), "model_version": version,
+              "seconds_per_measurement": args.seconds, "runs": {}}
+    try:
+        for regions in (1, 32):
+            batch_images, batch_masks = images[:regions], masks[:regions]
+            tensors = {features.IMAGES_KEY: tf.constant(batch_images),
+                       features.MASKS_KEY: tf.constant(batch_masks)}
+            calls = {
+                "in_process": lambda t=tensors: raw(**t),
+                "rest": lambda i=batch_images, m=batch_masks: rest.predict_regions(i, m, version),
+                "grpc": lambda i=batch_images, m=batch_masks: grpc_client.predict_regions(
+                    i, m, version),
+            }
+            for name, call in calls.items():
+                call()  # warm up
+                for clients in (1, 8):
+                    key = f"{name}/regions={regions}/clients={clients}"
+                    result["runs"][key] = run_load(call, clients, args.seconds)
+                    print(key, result["runs"][key], file=sys.stderr)
+    finally:
+        server.stop()
+    runs = result["runs"]
+    result["rest_p50_overhead_ms_1_region"] = round(
+        runs["rest/regions=1/clients=1"]["p50_ms"] - runs["in_process/regions=1/clients=1"]
+        ["p50_ms"], 2)
+    for name in ("rest", "grpc"):
+        for regions in (1, 32):
+            result[f"{name}_throughput_ratio_8_clients_{regions}_regions"] = round(
+                runs[f"{name}/regions={regions}/clients=8"]["requests_per_s"]
+                / runs[f"in_process/regions={regions}/clients=8"]["requests_per_s"], 2)
+    result["targets"] = {"rest_p50_overhead_ms_1_region": "<= 3",
+                         "throughput_ratio_8_clients": ">= 0.7"}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
