@@ -140,6 +140,9 @@ def metadata_json(manager: ModelManager, version: int | None) -> dict[str, Any]:
 class RestHandler(BaseHTTPRequestHandler):
     server_version = "masktfx-dev-model-server"
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm and delayed ACKs that costs
+    # ~40 ms per keep-alive request.
+    disable_nagle_algorithm = True
     models: dict[str, ModelManager] = {}
     body_limit = DEFAULT_BODY_LIMIT
 
