@@ -31,6 +31,8 @@ from modules import features
 REJECTED_TAG = "rejected"
 STATS_TAG = "stats"
 COVERAGE_BINS = 20
+DEFAULT_BEAM_ARGS = {"--runner": "DirectRunner", "--direct_running_mode": "multi_processing",
+                     "--direct_num_workers": "0"}
 
 
 class IngestError(RuntimeError):
@@ -291,9 +293,10 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
         work_dir = final_dir
 
     beam_args = list(beam_args or [])
-    if not any(arg.startswith("--runner") for arg in beam_args):
-        beam_args += ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                      "--direct_num_workers=0"]
+    given = {arg.split("=", 1)[0] for arg in beam_args}
+    for flag, value in DEFAULT_BEAM_ARGS.items():
+        if flag not in given:  # defaults only for what the caller left out
+            beam_args.append(f"{flag}={value}")
     direct = any(arg in ("--runner=DirectRunner", "--runner=direct") for arg in beam_args)
     show_progress = (progress if progress is not None else sys.stderr.isatty()) and direct \
         and bool(manifest.rows)
