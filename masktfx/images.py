@@ -107,7 +107,11 @@ def _tiff_header_size(data: bytes) -> tuple[int, int]:
 
 
 def _open_pil(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
-    """Open lazily, check the declared size, then decode fully to catch truncated files."""
+    """Check the declared size, open lazily, then decode fully to catch truncated files."""
+    if fmt == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        # The size is in the first chunk: refuse a huge image before any decoder touches it.
+        width, height = struct.unpack(">II", data[16:24])
+        _check_pixels(width, height, max_pixels)
     try:
         image = Image.open(io.BytesIO(data))
     except Exception as exc:

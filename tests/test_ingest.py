@@ -230,3 +230,33 @@ def test_jpeg_rgb_and_rgba_png_are_kept_as_read(tmp_path, rng):
         stored = examples[example_id].features.feature[features.IMAGES_KEY].bytes_list.value[0]
         assert stored == (tmp_path / name).read_bytes()
     assert result.report["channels"] == {"3": 1, "4": 1}
+
+
+def test_paths_leaving_the_manifest_folder_and_huge_headers_are_refused(tmp_path, rng):
+    import struct
+    import zlib
+
+    data = tmp_path / "data"
+    write_png(str(data / "good.png"), rng.integers(0, 255, (16, 16), np.uint8))
+    write_png(str(data / "mask.png"), square_mask(16, 4, 10))
+    write_png(str(tmp_path / "outside.png"), rng.integers(0, 255, (16, 16), np.uint8))
+    header = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
+    ihdr = (struct.pack(">I", len(header)) + b"IHDR" + header
+            + struct.pack(">I", zlib.crc32(b"IHDR" + header) & 0xFFFFFFFF))
+    (data / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr)  # header only: never decoded
+    manifest = write_manifest(str(data / "manifest.csv"), ["id", "image", "mask", "label"], [
+        ["ok", "good.png", "mask.png", "1"],
+        ["up", "../../etc/passwd", "mask.png", "1"],
+        ["abs", str(tmp_path / "outside.png"), "mask.png", "1"],
+        ["huge", "huge.png", "mask.png", "0"],
+    ])
+    result = run_ingest(manifest, str(tmp_path / "out"), beam_args=IN_PROCESS_BEAM,
+                        max_pixels=10**6)
+    assert result.written == 1
+    rejected = _read_rejected(result.output_dir)
+    assert "outside the manifest's folder" in rejected[2][1]
+    assert "outside the manifest's folder" in rejected[3][1]
+    assert "40000x40000" in rejected[4][1] and "refused before decoding" in rejected[4][1]
+    allowed = run_ingest(manifest, str(tmp_path / "out2"), beam_args=IN_PROCESS_BEAM,
+                         allow_outside_paths=True, max_pixels=10**6)
+    assert allowed.written == 2  # the absolute path is read; /etc/passwd is not an image
