@@ -20,7 +20,8 @@ from pipeline.summary import summarize_run
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--image-size", "32", "--epochs", "20", "--batch-size", "16"]
+FLAGS = ["--image-size", "32", "--epochs", "40", "--early-stopping-patience", "12",
+         "--batch-size", "16"]
 
 
 def _run(manifest: str, workdir: str, *extra: str) -> int:
@@ -33,7 +34,7 @@ def _rows(manifest: str) -> list[dict[str, str]]:
 
 
 def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
-    manifest = write_synthetic(str(tmp_path / "data"), num_examples=240, size=48)
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=320, size=48)
     workdir = str(tmp_path / "work")
     assert _run(manifest, workdir) == 0
     out = capsys.readouterr().out
@@ -42,7 +43,7 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     summary = summarize_run(config)
     assert summary.blessed and summary.pushed
     assert summary.metrics["auc"] >= 0.9
-    assert sum(summary.examples.values()) == 240
+    assert sum(summary.examples.values()) == 320
     model_dir = os.path.join(config.resolved_serving_dir, config.model_name)
     versions = [name for name in os.listdir(model_dir) if name.isdigit()]
     assert versions == [summary.pushed_version]
