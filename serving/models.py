@@ -20,6 +20,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from masktfx.config import PipelineConfig  # noqa: E402
 from masktfx.images import RegionInputError, check_image_bytes, decode_mask_array  # noqa: E402
 from modules import features  # noqa: E402
 
@@ -76,12 +77,12 @@ class ModelManager:
     """One model's versions; serves the newest `keep_versions` of them (TF Serving's 'latest')."""
 
     def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0,
-                 keep_versions: int = 1, max_pixels: int = 50_000_000):
+                 keep_versions: int = 1, max_pixels: int | None = None):
         self.name = name
         self.base_path = os.path.abspath(base_path)
         self.poll_seconds = poll_seconds
         self.keep_versions = keep_versions
-        self.max_pixels = max_pixels
+        self.max_pixels = PipelineConfig().max_pixels if max_pixels is None else max_pixels
         self._versions: dict[int, ServableVersion] = {}
         self._failed: set[int] = set()
         self._lock = threading.Lock()
