@@ -2,8 +2,9 @@
 SavedModel called in process, in one run.
 
 For 1 and 32 regions per request and 1 and 8 concurrent clients: p50/p99 latency (ms) and
-requests/s. Targets: REST adds at most 3 ms p50 over in process for one region; throughput at 8
-clients at least 0.7x the in-process figure.
+requests/s, for the server without and with server-side batching (`+batching`). Targets: REST
+adds at most 3 ms p50 over in process for one region; throughput at 8 clients at least 0.7x the
+in-process figure.
 
     python bench/serving.py [--model-base-path demo/pipeline/serving/masktfx-demo] [--seconds 5]
 
@@ -72,10 +73,13 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-base-path", default="demo/pipeline/serving/masktfx-demo")
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout-micros", type=int, default=0)
     args = parser.parse_args()
 
     import tensorflow as tf
 
+    from serving.batching import BatchingParameters
     from serving.client import GrpcClient, RestClient
     from serving.models import ModelManager, version_folders, wait_for_version
     from serving.server import ModelServer
@@ -93,12 +97,19 @@ def main() -> None:
     images = [[open(p, "rb").read() for p in row.images] for row in manifest.rows]
     masks = [[open(p, "rb").read() for p in row.masks] for row in manifest.rows]
 
-    manager = ModelManager("bench", args.model_base_path)
-    server = ModelServer({"bench": manager}, rest_port=0, grpc_port=0)
-    server.start()
-    wait_for_version(manager)
-    rest = RestClient(f"http://127.0.0.1:{server.rest_port}", "bench", retries=0)
-    grpc_client = GrpcClient(f"127.0.0.1:{server.grpc_port}", "bench", retries=0)
+    servers, clients_of = [], {}
+    for label, batching in (("", None), ("+batching", BatchingParameters(
+            max_batch_size=args.max_batch_size, batch_timeout_micros=args.batch_timeout_micros,
+            num_batch_threads=os.cpu_count() or 1))):
+        manager = ModelManager("bench", args.model_base_path, batching=batching)
+        server = ModelServer({"bench": manager}, rest_port=0, grpc_port=0)
+        server.start()
+        servers.append(server)
+        wait_for_version(manager)
+        clients_of["rest" + label] = RestClient(f"http://127.0.0.1:{server.rest_port}", "bench",
+                                                retries=0)
+        clients_of["grpc" + label] = GrpcClient(f"127.0.0.1:{server.grpc_port}", "bench",
+                                                retries=0)
     result = {"benchmark": "serving", "cpu_count": os.cpu_count(), "model_version": version,
               "seconds_per_measurement": args.seconds, "runs": {}}
     try:
@@ -106,12 +117,10 @@ def main() -> None:
             batch_images, batch_masks = images[:regions], masks[:regions]
             tensors = {features.IMAGES_KEY: tf.constant(batch_images),
                        features.MASKS_KEY: tf.constant(batch_masks)}
-            calls = {
-                "in_process": lambda t=tensors: raw(**t),
-                "rest": lambda i=batch_images, m=batch_masks: rest.predict_regions(i, m, version),
-                "grpc": lambda i=batch_images, m=batch_masks: grpc_client.predict_regions(
-                    i, m, version),
-            }
+            calls = {"in_process": lambda t=tensors: raw(**t)}
+            for name, client in clients_of.items():
+                calls[name] = lambda c=client, i=batch_images, m=batch_masks: c.predict_regions(
+                    i, m, version)
             for name, call in calls.items():
                 call()  # warm up
                 for clients in (1, 8):
@@ -119,12 +128,13 @@ def main() -> None:
                     result["runs"][key] = run_load(call, clients, args.seconds)
                     print(key, result["runs"][key], file=sys.stderr)
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
     runs = result["runs"]
     result["rest_p50_overhead_ms_1_region"] = round(
         runs["rest/regions=1/clients=1"]["p50_ms"] - runs["in_process/regions=1/clients=1"]
         ["p50_ms"], 2)
-    for name in ("rest", "grpc"):
+    for name in clients_of:
         for regions in (1, 32):
             result[f"{name}_throughput_ratio_8_clients_{regions}_regions"] = round(
                 runs[f"{name}/regions={regions}/clients=8"]["requests_per_s"]

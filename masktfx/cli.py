@@ -195,6 +195,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--body-limit-mb", type=float, default=32.0,
                         help="largest request body (413 above)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    batching = parser.add_argument_group(
+        "server-side batching", "merge concurrent requests into one model call, as TF Serving's "
+        "--enable_batching does")
+    batching.add_argument("--enable-batching", action="store_true")
+    batching.add_argument("--max-batch-size", type=int, default=32, help="rows per batch")
+    batching.add_argument("--batch-timeout-micros", type=int, default=0,
+                          help="how long a request waits for others to join its batch")
+    batching.add_argument("--num-batch-threads", type=int, default=os.cpu_count() or 1,
+                          help="batches run at once")
     parser.set_defaults(handler=cmd_serve)
 
 
@@ -202,11 +211,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from serving.batching import BatchingParameters
     from serving.models import ModelManager
     from serving.server import ModelServer
 
+    batching = None
+    if args.enable_batching:
+        batching = BatchingParameters(args.max_batch_size, args.batch_timeout_micros,
+                                      args.num_batch_threads)
+        try:
+            batching.validate()
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     manager = ModelManager(args.model_name, args.model_base_path, args.poll_seconds,
-                           max_pixels=args.max_pixels)
+                           max_pixels=args.max_pixels, batching=batching)
     try:
         server = ModelServer({args.model_name: manager}, host=args.host,
                              rest_port=args.rest_port, grpc_port=args.grpc_port,
@@ -287,8 +305,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise RegionInputError(f"{path}: {exc}") from None
         return out_images, out_masks
 
-    client = (RestClient(args.server, args.model, timeout=args.timeout) if args.server
-              else GrpcClient(args.grpc, args.model, timeout=args.timeout))
+    try:
+        client = (RestClient(args.server, args.model, timeout=args.timeout) if args.server
+                  else GrpcClient(args.grpc, args.model, timeout=args.timeout))
+    except ValueError as exc:
+        raise CommandError(f"--server: {exc}") from None
     for item in failed:
         print(json.dumps(item), flush=True)
     status = 1 if failed else 0

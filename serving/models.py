@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 from masktfx.config import PipelineConfig  # noqa: E402
 from masktfx.images import RegionInputError, check_image_bytes, decode_mask_array  # noqa: E402
 from modules import features  # noqa: E402
+from serving.batching import Batcher, BatchingParameters, QueueFullError  # noqa: E402
 
 log = logging.getLogger("masktfx.serve")
 
@@ -77,7 +78,8 @@ class ModelManager:
     """One model's versions; serves the newest `keep_versions` of them (TF Serving's 'latest')."""
 
     def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0,
-                 keep_versions: int = 1, max_pixels: int | None = None):
+                 keep_versions: int = 1, max_pixels: int | None = None,
+                 batching: BatchingParameters | None = None):
         self.name = name
         self.base_path = os.path.abspath(base_path)
         self.poll_seconds = poll_seconds
@@ -88,6 +90,8 @@ class ModelManager:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._batching = batching
+        self.batcher: Batcher | None = None
 
     # -- version management ------------------------------------------------------------------
     def poll_once(self) -> None:
@@ -123,6 +127,8 @@ class ModelManager:
                 log.info("model %s version %d unloaded", self.name, version)
 
     def start(self) -> None:
+        if self._batching is not None and self.batcher is None:
+            self.batcher = Batcher(self._batching)
         self.poll_once()
         self._thread = threading.Thread(target=self._poll_forever, daemon=True,
                                         name=f"poll-{self.name}")
@@ -132,6 +138,9 @@ class ModelManager:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
 
     def _poll_forever(self) -> None:
         while not self._stop.wait(self.poll_seconds):
@@ -184,16 +193,28 @@ class ModelManager:
                 version: int | None = None) -> tuple[int, str, dict[str, np.ndarray]]:
         servable, name, function = self.signature(signature_name, version)
         specs = function.structured_input_signature[1]
-        tensors = check_inputs(inputs, specs)
+        arrays = check_inputs(inputs, specs)
         if name == features.RAW_SIGNATURE:
-            check_region_inputs(inputs[features.IMAGES_KEY], inputs[features.MASKS_KEY],
+            check_region_inputs(arrays[features.IMAGES_KEY], arrays[features.MASKS_KEY],
                                 self.max_pixels)
+
+        def call(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            tensors = {key: tf.constant(value, dtype=specs[key].dtype)
+                       for key, value in batch.items()}
+            try:
+                outputs = function(**tensors)
+            except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+                message = getattr(exc, "message", str(exc)).split("\n")[0]
+                raise ServingError("INVALID_ARGUMENT", message) from None
+            return {key: value.numpy() for key, value in outputs.items()}
+
+        batcher = self.batcher
+        if batcher is None:
+            return servable.version, name, call(arrays)
         try:
-            outputs = function(**tensors)
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
-            message = getattr(exc, "message", str(exc)).split("\n")[0]
-            raise ServingError("INVALID_ARGUMENT", message) from None
-        return servable.version, name, {key: value.numpy() for key, value in outputs.items()}
+            return servable.version, name, batcher.submit((servable.version, name), call, arrays)
+        except QueueFullError as exc:
+            raise ServingError("UNAVAILABLE", str(exc)) from None
 
 
 def check_input_names(given: Any, expected: Any, where: str = "") -> None:
@@ -208,10 +229,10 @@ def check_input_names(given: Any, expected: Any, where: str = "") -> None:
 
 
 def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec]
-                 ) -> dict[str, tf.Tensor]:
+                 ) -> dict[str, np.ndarray]:
     """Names, dtypes and shapes against the signature, with TF Serving-like messages."""
     check_input_names(inputs, specs)
-    tensors = {}
+    arrays = {}
     for name, spec in specs.items():
         value = np.asarray(inputs[name], dtype=object if spec.dtype == tf.string else None)
         if value.ndim == 0 or value.shape[0] == 0:
@@ -220,12 +241,17 @@ def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec]
             raise ServingError("INVALID_ARGUMENT",
                                f"input {name!r} has shape {list(value.shape)} but the signature "
                                f"expects {spec.shape.as_list()} (None: any size)")
-        try:
-            tensors[name] = tf.constant(value, dtype=spec.dtype)
-        except (TypeError, ValueError) as exc:
+        if spec.dtype != tf.string:
+            try:
+                value = value.astype(spec.dtype.as_numpy_dtype, casting="same_kind")
+            except (TypeError, ValueError) as exc:
+                raise ServingError("INVALID_ARGUMENT",
+                                   f"input {name!r} cannot be {spec.dtype.name}: {exc}") from None
+        elif any(not isinstance(item, bytes) for item in value.flat):
             raise ServingError("INVALID_ARGUMENT",
-                               f"input {name!r} cannot be {spec.dtype.name}: {exc}") from None
-    return tensors
+                               f"input {name!r} cannot be string: it holds non-string values")
+        arrays[name] = value
+    return arrays
 
 
 def check_region_inputs(images: np.ndarray, masks: np.ndarray, max_pixels: int) -> None:
