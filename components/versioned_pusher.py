@@ -82,6 +82,9 @@ def publish_version(model_path: str, base_directory: str) -> tuple[int, str, boo
     return version, target, True
 
 
+NEW_VERSION_PROPERTY = "published_new_version"
+
+
 class Executor(pusher_executor.Executor):
     """Like TFX's Pusher executor, but the serving folder never holds a partial version."""
 
@@ -110,6 +113,8 @@ class Executor(pusher_executor.Executor):
         io_utils.copy_dir(model_path, model_push.uri)  # archive copy, as TFX's Pusher keeps
         self._MarkPushed(model_push, pushed_destination=serving_path,
                          pushed_version=str(version))
+        # 0 when the version was already serving this model (a re-run with no new data)
+        model_push.set_int_custom_property(NEW_VERSION_PROPERTY, int(published))
 
 
 class VersionedPusher(Pusher):

@@ -192,6 +192,27 @@ class PipelineConfig:
     def replace(self, **changes: Any) -> "PipelineConfig":
         return dataclasses.replace(self, **changes)
 
+    def save_yaml(self, path: str) -> None:
+        """Written beside the run (WORKDIR/RUN_CONFIG) so reports read what the run used."""
+        import yaml
+
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        partial = f"{path}.partial"
+        with open(partial, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(self.to_custom_config(), handle, sort_keys=True)
+        os.replace(partial, path)
+
+    @classmethod
+    def for_workdir(cls, workdir: str) -> "PipelineConfig":
+        """The configuration the last `masktfx run` in `workdir` used (defaults if none)."""
+        workdir = os.path.abspath(workdir)
+        saved = os.path.join(workdir, RUN_CONFIG)
+        config = cls.from_yaml(saved) if os.path.exists(saved) else cls()
+        return config.replace(workdir=workdir)
+
+
+RUN_CONFIG = "masktfx-config.yaml"
+
 
 def _require(condition: bool, name: str, message: str) -> None:
     if not condition:

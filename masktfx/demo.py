@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
                             model_name="masktfx-demo")
     status = run_and_summarize(config, manifest)
     if status == 0:
+        from pipeline.report import write_report
+
+        report = write_report(PipelineConfig.for_workdir(config.workdir))
         print(f"\nserving folder (TF Serving --model_base_path): "
               f"{os.path.join(config.resolved_serving_dir, config.model_name)}")
+        print(f"report: {report}")
     return status
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass  # noqa: E402
 
 from tfx import v1 as tfx  # noqa: E402
 
-from masktfx.config import PipelineConfig  # noqa: E402
+from masktfx.config import RUN_CONFIG, PipelineConfig  # noqa: E402
 from modules.schema import write_schema  # noqa: E402
 from pipeline.data import describe_data, list_spans, resolve_config  # noqa: E402
 from pipeline.pipeline import create_pipeline, schema_path  # noqa: E402
@@ -70,6 +70,7 @@ def prepare(config: PipelineConfig, data: str) -> PreparedRun:
     config = resolve_config(config.replace(data_root=os.path.abspath(data_root)),
                             describe_data(data_root))
     write_schema(config, schema_path(config))
+    config.save_yaml(os.path.join(config.workdir, RUN_CONFIG))
     return PreparedRun(config, ingested)
 
 

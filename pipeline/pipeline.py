@@ -86,6 +86,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         tfma.MetricConfig(class_name="MeanPrediction"),
         tfma.MetricConfig(class_name="CalibrationPlot"),
         tfma.MetricConfig(class_name="ConfusionMatrixPlot"),
+        # the confusion matrix the report shows: at the threshold serving uses
+        tfma.MetricConfig(class_name="ConfusionMatrixAtThresholds", config=thresholded),
     ]
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name=features.SERVING_SIGNATURE,

@@ -12,6 +12,7 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
 
 _STATE_NAMES = {value: name for name, value in
@@ -21,6 +22,8 @@ _STATE_NAMES = {value: name for name, value in
 @dataclass
 class RunSummary:
     run_id: str
+    started_ms: int = 0  # when the run began, ms since the epoch (MLMD's clock)
+    spans: list[int] = field(default_factory=list)  # data spans ImportExampleGen read
     components: dict[str, str] = field(default_factory=dict)  # node id -> COMPLETE/CACHED/...
     examples: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -29,12 +32,17 @@ class RunSummary:
     pushed: bool = False
     pushed_path: str | None = None
     pushed_version: str | None = None
+    pushed_new: bool = False  # False when that version already served this model
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def _store(config: PipelineConfig) -> metadata_store.MetadataStore:
+def open_store(config: PipelineConfig) -> metadata_store.MetadataStore:
+    """The workdir's MLMD store, read-only (reports never change what a run recorded)."""
+    if not os.path.exists(config.metadata_path):
+        raise LookupError(f"{config.metadata_path}: no metadata store here; run `masktfx run` "
+                          "with this --workdir first")
     connection = metadata_store_pb2.ConnectionConfig()
     connection.sqlite.filename_uri = config.metadata_path
     connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
@@ -42,17 +50,11 @@ def _store(config: PipelineConfig) -> metadata_store.MetadataStore:
 
 
 def latest_run_id(store: metadata_store.MetadataStore, pipeline_name: str) -> str | None:
-    runs = [c for c in store.get_contexts_by_type("pipeline_run")]
-    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if pipeline is not None:
-        runs = [c for c in runs if c.id in {p.id for p in store.get_children_contexts_by_context(
-            pipeline.id)}] or runs
-    if not runs:
-        return None
-    return max(runs, key=lambda c: (c.create_time_since_epoch, c.id)).name
+    runs = list_run_ids(store, pipeline_name)
+    return runs[-1] if runs else None
 
 
-def _node_id(store: metadata_store.MetadataStore, execution_id: int) -> str:
+def node_id(store: metadata_store.MetadataStore, execution_id: int) -> str:
     for context in store.get_contexts_by_execution(execution_id):
         if context.type == "node" or store.get_context_types_by_id(
                 [context.type_id])[0].name == "node":
@@ -60,36 +62,94 @@ def _node_id(store: metadata_store.MetadataStore, execution_id: int) -> str:
     return str(execution_id)
 
 
-def _outputs(store: metadata_store.MetadataStore, execution_id: int
-             ) -> dict[str, list[metadata_store_pb2.Artifact]]:
-    events = [e for e in store.get_events_by_execution_ids([execution_id])
-              if e.type in (metadata_store_pb2.Event.OUTPUT,
-                            metadata_store_pb2.Event.DECLARED_OUTPUT)]
+def _artifacts_by_key(store: metadata_store.MetadataStore, execution_id: int,
+                      kinds: tuple[int, ...]) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    events = [e for e in store.get_events_by_execution_ids([execution_id]) if e.type in kinds]
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    outputs: dict[str, list[metadata_store_pb2.Artifact]] = {}
+    by_key: dict[str, list[metadata_store_pb2.Artifact]] = {}
     for event in events:
         key = event.path.steps[0].key if event.path.steps else ""
-        outputs.setdefault(key, []).append(artifacts[event.artifact_id])
-    return outputs
+        by_key.setdefault(key, []).append(artifacts[event.artifact_id])
+    return by_key
+
+
+def execution_outputs(store: metadata_store.MetadataStore, execution_id: int
+                      ) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    return _artifacts_by_key(store, execution_id, (metadata_store_pb2.Event.OUTPUT,
+                                                   metadata_store_pb2.Event.DECLARED_OUTPUT))
+
+
+def execution_inputs(store: metadata_store.MetadataStore, execution_id: int
+                     ) -> dict[str, list[metadata_store_pb2.Artifact]]:
+    return _artifacts_by_key(store, execution_id, (metadata_store_pb2.Event.INPUT,
+                                                   metadata_store_pb2.Event.DECLARED_INPUT))
 
 
 def summarize_run(config: PipelineConfig, run_id: str | None = None) -> RunSummary:
     """Read one run (the latest by default) from the workdir's MLMD store."""
-    store = _store(config)
+    store = open_store(config)
     run_id = run_id or latest_run_id(store, config.pipeline_name)
     if run_id is None:
         raise LookupError(f"{config.metadata_path}: no pipeline run recorded")
     context = store.get_context_by_type_and_name("pipeline_run", run_id)
-    summary = RunSummary(run_id=run_id)
+    if context is None:
+        raise LookupError(f"{config.metadata_path}: no pipeline run {run_id!r}")
+    summary = RunSummary(run_id=run_id, started_ms=context.create_time_since_epoch)
     outputs_by_node = {}
     for execution in store.get_executions_by_context(context.id):
-        node = _node_id(store, execution.id)
+        node = node_id(store, execution.id)
         summary.components[node] = _STATE_NAMES.get(execution.last_known_state, "UNKNOWN")
-        outputs_by_node[node] = _outputs(store, execution.id)
+        outputs_by_node[node] = execution_outputs(store, execution.id)
+    summary.spans = sorted({artifact_span(a) for a in
+                            outputs_by_node.get("ImportExampleGen", {}).get("examples", [])})
     _read_statistics(outputs_by_node.get("StatisticsGen", {}), summary)
     _read_evaluation(outputs_by_node.get("Evaluator", {}), summary)
     _read_push(outputs_by_node.get("VersionedPusher", {}), summary)
     return summary
+
+
+def artifact_span(artifact: metadata_store_pb2.Artifact) -> int:
+    for properties in (artifact.custom_properties, artifact.properties):
+        if "span" in properties:
+            return int(properties["span"].int_value)
+    return 0
+
+
+def list_run_ids(store: metadata_store.MetadataStore, pipeline_name: str) -> list[str]:
+    """Every recorded run of the pipeline, oldest first."""
+    runs = store.get_contexts_by_type("pipeline_run")
+    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline is not None:
+        children = {c.id for c in store.get_children_contexts_by_context(pipeline.id)}
+        runs = [c for c in runs if c.id in children] or runs
+    return [c.name for c in sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))]
+
+
+def list_runs(config: PipelineConfig) -> list[RunSummary]:
+    store = open_store(config)
+    return [summarize_run(config, run_id) for run_id in list_run_ids(store, config.pipeline_name)]
+
+
+def format_runs(runs: list[RunSummary]) -> str:
+    """A fixed-width table, one run per line, oldest first."""
+    import datetime
+
+    header = ("run", "started (UTC)", "span", "train", "eval", "auc", "accuracy", "blessed",
+              "pushed")
+    rows = [header]
+    for run in runs:
+        started = datetime.datetime.fromtimestamp(run.started_ms / 1000, datetime.timezone.utc)
+        rows.append((
+            run.run_id, started.strftime("%Y-%m-%d %H:%M:%S"),
+            ",".join(str(s) for s in run.spans) or "-",
+            str(run.examples.get("train", "-")), str(run.examples.get("eval", "-")),
+            f"{run.metrics['auc']:.4f}" if "auc" in run.metrics else "-",
+            f"{run.metrics['binary_accuracy']:.4f}" if "binary_accuracy" in run.metrics else "-",
+            {None: "-", True: "yes", False: "no"}[run.blessed],
+            run.pushed_version if run.pushed else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)
 
 
 def _read_statistics(outputs: dict[str, list], summary: RunSummary) -> None:
@@ -161,6 +221,8 @@ def _read_push(outputs: dict[str, list], summary: RunSummary) -> None:
         if summary.pushed:
             summary.pushed_path = props["pushed_destination"].string_value
             summary.pushed_version = props["pushed_version"].string_value
+            new = props.get(NEW_VERSION_PROPERTY)
+            summary.pushed_new = bool(new.int_value) if new is not None else True
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -182,7 +244,10 @@ def format_summary(summary: RunSummary) -> str:
         lines.append("  blessed: yes")
     else:
         lines.append("  blessed: NO - " + ("; ".join(summary.blessing_reasons) or "see evaluation"))
-    if summary.pushed:
+    if summary.pushed and not summary.pushed_new:
+        lines.append(f"  pushed: nothing new; version {summary.pushed_version} at "
+                     f"{summary.pushed_path} already serves this model")
+    elif summary.pushed:
         lines.append(f"  pushed: version {summary.pushed_version} at {summary.pushed_path}")
     else:
         lines.append("  pushed: nothing (the model was not blessed)")

@@ -1,0 +1,511 @@
+"""`masktfx report`: one self-contained HTML page per run, for people deciding whether to trust it.
+
+Everything on the page is read back from what the run recorded: MLMD for the artifacts and the
+decision, TFDV statistics for the counts, the Trainer's TensorBoard logs for the curves, TFMA's
+output for the evaluation, and a sample of the ingested examples for the pictures. Figures are
+embedded PNGs; the page needs no network and no script.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import glob
+import html
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from masktfx.config import PipelineConfig
+from modules import features
+from pipeline.lineage import Lineage, format_lineage, lineage
+from pipeline.summary import (
+    RunSummary,
+    execution_inputs,
+    execution_outputs,
+    latest_run_id,
+    node_id,
+    open_store,
+    summarize_run,
+)
+
+SAMPLE_PER_SPLIT = 300  # examples read for the mask coverage histogram and the grid
+GRID_PER_CLASS = 6
+REPORT_METRICS = ("example_count", "auc", "auc_pr", "binary_accuracy", "precision", "recall",
+                  "calibration", "mean_label", "mean_prediction")
+CONFUSION_METRIC = "confusion_matrix_at_thresholds"  # metric name; its value's key is:
+CONFUSION_VALUE = "confusionMatrixAtThresholds"  # also the plot's key
+
+
+@dataclass
+class ReportData:
+    """What the page shows; tests compare it and the page against the run's own outputs."""
+
+    summary: RunSummary
+    config: PipelineConfig
+    label_counts: dict[str, dict[int, int]] = field(default_factory=dict)  # split -> label -> n
+    coverage: dict[str, list[float]] = field(default_factory=dict)  # split -> mask fractions
+    samples: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    history: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # train/validation
+    slices: list[tuple[str, dict[str, float]]] = field(default_factory=list)
+    curve: list[dict[str, float]] = field(default_factory=list)  # overall confusion matrices
+    calibration: list[dict[str, float]] = field(default_factory=list)
+    confusion: dict[str, float] = field(default_factory=dict)  # at the decision threshold
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+    baseline_uri: str = ""
+    lineage: Lineage | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# -- reading the run ----------------------------------------------------------------------------
+def collect(config: PipelineConfig, run_id: str | None = None) -> ReportData:
+    store = open_store(config)
+    run_id = run_id or latest_run_id(store, config.pipeline_name)
+    if run_id is None:
+        raise LookupError(f"{config.metadata_path}: no pipeline run recorded")
+    summary = summarize_run(config, run_id)
+    data = ReportData(summary=summary, config=config)
+    context = store.get_context_by_type_and_name("pipeline_run", run_id)
+    outputs, inputs = {}, {}
+    for execution in store.get_executions_by_context(context.id):
+        node = node_id(store, execution.id)
+        outputs[node] = execution_outputs(store, execution.id)
+        inputs[node] = execution_inputs(store, execution.id)
+    for statistics in outputs.get("StatisticsGen", {}).get("statistics", []):
+        data.label_counts = _label_counts(statistics.uri)
+    for examples in outputs.get("ImportExampleGen", {}).get("examples", []):
+        _read_sample(examples.uri, data)
+    for model_run in outputs.get("Trainer", {}).get("model_run", []):
+        data.history = read_training_history(model_run.uri)
+    for baseline in inputs.get("Evaluator", {}).get("baseline_model", []):
+        data.baseline_uri = baseline.uri
+    for evaluation in outputs.get("Evaluator", {}).get("evaluation", []):
+        _read_evaluation(evaluation.uri, data)
+    if summary.pushed and summary.pushed_version:
+        data.lineage = lineage(config, summary.pushed_version)
+    return data
+
+
+def _label_counts(statistics_uri: str) -> dict[str, dict[int, int]]:
+    """Positives = mean x count of the 0/1 label, per split, from TFDV's statistics."""
+    import tensorflow_data_validation as tfdv
+
+    counts = {}
+    for path in sorted(glob.glob(os.path.join(statistics_uri, "Split-*", "FeatureStats.pb"))):
+        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
+        stats = tfdv.load_stats_binary(path).datasets[0]
+        for feature in stats.features:
+            if list(feature.path.step) == [features.LABEL_KEY]:
+                total = int(feature.num_stats.common_stats.num_non_missing)
+                positives = int(round(feature.num_stats.mean * total))
+                counts[split] = {0: total - positives, 1: positives}
+    return counts
+
+
+def _decode_array(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    array = np.asarray(Image.open(io.BytesIO(data)))
+    return array.astype(np.float32)
+
+
+def _read_sample(examples_uri: str, data: ReportData) -> None:
+    """Mask coverage and a few regions per class, from the first records of each split."""
+    import tensorflow as tf
+
+    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+        files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+        if not files:
+            continue
+        dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(SAMPLE_PER_SPLIT)
+        fractions = []
+        for record in dataset:
+            example = tf.train.Example.FromString(record.numpy())
+            feature = example.features.feature
+            mask = _decode_array(feature[features.MASKS_KEY].bytes_list.value[0]) > 0
+            fractions.append(float(mask.mean()))
+            label = int(feature[features.LABEL_KEY].int64_list.value[0])
+            chosen = data.samples.setdefault(label, [])
+            if split == features.EVAL_SPLIT and len(chosen) < GRID_PER_CLASS:
+                image = _decode_array(feature[features.IMAGES_KEY].bytes_list.value[0])
+                chosen.append((image, mask))
+        data.coverage[split] = fractions
+
+
+def read_training_history(model_run_uri: str) -> dict[str, dict[str, list[float]]]:
+    """Per-epoch scalars from the Keras TensorBoard logs: {'train': {'loss': [...]}, ...}."""
+    import tensorflow as tf
+
+    history: dict[str, dict[str, list[float]]] = {}
+    for phase in ("train", "validation"):
+        values: dict[str, dict[int, float]] = {}
+        for path in sorted(glob.glob(os.path.join(model_run_uri, phase, "events.out.tfevents.*"))):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    if not value.tag.startswith("epoch_"):
+                        continue
+                    number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
+                              else float(value.simple_value))
+                    values.setdefault(value.tag[len("epoch_"):], {})[event.step] = number
+        if values:
+            history[phase] = {name: [by_step[s] for s in sorted(by_step)]
+                              for name, by_step in values.items()}
+    return history
+
+
+def _slice_label(slice_key: Any) -> str:
+    if not slice_key:
+        return "overall"
+    return ", ".join(f"{column}={value.decode() if isinstance(value, bytes) else value}"
+                     for column, value in slice_key)
+
+
+def _doubles(metrics: dict[str, Any]) -> dict[str, float]:
+    return {name: float(value["doubleValue"]) for name, value in metrics.items()
+            if isinstance(value, dict) and "doubleValue" in value}
+
+
+def _read_evaluation(uri: str, data: ReportData) -> None:
+    import tensorflow_model_analysis as tfma
+
+    # with a baseline, TFX's Evaluator names the two models candidate and baseline
+    result = tfma.load_eval_result(uri, model_name="candidate" if data.baseline_uri else None)
+    for slice_key, by_output in result.slicing_metrics:
+        metrics = by_output.get("", {}).get("", {})
+        data.slices.append((_slice_label(slice_key), _doubles(metrics)))
+        if slice_key:
+            continue
+        matrices = metrics.get(CONFUSION_METRIC, {}).get(CONFUSION_VALUE, {}).get("matrices", [])
+        if matrices:
+            data.confusion = _matrix(matrices[0])
+        # against a baseline TFMA adds NAME_diff = candidate - baseline
+        doubles = _doubles(metrics)
+        data.baseline_metrics = {name: doubles[name] - doubles[f"{name}_diff"]
+                                 for name in doubles if f"{name}_diff" in doubles}
+    for slice_key, by_output in result.plots or []:
+        if slice_key:
+            continue
+        plots = by_output.get("", {}).get("", {})
+        data.curve = [_matrix(m) for m in plots.get(CONFUSION_VALUE, {}).get("matrices", [])]
+        data.calibration = plots.get("calibrationHistogramBuckets", {}).get("buckets", [])
+    data.slices.sort(key=lambda item: (item[0] != "overall", item[0]))
+    if not data.confusion and data.curve:  # runs evaluated before the metric was configured
+        data.confusion = min(data.curve, key=lambda m: abs(
+            m["threshold"] - data.config.decision_threshold))
+
+
+def _matrix(raw: dict[str, Any]) -> dict[str, float]:
+    """TFMA's JSON leaves zero counts out; fill them in."""
+    names = ("threshold", "truePositives", "falsePositives", "trueNegatives", "falseNegatives")
+    return {name: float(raw.get(name, 0.0)) for name in names}
+
+
+# -- figures ------------------------------------------------------------------------------------
+def _png(figure: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img(encoded: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def coverage_figure(coverage: dict[str, list[float]]) -> str:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 3))
+    bins = np.linspace(0, 1, 21)
+    for split, fractions in sorted(coverage.items()):
+        axis.hist(fractions, bins=bins, alpha=0.6, label=f"{split} (n={len(fractions)})")
+    axis.set_xlabel("fraction of the image inside the mask")
+    axis.set_ylabel("examples")
+    axis.legend()
+    return _png(figure)
+
+
+def grid_figure(samples: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> str:
+    plt = _pyplot()
+    labels = sorted(samples)
+    columns = max(len(samples[label]) for label in labels)
+    figure, axes = plt.subplots(len(labels), columns, figsize=(1.6 * columns, 1.8 * len(labels)),
+                                squeeze=False)
+    for row, label in enumerate(labels):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.axis("off")
+            if column >= len(samples[label]):
+                continue
+            image, mask = samples[label][column]
+            if image.ndim == 3:
+                image = image[..., :3] if image.shape[-1] >= 3 else image[..., 0]
+            low, high = np.percentile(image, [1, 99])
+            shown = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+            axis.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
+            axis.contour(mask.astype(float), levels=[0.5], colors="yellow", linewidths=1)
+            if column == 0:
+                axis.set_title(f"label {label}", fontsize=9, loc="left")
+    return _png(figure)
+
+
+def training_figure(history: dict[str, dict[str, list[float]]]) -> str:
+    plt = _pyplot()
+    names = [name for name in ("loss", "auc") if any(name in h for h in history.values())]
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for phase, values in sorted(history.items()):
+            if name in values:
+                axis.plot(range(1, len(values[name]) + 1), values[name], marker=".",
+                          label=phase)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(name)
+        axis.legend()
+    return _png(figure)
+
+
+def curves_figure(curve: list[dict[str, float]]) -> str:
+    """ROC and precision-recall from TFMA's confusion matrices over thresholds."""
+    plt = _pyplot()
+    tp = np.array([m["truePositives"] for m in curve])
+    fp = np.array([m["falsePositives"] for m in curve])
+    tn = np.array([m["trueNegatives"] for m in curve])
+    fn = np.array([m["falseNegatives"] for m in curve])
+    recall = tp / np.maximum(tp + fn, 1e-9)
+    fpr = fp / np.maximum(fp + tn, 1e-9)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-9), 1.0)
+    figure, (roc, pr) = plt.subplots(1, 2, figsize=(9, 3.6))
+    roc.plot(fpr, recall)
+    roc.plot([0, 1], [0, 1], linestyle=":", color="gray")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    pr.plot(recall, precision)
+    pr.set(xlabel="recall", ylabel="precision", title="precision-recall", ylim=(0, 1.02))
+    return _png(figure)
+
+
+def calibration_figure(buckets: list[dict[str, float]], bins: int = 10) -> str:
+    """Mean label against mean prediction in `bins` equal-width prediction bins."""
+    plt = _pyplot()
+    count, label, prediction = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+    for bucket in buckets:
+        weight = float(bucket.get("numWeightedExamples", 0.0))
+        if not weight:
+            continue
+        mean = float(bucket.get("totalWeightedRefinedPrediction", 0.0)) / weight
+        index = min(bins - 1, max(0, int(mean * bins)))
+        count[index] += weight
+        label[index] += float(bucket.get("totalWeightedLabel", 0.0))
+        prediction[index] += float(bucket.get("totalWeightedRefinedPrediction", 0.0))
+    used = count > 0
+    figure, axis = plt.subplots(figsize=(4, 3.6))
+    axis.plot([0, 1], [0, 1], linestyle=":", color="gray")
+    axis.plot(prediction[used] / count[used], label[used] / count[used], marker="o")
+    for x, y, n in zip(prediction[used] / count[used], label[used] / count[used], count[used]):
+        axis.annotate(str(int(n)), (x, y), fontsize=7, textcoords="offset points",
+                      xytext=(3, -9))
+    axis.set(xlabel="mean predicted probability", ylabel="fraction positive",
+             title="calibration", xlim=(0, 1), ylim=(0, 1.02))
+    return _png(figure)
+
+
+# -- the page -----------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list[str]], attributes: list[list[str]] | None = None
+           ) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for index, row in enumerate(rows):
+        extra = attributes[index] if attributes else [""] * len(row)
+        body.append("<tr>" + "".join(f"<td{a}>{html.escape(c)}</td>" for c, a in zip(row, extra))
+                    + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else str(int(round(value)))
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.yes{color:#176f2c;font-weight:bold}.no{color:#a31515;font-weight:bold}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto}img{max-width:100%}
+"""
+
+
+def render(data: ReportData) -> str:
+    """The HTML page for one run."""
+    summary, config = data.summary, data.config
+    started = datetime.datetime.fromtimestamp(summary.started_ms / 1000, datetime.timezone.utc)
+    parts = [f"<h1>MaskTFX run {html.escape(summary.run_id)}</h1>",
+             f"<p>Pipeline <b>{html.escape(config.pipeline_name)}</b>, model "
+             f"<b>{html.escape(config.model_name)}</b>, started {started:%Y-%m-%d %H:%M:%S} UTC, "
+             f"workdir <code>{html.escape(os.path.abspath(config.workdir))}</code>.</p>"]
+    parts.append(_decision_section(data))
+    parts.append(_data_section(data))
+    parts.append(_training_section(data))
+    parts.append(_evaluation_section(data))
+    parts.append(_lineage_section(data))
+    body = "\n".join(parts)
+    title = html.escape(f"MaskTFX report: {summary.run_id}")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{title}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
+            "</body></html>\n")
+
+
+def _decision_section(data: ReportData) -> str:
+    summary = data.summary
+    if summary.blessed is None:
+        verdict = '<span class="no" id="blessed">no evaluation</span>'
+    elif summary.blessed:
+        verdict = '<span class="yes" id="blessed">blessed</span>'
+    else:
+        verdict = '<span class="no" id="blessed">not blessed</span>'
+    rules = (f"BinaryAccuracy at threshold {data.config.decision_threshold} must be at least "
+             f"{data.config.min_accuracy}; AUC may not drop more than {data.config.max_auc_drop} "
+             "below the last blessed model's.")
+    lines = [f"<h2>Decision</h2><p>{verdict}. {html.escape(rules)}</p>"]
+    if summary.blessing_reasons:
+        lines.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>"
+                                      for r in summary.blessing_reasons) + "</ul>")
+    if data.baseline_uri:
+        rows = []
+        for name in ("auc", "binary_accuracy"):
+            new = summary.metrics.get(name)
+            old = data.baseline_metrics.get(name)
+            change = None if new is None or old is None else new - old
+            rows.append([name, _number(new), _number(old),
+                         "-" if change is None else f"{change:+.4f}"])
+        lines.append(f"<p>Baseline (last blessed model): <code>"
+                     f"{html.escape(data.baseline_uri)}</code></p>")
+        lines.append(_table(["metric", "this model", "baseline", "change"], rows))
+    else:
+        lines.append("<p>No baseline: no model had been blessed before this run.</p>")
+    if summary.pushed and not summary.pushed_new:
+        lines.append(f"<p>Nothing pushed by this run: version <b id=\"pushed-version\">"
+                     f"{summary.pushed_version}</b> already serves this model.</p>")
+    elif summary.pushed:
+        lines.append(f"<p>Pushed version <b id=\"pushed-version\">{summary.pushed_version}</b> to "
+                     f"<code>{html.escape(summary.pushed_path or '')}</code>.</p>")
+    else:
+        lines.append("<p id=\"pushed-version\">Nothing pushed by this run.</p>")
+    return "\n".join(lines)
+
+
+def _data_section(data: ReportData) -> str:
+    summary = data.summary
+    spans = ", ".join(str(s) for s in summary.spans) or "?"
+    rows, attributes = [], []
+    for split in sorted(set(summary.examples) | set(data.label_counts)):
+        labels = data.label_counts.get(split, {})
+        total = summary.examples.get(split)
+        positives = labels.get(1)
+        share = "-" if not total or positives is None else f"{positives / total:.1%}"
+        rows.append([split, _count(total), _count(labels.get(0)), _count(positives), share])
+        attributes.append(["", f' data-split="{split}" data-field="examples"',
+                           f' data-split="{split}" data-field="negatives"',
+                           f' data-split="{split}" data-field="positives"', ""])
+    parts = [f"<h2>Data</h2><p>Span(s) {html.escape(spans)}.</p>",
+             _table(["split", "examples", "label 0", "label 1", "positive share"], rows,
+                    attributes)]
+    if data.coverage:
+        parts.append("<h3>Mask coverage</h3><p>Fraction of each image inside its mask, over the "
+                     f"first {SAMPLE_PER_SPLIT} examples of each split.</p>")
+        parts.append(_img(coverage_figure(data.coverage), "mask coverage histogram"))
+    if data.samples:
+        parts.append("<h3>Example regions (eval split; mask outlined in yellow)</h3>")
+        parts.append(_img(grid_figure(data.samples), "example regions per class"))
+    return "\n".join(parts)
+
+
+def _training_section(data: ReportData) -> str:
+    if not data.history:
+        return "<h2>Training</h2><p>No TensorBoard logs were found for this run's Trainer.</p>"
+    epochs = max(len(v) for h in data.history.values() for v in h.values())
+    rows = []
+    for phase, values in sorted(data.history.items()):
+        rows.append([phase] + [_number(values[name][-1]) if name in values else "-"
+                               for name in ("loss", "auc")])
+    return "\n".join([f"<h2>Training</h2><p>{epochs} epochs (early stopping on eval AUC).</p>",
+                      _img(training_figure(data.history), "loss and AUC per epoch"),
+                      _table(["phase", "last loss", "last AUC"], rows)])
+
+
+def _evaluation_section(data: ReportData) -> str:
+    if not data.slices:
+        return "<h2>Evaluation</h2><p>No evaluation in this run.</p>"
+    overall = dict(data.slices).get("overall", {})
+    rows = [[name, _count(overall[name]) if name == "example_count" else _number(overall[name])]
+            for name in REPORT_METRICS if name in overall]
+    attributes = [["", f' data-metric="{name}"'] for name in REPORT_METRICS if name in overall]
+    parts = ["<h2>Evaluation</h2><p>TFMA on the eval split, overall:</p>",
+             _table(["metric", "value"], rows, attributes)]
+    if data.confusion:
+        c = data.confusion
+        parts.append(f"<h3>Confusion matrix at threshold {c['threshold']:g}</h3>")
+        parts.append(_table(
+            ["", "predicted 1", "predicted 0"],
+            [["label 1", _count(c["truePositives"]), _count(c["falseNegatives"])],
+             ["label 0", _count(c["falsePositives"]), _count(c["trueNegatives"])]],
+            [["", ' data-cell="tp"', ' data-cell="fn"'],
+             ["", ' data-cell="fp"', ' data-cell="tn"']]))
+    if data.curve:
+        parts.append(_img(curves_figure(data.curve), "ROC and precision-recall curves"))
+    if data.calibration:
+        parts.append(_img(calibration_figure(data.calibration), "calibration plot"))
+    slice_rows, slice_attributes = [], []
+    for name, metrics in data.slices:
+        slice_rows.append([name, _count(metrics.get("example_count"))] + [
+            _number(metrics.get(m)) for m in ("auc", "binary_accuracy", "precision", "recall")])
+        slice_attributes.append([f' data-slice="{html.escape(name)}"', "", "", "", "", ""])
+    parts.append("<h3>Per slice</h3>")
+    parts.append(_table(["slice", "examples", "auc", "accuracy", "precision", "recall"],
+                        slice_rows, slice_attributes))
+    return "\n".join(parts)
+
+
+def _lineage_section(data: ReportData) -> str:
+    if data.lineage is None:
+        return "<h2>Lineage</h2><p>This run pushed no model.</p>"
+    return f"<h2>Lineage</h2><pre>{html.escape(format_lineage(data.lineage))}</pre>"
+
+
+def write_report(config: PipelineConfig, output: str | None = None,
+                 run_id: str | None = None) -> str:
+    """Collect, render and write the page (atomically); returns its path."""
+    data = collect(config, run_id)
+    page = render(data)
+    path = os.path.abspath(output or os.path.join(config.workdir, "report.html"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    os.replace(partial, path)
+    return path
+
+
+def report_json(data: ReportData) -> dict[str, Any]:
+    """The page's numbers as JSON (for scripts and tests)."""
+    return {"run_id": data.summary.run_id, "examples": data.summary.examples,
+            "label_counts": data.label_counts, "metrics": dict(data.slices).get("overall", {}),
+            "confusion": data.confusion, "blessed": data.summary.blessed,
+            "pushed_version": data.summary.pushed_version}
+

@@ -1,0 +1,181 @@
+"""`masktfx report`, `runs` and `lineage` on a small real run (slow: two pipeline runs)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+import tensorflow_model_analysis as tfma
+from PIL import Image
+
+from masktfx import cli
+from masktfx.config import PipelineConfig
+from masktfx.demo_data import write_synthetic
+from masktfx.records import read_examples
+from modules import features
+from pipeline.lineage import lineage
+from pipeline.summary import summarize_run
+
+pytestmark = pytest.mark.slow
+
+FLAGS = ["--image-size", "16", "--epochs", "4", "--batch-size", "16", "--min-accuracy", "0",
+         "--direct-running-mode", "in_memory"]
+
+
+class _Cells(HTMLParser):
+    """Text of every element carrying a data-* attribute, plus the embedded images."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells: dict[tuple, str] = {}
+        self.images: list[str] = []
+        self.headings: list[str] = []
+        self._open: tuple | None = None
+        self._heading = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        key = tuple(sorted((k, v) for k, v in attrs.items() if k.startswith("data-")))
+        if key:
+            self._open = key
+        self._heading = tag == "h2"
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self.cells[self._open] = data.strip()
+            self._open = None
+        if self._heading:
+            self.headings.append(data.strip())
+            self._heading = False
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reports")
+    manifest = write_synthetic(str(root / "data"), num_examples=96, size=24)
+    workdir = str(root / "work")
+    assert cli.main(["run", "--data", manifest, "--workdir", workdir, *FLAGS]) == 0
+    first = summarize_run(PipelineConfig.for_workdir(workdir))
+    first_report = str(root / "first.html")
+    assert cli.main(["report", "--workdir", workdir, "--output", first_report]) == 0
+    assert cli.main(["run", "--data", manifest, "--workdir", workdir, *FLAGS]) == 0
+    return workdir, first, first_report
+
+
+def _parse(path: str) -> _Cells:
+    cells = _Cells()
+    with open(path, encoding="utf-8") as handle:
+        cells.feed(handle.read())
+    return cells
+
+
+def test_the_report_holds_the_runs_own_numbers(two_runs):
+    workdir, first, path = two_runs
+    config = PipelineConfig.for_workdir(workdir)
+    page = _parse(path)
+    assert page.headings == ["Decision", "Data", "Training", "Evaluation", "Lineage"]
+
+    # evaluation: every metric on the page is TFMA's, to the digits shown
+    uri = lineage(config, first.pushed_version).evaluation_uri
+    result = tfma.load_eval_result(uri)
+    overall = next(m for key, m in result.slicing_metrics if not key)[""][""]
+    shown = {dict(key)["data-metric"]: text for key, text in page.cells.items()
+             if "data-metric" in dict(key)}
+    assert {"auc", "binary_accuracy", "precision", "recall", "example_count"} <= set(shown)
+    for name, text in shown.items():
+        value = overall[name]["doubleValue"]
+        expected = str(int(value)) if name == "example_count" else f"{value:.4f}"
+        assert text == expected, (name, text, value)
+    matrix = overall["confusion_matrix_at_thresholds"]["confusionMatrixAtThresholds"][
+        "matrices"][0]
+    assert matrix["threshold"] == pytest.approx(config.decision_threshold)
+    for cell, key in (("tp", "truePositives"), ("fp", "falsePositives"),
+                      ("tn", "trueNegatives"), ("fn", "falseNegatives")):
+        assert page.cells[(("data-cell", cell),)] == str(int(matrix.get(key, 0)))
+
+    # data: counts and label balance per split equal the records ImportExampleGen wrote
+    examples_uri = lineage(config, first.pushed_version).examples_uri
+    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+        records = read_examples(os.path.join(examples_uri, f"Split-{split}", "*"))
+        labels = [r.features.feature[features.LABEL_KEY].int64_list.value[0] for r in records]
+        assert page.cells[(("data-field", "examples"), ("data-split", split))] == str(len(labels))
+        assert page.cells[(("data-field", "positives"), ("data-split", split))] == \
+            str(sum(labels))
+    eval_count = first.examples[features.EVAL_SPLIT]
+    assert sum(int(page.cells[(("data-cell", c),)]) for c in ("tp", "fp", "tn", "fn")) == \
+        eval_count
+
+    # every figure is an embedded PNG that decodes (histogram, grid, training, curves, calib.)
+    assert len(page.images) == 5
+    for source in page.images:
+        assert source.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).verify()
+
+    text = open(path, encoding="utf-8").read()
+    assert f'id="pushed-version">{first.pushed_version}<' in text
+    assert "No baseline" in text  # the first blessed model had none
+
+
+def test_runs_and_lineage_follow_the_cache(two_runs, capsys):
+    workdir, first, _ = two_runs
+    capsys.readouterr()
+    assert cli.main(["runs", "--workdir", workdir, "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert len(runs) == 2 and runs[0]["run_id"] == first.run_id
+    assert [r["spans"] for r in runs] == [[1], [1]]
+    assert runs[1]["pushed_version"] == first.pushed_version  # nothing new pushed
+    assert cli.main(["runs", "--workdir", workdir]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["run", "started", "(UTC)"] and len(table) == 3
+    assert first.pushed_version in table[1]
+
+    assert cli.main(["lineage", "--workdir", workdir, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["version"] == first.pushed_version
+    assert found["trained_in_run"] == first.run_id and found["pushed_by_run"] == first.run_id
+    assert found["spans"] == [1] and found["evaluated_spans"] == [1]
+    assert found["train_examples"] == first.examples["train"]
+    assert found["eval_examples"] == first.examples["eval"]
+    assert cli.main(["lineage", "--workdir", workdir, "--version", "123"]) == 2
+    assert "pushed versions: " + first.pushed_version in capsys.readouterr().err
+
+    # the second run's report compares against the first model as its baseline
+    out = os.path.join(workdir, "second.html")
+    assert cli.main(["report", "--workdir", workdir, "--output", out]) == 0
+    text = open(out, encoding="utf-8").read()
+    assert "Baseline (last blessed model)" in text and "Nothing pushed by this run" in text
+    second = summarize_run(PipelineConfig.for_workdir(workdir))
+    auc = f"{second.metrics['auc']:.4f}"
+    assert f"<td>auc</td><td>{auc}</td><td>{auc}</td><td>+0.0000</td>" in text  # same model
+    assert cli.main(["report", "--workdir", workdir, "--run", "no-such-run"]) == 2
+
+
+def _chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("MASKTFX_REQUIRE_CHROMIUM"):
+        pytest.fail("chromium is required here (MASKTFX_REQUIRE_CHROMIUM) but not installed")
+    return found
+
+
+def test_the_report_loads_in_headless_chromium_without_console_errors(two_runs, tmp_path):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    _, _, path = two_runs
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+         "--v=0", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", f"file://{path}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = [line for line in result.stderr.splitlines() if re.search(r":CONSOLE", line)]
+    assert not console, console
+    assert "<h2>Evaluation</h2>" in result.stdout and "Lineage" in result.stdout
