@@ -57,6 +57,24 @@ def _record_source(base_directory: str, version: int, model_path: str) -> None:
     os.replace(partial, os.path.join(base_directory, SOURCES_FILE))
 
 
+def remove_stale_partials(base_directory: str, older_than_s: float = 60.0) -> list[str]:
+    """Remove copies a killed push left behind (TF Serving never loads them, but they take disk).
+
+    Only those untouched for `older_than_s`, so a push still copying beside this one is spared.
+    """
+    removed = []
+    now = time.time()
+    for name in os.listdir(base_directory):
+        path = os.path.join(base_directory, name)
+        if name.startswith(PARTIAL_PREFIX) and now - os.path.getmtime(path) > older_than_s:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+            removed.append(name)
+    return removed
+
+
 def publish_version(model_path: str, base_directory: str) -> tuple[int, str, bool]:
     """Copy `model_path` into a hidden folder beside the versions, then rename it into place.
 
@@ -66,6 +84,7 @@ def publish_version(model_path: str, base_directory: str) -> tuple[int, str, boo
     already there are untouched.
     """
     os.makedirs(base_directory, exist_ok=True)
+    remove_stale_partials(base_directory)
     versions = existing_versions(base_directory)
     if versions and _read_sources(base_directory).get(str(versions[-1])) == model_path:
         return versions[-1], os.path.join(base_directory, str(versions[-1])), False

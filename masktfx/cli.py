@@ -58,11 +58,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                             progress=False if args.no_progress else None)
     except (ManifestError, IngestError) as exc:
         raise CommandError(str(exc)) from None
-    report = result.report
-    print(f"ingested {result.written} of {report['rows']} rows into {result.output_dir}"
-          f" ({result.rejected} rejected)")
-    if result.rejected:
-        print(f"rejected rows and reasons: {os.path.join(result.output_dir, 'rejected.csv')}")
+    print(result.describe())
     if not result.published:
         print("no shards were published: "
               + ("no row was good" if result.written == 0 else "--strict and rows were rejected"),
@@ -152,7 +148,7 @@ def run_and_summarize(config: PipelineConfig, data: str, as_json: bool = False) 
         raise CommandError(str(exc)) from None
     config = prepared.config
     if prepared.ingested:
-        print(f"ingested {data} into {prepared.ingested}")
+        print(prepared.ingested.describe())
     failure = None
     try:
         run_pipeline(config)
@@ -264,8 +260,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from masktfx.images import (
         RegionInputError,
+        canonical_mask,
         decode_mask_array,
-        encode_png,
         load_image,
         read_file,
     )
@@ -290,20 +286,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CommandError("--batch-size must be >= 1")
 
     def encoded(images, masks):
-        """Files as the model wants them: TIFF re-encoded, masks canonical PNG."""
-        out_images, out_masks = [], []
+        """Files as the model wants them: TIFF re-encoded, masks canonical PNG, checked as
+        ingest checks them (an empty mask or one of another size is refused here)."""
+        out_images, out_masks, size = [], [], None
         for path in images:
             try:
-                out_images.append(load_image(path, args.max_pixels).encoded)
+                info = load_image(path, args.max_pixels)
             except RegionInputError as exc:
                 raise RegionInputError(f"{path}: {exc}") from None
+            out_images.append(info.encoded)
+            size = size or (info.width, info.height)
         for path in masks:
             try:
-                out_masks.append(encode_png(decode_mask_array(read_file(path),
-                                                              args.max_pixels)))
+                region = decode_mask_array(read_file(path), args.max_pixels)
+                out_masks.append(canonical_mask(region, size, resize=False)[0])
             except RegionInputError as exc:
                 raise RegionInputError(f"{path}: {exc}") from None
         return out_images, out_masks
+
+    def predict_batch(ids, images, masks):
+        """One request; if the server refuses it as bad input, each region alone, so one bad
+        region fails only itself."""
+        try:
+            return list(zip(ids, client.predict_regions(images, masks, args.version)))
+        except ServingClientError as exc:
+            if exc.code not in ("400", "INVALID_ARGUMENT"):
+                raise CommandError(f"the server refused the request: {exc}") from None
+            if len(ids) == 1:
+                return [(ids[0], exc)]
+        results = []
+        for item in zip(ids, images, masks):
+            results.extend(predict_batch([item[0]], [item[1]], [item[2]]))
+        return results
 
     try:
         client = (RestClient(args.server, args.model, timeout=args.timeout) if args.server
@@ -327,11 +341,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             masks.append(region)
         if not ids:
             continue
-        try:
-            predictions = client.predict_regions(images, masks, args.version)
-        except ServingClientError as exc:
-            raise CommandError(f"the server refused the request: {exc}") from None
-        for example_id, prediction in zip(ids, predictions):
+        for example_id, prediction in predict_batch(ids, images, masks):
+            if isinstance(prediction, ServingClientError):
+                print(json.dumps({"id": example_id, "error": prediction.message}), flush=True)
+                status = 1
+                continue
             print(json.dumps({"id": example_id, "probability": prediction.probability,
                               "label": prediction.label,
                               "model_version": prediction.model_version}), flush=True)

@@ -53,6 +53,15 @@ class IngestResult:
     def rejected(self) -> int:
         return int(self.report["rejected"])
 
+    def describe(self) -> str:
+        """What `masktfx ingest` and `masktfx run` print after ingesting."""
+        text = (f"ingested {self.written} of {self.report['rows']} rows into {self.output_dir}"
+                f" ({self.rejected} rejected)")
+        if self.rejected:
+            text += (f"\nrejected rows and reasons: "
+                     f"{os.path.join(self.output_dir, features.REJECTED_CSV)}")
+        return text
+
 
 def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
                   ) -> tuple[bytes, dict]:
@@ -189,8 +198,10 @@ class IngestStatsFn(beam.CombineFn):
 
 
 def _write_text(path: str, text: str) -> None:
+    """Valid UTF-8 always: a file name that is not UTF-8 shows its bytes as \\xNN."""
+    printable = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     with FileSystems.create(path) as handle:
-        handle.write(text.encode("utf-8", "surrogateescape"))
+        handle.write(printable.encode("utf-8"))
 
 
 def _rejections_csv(rejections: list[Rejection]) -> str:

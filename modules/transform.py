@@ -49,7 +49,8 @@ def decode_masks(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor, num_vi
     """[1 or K] PNG masks -> [K, H, W, 1] float32 of 0/1, resized (nearest) to the image size."""
 
     def decode_one(data: tf.Tensor) -> tf.Tensor:
-        mask = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
+        # uint16: a 16-bit mask whose inside is a small value (1, say) stays nonzero
+        mask = tf.io.decode_image(data, channels=1, dtype=tf.uint16, expand_animations=False)
         mask = tf.image.resize(mask, tf.stack([height, width]),
                                method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)
         return tf.cast(mask > 0, tf.float32)

@@ -56,8 +56,11 @@ def describe_data(data_root: str) -> DataDescription:
             f"span-N/ folders (run `masktfx ingest` first, or pass a manifest CSV)")
     first = None
     for name in files:
-        for record in tf.data.TFRecordDataset(name, compression_type="GZIP").take(1):
-            first = tf.train.Example.FromString(record.numpy())
+        try:
+            for record in tf.data.TFRecordDataset(name, compression_type="GZIP").take(1):
+                first = tf.train.Example.FromString(record.numpy())
+        except tf.errors.OpError as exc:
+            raise damaged_shard(name, exc) from None
         if first is not None:
             break
     if first is None:
@@ -73,6 +76,56 @@ def describe_data(data_root: str) -> DataDescription:
         num_views=len(feature[features.IMAGES_KEY].bytes_list.value),
         num_masks=len(feature[features.MASKS_KEY].bytes_list.value),
         metadata_columns=metadata)
+
+
+def shards_to_read(data_root: str, config: PipelineConfig) -> list[str]:
+    """The shards ImportExampleGen will read: the last `span_window` spans, or the flat ones."""
+    spans = list_spans(data_root)
+    if spans:
+        patterns = [os.path.join(data_root, features.SPAN_DIR_TEMPLATE.format(span=span),
+                                 features.SHARD_GLOB) for span in spans[-config.span_window:]]
+    else:
+        patterns = [os.path.join(data_root, features.SHARD_GLOB)]
+    return sorted(name for pattern in patterns for name in tf.io.gfile.glob(pattern))
+
+
+def damaged_shard(name: str, exc: Exception) -> DataLayoutError:
+    detail = getattr(exc, "message", str(exc)).split("\n")[0].split("[Op:")[0].strip()
+    if "}}" in detail:  # drop TensorFlow's function-node prefix
+        detail = detail.split("}}", 1)[1].strip()
+    return DataLayoutError(f"{name}: damaged shard, cannot be read to the end ({detail}); "
+                           "re-run `masktfx ingest` for this span or remove the shard")
+
+
+def verify_shards(files: list[str], record_path: str) -> int:
+    """Read every shard through once; a damaged one stops the run before any component starts.
+
+    Shards already verified (same size and modification time) are not read again, so a re-run
+    with no new data stays quick. Returns the number of shards read now.
+    """
+    import json
+
+    verified: dict[str, list[int]] = {}
+    if os.path.exists(record_path):
+        with open(record_path, encoding="utf-8") as handle:
+            verified = json.load(handle)
+    read = 0
+    for name in files:
+        stat = tf.io.gfile.stat(name)
+        key = [int(stat.length), int(stat.mtime_nsec)]
+        if verified.get(name) == key:
+            continue
+        dataset = tf.data.TFRecordDataset(name, compression_type="GZIP")
+        try:
+            dataset.reduce(0, lambda count, _: count + 1)
+        except tf.errors.OpError as exc:
+            raise damaged_shard(name, exc) from None
+        verified[name] = key
+        read += 1
+    os.makedirs(os.path.dirname(record_path), exist_ok=True)
+    with open(record_path, "w", encoding="utf-8") as handle:
+        json.dump(verified, handle, indent=1, sort_keys=True)
+    return read
 
 
 def resolve_config(config: PipelineConfig, description: DataDescription) -> PipelineConfig:

@@ -12,15 +12,24 @@ from dataclasses import dataclass  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
 from masktfx.config import RUN_CONFIG, PipelineConfig  # noqa: E402
+from masktfx.ingest import IngestResult, run_ingest  # noqa: E402
 from modules.schema import write_schema  # noqa: E402
-from pipeline.data import describe_data, list_spans, resolve_config  # noqa: E402
+from pipeline.data import (  # noqa: E402
+    describe_data,
+    list_spans,
+    resolve_config,
+    shards_to_read,
+    verify_shards,
+)
 from pipeline.pipeline import create_pipeline, schema_path  # noqa: E402
+
+VERIFIED_SHARDS = "verified-shards.json"  # in the workdir: shards already read through once
 
 
 @dataclass(frozen=True)
 class PreparedRun:
     config: PipelineConfig
-    ingested: str | None  # the span folder written for a manifest, if one was written
+    ingested: IngestResult | None  # the span a manifest was ingested into, if one was written
 
 
 def manifest_fingerprint(manifest_path: str) -> str:
@@ -32,14 +41,12 @@ def manifest_fingerprint(manifest_path: str) -> str:
 
 
 def ingest_manifest_into_workdir(manifest_path: str, config: PipelineConfig
-                                 ) -> tuple[str, str | None]:
+                                 ) -> tuple[str, IngestResult | None]:
     """Ingest into WORKDIR/data/span-N, a new span only when the manifest changed.
 
-    Returns the data root and the span folder written (None when the latest span already holds
+    Returns the data root and the ingest's result (None when the latest span already holds
     this manifest, so a re-run with no new data is served from the cache).
     """
-    from masktfx.ingest import run_ingest
-
     data_root = os.path.join(config.workdir, "data")
     fingerprint = manifest_fingerprint(manifest_path)
     spans = list_spans(data_root)
@@ -55,7 +62,7 @@ def ingest_manifest_into_workdir(manifest_path: str, config: PipelineConfig
                            f"{os.path.join(result.output_dir, 'rejected.csv')}")
     with open(os.path.join(result.output_dir, "manifest.sha256"), "w", encoding="ascii") as out:
         out.write(fingerprint)
-    return data_root, result.output_dir
+    return data_root, result
 
 
 def prepare(config: PipelineConfig, data: str) -> PreparedRun:
@@ -69,6 +76,8 @@ def prepare(config: PipelineConfig, data: str) -> PreparedRun:
         data_root = data
     config = resolve_config(config.replace(data_root=os.path.abspath(data_root)),
                             describe_data(data_root))
+    verify_shards(shards_to_read(data_root, config),
+                  os.path.join(config.workdir, VERIFIED_SHARDS))
     write_schema(config, schema_path(config))
     config.save_yaml(os.path.join(config.workdir, RUN_CONFIG))
     return PreparedRun(config, ingested)

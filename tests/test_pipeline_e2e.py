@@ -29,16 +29,38 @@ def _run(manifest: str, workdir: str, *extra: str) -> int:
 
 
 def _rows(manifest: str) -> list[dict[str, str]]:
-    with open(manifest, encoding="utf-8") as handle:
+    with open(manifest, encoding="utf-8", errors="surrogateescape") as handle:
         return list(csv.DictReader(handle))
+
+
+def _add_bad_rows(manifest: str) -> int:
+    """The bad-input corpus's refused rows appended to a good manifest; returns how many."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "make_bad_corpus", os.path.join(os.path.dirname(__file__), "data", "make_bad_corpus.py"))
+    corpus = importlib.util.module_from_spec(spec)
+    sys.modules["make_bad_corpus"] = corpus
+    spec.loader.exec_module(corpus)
+    folder = os.path.join(os.path.dirname(manifest), "bad")
+    corpus.write_corpus(folder)
+    bad = [case for case in corpus.CASES if case.expect == "reject" and case.id != "good-1"]
+    with open(manifest, "a", encoding="utf-8", errors="surrogateescape") as handle:
+        for case in bad:
+            image = case.image if case.image.startswith("/") else f"bad/{case.image}"
+            handle.write(f"bad-{case.id},{image},bad/{case.mask},{case.label},bad,site1\n")
+    return len(bad)
 
 
 def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     manifest = write_synthetic(str(tmp_path / "data"), num_examples=320, size=48)
+    bad_rows = _add_bad_rows(manifest)  # refused at ingest; the run goes on with the good rows
     workdir = str(tmp_path / "work")
     assert _run(manifest, workdir) == 0
     out = capsys.readouterr().out
     assert "blessed: yes" in out and "pushed: version" in out, out
+    assert f"ingested 320 of {320 + bad_rows} rows" in out, out
     config = PipelineConfig(workdir=workdir)
     summary = summarize_run(config)
     assert summary.blessed and summary.pushed
@@ -102,6 +124,17 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
                  "Trainer"):
         assert again.components[node] == "CACHED", again.components
     assert again.pushed_version == summary.pushed_version
+    assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
+
+    # a worse model (barely trained) against the blessed one: its AUC drops by more than
+    # max_auc_drop, so it is not blessed and nothing is pushed, though accuracy is not gated here
+    capsys.readouterr()
+    assert _run(manifest, workdir, "--epochs", "1", "--learning-rate", "1e-7",
+                "--min-accuracy", "0") == 0
+    out = capsys.readouterr().out
+    assert "blessed: NO - auc changed by" in out and "pushed: nothing" in out, out
+    worse = summarize_run(config)
+    assert worse.components["Trainer"] == "COMPLETE" and not worse.blessed
     assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
 
 
