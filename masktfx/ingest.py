@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import threading
@@ -20,6 +21,8 @@ import uuid
 from dataclasses import dataclass
 
 import apache_beam as beam
+import google_crc32c
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -31,6 +34,9 @@ from modules import features
 REJECTED_TAG = "rejected"
 STATS_TAG = "stats"
 COVERAGE_BINS = 20
+# Rows per output shard: enough shards for every worker, few enough that each is worth a file.
+MAX_ROWS_PER_SHARD = 256
+MIN_ROWS_PER_SHARD = 16
 DEFAULT_BEAM_ARGS = {"--runner": "DirectRunner", "--direct_running_mode": "multi_processing",
                      "--direct_num_workers": "0"}
 
@@ -114,10 +120,36 @@ class _RowFailure(Exception):
         self.reason = reason
 
 
-class EncodeRegionFn(beam.DoFn):
-    """Main output: serialized examples; tagged outputs: rejections and per-example stats."""
+def _masked_crc32c(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
-    def __init__(self, max_pixels: int, resize_masks: bool, progress_dir: str | None):
+
+def write_tfrecord(handle, record: bytes) -> None:
+    """One record in TFRecord framing (length, masked CRC-32C of it, data, masked CRC-32C)."""
+    length = struct.pack("<Q", len(record))
+    handle.write(length + struct.pack("<I", _masked_crc32c(length)) + record
+                 + struct.pack("<I", _masked_crc32c(record)))
+
+
+def shard_chunks(rows: list[ManifestRow], rows_per_shard: int) -> list[tuple[int, int, list]]:
+    """(index, count, rows) per shard, in manifest order."""
+    chunks = [rows[start:start + rows_per_shard]
+              for start in range(0, len(rows), rows_per_shard)]
+    return [(index, len(chunks), chunk) for index, chunk in enumerate(chunks)]
+
+
+class WriteShardFn(beam.DoFn):
+    """Encodes a chunk of rows and writes them as one gzipped TFRecord shard itself.
+
+    The encoded images never cross the runner (with the DirectRunner, moving them between
+    processes cost as much as encoding them); only one stats accumulator per shard and the
+    rejections do. A retried bundle rewrites the same shard, so retries are harmless.
+    """
+
+    def __init__(self, work_dir: str, max_pixels: int, resize_masks: bool,
+                 progress_dir: str | None):
+        self._work_dir = work_dir
         self._max_pixels = max_pixels
         self._resize_masks = resize_masks
         self._progress_dir = progress_dir
@@ -128,18 +160,27 @@ class EncodeRegionFn(beam.DoFn):
         if self._progress_dir and os.path.isdir(self._progress_dir):
             self._progress_file = os.path.join(self._progress_dir, uuid.uuid4().hex)
 
-    def process(self, row: ManifestRow):
-        try:
-            serialized, stats = encode_region(row, self._max_pixels, self._resize_masks)
-        except _RowFailure as failure:
-            yield beam.pvalue.TaggedOutput(REJECTED_TAG, Rejection(row.row, failure.path,
-                                                                   failure.reason))
-        else:
-            yield serialized
-            yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
-        self._done += 1
-        if self._progress_file and self._done % 16 == 0:
-            self._write_progress()
+    def process(self, chunk: tuple[int, int, list[ManifestRow]]):
+        index, count, rows = chunk
+        path = os.path.join(self._work_dir, f"{features.SHARD_PREFIX}-{index:05d}-of-"
+                                            f"{count:05d}{features.SHARD_SUFFIX}")
+        combine = IngestStatsFn()
+        stats = combine.create_accumulator()
+        with FileSystems.create(path, compression_type=CompressionTypes.GZIP) as handle:
+            for row in rows:
+                try:
+                    serialized, row_stats = encode_region(row, self._max_pixels,
+                                                          self._resize_masks)
+                except _RowFailure as failure:
+                    yield beam.pvalue.TaggedOutput(
+                        REJECTED_TAG, Rejection(row.row, failure.path, failure.reason))
+                else:
+                    write_tfrecord(handle, serialized)
+                    stats = combine.add_input(stats, row_stats)
+                self._done += 1
+                if self._progress_file and self._done % 16 == 0:
+                    self._write_progress()
+        yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
 
     def finish_bundle(self):
         if self._progress_file:
@@ -245,6 +286,13 @@ def build_report(stats: dict, rejections: list[Rejection], manifest_path: str,
     }
 
 
+class MergeIngestStatsFn(IngestStatsFn):
+    """Combines the per-shard accumulators of WriteShardFn."""
+
+    def add_input(self, acc, partial):
+        return self.merge_accumulators([acc, partial])
+
+
 def _finalize(stats_list, rejected_list, manifest_rejections, out_dir, report_fields):
     rejections = list(manifest_rejections) + list(rejected_list)
     stats = stats_list[0] if stats_list else IngestStatsFn().create_accumulator()
@@ -290,6 +338,8 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
     if max_pixels is None:
         max_pixels = PipelineConfig().max_pixels
     manifest = read_manifest(manifest_path, allow_outside=allow_outside_paths)
+    rows_per_shard = min(MAX_ROWS_PER_SHARD,
+                         max(MIN_ROWS_PER_SHARD, -(-len(manifest.rows) // 8)))
     final_dir = target_dir(output, span)
     local = "://" not in final_dir
     if FileSystems.exists(final_dir) and _existing_shards(final_dir) and not overwrite:
@@ -325,15 +375,12 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
         with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
             results = (
                 pipeline
-                | "Rows" >> beam.Create(manifest.rows)
+                | "Chunks" >> beam.Create(shard_chunks(manifest.rows, rows_per_shard))
                 | "Spread" >> beam.Reshuffle()
-                | "Encode" >> beam.ParDo(EncodeRegionFn(max_pixels, resize_masks, progress_dir))
-                .with_outputs(REJECTED_TAG, STATS_TAG, main="examples"))
-            _ = results.examples | "Write" >> beam.io.WriteToTFRecord(
-                os.path.join(work_dir, features.SHARD_PREFIX),
-                file_name_suffix=features.SHARD_SUFFIX,
-                compression_type=beam.io.filesystem.CompressionTypes.GZIP)
-            stats = results[STATS_TAG] | "Stats" >> beam.CombineGlobally(IngestStatsFn())
+                | "EncodeAndWrite" >> beam.ParDo(WriteShardFn(work_dir, max_pixels,
+                                                              resize_masks, progress_dir))
+                .with_outputs(REJECTED_TAG, STATS_TAG, main="unused"))
+            stats = results[STATS_TAG] | "Stats" >> beam.CombineGlobally(MergeIngestStatsFn())
             rejected = results[REJECTED_TAG] | "Rejected" >> beam.combiners.ToList()
             _ = (pipeline | "Finalize" >> beam.Create([None])
                  | beam.Map(lambda _, s, r: _finalize(s, r, manifest.rejected, work_dir,
