@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
-import psutil
+from measure import run_measured  # noqa: E402  (bench/measure.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,24 +53,11 @@ def beam_ingest(manifest_path: str, output: str) -> int:
 
 def measure(kind: str, manifest: str, output: str) -> dict:
     """Run one ingest in a child process; wall time and peak RSS of its whole process tree."""
-    command = [sys.executable, __file__, "--child", kind, manifest, output]
-    start = time.perf_counter()
-    process = psutil.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    peak = 0
-    while process.poll() is None:
-        try:
-            tree = [process] + process.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    seconds = time.perf_counter() - start
-    stdout = process.stdout.read().decode().strip()
-    if process.returncode != 0:
-        raise RuntimeError(f"{kind} ingest failed (exit {process.returncode})")
-    written = int(stdout.splitlines()[-1])
-    return {"seconds": round(seconds, 2), "examples": written,
-            "examples_per_s": round(written / seconds, 1), "peak_rss_mib": round(peak / 2**20, 1)}
+    result = run_measured([sys.executable, __file__, "--child", kind, manifest, output], ROOT)
+    written = int(result.pop("stdout").strip().splitlines()[-1])
+    return {"seconds": result["seconds"], "examples": written,
+            "examples_per_s": round(written / result["seconds"], 1),
+            "peak_rss_mib": result["peak_rss_mib"]}
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ MASK_MODES = ("crop", "zero", "channel", "none")
 NORMALIZATIONS = ("region", "dataset")
 MODEL_PRESETS = ("seed", "resnet")
 RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
+DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,10 @@ class PipelineConfig:
         default=8, metadata={"help": "epochs without eval AUC gain before stopping"}
     )
     augment: bool = field(default=True, metadata={"help": "flips, rotations, brightness"})
+    distribution_strategy: str = field(
+        default="", metadata={"help": "tf.distribute strategy for the Trainer: '' (none), "
+                                      "mirrored (the devices of one machine) or "
+                                      "multi_worker_mirrored (TF_CONFIG names the workers)"})
     seed: int = field(default=42, metadata={"help": "random seed"})
     # Evaluator
     metadata_columns: list[str] = field(
@@ -130,6 +135,9 @@ class PipelineConfig:
                  f"must be one of {', '.join(MASK_MODES)}, got {self.mask_mode!r}")
         _require(self.normalization in NORMALIZATIONS, "normalization",
                  f"must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
+        _require(self.distribution_strategy in DISTRIBUTION_STRATEGIES, "distribution_strategy",
+                 f"must be one of {DISTRIBUTION_STRATEGIES}, got "
+                 f"{self.distribution_strategy!r}")
         _require(self.model_preset in MODEL_PRESETS, "model_preset",
                  f"must be one of {', '.join(MODEL_PRESETS)}, got {self.model_preset!r}")
         _require(8 <= self.image_size <= 1024, "image_size",

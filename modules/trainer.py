@@ -136,12 +136,22 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
     }
 
 
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """The configured strategy; the model is built and compiled in its scope."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker_mirrored":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()  # the default: no distribution
+
+
 def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.data.Dataset,
                 weights: dict[int, float], log_dir: str | None = None,
                 steps_per_epoch: int | None = None, verbose: int = 2
                 ) -> tuple[tf.keras.Model, tf.keras.callbacks.History]:
     """Fit with early stopping on eval AUC (best weights kept); shared by run_fn and bench."""
-    model = build_model(config)
+    with distribution_strategy(config.distribution_strategy).scope():
+        model = build_model(config)
     callbacks = [
         tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                          patience=config.early_stopping_patience,

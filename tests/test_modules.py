@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import run_transform, square_mask
 
-from masktfx.config import PipelineConfig
+from masktfx.config import ConfigError, PipelineConfig
 from masktfx.images import encode_png
 from masktfx.records import make_example
 from modules import features
@@ -101,3 +101,18 @@ def test_run_fn_saves_a_model_whose_signatures_agree(tiny_model):
                                atol=1e-6)
     np.testing.assert_array_equal(by_example[features.PREDICTED_LABEL_OUTPUT].numpy(),
                                   (probability >= 0.5).astype(np.int64))
+
+
+def test_training_under_a_mirrored_strategy(rng):
+    from modules.trainer import train_model
+
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=1, batch_size=8,
+                            model_preset="seed", distribution_strategy="mirrored")
+    regions = rng.random((32, 1, 16, 16, config.input_channels)).astype(np.float32)
+    labels = (regions[:, 0, :, :, 0].mean(axis=(1, 2)) > 0.5).astype(np.int64)
+    data = tf.data.Dataset.from_tensor_slices((regions, labels)).batch(8)
+    model, history = train_model(config, data, data, {0: 1.0, 1: 1.0}, verbose=0)
+    assert isinstance(model.distribute_strategy, tf.distribute.MirroredStrategy)
+    assert len(history.history["loss"]) == 1
+    with pytest.raises(ConfigError, match="distribution_strategy"):
+        PipelineConfig(distribution_strategy="tpu").validate()

@@ -1,0 +1,34 @@
+"""Wall time and peak memory of a command's whole process tree (Beam workers included)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import psutil
+
+
+def run_measured(command: list[str], cwd: str, env: dict | None = None) -> dict:
+    """Run `command`; seconds, peak RSS (MiB) summed over the process tree, and its stdout.
+
+    Raises with the tail of stderr if the command fails.
+    """
+    start = time.perf_counter()
+    process = psutil.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    peak = 0
+    while process.poll() is None:
+        try:
+            tree = [process] + process.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    stdout = process.stdout.read().decode()
+    stderr = process.stderr.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed (exit {process.returncode}):\n"
+                           f"{stderr[-3000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak / 2**20, 1),
+            "stdout": stdout}

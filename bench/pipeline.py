@@ -1,0 +1,231 @@
+"""bench/pipeline: what a whole run costs, and how it grows with N, against the seed article's
+in-memory approach measured in the same run.
+
+For each N (1,000 and 4,000 by default; 16,000 with --full), on N synthetic 128x128 regions:
+- reference: the article's loader (a Python loop: decode, resize the mask, tf.where, tf.stack)
+  and its CNN trained for one epoch: wall time and peak RSS;
+- ours: `masktfx ingest` then `masktfx run --model-preset seed --epochs 1`: wall time of each
+  component (MLMD execution times), in total, and peak RSS of the whole process tree; then a
+  re-run with no new data;
+- ingest with one DirectRunner worker against one per core;
+- the Trainer's input pipeline: examples/s of the tf.data pipeline that feeds the model
+  (transformed examples -> shuffled, augmented batches) against the same model fed from
+  in-memory arrays (the ceiling).
+Prints JSON; every figure comes from this run, each measured step in a fresh subprocess.
+
+    python bench/pipeline.py [--sizes 1000 4000] [--full] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from measure import run_measured  # noqa: E402  (bench/measure.py)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 128
+TARGETS = {"peak_rss_ratio_1000_to_16000": "<= 1.3", "fixed_cost_s": "<= 60",
+           "rerun_s": "<= 20", "input_vs_in_memory": ">= 0.8",
+           "total_vs_reference_at_16000": "<= 1.5"}
+
+
+# -- children -----------------------------------------------------------------------------------
+def reference(manifest: str) -> dict:
+    """The seed article: every region in memory, then one epoch of its CNN."""
+    import tensorflow as tf
+
+    from masktfx.manifest import read_manifest
+
+    rows = read_manifest(manifest).rows
+    started = time.perf_counter()
+    images, labels = [], []
+    for row in rows:
+        image = tf.io.decode_png(tf.io.read_file(row.images[0]), channels=1)
+        mask = tf.io.decode_png(tf.io.read_file(row.masks[0]), channels=1)
+        mask = tf.image.resize(mask, tf.shape(image)[:2], method="nearest")
+        images.append(tf.where(mask > 0, tf.cast(image, tf.float32) / 255.0, 0.0))
+        labels.append(row.label)
+    x = tf.stack(images)
+    y = tf.constant(labels, tf.float32)
+    loaded = time.perf_counter()
+    model = tf.keras.Sequential([
+        tf.keras.layers.Input(x.shape[1:]),
+        tf.keras.layers.Conv2D(32, 3, activation="relu"), tf.keras.layers.MaxPooling2D(),
+        tf.keras.layers.Conv2D(64, 3, activation="relu"), tf.keras.layers.MaxPooling2D(),
+        tf.keras.layers.Flatten(), tf.keras.layers.Dense(128, activation="relu"),
+        tf.keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    return {"load_s": round(loaded - started, 2),
+            "train_s": round(time.perf_counter() - loaded, 2)}
+
+
+def component_times(workdir: str) -> dict:
+    """Seconds per component of the latest run, from MLMD's execution timestamps."""
+    from masktfx.config import PipelineConfig
+    from pipeline.summary import latest_run_id, node_id, open_store
+
+    config = PipelineConfig.for_workdir(workdir)
+    store = open_store(config)
+    context = store.get_context_by_type_and_name(
+        "pipeline_run", latest_run_id(store, config.pipeline_name))
+    times = {}
+    for execution in store.get_executions_by_context(context.id):
+        seconds = (execution.last_update_time_since_epoch
+                   - execution.create_time_since_epoch) / 1000
+        times[node_id(store, execution.id)] = round(seconds, 2)
+    return times
+
+
+def input_throughput(workdir: str, batches: int = 40) -> dict:
+    """examples/s of model.fit fed by the Trainer's tf.data pipeline vs by in-memory arrays."""
+    import glob
+
+    import numpy as np
+    import tensorflow_transform as tft
+
+    from masktfx.config import PipelineConfig
+    from modules.model import build_model
+    from modules.trainer import make_input
+
+    config = PipelineConfig.for_workdir(workdir)
+    root = config.pipeline_root
+    graph = max(glob.glob(os.path.join(root, "Transform", "transform_graph", "*")),
+                key=os.path.getmtime)
+    examples = max(glob.glob(os.path.join(root, "Transform", "transformed_examples", "*")),
+                   key=os.path.getmtime)
+    files = sorted(glob.glob(os.path.join(examples, "Split-train", "*")))
+    dataset = make_input(files, tft.TFTransformOutput(graph), config, training=True).repeat()
+    model = build_model(config)
+    model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # build and warm up
+    started = time.perf_counter()
+    model.fit(dataset, steps_per_epoch=batches, epochs=1, verbose=0)
+    fed = batches * config.batch_size / (time.perf_counter() - started)
+    x, y = [], []
+    for regions, labels in dataset.take(batches):
+        x.append(regions.numpy())
+        y.append(labels.numpy())
+    x, y = np.concatenate(x), np.concatenate(y)
+    model.fit(x[:5 * config.batch_size], y[:5 * config.batch_size],
+              batch_size=config.batch_size, verbose=0)
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0, shuffle=False)
+    ceiling = len(x) / (time.perf_counter() - started)
+    return {"tf_data_examples_per_s": round(fed, 1),
+            "in_memory_examples_per_s": round(ceiling, 1),
+            "ratio": round(fed / ceiling, 2), "batches": batches,
+            "batch_size": config.batch_size, "model_preset": config.model_preset}
+
+
+# -- the driver ---------------------------------------------------------------------------------
+def _child(kind: str, *args: str) -> dict:
+    result = run_measured([sys.executable, __file__, "--child", kind, *args], ROOT)
+    payload = json.loads(result.pop("stdout").strip().splitlines()[-1])
+    return {**result, **payload}
+
+
+def _masktfx(*args: str) -> dict:
+    result = run_measured([sys.executable, "-m", "masktfx.cli", *args], ROOT)
+    result.pop("stdout")
+    return result
+
+
+def measure_size(count: int, work: str) -> dict:
+    from masktfx.demo_data import write_synthetic
+
+    folder = os.path.join(work, f"n{count}")
+    manifest = os.path.join(folder, "data", "manifest.csv")
+    if not os.path.exists(manifest):
+        write_synthetic(os.path.join(folder, "data"), num_examples=count, size=SIZE)
+    reference_run = _child("reference", manifest)
+    ingested = os.path.join(folder, "ingested")
+    workdir = os.path.join(folder, "work")
+    for path in (ingested, ingested + "-1worker", workdir):
+        if os.path.exists(path):
+            import shutil
+
+            shutil.rmtree(path)
+    one_worker = _masktfx("ingest", manifest, "--output", ingested + "-1worker", "--no-progress",
+                          "--beam-args", "--direct_num_workers=1")
+    ingest = _masktfx("ingest", manifest, "--output", ingested, "--span", "1", "--no-progress")
+    run = _masktfx("run", "--data", ingested, "--workdir", workdir, "--model-preset", "seed",
+                   "--epochs", "1")
+    components = _child("components", workdir)
+    rerun = _masktfx("run", "--data", ingested, "--workdir", workdir, "--model-preset", "seed",
+                     "--epochs", "1")
+    rerun_components = _child("components", workdir)
+    throughput = _child("input", workdir)
+    for part in (components, rerun_components, throughput):
+        part.pop("seconds"), part.pop("peak_rss_mib")
+    ours_total = ingest["seconds"] + run["seconds"]
+    return {
+        "examples": count,
+        "reference": reference_run,
+        "ours": {"ingest": ingest, "run": run, "total_s": round(ours_total, 2),
+                 "peak_rss_mib": max(ingest["peak_rss_mib"], run["peak_rss_mib"]),
+                 "components_s": components},
+        "rerun_no_new_data": {**rerun, "components_s": rerun_components},
+        "total_vs_reference": round(ours_total / reference_run["seconds"], 2),
+        "ingest_one_worker_vs_all": {
+            "one_worker_s": one_worker["seconds"], "all_workers_s": ingest["seconds"],
+            "workers": os.cpu_count(),
+            "speedup": round(one_worker["seconds"] / ingest["seconds"], 2)},
+        "trainer_input": throughput,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--full", action="store_true", help="add N = 16,000")
+    parser.add_argument("--work", default=None, help="folder for data and workdirs (kept)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, ROOT)
+    if args.child:
+        kind, rest = args.child[0], args.child[1:]
+        handler = {"reference": reference, "components": component_times,
+                   "input": input_throughput}[kind]
+        print(json.dumps(handler(*rest)))
+        return
+    import tempfile
+
+    sizes = sorted(set(args.sizes + ([16000] if args.full else [])))
+    work = args.work or tempfile.mkdtemp(prefix="bench-pipeline-")
+    runs = {}
+    for count in sizes:
+        runs[str(count)] = measure_size(count, work)
+        print(json.dumps({str(count): runs[str(count)]}), file=sys.stderr, flush=True)
+    result = {"benchmark": "pipeline", "cpu_count": os.cpu_count(), "image_size": SIZE,
+              "runs": runs, "targets": TARGETS}
+    if len(sizes) >= 2:
+        small, large = runs[str(sizes[0])], runs[str(sizes[-1])]
+        scale = sizes[-1] / sizes[0]
+        per_example = (large["ours"]["total_s"] - small["ours"]["total_s"]) / (
+            sizes[-1] - sizes[0])
+        result["growth"] = {
+            "examples_ratio": scale,
+            "ours_peak_rss_ratio": round(large["ours"]["peak_rss_mib"]
+                                         / small["ours"]["peak_rss_mib"], 2),
+            "reference_peak_rss_ratio": round(large["reference"]["peak_rss_mib"]
+                                              / small["reference"]["peak_rss_mib"], 2),
+            "ours_time_ratio": round(large["ours"]["total_s"] / small["ours"]["total_s"], 2),
+            "reference_time_ratio": round(large["reference"]["seconds"]
+                                          / small["reference"]["seconds"], 2),
+            "ours_seconds_per_1000_examples": round(per_example * 1000, 2),
+            "ours_fixed_cost_s": round(small["ours"]["total_s"] - per_example * sizes[0], 1),
+        }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
