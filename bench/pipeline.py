@@ -6,7 +6,8 @@ For each N (1,000 and 4,000 by default; 16,000 with --full), on N synthetic 128x
   and its CNN trained for one epoch: wall time and peak RSS;
 - ours: `masktfx ingest` then `masktfx run --model-preset seed --epochs 1`: wall time of each
   component (MLMD execution times), in total, and peak RSS of the whole process tree; then a
-  re-run with no new data;
+  re-run with no new data; with the DirectRunner in multi-processing mode (the default) and in
+  in-memory mode;
 - ingest with one DirectRunner worker against one per core;
 - the Trainer's input pipeline: examples/s of the tf.data pipeline that feeds the model
   (transformed examples -> shuffled, augmented batches) against the same model fed from
@@ -85,16 +86,32 @@ def component_times(workdir: str) -> dict:
     return times
 
 
-def input_throughput(workdir: str, batches: int = 40) -> dict:
-    """examples/s of model.fit fed by the Trainer's tf.data pipeline vs by in-memory arrays."""
+def input_throughput(workdir: str, batches: int = 60) -> dict:
+    """examples/s of model.fit fed by the Trainer's tf.data pipeline vs by in-memory arrays.
+
+    Steady state, as the Trainer runs: one repeated dataset across epochs (so the shuffle buffer
+    fills once); the second of two epochs of `batches` steps is timed, for both feeds.
+    """
     import glob
 
     import numpy as np
+    import tensorflow as tf
     import tensorflow_transform as tft
 
     from masktfx.config import PipelineConfig
     from modules.model import build_model
     from modules.trainer import make_input
+
+    class EpochTimer(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.started)
 
     config = PipelineConfig.for_workdir(workdir)
     root = config.pipeline_root
@@ -105,23 +122,22 @@ def input_throughput(workdir: str, batches: int = 40) -> dict:
     files = sorted(glob.glob(os.path.join(examples, "Split-train", "*")))
     dataset = make_input(files, tft.TFTransformOutput(graph), config, training=True).repeat()
     model = build_model(config)
-    model.fit(dataset, steps_per_epoch=5, epochs=1, verbose=0)  # build and warm up
-    started = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=batches, epochs=1, verbose=0)
-    fed = batches * config.batch_size / (time.perf_counter() - started)
+    fed_timer = EpochTimer()
+    model.fit(dataset, steps_per_epoch=batches, epochs=2, verbose=0, callbacks=[fed_timer])
     x, y = [], []
     for regions, labels in dataset.take(batches):
         x.append(regions.numpy())
         y.append(labels.numpy())
     x, y = np.concatenate(x), np.concatenate(y)
-    model.fit(x[:5 * config.batch_size], y[:5 * config.batch_size],
-              batch_size=config.batch_size, verbose=0)
-    started = time.perf_counter()
-    model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0, shuffle=False)
-    ceiling = len(x) / (time.perf_counter() - started)
+    memory_timer = EpochTimer()
+    model.fit(x, y, batch_size=config.batch_size, epochs=2, verbose=0, shuffle=False,
+              callbacks=[memory_timer])
+    fed = len(x) / fed_timer.seconds[1]
+    ceiling = len(x) / memory_timer.seconds[1]
     return {"tf_data_examples_per_s": round(fed, 1),
             "in_memory_examples_per_s": round(ceiling, 1),
-            "ratio": round(fed / ceiling, 2), "batches": batches,
+            "ratio": round(fed / ceiling, 2), "first_epoch_tf_data_s": round(
+                fed_timer.seconds[0], 2), "batches": batches,
             "batch_size": config.batch_size, "model_preset": config.model_preset}
 
 
@@ -138,7 +154,12 @@ def _masktfx(*args: str) -> dict:
     return result
 
 
-def measure_size(count: int, work: str) -> dict:
+MODES = ("multi_processing", "in_memory")  # `masktfx run`'s default first
+
+
+def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES) -> dict:
+    import shutil
+
     from masktfx.demo_data import write_synthetic
 
     folder = os.path.join(work, f"n{count}")
@@ -147,39 +168,61 @@ def measure_size(count: int, work: str) -> dict:
         write_synthetic(os.path.join(folder, "data"), num_examples=count, size=SIZE)
     reference_run = _child("reference", manifest)
     ingested = os.path.join(folder, "ingested")
-    workdir = os.path.join(folder, "work")
-    for path in (ingested, ingested + "-1worker", workdir):
-        if os.path.exists(path):
-            import shutil
-
-            shutil.rmtree(path)
+    for path in (ingested, ingested + "-1worker"):
+        shutil.rmtree(path, ignore_errors=True)
     one_worker = _masktfx("ingest", manifest, "--output", ingested + "-1worker", "--no-progress",
                           "--beam-args", "--direct_num_workers=1")
     ingest = _masktfx("ingest", manifest, "--output", ingested, "--span", "1", "--no-progress")
-    run = _masktfx("run", "--data", ingested, "--workdir", workdir, "--model-preset", "seed",
-                   "--epochs", "1")
-    components = _child("components", workdir)
-    rerun = _masktfx("run", "--data", ingested, "--workdir", workdir, "--model-preset", "seed",
-                     "--epochs", "1")
-    rerun_components = _child("components", workdir)
-    throughput = _child("input", workdir)
-    for part in (components, rerun_components, throughput):
-        part.pop("seconds"), part.pop("peak_rss_mib")
-    ours_total = ingest["seconds"] + run["seconds"]
+    ours = {}
+    for mode in modes:
+        workdir = os.path.join(folder, f"work-{mode}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        flags = ["--model-preset", "seed", "--epochs", "1", "--direct-running-mode", mode]
+        run = _masktfx("run", "--data", ingested, "--workdir", workdir, *flags)
+        components = _child("components", workdir)
+        rerun = _masktfx("run", "--data", ingested, "--workdir", workdir, *flags)
+        rerun_components = _child("components", workdir)
+        for part in (components, rerun_components):
+            part.pop("seconds"), part.pop("peak_rss_mib")
+        total = ingest["seconds"] + run["seconds"]
+        ours[mode] = {"run": run, "total_s": round(total, 2),
+                      "peak_rss_mib": max(ingest["peak_rss_mib"], run["peak_rss_mib"]),
+                      "components_s": components,
+                      "rerun_no_new_data": {**rerun, "components_s": rerun_components},
+                      "total_vs_reference": round(total / reference_run["seconds"], 2)}
+    throughput = _child("input", os.path.join(folder, f"work-{modes[0]}"))
+    throughput.pop("seconds"), throughput.pop("peak_rss_mib")
     return {
         "examples": count,
         "reference": reference_run,
-        "ours": {"ingest": ingest, "run": run, "total_s": round(ours_total, 2),
-                 "peak_rss_mib": max(ingest["peak_rss_mib"], run["peak_rss_mib"]),
-                 "components_s": components},
-        "rerun_no_new_data": {**rerun, "components_s": rerun_components},
-        "total_vs_reference": round(ours_total / reference_run["seconds"], 2),
+        "ingest": ingest,
+        "ours": ours,
         "ingest_one_worker_vs_all": {
             "one_worker_s": one_worker["seconds"], "all_workers_s": ingest["seconds"],
             "workers": os.cpu_count(),
             "speedup": round(one_worker["seconds"] / ingest["seconds"], 2)},
         "trainer_input": throughput,
     }
+
+
+def growth(small: dict, large: dict) -> dict:
+    """How each figure grows from the smallest to the largest N; fixed cost at N = 0."""
+    count_small, count_large = small["examples"], large["examples"]
+    result = {"examples_ratio": count_large / count_small,
+              "reference_peak_rss_ratio": round(large["reference"]["peak_rss_mib"]
+                                                / small["reference"]["peak_rss_mib"], 2),
+              "reference_time_ratio": round(large["reference"]["seconds"]
+                                            / small["reference"]["seconds"], 2)}
+    for mode in small["ours"]:
+        ours_small, ours_large = small["ours"][mode], large["ours"][mode]
+        per_example = (ours_large["total_s"] - ours_small["total_s"]) / (count_large
+                                                                        - count_small)
+        result[mode] = {
+            "peak_rss_ratio": round(ours_large["peak_rss_mib"] / ours_small["peak_rss_mib"], 2),
+            "time_ratio": round(ours_large["total_s"] / ours_small["total_s"], 2),
+            "seconds_per_1000_examples": round(per_example * 1000, 2),
+            "fixed_cost_s": round(ours_small["total_s"] - per_example * count_small, 1)}
+    return result
 
 
 def main() -> None:
@@ -208,22 +251,7 @@ def main() -> None:
     result = {"benchmark": "pipeline", "cpu_count": os.cpu_count(), "image_size": SIZE,
               "runs": runs, "targets": TARGETS}
     if len(sizes) >= 2:
-        small, large = runs[str(sizes[0])], runs[str(sizes[-1])]
-        scale = sizes[-1] / sizes[0]
-        per_example = (large["ours"]["total_s"] - small["ours"]["total_s"]) / (
-            sizes[-1] - sizes[0])
-        result["growth"] = {
-            "examples_ratio": scale,
-            "ours_peak_rss_ratio": round(large["ours"]["peak_rss_mib"]
-                                         / small["ours"]["peak_rss_mib"], 2),
-            "reference_peak_rss_ratio": round(large["reference"]["peak_rss_mib"]
-                                              / small["reference"]["peak_rss_mib"], 2),
-            "ours_time_ratio": round(large["ours"]["total_s"] / small["ours"]["total_s"], 2),
-            "reference_time_ratio": round(large["reference"]["seconds"]
-                                          / small["reference"]["seconds"], 2),
-            "ours_seconds_per_1000_examples": round(per_example * 1000, 2),
-            "ours_fixed_cost_s": round(small["ours"]["total_s"] - per_example * sizes[0], 1),
-        }
+        result["growth"] = growth(runs[str(sizes[0])], runs[str(sizes[-1])])
     print(json.dumps(result, indent=2))
 
 

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 from typing import Any  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
@@ -84,14 +85,19 @@ def training_pairs(batches: tf.data.Dataset, config: PipelineConfig, training: b
     return batches.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def class_weights(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput
-                  ) -> dict[int, float]:
-    """Balanced weights n / (2 n_c), from one cheap pass over the training labels."""
+def label_counts(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput
+                 ) -> list[int]:
+    """[negatives, positives] of the training split, from one cheap pass over its labels."""
     counts = [0, 0]
     for batch in _transformed_dataset(file_pattern, tf_transform_output, 1024):
         labels = batch[features.TRANSFORMED_LABEL_KEY].numpy()
         counts[1] += int(labels.sum())
         counts[0] += int(len(labels) - labels.sum())
+    return counts
+
+
+def class_weights(counts: list[int]) -> dict[int, float]:
+    """Balanced weights n / (2 n_c)."""
     total = sum(counts)
     if min(counts) == 0:
         raise ValueError(f"the training split holds only one class (counts {counts}); "
@@ -172,11 +178,14 @@ def run_fn(fn_args: Any) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     train = make_input(fn_args.train_files, tf_transform_output, config, training=True)
     evaluation = make_input(fn_args.eval_files, tf_transform_output, config, training=False)
-    weights = class_weights(fn_args.train_files, tf_transform_output)
-    steps_per_epoch = None
+    counts = label_counts(fn_args.train_files, tf_transform_output)
+    weights = class_weights(counts)
+    # One iterator across all epochs: the shuffle buffer fills once, not at every epoch start.
+    train = train.repeat()
     if fn_args.train_steps:
-        train = train.repeat()
         steps_per_epoch = max(1, int(fn_args.train_steps) // config.epochs)
+    else:
+        steps_per_epoch = max(1, math.ceil(sum(counts) / config.batch_size))
     model, history = train_model(config, train, evaluation, weights, fn_args.model_run_dir,
                                  steps_per_epoch)
     logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
