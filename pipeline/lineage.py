@@ -8,8 +8,6 @@ reuse a model trained in an earlier run; the lineage names both runs.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +23,7 @@ from pipeline.summary import (
     execution_outputs,
     node_id,
     open_store,
+    split_statistics,
 )
 
 Store = metadata_store.MetadataStore
@@ -81,18 +80,12 @@ def _first(artifacts: dict[str, list[Artifact]], key: str) -> Artifact | None:
 
 def split_counts(store: Store, examples: Artifact) -> dict[str, int]:
     """Examples per split, from the statistics StatisticsGen computed over this artifact."""
-    import tensorflow_data_validation as tfdv
-
     events = [e for e in store.get_events_by_artifact_ids([examples.id])
               if e.type == metadata_store_pb2.Event.INPUT]
     for execution_id in sorted({e.execution_id for e in events}):
         for statistics in execution_outputs(store, execution_id).get("statistics", []):
-            counts = {}
-            for split in json.loads(examples.properties["split_names"].string_value or "[]"):
-                path = os.path.join(statistics.uri, f"Split-{split}", "FeatureStats.pb")
-                if os.path.exists(path):
-                    stats = tfdv.load_stats_binary(path)
-                    counts[split] = int(stats.datasets[0].num_examples)
+            counts = {split: int(stats.num_examples)
+                      for split, stats in split_statistics(statistics.uri).items()}
             if counts:
                 return counts
     return {}

@@ -29,6 +29,7 @@ from pipeline.summary import (
     latest_run_id,
     node_id,
     open_store,
+    split_statistics,
     summarize_run,
 )
 
@@ -91,12 +92,8 @@ def collect(config: PipelineConfig, run_id: str | None = None) -> ReportData:
 
 def _label_counts(statistics_uri: str) -> dict[str, dict[int, int]]:
     """Positives = mean x count of the 0/1 label, per split, from TFDV's statistics."""
-    import tensorflow_data_validation as tfdv
-
     counts = {}
-    for path in sorted(glob.glob(os.path.join(statistics_uri, "Split-*", "FeatureStats.pb"))):
-        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
-        stats = tfdv.load_stats_binary(path).datasets[0]
+    for split, stats in split_statistics(statistics_uri).items():
         for feature in stats.features:
             if list(feature.path.step) == [features.LABEL_KEY]:
                 total = int(feature.num_stats.common_stats.num_non_missing)

@@ -152,15 +152,23 @@ def format_runs(runs: list[RunSummary]) -> str:
                      for row in rows)
 
 
-def _read_statistics(outputs: dict[str, list], summary: RunSummary) -> None:
+def split_statistics(statistics_uri: str) -> dict[str, Any]:
+    """TFDV statistics per split of one ExampleStatistics artifact (Split-NAME/FeatureStats.pb)."""
+    import glob
+
     import tensorflow_data_validation as tfdv
 
+    found = {}
+    for path in sorted(glob.glob(os.path.join(statistics_uri, "Split-*", "FeatureStats.pb"))):
+        split = os.path.basename(os.path.dirname(path))[len("Split-"):]
+        found[split] = tfdv.load_stats_binary(path).datasets[0]
+    return found
+
+
+def _read_statistics(outputs: dict[str, list], summary: RunSummary) -> None:
     for artifact in outputs.get("statistics", []):
-        for split in ("train", "eval"):
-            path = os.path.join(artifact.uri, f"Split-{split}", "FeatureStats.pb")
-            if os.path.exists(path):
-                stats = tfdv.load_stats_binary(path)
-                summary.examples[split] = int(stats.datasets[0].num_examples)
+        for split, stats in split_statistics(artifact.uri).items():
+            summary.examples[split] = int(stats.num_examples)
 
 
 def _read_evaluation(outputs: dict[str, list], summary: RunSummary) -> None:

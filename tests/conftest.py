@@ -28,6 +28,19 @@ def square_mask(size: int, lo: int, hi: int) -> np.ndarray:
     return mask
 
 
+def load_bad_corpus():
+    """tests/data/make_bad_corpus.py as a module (it is a script, not a package)."""
+    import importlib.util
+    import sys
+
+    path = os.path.join(os.path.dirname(__file__), "data", "make_bad_corpus.py")
+    spec = importlib.util.spec_from_file_location("make_bad_corpus", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_bad_corpus"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_manifest(path: str, header: list[str], rows: list[list[object]]) -> str:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import base64
 import csv
-import importlib.util
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import requests
-from conftest import IN_PROCESS_BEAM
+from conftest import IN_PROCESS_BEAM, load_bad_corpus
 
 from masktfx import cli
 from masktfx.images import decode_mask_array
@@ -24,11 +22,7 @@ from serving.client import GrpcClient, ServingClientError
 from serving.models import ModelManager, wait_for_version
 from serving.server import ModelServer
 
-_spec = importlib.util.spec_from_file_location(
-    "make_bad_corpus", os.path.join(os.path.dirname(__file__), "data", "make_bad_corpus.py"))
-corpus_module = importlib.util.module_from_spec(_spec)
-sys.modules["make_bad_corpus"] = corpus_module  # its dataclasses look their module up
-_spec.loader.exec_module(corpus_module)
+corpus_module = load_bad_corpus()
 CASES = corpus_module.CASES
 
 

@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import load_bad_corpus
 
 from masktfx import cli
 from masktfx.config import PipelineConfig
@@ -35,14 +36,7 @@ def _rows(manifest: str) -> list[dict[str, str]]:
 
 def _add_bad_rows(manifest: str) -> int:
     """The bad-input corpus's refused rows appended to a good manifest; returns how many."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location(
-        "make_bad_corpus", os.path.join(os.path.dirname(__file__), "data", "make_bad_corpus.py"))
-    corpus = importlib.util.module_from_spec(spec)
-    sys.modules["make_bad_corpus"] = corpus
-    spec.loader.exec_module(corpus)
+    corpus = load_bad_corpus()
     folder = os.path.join(os.path.dirname(manifest), "bad")
     corpus.write_corpus(folder)
     bad = [case for case in corpus.CASES if case.expect == "reject" and case.id != "good-1"]
