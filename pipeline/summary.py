@@ -68,8 +68,12 @@ def _artifacts_by_key(store: metadata_store.MetadataStore, execution_id: int,
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
     by_key: dict[str, list[metadata_store_pb2.Artifact]] = {}
     for event in events:
-        key = event.path.steps[0].key if event.path.steps else ""
-        by_key.setdefault(key, []).append(artifacts[event.artifact_id])
+        # TFX records an artifact bound to several keys of one execution as ONE event whose
+        # path lists every key (the Evaluator's `model` and `baseline_model` when a cached
+        # re-run resolves its own model as the baseline), so read every step, not the first.
+        keys = [step.key for step in event.path.steps if step.WhichOneof("value") == "key"]
+        for key in keys or [""]:
+            by_key.setdefault(key, []).append(artifacts[event.artifact_id])
     return by_key
 
 
