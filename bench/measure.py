@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import tempfile
 import time
 
 import psutil
@@ -11,22 +11,26 @@ import psutil
 def run_measured(command: list[str], cwd: str, env: dict | None = None) -> dict:
     """Run `command`; seconds, peak RSS (MiB) summed over the process tree, and its stdout.
 
-    Raises with the tail of stderr if the command fails.
+    Output goes to temporary files, not pipes: a long run logs more than a pipe holds, and a
+    child blocked on a full pipe would be measured as slow. Raises with the tail of stderr if
+    the command fails.
     """
-    start = time.perf_counter()
-    process = psutil.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
-    peak = 0
-    while process.poll() is None:
-        try:
-            tree = [process] + process.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    seconds = time.perf_counter() - start
-    stdout = process.stdout.read().decode()
-    stderr = process.stderr.read().decode(errors="replace")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        process = psutil.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
+        peak = 0
+        while process.poll() is None:
+            try:
+                tree = [process] + process.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode()
+        stderr = err.read().decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed (exit {process.returncode}):\n"
                            f"{stderr[-3000:]}")

@@ -14,7 +14,12 @@ For each N (1,000 and 4,000 by default; 16,000 with --full), on N synthetic 128x
   in-memory arrays (the ceiling).
 Prints JSON; every figure comes from this run, each measured step in a fresh subprocess.
 
+With --scale [N]: only the scale run, SCALE_SIZE (256) square regions at N (30,000): the
+reference runs at small N (--scale-probes) and its peak memory is projected to N and to where it
+passes this machine's memory; ours runs at the smallest probe and at N, to show flat memory.
+
     python bench/pipeline.py [--sizes 1000 4000] [--full] [--work DIR]
+    python bench/pipeline.py --scale [30000] [--scale-probes 1000 4000] [--work DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from measure import run_measured  # noqa: E402  (bench/measure.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 128
+SCALE_SIZE = 256
 TARGETS = {"peak_rss_ratio_1000_to_16000": "<= 1.3", "fixed_cost_s": "<= 60",
            "rerun_s": "<= 20", "input_vs_in_memory": ">= 0.8",
            "total_vs_reference_at_16000": "<= 1.5"}
@@ -160,12 +166,8 @@ MODES = ("multi_processing", "in_memory")  # `masktfx run`'s default first
 def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES) -> dict:
     import shutil
 
-    from masktfx.demo_data import write_synthetic
-
     folder = os.path.join(work, f"n{count}")
-    manifest = os.path.join(folder, "data", "manifest.csv")
-    if not os.path.exists(manifest):
-        write_synthetic(os.path.join(folder, "data"), num_examples=count, size=SIZE)
+    manifest = _synthetic(folder, count, SIZE)
     reference_run = _child("reference", manifest)
     ingested = os.path.join(folder, "ingested")
     for path in (ingested, ingested + "-1worker"):
@@ -205,6 +207,80 @@ def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES) -> dict:
     }
 
 
+def _synthetic(folder: str, count: int, size: int) -> str:
+    from masktfx.demo_data import write_synthetic
+
+    manifest = os.path.join(folder, "data", "manifest.csv")
+    if not os.path.exists(manifest):
+        write_synthetic(os.path.join(folder, "data"), num_examples=count, size=size)
+    return manifest
+
+
+def _ours_default(manifest: str, folder: str) -> dict:
+    """`masktfx ingest` + `masktfx run` (seed preset, one epoch, default running mode)."""
+    import shutil
+
+    ingested, workdir = os.path.join(folder, "ingested"), os.path.join(folder, "work")
+    for path in (ingested, workdir):
+        shutil.rmtree(path, ignore_errors=True)
+    ingest = _masktfx("ingest", manifest, "--output", ingested, "--span", "1", "--no-progress")
+    run = _masktfx("run", "--data", ingested, "--workdir", workdir,
+                   "--model-preset", "seed", "--epochs", "1")
+    components = _child("components", workdir)
+    components.pop("seconds"), components.pop("peak_rss_mib")
+    return {"examples": int(_count_rows(manifest)), "ingest": ingest, "run": run,
+            "total_s": round(ingest["seconds"] + run["seconds"], 2),
+            "peak_rss_mib": max(ingest["peak_rss_mib"], run["peak_rss_mib"]),
+            "components_s": components}
+
+
+def _count_rows(manifest: str) -> int:
+    with open(manifest, encoding="utf-8") as handle:
+        return sum(1 for _ in handle) - 1
+
+
+def measure_scale(count: int, probes: list[int], work: str) -> dict:
+    """SCALE_SIZE regions at `count`: where the article's approach runs out of memory, ours not.
+
+    The reference runs at the small `probes` only; its peak memory is fitted as a line in N and
+    projected to `count` and to the N where it passes this machine's memory (running it there
+    would take the machine down with it). Ours runs at the smallest probe and at `count`.
+    """
+    import psutil
+
+    machine_mib = psutil.virtual_memory().total / 2**20
+    reference_runs = {}
+    for probe in probes:
+        manifest = _synthetic(os.path.join(work, f"scale{SCALE_SIZE}-n{probe}"), probe,
+                              SCALE_SIZE)
+        reference_runs[str(probe)] = _child("reference", manifest)
+    small, large = min(probes), max(probes)
+    slope = ((reference_runs[str(large)]["peak_rss_mib"]
+              - reference_runs[str(small)]["peak_rss_mib"]) / (large - small))
+    intercept = reference_runs[str(small)]["peak_rss_mib"] - slope * small
+    projected = intercept + slope * count
+    ours_small = _ours_default(
+        os.path.join(work, f"scale{SCALE_SIZE}-n{small}", "data", "manifest.csv"),
+        os.path.join(work, f"scale{SCALE_SIZE}-n{small}"))
+    folder = os.path.join(work, f"scale{SCALE_SIZE}-n{count}")
+    ours_large = _ours_default(_synthetic(folder, count, SCALE_SIZE), folder)
+    return {
+        "image_size": SCALE_SIZE, "examples": count, "machine_memory_mib": round(machine_mib),
+        "reference": {
+            "measured": reference_runs,
+            "peak_rss_mib_per_1000_examples": round(slope * 1000, 1),
+            "projected_peak_rss_mib": round(projected),
+            "projected_vs_machine_memory": round(projected / machine_mib, 2),
+            "examples_where_it_exceeds_machine_memory": (
+                int((machine_mib - intercept) / slope) if slope > 0 else None)},
+        "ours": {str(small): ours_small, str(count): ours_large,
+                 "peak_rss_ratio": round(ours_large["peak_rss_mib"]
+                                         / ours_small["peak_rss_mib"], 2),
+                 "peak_rss_vs_machine_memory": round(ours_large["peak_rss_mib"]
+                                                     / machine_mib, 2)},
+    }
+
+
 def growth(small: dict, large: dict) -> dict:
     """How each figure grows from the smallest to the largest N; fixed cost at N = 0."""
     count_small, count_large = small["examples"], large["examples"]
@@ -231,6 +307,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--full", action="store_true", help="add N = 16,000")
     parser.add_argument("--work", default=None, help="folder for data and workdirs (kept)")
+    parser.add_argument("--scale", type=int, nargs="?", const=30000, default=None,
+                        metavar="N", help=f"only the scale run: {SCALE_SIZE}x{SCALE_SIZE} "
+                        "regions at N (30,000 by default)")
+    parser.add_argument("--scale-probes", type=int, nargs="+", default=[1000, 4000],
+                        help="the N the reference and our small run are measured at")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, ROOT)
@@ -242,8 +323,13 @@ def main() -> None:
         return
     import tempfile
 
-    sizes = sorted(set(args.sizes + ([16000] if args.full else [])))
     work = args.work or tempfile.mkdtemp(prefix="bench-pipeline-")
+    if args.scale:
+        print(json.dumps({"benchmark": "pipeline-scale", "cpu_count": os.cpu_count(),
+                          "scale": measure_scale(args.scale, args.scale_probes, work)},
+                         indent=2))
+        return
+    sizes = sorted(set(args.sizes + ([16000] if args.full else [])))
     runs = {}
     for count in sizes:
         runs[str(count)] = measure_size(count, work)
