@@ -2,9 +2,10 @@
 SavedModel called in process, in one run.
 
 For 1 and 32 regions per request and 1 and 8 concurrent clients: p50/p99 latency (ms) and
-requests/s, for the server without and with server-side batching (`+batching`). Targets: REST
-adds at most 3 ms p50 over in process for one region; throughput at 8 clients at least 0.7x the
-in-process figure.
+requests/s, for the server without and with server-side batching (`+batching`). Each server is
+`masktfx serve` in its own process, as deployed; the clients are threads of this process.
+Targets: REST adds at most 3 ms p50 over in process for one region; throughput at 8 clients at
+least 0.7x the in-process figure.
 
     python bench/serving.py [--model-base-path demo/pipeline/serving/masktfx-demo] [--seconds 5]
 
@@ -20,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -27,7 +30,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from masktfx.demo_data import write_synthetic  # noqa: E402
 from masktfx.manifest import read_manifest  # noqa: E402
@@ -68,6 +72,41 @@ def run_load(call, clients: int, seconds: float) -> dict:
             "requests_per_s": round(len(latencies) / elapsed, 1)}
 
 
+def start_server(model_base_path: str, flags: list[str]) -> tuple[subprocess.Popen, str, str]:
+    """`masktfx serve` in its own process, as deployed; its REST URL and gRPC target.
+
+    A server sharing the benchmark's process would share its interpreter lock with the
+    clients and be charged for their work.
+    """
+    command = [sys.executable, "-m", "masktfx.cli", "serve", "--model-base-path",
+               os.path.abspath(model_base_path), "--model-name", "bench", "--rest-port", "0",
+               "--grpc-port", "0", *flags]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    line = server.stdout.readline()  # the server prints where it listens once it is bound
+    found = re.search(r"REST (http://\S+), gRPC (\S+)", line)
+    if not found:
+        server.kill()
+        sys.exit(f"`masktfx serve` did not start (exit {server.wait()}): {line!r}")
+    return server, found.group(1), found.group(2)
+
+
+def wait_until_served(client, version: int, server: subprocess.Popen,
+                      timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"`masktfx serve` exited ({server.returncode}) before loading the model")
+        try:
+            if any(s["version"] == str(version) and s["state"] == "AVAILABLE"
+                   for s in client.status()):
+                return
+        except Exception:  # noqa: BLE001  (not loaded yet: keep polling until the deadline)
+            pass
+        time.sleep(0.2)
+    sys.exit(f"version {version} was not AVAILABLE within {timeout:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,10 +118,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from serving.batching import BatchingParameters
     from serving.client import GrpcClient, RestClient
-    from serving.models import ModelManager, version_folders, wait_for_version
-    from serving.server import ModelServer
+    from serving.models import version_folders
 
     versions = version_folders(args.model_base_path)
     if not versions:
@@ -98,18 +135,14 @@ def main() -> None:
     masks = [[open(p, "rb").read() for p in row.masks] for row in manifest.rows]
 
     servers, clients_of = [], {}
-    for label, batching in (("", None), ("+batching", BatchingParameters(
-            max_batch_size=args.max_batch_size, batch_timeout_micros=args.batch_timeout_micros,
-            num_batch_threads=os.cpu_count() or 1))):
-        manager = ModelManager("bench", args.model_base_path, batching=batching)
-        server = ModelServer({"bench": manager}, rest_port=0, grpc_port=0)
-        server.start()
+    for label, flags in (("", []), ("+batching", [
+            "--enable-batching", "--max-batch-size", str(args.max_batch_size),
+            "--batch-timeout-micros", str(args.batch_timeout_micros)])):
+        server, rest_url, grpc_target = start_server(args.model_base_path, flags)
         servers.append(server)
-        wait_for_version(manager)
-        clients_of["rest" + label] = RestClient(f"http://127.0.0.1:{server.rest_port}", "bench",
-                                                retries=0)
-        clients_of["grpc" + label] = GrpcClient(f"127.0.0.1:{server.grpc_port}", "bench",
-                                                retries=0)
+        clients_of["rest" + label] = RestClient(rest_url, "bench", retries=0)
+        clients_of["grpc" + label] = GrpcClient(grpc_target, "bench", retries=0)
+        wait_until_served(clients_of["rest" + label], version, server)
     result = {"benchmark": "serving", "cpu_count": os.cpu_count(), "model_version": version,
               "seconds_per_measurement": args.seconds, "runs": {}}
     try:
@@ -129,7 +162,8 @@ def main() -> None:
                     print(key, result["runs"][key], file=sys.stderr)
     finally:
         for server in servers:
-            server.stop()
+            server.terminate()
+            server.wait(timeout=30)
     runs = result["runs"]
     result["rest_p50_overhead_ms_1_region"] = round(
         runs["rest/regions=1/clients=1"]["p50_ms"] - runs["in_process/regions=1/clients=1"]
