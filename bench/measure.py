@@ -8,8 +8,12 @@ import time
 import psutil
 
 
-def run_measured(command: list[str], cwd: str, env: dict | None = None) -> dict:
+def run_measured(command: list[str], cwd: str, env: dict | None = None,
+                 timeline: bool = False) -> dict:
     """Run `command`; seconds, peak RSS (MiB) summed over the process tree, and its stdout.
+
+    With `timeline`, also the samples as [unix time, RSS MiB] pairs, to say which phase of the
+    command the peak belongs to.
 
     Output goes to temporary files, not pipes: a long run logs more than a pipe holds, and a
     child blocked on a full pipe would be measured as slow. Raises with the tail of stderr if
@@ -18,11 +22,13 @@ def run_measured(command: list[str], cwd: str, env: dict | None = None) -> dict:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         process = psutil.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
-        peak = 0
+        peak, samples = 0, []
         while process.poll() is None:
             try:
                 tree = [process] + process.children(recursive=True)
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                rss = sum(p.memory_info().rss for p in tree if p.is_running())
+                peak = max(peak, rss)
+                samples.append([round(time.time(), 2), round(rss / 2**20, 1)])
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -34,5 +40,8 @@ def run_measured(command: list[str], cwd: str, env: dict | None = None) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed (exit {process.returncode}):\n"
                            f"{stderr[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak / 2**20, 1),
-            "stdout": stdout}
+    result = {"seconds": round(seconds, 2), "peak_rss_mib": round(peak / 2**20, 1),
+              "stdout": stdout}
+    if timeline:
+        result["timeline"] = samples
+    return result

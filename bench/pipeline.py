@@ -75,8 +75,8 @@ def reference(manifest: str) -> dict:
             "train_s": round(time.perf_counter() - loaded, 2)}
 
 
-def component_times(workdir: str) -> dict:
-    """Seconds per component of the latest run, from MLMD's execution timestamps."""
+def component_windows(workdir: str) -> dict:
+    """[start, end] unix seconds of each component of the latest run, from MLMD."""
     from masktfx.config import PipelineConfig
     from pipeline.summary import latest_run_id, node_id, open_store
 
@@ -84,12 +84,25 @@ def component_times(workdir: str) -> dict:
     store = open_store(config)
     context = store.get_context_by_type_and_name(
         "pipeline_run", latest_run_id(store, config.pipeline_name))
-    times = {}
-    for execution in store.get_executions_by_context(context.id):
-        seconds = (execution.last_update_time_since_epoch
-                   - execution.create_time_since_epoch) / 1000
-        times[node_id(store, execution.id)] = round(seconds, 2)
-    return times
+    return {node_id(store, execution.id): [execution.create_time_since_epoch / 1000,
+                                           execution.last_update_time_since_epoch / 1000]
+            for execution in store.get_executions_by_context(context.id)}
+
+
+def component_times(workdir: str) -> dict:
+    """Seconds per component of the latest run, from MLMD's execution timestamps."""
+    return {node: round(end - start, 2)
+            for node, (start, end) in component_windows(workdir).items()}
+
+
+def peak_by_component(timeline: list, windows: dict) -> dict:
+    """Peak RSS (MiB) of the process tree while each component ran; 'outside' is the rest."""
+    peaks: dict[str, float] = {}
+    for moment, rss in timeline:
+        owner = next((node for node, (start, end) in windows.items()
+                      if start <= moment <= end), "outside components")
+        peaks[owner] = max(peaks.get(owner, 0.0), rss)
+    return dict(sorted(peaks.items(), key=lambda item: -item[1]))
 
 
 def input_throughput(workdir: str, batches: int = 60) -> dict:
@@ -154,10 +167,20 @@ def _child(kind: str, *args: str) -> dict:
     return {**result, **payload}
 
 
-def _masktfx(*args: str) -> dict:
-    result = run_measured([sys.executable, "-m", "masktfx.cli", *args], ROOT)
+def _masktfx(*args: str, timeline: bool = False) -> dict:
+    result = run_measured([sys.executable, "-m", "masktfx.cli", *args], ROOT,
+                          timeline=timeline)
     result.pop("stdout")
     return result
+
+
+def _run_with_profile(workdir: str, *args: str) -> tuple[dict, dict]:
+    """`masktfx run`: its figures with the peak RSS per component; and the component times."""
+    run = _masktfx("run", "--workdir", workdir, *args, timeline=True)
+    windows = _child("windows", workdir)
+    windows.pop("seconds"), windows.pop("peak_rss_mib")
+    run["peak_rss_mib_by_component"] = peak_by_component(run.pop("timeline"), windows)
+    return run, {node: round(end - start, 2) for node, (start, end) in windows.items()}
 
 
 MODES = ("multi_processing", "in_memory")  # `masktfx run`'s default first
@@ -180,12 +203,10 @@ def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES) -> dict:
         workdir = os.path.join(folder, f"work-{mode}")
         shutil.rmtree(workdir, ignore_errors=True)
         flags = ["--model-preset", "seed", "--epochs", "1", "--direct-running-mode", mode]
-        run = _masktfx("run", "--data", ingested, "--workdir", workdir, *flags)
-        components = _child("components", workdir)
+        run, components = _run_with_profile(workdir, "--data", ingested, *flags)
         rerun = _masktfx("run", "--data", ingested, "--workdir", workdir, *flags)
         rerun_components = _child("components", workdir)
-        for part in (components, rerun_components):
-            part.pop("seconds"), part.pop("peak_rss_mib")
+        rerun_components.pop("seconds"), rerun_components.pop("peak_rss_mib")
         total = ingest["seconds"] + run["seconds"]
         ours[mode] = {"run": run, "total_s": round(total, 2),
                       "peak_rss_mib": max(ingest["peak_rss_mib"], run["peak_rss_mib"]),
@@ -224,10 +245,8 @@ def _ours_default(manifest: str, folder: str) -> dict:
     for path in (ingested, workdir):
         shutil.rmtree(path, ignore_errors=True)
     ingest = _masktfx("ingest", manifest, "--output", ingested, "--span", "1", "--no-progress")
-    run = _masktfx("run", "--data", ingested, "--workdir", workdir,
-                   "--model-preset", "seed", "--epochs", "1")
-    components = _child("components", workdir)
-    components.pop("seconds"), components.pop("peak_rss_mib")
+    run, components = _run_with_profile(workdir, "--data", ingested, "--model-preset", "seed",
+                                        "--epochs", "1")
     return {"examples": int(_count_rows(manifest)), "ingest": ingest, "run": run,
             "total_s": round(ingest["seconds"] + run["seconds"], 2),
             "peak_rss_mib": max(ingest["peak_rss_mib"], run["peak_rss_mib"]),
@@ -318,7 +337,7 @@ def main() -> None:
     if args.child:
         kind, rest = args.child[0], args.child[1:]
         handler = {"reference": reference, "components": component_times,
-                   "input": input_throughput}[kind]
+                   "windows": component_windows, "input": input_throughput}[kind]
         print(json.dumps(handler(*rest)))
         return
     import tempfile
