@@ -25,8 +25,11 @@ def contract_schema(config: PipelineConfig) -> schema_pb2.Schema:
         feature.shape.dim.add(size=size)
         return feature
 
-    add(features.IMAGES_KEY, schema_pb2.BYTES, config.num_views)
-    add(features.MASKS_KEY, schema_pb2.BYTES, config.num_masks)
+    # image_domain: TFDV then keeps byte-size statistics of the encoded images instead of
+    # counting every distinct image as a category, which shuffled all image bytes through
+    # StatisticsGen and made its memory grow with the data.
+    add(features.IMAGES_KEY, schema_pb2.BYTES, config.num_views).image_domain.SetInParent()
+    add(features.MASKS_KEY, schema_pb2.BYTES, config.num_masks).image_domain.SetInParent()
     label = add(features.LABEL_KEY, schema_pb2.INT, 1)
     label.int_domain.min = 0
     label.int_domain.max = 1
