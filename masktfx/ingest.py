@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import random
 import shutil
 import struct
 import sys
@@ -132,8 +133,15 @@ def write_tfrecord(handle, record: bytes) -> None:
                  + struct.pack("<I", _masked_crc32c(record)))
 
 
-def shard_chunks(rows: list[ManifestRow], rows_per_shard: int) -> list[tuple[int, int, list]]:
-    """(index, count, rows) per shard, in manifest order."""
+def shard_chunks(rows: list[ManifestRow], rows_per_shard: int, seed: int = 0
+                 ) -> list[tuple[int, int, list]]:
+    """(index, count, rows) per shard, the rows in a seeded random order.
+
+    Manifests come sorted (by site, subject, class); ImportExampleGen writes records in the order
+    it reads them, so shards in manifest order would hand the Trainer's shuffle buffer one site
+    at a time.
+    """
+    rows = random.Random(seed).sample(rows, len(rows))
     chunks = [rows[start:start + rows_per_shard]
               for start in range(0, len(rows), rows_per_shard)]
     return [(index, len(chunks), chunk) for index, chunk in enumerate(chunks)]
@@ -375,7 +383,8 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
         with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
             results = (
                 pipeline
-                | "Chunks" >> beam.Create(shard_chunks(manifest.rows, rows_per_shard))
+                | "Chunks" >> beam.Create(shard_chunks(manifest.rows, rows_per_shard,
+                                                       seed=span or 0))
                 | "Spread" >> beam.Reshuffle()
                 | "EncodeAndWrite" >> beam.ParDo(WriteShardFn(work_dir, max_pixels,
                                                               resize_masks, progress_dir))

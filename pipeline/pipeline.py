@@ -15,6 +15,7 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 
 import modules
 from components.anomaly_gate import AnomalyGate
+from components.streaming_example_gen import StreamingImportExampleGen
 from components.versioned_pusher import VersionedPusher
 from masktfx.config import PipelineConfig
 from modules import features
@@ -109,9 +110,10 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     """
     config.validate()
     custom_config = config.to_custom_config()
-    example_gen = tfx.components.ImportExampleGen(
+    # ImportExampleGen's node id, driver and outputs; its executor skips the in-memory shuffle.
+    example_gen = StreamingImportExampleGen(
         input_base=data_root if data_root is not None else config.data_root,
-        **example_gen_configs(config))
+        **example_gen_configs(config)).with_id("ImportExampleGen")
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path(config))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
                                                   schema=schema_gen.outputs["schema"])

@@ -14,7 +14,7 @@ from conftest import IN_PROCESS_BEAM, square_mask, write_manifest, write_png
 from masktfx import cli
 from masktfx.demo_data import write_synthetic
 from masktfx.images import decode_mask_array
-from masktfx.ingest import IngestError, run_ingest
+from masktfx.ingest import IngestError, run_ingest, shard_chunks
 from masktfx.manifest import ManifestError, read_manifest
 from masktfx.records import read_examples
 from modules import features
@@ -260,3 +260,16 @@ def test_paths_leaving_the_manifest_folder_and_huge_headers_are_refused(tmp_path
     allowed = run_ingest(manifest, str(tmp_path / "out2"), beam_args=IN_PROCESS_BEAM,
                          allow_outside_paths=True, max_pixels=10**6)
     assert allowed.written == 2  # the absolute path is read; /etc/passwd is not an image
+
+
+def test_shards_do_not_keep_the_manifest_order(tmp_path):
+    # ImportExampleGen writes records in the order it reads them, so a sorted manifest must not
+    # reach the Trainer sorted; the order is seeded, so a re-ingest writes the same shards.
+    rows = read_manifest(write_synthetic(str(tmp_path / "data"), num_examples=64, size=16)).rows
+    chunks = shard_chunks(rows, 16, seed=3)
+    shuffled = [row for _, _, chunk in chunks for row in chunk]
+    assert [count for _, count, _ in chunks] == [4] * 4
+    assert sorted(r.row for r in shuffled) == [r.row for r in rows]  # every row, once
+    assert [r.row for r in shuffled] != [r.row for r in rows]
+    assert shuffled == [row for _, _, chunk in shard_chunks(rows, 16, seed=3) for row in chunk]
+    assert shuffled != [row for _, _, chunk in shard_chunks(rows, 16, seed=4) for row in chunk]

@@ -60,6 +60,15 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     assert summary.blessed and summary.pushed
     assert summary.metrics["auc"] >= 0.9
     assert sum(summary.examples.values()) == 320
+    # ImportExampleGen (our executor, no shuffle) wrote every record once, groups kept apart
+    groups = {}
+    for split in ("train", "eval"):
+        pattern = os.path.join(config.pipeline_root, "ImportExampleGen", "examples", "*",
+                               f"Split-{split}", "*.gz")
+        found = [ex.features.feature for ex in read_examples(pattern)]
+        assert len(found) == summary.examples[split]
+        groups[split] = {f[features.GROUP_KEY].bytes_list.value[0] for f in found}
+    assert groups["train"] and groups["eval"] and not groups["train"] & groups["eval"]
     model_dir = os.path.join(config.resolved_serving_dir, config.model_name)
     versions = [name for name in os.listdir(model_dir) if name.isdigit()]
     assert versions == [summary.pushed_version]
