@@ -14,12 +14,14 @@ For each N (1,000 and 4,000 by default; 16,000 with --full), on N synthetic 128x
   in-memory arrays (the ceiling).
 Prints JSON; every figure comes from this run, each measured step in a fresh subprocess.
 
-With --scale [N]: only the scale run, SCALE_SIZE (256) square regions at N (30,000): the
-reference runs at small N (--scale-probes) and its peak memory is projected to N and to where it
+With --scale [N]: only the scale run, SCALE_SIZE (256) square regions: the reference runs at
+small N (--scale-probes), its peak memory is fitted as a line in N and projected to where it
 passes this machine's memory; ours runs at the smallest probe and at N, to show flat memory.
+Without N, N is chosen SCALE_MARGIN past that crossing, rounded up to a thousand (about 55,000
+on these 24 GiB machines), so the reference is projected to fail there.
 
     python bench/pipeline.py [--sizes 1000 4000] [--full] [--work DIR]
-    python bench/pipeline.py --scale [30000] [--scale-probes 1000 4000] [--work DIR]
+    python bench/pipeline.py --scale [N] [--scale-probes 1000 4000] [--work DIR]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from measure import run_measured  # noqa: E402  (bench/measure.py)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 128
 SCALE_SIZE = 256
+SCALE_MARGIN = 1.15  # --scale without N: this far past where the reference needs all memory
 TARGETS = {"peak_rss_ratio_1000_to_16000": "<= 1.3", "fixed_cost_s": "<= 60",
            "rerun_s": "<= 20", "input_vs_in_memory": ">= 0.8",
            "total_vs_reference_at_16000": "<= 1.5"}
@@ -258,13 +261,16 @@ def _count_rows(manifest: str) -> int:
         return sum(1 for _ in handle) - 1
 
 
-def measure_scale(count: int, probes: list[int], work: str) -> dict:
+def measure_scale(count: int | None, probes: list[int], work: str) -> dict:
     """SCALE_SIZE regions at `count`: where the article's approach runs out of memory, ours not.
 
     The reference runs at the small `probes` only; its peak memory is fitted as a line in N and
     projected to `count` and to the N where it passes this machine's memory (running it there
-    would take the machine down with it). Ours runs at the smallest probe and at `count`.
+    would take the machine down with it). Ours runs at the smallest probe and at `count`; with
+    no `count`, SCALE_MARGIN past that crossing.
     """
+    import math
+
     import psutil
 
     machine_mib = psutil.virtual_memory().total / 2**20
@@ -277,6 +283,12 @@ def measure_scale(count: int, probes: list[int], work: str) -> dict:
     slope = ((reference_runs[str(large)]["peak_rss_mib"]
               - reference_runs[str(small)]["peak_rss_mib"]) / (large - small))
     intercept = reference_runs[str(small)]["peak_rss_mib"] - slope * small
+    crossing = int((machine_mib - intercept) / slope) if slope > 0 else None
+    if count is None:
+        if crossing is None:
+            raise SystemExit("the reference's memory did not grow between the probes; "
+                             "give --scale N")
+        count = math.ceil(crossing * SCALE_MARGIN / 1000) * 1000
     projected = intercept + slope * count
     ours_small = _ours_default(
         os.path.join(work, f"scale{SCALE_SIZE}-n{small}", "data", "manifest.csv"),
@@ -290,8 +302,7 @@ def measure_scale(count: int, probes: list[int], work: str) -> dict:
             "peak_rss_mib_per_1000_examples": round(slope * 1000, 1),
             "projected_peak_rss_mib": round(projected),
             "projected_vs_machine_memory": round(projected / machine_mib, 2),
-            "examples_where_it_exceeds_machine_memory": (
-                int((machine_mib - intercept) / slope) if slope > 0 else None)},
+            "examples_where_it_exceeds_machine_memory": crossing},
         "ours": {str(small): ours_small, str(count): ours_large,
                  "peak_rss_ratio": round(ours_large["peak_rss_mib"]
                                          / ours_small["peak_rss_mib"], 2),
@@ -326,9 +337,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--full", action="store_true", help="add N = 16,000")
     parser.add_argument("--work", default=None, help="folder for data and workdirs (kept)")
-    parser.add_argument("--scale", type=int, nargs="?", const=30000, default=None,
+    parser.add_argument("--scale", type=int, nargs="?", const=0, default=None,
                         metavar="N", help=f"only the scale run: {SCALE_SIZE}x{SCALE_SIZE} "
-                        "regions at N (30,000 by default)")
+                        "regions at N (default: past where the reference needs more memory "
+                        "than this machine has)")
     parser.add_argument("--scale-probes", type=int, nargs="+", default=[1000, 4000],
                         help="the N the reference and our small run are measured at")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -343,9 +355,9 @@ def main() -> None:
     import tempfile
 
     work = args.work or tempfile.mkdtemp(prefix="bench-pipeline-")
-    if args.scale:
+    if args.scale is not None:
         print(json.dumps({"benchmark": "pipeline-scale", "cpu_count": os.cpu_count(),
-                          "scale": measure_scale(args.scale, args.scale_probes, work)},
+                          "scale": measure_scale(args.scale or None, args.scale_probes, work)},
                          indent=2))
         return
     sizes = sorted(set(args.sizes + ([16000] if args.full else [])))
