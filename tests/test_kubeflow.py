@@ -3,7 +3,10 @@ API on loopback (no KFP backend can run here)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -41,6 +44,27 @@ def test_compiled_spec_has_every_component_our_image_and_runtime_parameters(comp
 
     component = kfp.components.load_component_from_file(compiled)
     assert component.name
+
+
+def test_every_executor_in_the_spec_can_be_loaded_from_our_image(compiled):
+    # Our executors (the streaming ImportExampleGen, AnomalyGate, VersionedPusher) run in the
+    # container from their class paths: each must import, and come from a package the image copies.
+    with open(compiled, encoding="utf-8") as handle:
+        spec = yaml.safe_load(handle)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "Dockerfile"), encoding="utf-8") as handle:
+        copied = set(re.findall(r"^COPY (\w+) \./\1$", handle.read(), re.MULTILINE))
+    paths = {}
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        args = executor.get("container", {}).get("args", [])
+        if "--executor_class_path" in args:
+            paths[name] = args[args.index("--executor_class_path") + 1]
+    assert paths["ImportExampleGen_executor"] == "components.streaming_example_gen.Executor"
+    for path in paths.values():
+        module, _, attribute = path.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), attribute), type), path
+        package = module.split(".")[0]
+        assert package == "tfx" or package in copied, f"{path}: {package}/ is not in the image"
 
 
 def test_compile_refuses_what_kfp_cannot_take(tmp_path, capsys):
