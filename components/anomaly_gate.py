@@ -8,9 +8,10 @@ breaks the contract must not train a model.
 import os
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
-from tfx.types import artifact_utils
+from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils
 
 
@@ -35,9 +36,8 @@ def describe_anomalies(anomalies_uri: str, split_names: list[str]) -> list[str]:
     return found
 
 
-@tfx.dsl.components.component
-def AnomalyGate(anomalies: tfx.dsl.components.InputArtifact[
-        tfx.types.standard_artifacts.ExampleAnomalies]) -> None:
+@component
+def AnomalyGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]) -> None:
     """Fails (listing the anomalies) when any split has one."""
     splits = artifact_utils.decode_split_names(anomalies.split_names)
     found = describe_anomalies(anomalies.uri, splits)

@@ -9,7 +9,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
 import hashlib  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from tfx import v1 as tfx  # noqa: E402
+from tfx.orchestration import metadata  # noqa: E402  (not `tfx.v1`: see pipeline/pipeline.py)
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
 
 from masktfx.config import RUN_CONFIG, PipelineConfig  # noqa: E402
 from masktfx.ingest import IngestResult, run_ingest  # noqa: E402
@@ -88,5 +89,5 @@ def run_pipeline(config: PipelineConfig) -> None:
     os.makedirs(config.workdir, exist_ok=True)
     pipeline = create_pipeline(config)
     pipeline.metadata_connection_config = (
-        tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+        metadata.sqlite_metadata_connection_config(config.metadata_path))
+    LocalDagRunner().run(pipeline)
