@@ -93,10 +93,9 @@ def component_windows(workdir: str) -> dict:
             for execution in store.get_executions_by_context(context.id)}
 
 
-def component_times(workdir: str) -> dict:
-    """Seconds per component of the latest run, from MLMD's execution timestamps."""
-    return {node: round(end - start, 2)
-            for node, (start, end) in component_windows(workdir).items()}
+def durations(windows: dict) -> dict:
+    """Seconds per component, from its execution window."""
+    return {node: round(end - start, 2) for node, (start, end) in windows.items()}
 
 
 def peak_by_component(timeline: list, windows: dict) -> dict:
@@ -166,9 +165,17 @@ def input_throughput(workdir: str, batches: int = 60) -> dict:
 
 # -- the driver ---------------------------------------------------------------------------------
 def _child(kind: str, *args: str) -> dict:
+    """A child's JSON answer, with its own seconds and peak RSS."""
     result = run_measured([sys.executable, __file__, "--child", kind, *args], ROOT)
     payload = json.loads(result.pop("stdout").strip().splitlines()[-1])
     return {**result, **payload}
+
+
+def _child_answer(kind: str, *args: str) -> dict:
+    """A child's JSON answer alone, for children that only read what a measured step left."""
+    answer = _child(kind, *args)
+    answer.pop("seconds"), answer.pop("peak_rss_mib")
+    return answer
 
 
 def _masktfx(*args: str, timeline: bool = False) -> dict:
@@ -181,18 +188,15 @@ def _masktfx(*args: str, timeline: bool = False) -> dict:
 def _run_with_profile(workdir: str, *args: str) -> tuple[dict, dict]:
     """`masktfx run`: its figures with the peak RSS per component; and the component times."""
     run = _masktfx("run", "--workdir", workdir, *args, timeline=True)
-    windows = _child("windows", workdir)
-    windows.pop("seconds"), windows.pop("peak_rss_mib")
+    windows = _child_answer("windows", workdir)
     run["peak_rss_mib_by_component"] = peak_by_component(run.pop("timeline"), windows)
-    return run, {node: round(end - start, 2) for node, (start, end) in windows.items()}
+    return run, durations(windows)
 
 
 def _rerun(workdir: str, data: str, flags: list[str]) -> tuple[dict, dict]:
     """`masktfx run` again with no new data: its figures and the component times."""
     rerun = _masktfx("run", "--data", data, "--workdir", workdir, *flags)
-    components = _child("components", workdir)
-    components.pop("seconds"), components.pop("peak_rss_mib")
-    return rerun, components
+    return rerun, durations(_child_answer("windows", workdir))
 
 
 MODES = ("multi_processing", "in_memory")  # `masktfx run`'s default first
@@ -226,8 +230,7 @@ def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES) -> dict:
                       "rerun_no_new_data": {**rerun, "components_s": rerun_components},
                       "second_rerun_no_new_data": {**steady, "components_s": steady_components},
                       "total_vs_reference": round(total / reference_run["seconds"], 2)}
-    throughput = _child("input", os.path.join(folder, f"work-{modes[0]}"))
-    throughput.pop("seconds"), throughput.pop("peak_rss_mib")
+    throughput = _child_answer("input", os.path.join(folder, f"work-{modes[0]}"))
     return {
         "examples": count,
         "reference": reference_run,
@@ -358,8 +361,8 @@ def main() -> None:
     sys.path.insert(0, ROOT)
     if args.child:
         kind, rest = args.child[0], args.child[1:]
-        handler = {"reference": reference, "components": component_times,
-                   "windows": component_windows, "input": input_throughput}[kind]
+        handler = {"reference": reference, "windows": component_windows,
+                   "input": input_throughput}[kind]
         print(json.dumps(handler(*rest)))
         return
     import tempfile
