@@ -13,7 +13,7 @@ import tensorflow_model_analysis as tfma
 
 # TFX's modules, not its `tfx.v1` facade: importing `tfx.v1` also loads the Google Cloud AI
 # Platform extension and its client libraries, 2.3 s of every `masktfx run` for nothing used here.
-from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer, Transform
+from tfx.components import ExampleValidator, StatisticsGen, Trainer, Transform
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
@@ -25,6 +25,7 @@ from tfx.types import Channel, standard_artifacts
 
 import modules
 from components.anomaly_gate import AnomalyGate
+from components.evaluator import SingleBaselineEvaluator
 from components.streaming_example_gen import StreamingImportExampleGen
 from components.versioned_pusher import VersionedPusher
 from masktfx.config import PipelineConfig
@@ -152,11 +153,12 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         model=Channel(type=standard_artifacts.Model),
         model_blessing=Channel(type=standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
-    evaluator = Evaluator(
+    # TFX's Evaluator; evaluates once when a re-run resolves the model as its own baseline.
+    evaluator = SingleBaselineEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(config))
+        eval_config=eval_config(config)).with_id("Evaluator")
     pusher = VersionedPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],

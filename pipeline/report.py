@@ -13,6 +13,7 @@ import datetime
 import glob
 import html
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,8 +169,10 @@ def _doubles(metrics: dict[str, Any]) -> dict[str, float]:
 def _read_evaluation(uri: str, data: ReportData) -> None:
     import tensorflow_model_analysis as tfma
 
-    # with a baseline, TFX's Evaluator names the two models candidate and baseline
-    result = tfma.load_eval_result(uri, model_name="candidate" if data.baseline_uri else None)
+    # against a different baseline, TFX's Evaluator names the two models candidate and baseline;
+    # a model that is its own baseline is evaluated once, under no name
+    compared = "candidate" in _evaluated_models(uri)
+    result = tfma.load_eval_result(uri, model_name="candidate" if compared else None)
     for slice_key, by_output in result.slicing_metrics:
         metrics = by_output.get("", {}).get("", {})
         data.slices.append((_slice_label(slice_key), _doubles(metrics)))
@@ -182,6 +185,8 @@ def _read_evaluation(uri: str, data: ReportData) -> None:
         doubles = _doubles(metrics)
         data.baseline_metrics = {name: doubles[name] - doubles[f"{name}_diff"]
                                  for name in doubles if f"{name}_diff" in doubles}
+        if data.baseline_uri and not compared:  # the model is its own baseline
+            data.baseline_metrics = dict(doubles)
     for slice_key, by_output in result.plots or []:
         if slice_key:
             continue
@@ -192,6 +197,14 @@ def _read_evaluation(uri: str, data: ReportData) -> None:
     if not data.confusion and data.curve:  # runs evaluated before the metric was configured
         data.confusion = min(data.curve, key=lambda m: abs(
             m["threshold"] - data.config.decision_threshold))
+
+
+def _evaluated_models(uri: str) -> dict[str, str]:
+    """Model name -> location, from the eval_config.json TFMA writes beside its results."""
+    from tfx.dsl.io import fileio
+
+    with fileio.open(os.path.join(uri, "eval_config.json")) as handle:
+        return json.loads(handle.read()).get("modelLocations", {})
 
 
 def _matrix(raw: dict[str, Any]) -> dict[str, float]:

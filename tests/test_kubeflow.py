@@ -47,8 +47,9 @@ def test_compiled_spec_has_every_component_our_image_and_runtime_parameters(comp
 
 
 def test_every_executor_in_the_spec_can_be_loaded_from_our_image(compiled):
-    # Our executors (the streaming ImportExampleGen, AnomalyGate, VersionedPusher) run in the
-    # container from their class paths: each must import, and come from a package the image copies.
+    # Our executors (the streaming ImportExampleGen, the Evaluator, AnomalyGate, VersionedPusher)
+    # run in the container from their class paths: each must import, and come from a package the
+    # image copies.
     with open(compiled, encoding="utf-8") as handle:
         spec = yaml.safe_load(handle)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +61,7 @@ def test_every_executor_in_the_spec_can_be_loaded_from_our_image(compiled):
         if "--executor_class_path" in args:
             paths[name] = args[args.index("--executor_class_path") + 1]
     assert paths["ImportExampleGen_executor"] == "components.streaming_example_gen.Executor"
+    assert paths["Evaluator_executor"] == "components.evaluator.Executor"
     for path in paths.values():
         module, _, attribute = path.rpartition(".")
         assert isinstance(getattr(importlib.import_module(module), attribute), type), path

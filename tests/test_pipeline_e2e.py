@@ -17,7 +17,14 @@ from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
 from masktfx.records import make_example, read_examples
 from modules import features
-from pipeline.summary import summarize_run
+from pipeline.summary import (
+    execution_inputs,
+    execution_outputs,
+    latest_run_id,
+    node_id,
+    open_store,
+    summarize_run,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +52,24 @@ def _add_bad_rows(manifest: str) -> int:
             image = case.image if case.image.startswith("/") else f"bad/{case.image}"
             handle.write(f"bad-{case.id},{image},bad/{case.mask},{case.label},bad,site1\n")
     return len(bad)
+
+
+def _evaluator_io(config: PipelineConfig) -> tuple[dict, dict]:
+    """The Evaluator's input and output artifacts in the latest run, from MLMD."""
+    store = open_store(config)
+    context = store.get_context_by_type_and_name(
+        "pipeline_run", latest_run_id(store, config.pipeline_name))
+    for execution in store.get_executions_by_context(context.id):
+        if node_id(store, execution.id) == "Evaluator":
+            return execution_inputs(store, execution.id), execution_outputs(store, execution.id)
+    raise AssertionError("no Evaluator execution in the latest run")
+
+
+def _evaluated_models(outputs: dict) -> dict[str, str]:
+    """The models TFMA evaluated (name -> location), from the eval_config.json it wrote."""
+    path = os.path.join(outputs["evaluation"][0].uri, "eval_config.json")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)["modelLocations"]
 
 
 def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
@@ -119,7 +144,7 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
         server.stop()
 
     # a second run with no new data is served from the cache up to the Trainer; the Evaluator
-    # re-checks the same model against itself as the new baseline, and nothing new is pushed
+    # gets the same model back as its baseline and evaluates it once, and nothing new is pushed
     assert _run(manifest, workdir) == 0
     again = summarize_run(config)
     assert again.run_id != summary.run_id
@@ -127,6 +152,12 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
                  "Trainer"):
         assert again.components[node] == "CACHED", again.components
     assert again.pushed_version == summary.pushed_version
+    assert again.blessed and again.metrics["auc"] == pytest.approx(summary.metrics["auc"])
+    inputs, outputs = _evaluator_io(config)
+    assert [a.id for a in inputs["baseline_model"]] == [a.id for a in inputs["model"]]
+    assert list(_evaluated_models(outputs)) == [""]  # one TFMA model: not candidate + baseline
+    blessing = outputs["blessing"][0].custom_properties
+    assert blessing["baseline_model_id"].int_value == inputs["model"][0].id
     assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
 
     # a worse model (barely trained) against the blessed one: its AUC drops by more than
@@ -138,6 +169,9 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     assert "blessed: NO - auc changed by" in out and "pushed: nothing" in out, out
     worse = summarize_run(config)
     assert worse.components["Trainer"] == "COMPLETE" and not worse.blessed
+    inputs, outputs = _evaluator_io(config)  # a different baseline: both models evaluated
+    assert inputs["baseline_model"][0].id != inputs["model"][0].id
+    assert sorted(_evaluated_models(outputs)) == ["baseline", "candidate"]
     assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
 
 
