@@ -83,6 +83,9 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     config = PipelineConfig(workdir=workdir)
     summary = summarize_run(config)
     assert summary.blessed and summary.pushed
+    # the configured metrics only: not the model's compiled Keras ones (a second `auc`, `loss`)
+    assert {"auc", "binary_accuracy", "example_count"} <= set(summary.metrics)
+    assert not {"accuracy", "loss"} & set(summary.metrics), sorted(summary.metrics)
     assert summary.metrics["auc"] >= 0.9
     assert sum(summary.examples.values()) == 320
     # ImportExampleGen (our executor, no shuffle) wrote every record once, groups kept apart
