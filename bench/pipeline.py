@@ -54,7 +54,10 @@ def reference(manifest: str) -> dict:
     import tensorflow as tf
 
     from masktfx.manifest import read_manifest
+    from modules.model import stop_autograph_converting_keras
 
+    # The same TF 2.16 fix as our Trainer, so that the ratio compares approaches, not tracing.
+    stop_autograph_converting_keras()
     rows = read_manifest(manifest).rows
     started = time.perf_counter()
     images, labels = [], []

@@ -19,6 +19,24 @@ from modules import features  # noqa: E402
 keras = tf.keras
 
 
+def stop_autograph_converting_keras() -> None:
+    """Leave Keras 2's own code to run as written when a tf.function traces it.
+
+    Autograph has never converted Keras 2 (its rules skip `tensorflow` and `keras`), but TF 2.16
+    loads Keras 2 as the `tf_keras` package under TF_USE_LEGACY_KERAS, which no rule names, so
+    every trace converted Keras's train step, losses, metrics and optimizer source again: 12 s
+    of the Trainer's 20 s at 1,000 regions. Later TensorFlow releases add this same rule.
+    """
+    from tensorflow.python.autograph.core import config as autograph_config
+
+    rule = autograph_config.DoNotConvert("tf_keras")
+    if not any(str(existing) == str(rule) for existing in autograph_config.CONVERSION_RULES):
+        autograph_config.CONVERSION_RULES = (rule, *autograph_config.CONVERSION_RULES)
+
+
+stop_autograph_converting_keras()
+
+
 def seed_tower(input_shape: tuple[int, int, int]) -> keras.Model:
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv2D(32, 3, activation="relu")(inputs)
