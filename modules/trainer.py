@@ -19,6 +19,7 @@ import logging  # noqa: E402
 import math  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
@@ -43,24 +44,31 @@ def _transformed_dataset(file_pattern: list[str] | str, tf_transform_output: tft
         lambda records: tf.io.parse_example(records, spec), num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _square_symmetries(size: int) -> np.ndarray:
+    """[8, size * size]: the pixel order of each of the square's 8 flips and rotations."""
+    grid = np.arange(size * size, dtype=np.int32).reshape(size, size)
+    return np.stack([np.rot90(base, turns) for base in (grid, grid[::-1])
+                     for turns in range(4)]).reshape(8, size * size)
+
+
 def augment(regions: tf.Tensor, channels: int) -> tf.Tensor:
-    """Random dihedral symmetry (flips and 90-degree rotations) and brightness/contrast per example.
+    """Random flip/rotation (one of 8) and brightness/contrast, drawn per example.
 
     `regions` is [B, K, S, S, C']; views and the mask channel move together, and only the first
-    `channels` (image) channels get brightness/contrast.
+    `channels` (image) channels get brightness/contrast. One gather and one multiply-add over
+    the batch: the input pipeline shares the cores with training, so it must stay cheap.
     """
-    batch = tf.shape(regions)[0]
-
-    def coin() -> tf.Tensor:
-        return tf.random.uniform([batch, 1, 1, 1, 1]) < 0.5
-
-    regions = tf.where(coin(), tf.reverse(regions, axis=[2]), regions)
-    regions = tf.where(coin(), tf.reverse(regions, axis=[3]), regions)
-    regions = tf.where(coin(), tf.transpose(regions, [0, 1, 3, 2, 4]), regions)
+    size = regions.shape[2]  # static: the transformed feature spec fixes it
+    shape = tf.shape(regions)
+    batch, views, depth = shape[0], shape[1], shape[4]
+    order = tf.gather(tf.constant(_square_symmetries(size)),
+                      tf.random.uniform([batch], 0, 8, dtype=tf.int32))  # [B, S*S]
+    pixels = tf.reshape(regions, [batch, views, size * size, depth])
+    regions = tf.reshape(tf.gather(pixels, order, axis=2, batch_dims=1), shape)
+    is_image = tf.range(depth) < channels
     contrast = tf.random.uniform([batch, 1, 1, 1, 1], 0.8, 1.2)
     brightness = tf.random.uniform([batch, 1, 1, 1, 1], -0.2, 0.2)
-    pixels = regions[..., :channels] * contrast + brightness
-    return tf.concat([pixels, regions[..., channels:]], axis=-1)
+    return regions * tf.where(is_image, contrast, 1.0) + tf.where(is_image, brightness, 0.0)
 
 
 def make_input(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput,

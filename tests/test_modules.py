@@ -83,6 +83,36 @@ def test_models_build_for_one_and_three_views(preset, views):
     assert model.input_shape == (None, views, 32, 32, 2)
 
 
+def test_augment_moves_views_and_mask_together_and_scales_only_image_channels():
+    from modules.trainer import augment
+
+    rng = np.random.default_rng(0)
+    batch, views, size = 64, 2, 8
+    image = rng.random((batch, views, size, size, 1)).astype(np.float32)
+    mask = np.repeat((rng.random((batch, 1, size, size, 1)) > 0.5).astype(np.float32), views, 1)
+    tf.random.set_seed(1)
+    out = augment(tf.constant(np.concatenate([image, mask], -1)), channels=1).numpy()
+
+    def symmetries(square):  # the square's 8 flips and rotations
+        return [np.rot90(base, turns) for base in (square, square.T) for turns in range(4)]
+
+    used = set()
+    for b in range(batch):
+        matches = [i for i, candidate in enumerate(symmetries(image[b, 0, ..., 0]))
+                   if np.allclose(np.corrcoef(candidate.ravel(), out[b, 0, ..., 0].ravel())[0, 1],
+                                  1.0, atol=1e-5)]
+        assert len(matches) == 1, f"example {b}: not one flip/rotation of its input"
+        used.add(matches[0])
+        for view in range(views):  # every view and the mask channel move the same way
+            moved = symmetries(image[b, view, ..., 0])[matches[0]]
+            assert np.array_equal(out[b, view, ..., 1],
+                                  symmetries(mask[b, view, ..., 0])[matches[0]])
+            contrast, brightness = np.polyfit(moved.ravel(), out[b, view, ..., 0].ravel(), 1)
+            assert 0.8 <= contrast <= 1.2 and -0.2 <= brightness <= 0.2
+            assert np.allclose(out[b, view, ..., 0], contrast * moved + brightness, atol=1e-5)
+    assert used == set(range(8))
+
+
 def test_autograph_leaves_keras_as_written_and_still_converts_our_functions():
     # TF 2.16 loads Keras 2 as `tf_keras`, which its autograph rules do not name: every trace
     # converted Keras's train step and metrics again (12 of the Trainer's 20 s at 1,000 regions)
