@@ -5,7 +5,7 @@ Signatures of the SavedModel:
 - `serving_default`: `examples` (serialized tf.Example without the label) -> `probability`,
   `label`.
 - `predict_raw`: `images` (string [batch, K]) and `masks` (string [batch, 1 or K]) -> the same.
-- `transform_features`: `examples` -> the transformed features (for TFMA).
+- `transform_features`: `examples` -> the transformed features (for TFMA on transformed features).
 """
 
 from __future__ import annotations

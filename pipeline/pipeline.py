@@ -107,11 +107,12 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         # metrics") would add a second `auc` beside the gated one and cost more than all the
         # others together: TFMA re-traces their update_state for every batch.
         options=tfma.Options(include_default_metrics=wrappers_pb2.BoolValue(value=False)),
+        # No `preprocessing_function_names`: the slices are raw metadata columns, and running
+        # `transform_features` beside the serving signature decoded every region twice (12% of
+        # the Evaluator's TFMA time at 3,200 eval regions).
         model_specs=[tfma.ModelSpec(signature_name=features.SERVING_SIGNATURE,
                                     label_key=features.LABEL_KEY,
-                                    prediction_key=features.PROBABILITY_OUTPUT,
-                                    preprocessing_function_names=[
-                                        features.TRANSFORM_SIGNATURE])],
+                                    prediction_key=features.PROBABILITY_OUTPUT)],
         slicing_specs=[tfma.SlicingSpec()] + [
             tfma.SlicingSpec(feature_keys=[column]) for column in config.slice_columns],
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)])
