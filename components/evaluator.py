@@ -6,22 +6,34 @@ then run TFMA over the eval split twice, once as `candidate` and once as `baseli
 difference of zero. Here that case is evaluated once, without a baseline. The verdict is the same:
 a model never drops against itself, so only the value thresholds (the accuracy floor) can fail,
 and those are checked as before. The blessing still records the baseline it was resolved against.
-Every other case is TFX's Evaluator unchanged.
+
+A single-model evaluation is a function of the model, the examples, the splits and the eval
+config, so each one records those in `EVALUATION_RECORD` beside TFMA's files. When the own-baseline
+case finds an earlier evaluation with the same record (typically the run that blessed the model,
+when it had no baseline yet), it copies that evaluation instead of running TFMA again and blesses
+from its validation result. Every other case is TFX's Evaluator unchanged.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from typing import Any
 
+import tensorflow_model_analysis as tfma
 from tfx import types
 from tfx.components.evaluator import constants
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.components.evaluator.component import Evaluator
 from tfx.dsl.components.base import executor_spec
-from tfx.types import standard_component_specs
+from tfx.dsl.io import fileio
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils
 
 MODEL_KEY = standard_component_specs.MODEL_KEY
 BASELINE_KEY = standard_component_specs.BASELINE_MODEL_KEY
+EVALUATION_RECORD = "masktfx-evaluation.json"
 
 
 def is_own_baseline(input_dict: dict[str, list[types.Artifact]]) -> bool:
@@ -35,23 +47,104 @@ def is_own_baseline(input_dict: dict[str, list[types.Artifact]]) -> bool:
     return model.uri == baseline.uri
 
 
+def evaluation_record(input_dict: dict[str, list[types.Artifact]],
+                      exec_properties: dict[str, Any]) -> dict[str, Any]:
+    """What a single-model evaluation depends on: model, examples, splits, eval config."""
+    return {"model": [artifact.uri for artifact in input_dict[MODEL_KEY]],
+            "examples": sorted(artifact.uri for artifact in
+                               input_dict[standard_component_specs.EXAMPLES_KEY]),
+            "example_splits": exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY),
+            "eval_config": exec_properties.get(standard_component_specs.EVAL_CONFIG_KEY)}
+
+
+def find_evaluation(output_uri: str, record: dict[str, Any]) -> str | None:
+    """An earlier evaluation, beside `output_uri`, made with exactly `record`.
+
+    Any match will do: the same model on the same examples with the same config gives the
+    same evaluation.
+    """
+    parent = os.path.dirname(output_uri.rstrip("/"))
+    if not fileio.isdir(parent):
+        return None
+    for name in sorted(fileio.listdir(parent)):
+        earlier = os.path.join(parent, name.rstrip("/"))
+        path = os.path.join(earlier, EVALUATION_RECORD)
+        if earlier == output_uri.rstrip("/") or not fileio.exists(path):
+            continue
+        with fileio.open(path, "r") as handle:
+            try:
+                saved = json.loads(handle.read())
+            except ValueError:  # a record cut short: that evaluation is not trusted
+                continue
+        if {key: saved.get(key) for key in record} == record:
+            return earlier
+    return None
+
+
+def _copy_tree(source: str, destination: str) -> None:
+    for directory, _, files in fileio.walk(source):
+        target = os.path.join(destination, os.path.relpath(directory, source))
+        fileio.makedirs(target)
+        for name in files:
+            if name != EVALUATION_RECORD:
+                fileio.copy(os.path.join(directory, name), os.path.join(target, name),
+                            overwrite=True)
+
+
 class Executor(evaluator_executor.Executor):
-    """TFX's Evaluator executor; one TFMA pass when the model is its own baseline."""
+    """TFX's Evaluator executor; one TFMA pass, or none, when the model is its own baseline."""
 
     def Do(self, input_dict: dict[str, list[types.Artifact]],  # noqa: N802  (TFX's name)
            output_dict: dict[str, list[types.Artifact]], exec_properties: dict[str, Any]
            ) -> None:
-        if not is_own_baseline(input_dict):
-            super().Do(input_dict, output_dict, exec_properties)
+        if input_dict.get(BASELINE_KEY) and not is_own_baseline(input_dict):
+            super().Do(input_dict, output_dict, exec_properties)  # candidate against baseline
             return
-        baseline = input_dict[BASELINE_KEY][0]
-        super().Do({key: value for key, value in input_dict.items() if key != BASELINE_KEY},
-                   output_dict, exec_properties)
-        for blessing in output_dict.get(standard_component_specs.BLESSING_KEY, []):
+        single = {key: value for key, value in input_dict.items() if key != BASELINE_KEY}
+        output_uri = artifact_utils.get_single_uri(
+            output_dict[standard_component_specs.EVALUATION_KEY])
+        record = evaluation_record(single, exec_properties)
+        earlier = find_evaluation(output_uri, record) if is_own_baseline(input_dict) else None
+        if earlier and output_dict.get(standard_component_specs.BLESSING_KEY):
+            logging.info("Model %s was evaluated on these examples with this config in %s; "
+                         "reusing that evaluation.", record["model"], earlier)
+            _copy_tree(earlier, output_uri)
+            self._bless_from_validation(single, output_dict, exec_properties, output_uri)
+            record["reused_from"] = earlier
+        else:
+            super().Do(single, output_dict, exec_properties)
+        if is_own_baseline(input_dict):
+            baseline = input_dict[BASELINE_KEY][0]
+            for blessing in output_dict.get(standard_component_specs.BLESSING_KEY, []):
+                blessing.set_string_custom_property(
+                    constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
+                blessing.set_int_custom_property(
+                    constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id)
+        io_utils.write_string_file(os.path.join(output_uri, EVALUATION_RECORD),
+                                   json.dumps(record, indent=1))
+
+    @staticmethod
+    def _bless_from_validation(input_dict: dict[str, list[types.Artifact]],
+                               output_dict: dict[str, list[types.Artifact]],
+                               exec_properties: dict[str, Any], output_uri: str) -> None:
+        """The blessing TFX 1.16's Evaluator writes after TFMA, from the validation result."""
+        blessing = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.BLESSING_KEY])
+        model = input_dict[MODEL_KEY][0]
+        blessing.set_string_custom_property(
+            constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+        blessing.set_int_custom_property(
+            constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+        if "current_component_id" in exec_properties:
             blessing.set_string_custom_property(
-                constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
-            blessing.set_int_custom_property(
-                constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id)
+                "component_id", exec_properties["current_component_id"])
+        blessed = tfma.load_validation_result(output_uri).validation_ok
+        io_utils.write_string_file(os.path.join(blessing.uri, constants.BLESSED_FILE_NAME
+                                                if blessed else constants.NOT_BLESSED_FILE_NAME),
+                                   "")
+        blessing.set_int_custom_property(
+            constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+            constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE)
 
 
 class SingleBaselineEvaluator(Evaluator):

@@ -1,8 +1,9 @@
-"""The configuration object and the versioned pusher's publishing."""
+"""The configuration object, the versioned pusher's publishing, the Evaluator's reuse lookup."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import pytest
@@ -82,3 +83,23 @@ def test_a_failed_copy_leaves_no_partial_version_and_the_old_one_intact(tmp_path
         publish_version(_model(tmp_path, "b", "two"), base)
     assert existing_versions(base) == [first]
     assert sorted(os.listdir(base)) == sorted([str(first), versioned_pusher.SOURCES_FILE])
+
+
+def test_evaluator_finds_only_an_evaluation_with_the_same_model_examples_and_config(tmp_path):
+    from components.evaluator import EVALUATION_RECORD, find_evaluation
+
+    record = {"model": ["/root/Trainer/model/7"], "examples": ["/root/ImportExampleGen/3"],
+              "example_splits": None, "eval_config": '{"metrics": "auc"}'}
+    evaluations = tmp_path / "Evaluator" / "evaluation"
+    for name, saved in {"10": {**record, "eval_config": '{"metrics": "accuracy"}'},
+                        "11": {**record, "model": ["/root/Trainer/model/8"]},
+                        "12": None,  # a record cut short
+                        "13": {**record, "reused_from": "/elsewhere"}}.items():
+        (evaluations / name).mkdir(parents=True)
+        (evaluations / name / EVALUATION_RECORD).write_text(
+            json.dumps(saved) if saved else '{"model": ["/root/Tra')
+    (evaluations / "14").mkdir()  # an evaluation without a record (a baseline comparison)
+    output = str(evaluations / "15")
+    assert find_evaluation(output, record) == str(evaluations / "13")
+    assert find_evaluation(str(evaluations / "13"), record) is None  # never itself
+    assert find_evaluation(output, {**record, "examples": ["/root/ImportExampleGen/4"]}) is None

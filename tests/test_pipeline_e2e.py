@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from conftest import load_bad_corpus
 
+from components.evaluator import EVALUATION_RECORD
 from masktfx import cli
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
@@ -88,6 +89,7 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     assert not {"accuracy", "loss"} & set(summary.metrics), sorted(summary.metrics)
     assert summary.metrics["auc"] >= 0.9
     assert sum(summary.examples.values()) == 320
+    first_evaluation = _evaluator_io(config)[1]["evaluation"][0].uri
     # ImportExampleGen (our executor, no shuffle) wrote every record once, groups kept apart
     groups = {}
     for split in ("train", "eval"):
@@ -147,7 +149,8 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
         server.stop()
 
     # a second run with no new data is served from the cache up to the Trainer; the Evaluator
-    # gets the same model back as its baseline and evaluates it once, and nothing new is pushed
+    # gets the same model back as its baseline and, as the first run evaluated that model alone
+    # on the same examples with the same config, reuses that evaluation; nothing new is pushed
     assert _run(manifest, workdir) == 0
     again = summarize_run(config)
     assert again.run_id != summary.run_id
@@ -159,6 +162,11 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
     inputs, outputs = _evaluator_io(config)
     assert [a.id for a in inputs["baseline_model"]] == [a.id for a in inputs["model"]]
     assert list(_evaluated_models(outputs)) == [""]  # one TFMA model: not candidate + baseline
+    with open(os.path.join(outputs["evaluation"][0].uri, EVALUATION_RECORD),
+              encoding="utf-8") as handle:
+        assert json.load(handle)["reused_from"] == first_evaluation
+    assert outputs["blessing"][0].custom_properties["blessed"].int_value == 1
+    assert os.path.exists(os.path.join(outputs["blessing"][0].uri, "BLESSED"))
     blessing = outputs["blessing"][0].custom_properties
     assert blessing["baseline_model_id"].int_value == inputs["model"][0].id
     assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
