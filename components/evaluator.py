@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import tensorflow_model_analysis as tfma
@@ -81,39 +82,31 @@ def find_evaluation(output_uri: str, record: dict[str, Any]) -> str | None:
     return None
 
 
-def _copy_tree(source: str, destination: str) -> None:
-    for directory, _, files in fileio.walk(source):
-        target = os.path.join(destination, os.path.relpath(directory, source))
-        fileio.makedirs(target)
-        for name in files:
-            if name != EVALUATION_RECORD:
-                fileio.copy(os.path.join(directory, name), os.path.join(target, name),
-                            overwrite=True)
-
-
 class Executor(evaluator_executor.Executor):
     """TFX's Evaluator executor; one TFMA pass, or none, when the model is its own baseline."""
 
     def Do(self, input_dict: dict[str, list[types.Artifact]],  # noqa: N802  (TFX's name)
            output_dict: dict[str, list[types.Artifact]], exec_properties: dict[str, Any]
            ) -> None:
-        if input_dict.get(BASELINE_KEY) and not is_own_baseline(input_dict):
+        own_baseline = is_own_baseline(input_dict)
+        if input_dict.get(BASELINE_KEY) and not own_baseline:
             super().Do(input_dict, output_dict, exec_properties)  # candidate against baseline
             return
         single = {key: value for key, value in input_dict.items() if key != BASELINE_KEY}
         output_uri = artifact_utils.get_single_uri(
             output_dict[standard_component_specs.EVALUATION_KEY])
         record = evaluation_record(single, exec_properties)
-        earlier = find_evaluation(output_uri, record) if is_own_baseline(input_dict) else None
+        earlier = find_evaluation(output_uri, record) if own_baseline else None
         if earlier and output_dict.get(standard_component_specs.BLESSING_KEY):
             logging.info("Model %s was evaluated on these examples with this config in %s; "
                          "reusing that evaluation.", record["model"], earlier)
-            _copy_tree(earlier, output_uri)
+            io_utils.copy_dir(earlier, output_uri,
+                              deny_regex_patterns=[re.escape(EVALUATION_RECORD) + "$"])
             self._bless_from_validation(single, output_dict, exec_properties, output_uri)
             record["reused_from"] = earlier
         else:
             super().Do(single, output_dict, exec_properties)
-        if is_own_baseline(input_dict):
+        if own_baseline:
             baseline = input_dict[BASELINE_KEY][0]
             for blessing in output_dict.get(standard_component_specs.BLESSING_KEY, []):
                 blessing.set_string_custom_property(
@@ -127,7 +120,11 @@ class Executor(evaluator_executor.Executor):
     def _bless_from_validation(input_dict: dict[str, list[types.Artifact]],
                                output_dict: dict[str, list[types.Artifact]],
                                exec_properties: dict[str, Any], output_uri: str) -> None:
-        """The blessing TFX 1.16's Evaluator writes after TFMA, from the validation result."""
+        """The blessing TFX 1.16's Evaluator writes after TFMA, from the validation result.
+
+        A copy of the tail of TFX's `Executor.Do`, which has no method of its own to call:
+        re-check it against TFX's when TFX is upgraded.
+        """
         blessing = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.BLESSING_KEY])
         model = input_dict[MODEL_KEY][0]
