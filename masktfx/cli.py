@@ -38,6 +38,9 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the shards already in the output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-fork-server", action="store_true",
+                        help="multi_processing DirectRunner: start each Beam worker cold instead "
+                             "of forking it from a process that imported Beam once")
     parser.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[],
                         help="the rest of the line goes to Beam, e.g. --runner=DataflowRunner")
     parser.set_defaults(handler=cmd_ingest)
@@ -55,7 +58,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                             max_pixels=args.max_pixels,
                             allow_outside_paths=args.allow_outside_paths, strict=args.strict,
                             overwrite=args.overwrite,
-                            progress=False if args.no_progress else None)
+                            progress=False if args.no_progress else None,
+                            fork_server=not args.no_fork_server)
     except (ManifestError, IngestError) as exc:
         raise CommandError(str(exc)) from None
     print(result.describe())
@@ -136,6 +140,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run_and_summarize(config: PipelineConfig, data: str, as_json: bool = False) -> int:
     """Prepare (errors here mean nothing ran), run, and print the summary from MLMD."""
+    from masktfx.fork_server import PIPELINE_PRELOAD, fork_server_for
+
+    # Started first, so that its imports overlap this process's own; run_pipeline and a
+    # manifest's ingest take their Beam workers from it.
+    with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD, config.beam_fork_server):
+        return _prepare_run_and_summarize(config, data, as_json)
+
+
+def _prepare_run_and_summarize(config: PipelineConfig, data: str, as_json: bool) -> int:
     from masktfx.ingest import IngestError
     from masktfx.manifest import ManifestError
     from pipeline.data import DataLayoutError

@@ -97,6 +97,10 @@ class PipelineConfig:
     direct_num_workers: int = field(
         default=0, metadata={"help": "DirectRunner workers; 0: one per core"}
     )
+    beam_fork_server: bool = field(
+        default=True, metadata={"help": "multi_processing DirectRunner: fork Beam's workers from "
+                                        "a process that imported TensorFlow once "
+                                        "(false: each worker starts cold)"})
     beam_args: list[str] = field(
         default_factory=list, metadata={"help": "extra Beam pipeline args", "cli": False}
     )

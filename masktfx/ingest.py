@@ -29,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from masktfx import images as imageio
 from masktfx.config import PipelineConfig
+from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 from masktfx.manifest import ManifestRow, Rejection, read_manifest
 from modules import features
 
@@ -340,7 +341,7 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
                beam_args: list[str] | None = None, resize_masks: bool = False,
                max_pixels: int | None = None, allow_outside_paths: bool = False,
                strict: bool = False, overwrite: bool = False,
-               progress: bool | None = None) -> IngestResult:
+               progress: bool | None = None, fork_server: bool = True) -> IngestResult:
     """Ingest one manifest; shards are published only if at least one row is good (and, with
     `strict`, none is rejected). The report and rejected.csv are always written."""
     if max_pixels is None:
@@ -380,7 +381,8 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
                                    args=(progress_dir, len(manifest.rows), stop), daemon=True)
         watcher.start()
     try:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        with fork_server_for(beam_args, INGEST_PRELOAD, fork_server) as run_args, \
+                beam.Pipeline(options=PipelineOptions(run_args)) as pipeline:
             results = (
                 pipeline
                 | "Chunks" >> beam.Create(shard_chunks(manifest.rows, rows_per_shard,

@@ -13,6 +13,11 @@ from tfx.orchestration import metadata  # noqa: E402  (not `tfx.v1`: see pipelin
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
 
 from masktfx.config import RUN_CONFIG, PipelineConfig  # noqa: E402
+from masktfx.fork_server import (  # noqa: E402
+    PIPELINE_PRELOAD,
+    fork_server_for,
+    fork_server_runner_args,
+)
 from masktfx.ingest import IngestResult, run_ingest  # noqa: E402
 from modules.schema import write_schema  # noqa: E402
 from pipeline.data import (  # noqa: E402
@@ -57,7 +62,7 @@ def ingest_manifest_into_workdir(manifest_path: str, config: PipelineConfig
             return data_root, None
     span = (spans[-1] + 1) if spans else 1
     result = run_ingest(manifest_path, data_root, span=span, max_pixels=config.max_pixels,
-                        beam_args=config.beam_pipeline_args)
+                        beam_args=config.beam_pipeline_args, fork_server=config.beam_fork_server)
     if not result.published:
         raise RuntimeError(f"ingest of {manifest_path} wrote no example; see "
                            f"{os.path.join(result.output_dir, 'rejected.csv')}")
@@ -85,9 +90,15 @@ def prepare(config: PipelineConfig, data: str) -> PreparedRun:
 
 
 def run_pipeline(config: PipelineConfig) -> None:
-    """Run the whole pipeline; raises if a component fails."""
+    """Run the whole pipeline; raises if a component fails.
+
+    In DirectRunner's multi_processing mode the Beam components' workers are forked from a
+    process that has imported TensorFlow and the TFX libraries once (masktfx/fork_server.py).
+    """
     os.makedirs(config.workdir, exist_ok=True)
-    pipeline = create_pipeline(config)
-    pipeline.metadata_connection_config = (
-        metadata.sqlite_metadata_connection_config(config.metadata_path))
-    LocalDagRunner().run(pipeline)
+    runner_args = fork_server_runner_args(config.beam_pipeline_args, config.beam_fork_server)
+    with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD, config.beam_fork_server):
+        pipeline = create_pipeline(config.replace(beam_args=[*config.beam_args, *runner_args]))
+        pipeline.metadata_connection_config = (
+            metadata.sqlite_metadata_connection_config(config.metadata_path))
+        LocalDagRunner().run(pipeline)
