@@ -274,12 +274,19 @@ def running_fork_server(preload: Sequence[str]) -> Iterator[str]:
     The server starts importing at once, beside whatever this process does next, and ends with
     the block (or by itself, when this process dies).
     """
-    folder = tempfile.mkdtemp(prefix="masktfx-fork-")
+    try:
+        folder = tempfile.mkdtemp(prefix="masktfx-fork-")
+    except OSError as error:
+        print(f"masktfx fork server: not started ({error}); Beam workers will start cold",
+              file=sys.stderr)
+        yield ""
+        return
     address = os.path.join(folder, "server.sock")
+    # stdout stays clean for the caller's output (`masktfx run --json`); messages go to stderr.
     server = subprocess.Popen(
         [sys.executable, "-m", "masktfx.fork_server", "serve", address, str(os.getpid()),
          *preload],
-        stdin=subprocess.DEVNULL)
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     previous = os.environ.get(SERVER_ENV)
     try:
         deadline = time.monotonic() + _START_TIMEOUT_S

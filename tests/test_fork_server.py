@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -101,6 +102,19 @@ def test_a_server_that_cannot_preload_leaves_the_workers_to_start_cold(probe_mod
     with fork_server_for(MULTI_PROCESSING, (BEAM_WORKER_MODULE, "masktfx_no_such_module")
                          ) as beam_args:
         answers = _run_probe_collected(probe, beam_args, tmp_path)
+    assert sorted(a[0] for a in answers) == [2 * i for i in range(40)]
+    assert not any(forked for _, _, forked, _, _ in answers)
+
+
+def test_no_place_for_the_socket_means_cold_workers_not_a_failed_run(probe_module, tmp_path,
+                                                                     monkeypatch):
+    probe, folder = probe_module
+    monkeypatch.setenv("PYTHONPATH", folder)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no" / "such" / "folder"))
+    with running_fork_server(PRELOAD) as address:
+        monkeypatch.setattr(tempfile, "tempdir", None)  # Beam needs one too
+        assert address == "" and SERVER_ENV not in os.environ
+        answers = _run_probe_collected(probe, [*MULTI_PROCESSING, RUNNER_FLAG], tmp_path)
     assert sorted(a[0] for a in answers) == [2 * i for i in range(40)]
     assert not any(forked for _, _, forked, _, _ in answers)
 
