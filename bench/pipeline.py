@@ -8,7 +8,7 @@ For each N (1,000 and 4,000 by default; 16,000 with --full), on N synthetic 128x
   component (MLMD execution times), in total, and peak RSS of the whole process tree; then two
   re-runs with no new data (after a blessed run the first evaluates against the new baseline,
   the second is fully cached); with the DirectRunner in multi-processing mode (the default) and in
-  in-memory mode;
+  in-memory mode; at the smallest N also multi-processing without the fork server;
 - ingest with one DirectRunner worker against one per core;
 - the Trainer's input pipeline: examples/s of the tf.data pipeline that feeds the model
   (transformed examples -> shuffled, augmented batches) against the same model fed from
@@ -205,7 +205,9 @@ def _rerun(workdir: str, data: str, flags: list[str]) -> tuple[dict, dict]:
 MODES = ("multi_processing", "in_memory")  # `masktfx run`'s default first
 
 
-def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES) -> dict:
+def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES,
+                 cold_workers: bool = False) -> dict:
+    """Both modes at N; with `cold_workers`, also multi-processing without the fork server."""
     import shutil
 
     folder = os.path.join(work, f"n{count}")
@@ -234,6 +236,17 @@ def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES) -> dict:
                       "second_rerun_no_new_data": {**steady, "components_s": steady_components},
                       "total_vs_reference": round(total / reference_run["seconds"], 2)}
     throughput = _child_answer("input", os.path.join(folder, f"work-{modes[0]}"))
+    cold = {}
+    if cold_workers:
+        workdir = os.path.join(folder, "work-cold-workers")
+        shutil.rmtree(workdir, ignore_errors=True)
+        run, components = _run_with_profile(
+            workdir, "--data", ingested, "--model-preset", "seed", "--epochs", "1",
+            "--direct-running-mode", "multi_processing", "--beam-fork-server", "false")
+        warm = ours["multi_processing"]["run"]["seconds"]
+        cold = {"multi_processing_without_fork_server": {
+            "run": run, "components_s": components,
+            "with_fork_server_s": warm, "speedup": round(run["seconds"] / warm, 2)}}
     return {
         "examples": count,
         "reference": reference_run,
@@ -244,6 +257,7 @@ def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES) -> dict:
             "workers": os.cpu_count(),
             "speedup": round(one_worker["seconds"] / ingest["seconds"], 2)},
         "trainer_input": throughput,
+        **cold,
     }
 
 
@@ -379,7 +393,7 @@ def main() -> None:
     sizes = sorted(set(args.sizes + ([16000] if args.full else [])))
     runs = {}
     for count in sizes:
-        runs[str(count)] = measure_size(count, work)
+        runs[str(count)] = measure_size(count, work, cold_workers=count == sizes[0])
         print(json.dumps({str(count): runs[str(count)]}), file=sys.stderr, flush=True)
     result = {"benchmark": "pipeline", "cpu_count": os.cpu_count(), "image_size": SIZE,
               "runs": runs, "targets": TARGETS}
