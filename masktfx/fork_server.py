@@ -223,6 +223,8 @@ def _run_forked_worker(connection: socket.socket, request: dict, fds: list[int])
 
 def serve(address: str, parent_pid: int, preload: Sequence[str]) -> None:
     """Preload, then fork one worker per connection until the parent process is gone."""
+    # Ctrl-C reaches the whole process group; the parent decides, and ends this server.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address + ".binding")
     listener.listen(64)  # workers that ask during the preload wait in the backlog
