@@ -1,5 +1,6 @@
-"""bench/ingest: `masktfx ingest` (Beam DirectRunner, multi-processing) against a plain
-single-process Python loop that reads the same files and writes the same records.
+"""bench/ingest: the `masktfx ingest` command (Beam DirectRunner, multi-processing, workers from
+the fork server) against a plain single-process Python loop that reads the same files and writes
+the same records.
 
 Prints JSON: examples/s of both and their ratio on N examples (5,000 by default), and the peak RSS
 of each whole process tree at two sizes (2,000 and 8,000), to show whether memory grows with N.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -45,16 +47,19 @@ def loop_ingest(manifest_path: str, output: str) -> int:
     return written
 
 
-def beam_ingest(manifest_path: str, output: str) -> int:
-    from masktfx.ingest import run_ingest
-
-    return run_ingest(manifest_path, output, progress=False).written
-
-
 def measure(kind: str, manifest: str, output: str) -> dict:
-    """Run one ingest in a child process; wall time and peak RSS of its whole process tree."""
-    result = run_measured([sys.executable, __file__, "--child", kind, manifest, output], ROOT)
-    written = int(result.pop("stdout").strip().splitlines()[-1])
+    """Run one ingest in a child process; wall time and peak RSS of its whole process tree.
+
+    Beam's side is the `masktfx ingest` command itself, as users run it."""
+    if kind == "loop":
+        command = [sys.executable, __file__, "--child", kind, manifest, output]
+    else:
+        command = [sys.executable, "-m", "masktfx.cli", "ingest", manifest, "--output", output,
+                   "--no-progress"]
+    result = run_measured(command, ROOT)
+    last_line = result.pop("stdout").strip().splitlines()[-1]
+    written = int(last_line) if kind == "loop" else int(
+        re.match(r"ingested (\d+) of", last_line).group(1))
     return {"seconds": result["seconds"], "examples": written,
             "examples_per_s": round(written / result["seconds"], 1),
             "peak_rss_mib": result["peak_rss_mib"]}
@@ -71,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, manifest, output = args.child
-        print(loop_ingest(manifest, output) if kind == "loop" else beam_ingest(manifest, output))
+        print(loop_ingest(manifest, output))
         return
 
     from masktfx.demo_data import write_synthetic

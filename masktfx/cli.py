@@ -47,14 +47,24 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from masktfx.ingest import IngestError, run_ingest
-    from masktfx.manifest import ManifestError
+    from masktfx.config import ingest_beam_args
+    from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 
     if args.span is not None and args.span < 0:
         raise CommandError("--span must be >= 0")
+    beam_args = ingest_beam_args(args.beam_args)
+    # Started before this process imports Beam, so that the two imports overlap.
+    with fork_server_for(beam_args, INGEST_PRELOAD, not args.no_fork_server):
+        return _ingest(args, beam_args)
+
+
+def _ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from masktfx.ingest import IngestError, run_ingest
+    from masktfx.manifest import ManifestError
+
     try:
         result = run_ingest(args.manifest, args.output, span=args.span,
-                            beam_args=args.beam_args, resize_masks=args.resize_masks,
+                            beam_args=beam_args, resize_masks=args.resize_masks,
                             max_pixels=args.max_pixels,
                             allow_outside_paths=args.allow_outside_paths, strict=args.strict,
                             overwrite=args.overwrite,

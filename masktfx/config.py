@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -259,6 +259,20 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: field {spec.name!r} expects {kind}, got {value!r}") from None
     return value
+
+
+def ingest_beam_args(beam_args: Sequence[str]) -> list[str]:
+    """Beam args for `masktfx ingest`: the caller's, then, for each flag the caller left out, the
+    DirectRunner in the pipeline's default running mode and worker count."""
+    defaults = PipelineConfig()
+    args = list(beam_args)
+    given = {arg.split("=", 1)[0] for arg in args}
+    for flag, value in (("--runner", "DirectRunner"),
+                        ("--direct_running_mode", defaults.direct_running_mode),
+                        ("--direct_num_workers", str(defaults.direct_num_workers))):
+        if flag not in given:
+            args.append(f"{flag}={value}")
+    return args
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

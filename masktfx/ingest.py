@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from masktfx import images as imageio
-from masktfx.config import PipelineConfig
+from masktfx.config import PipelineConfig, ingest_beam_args
 from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 from masktfx.manifest import ManifestRow, Rejection, read_manifest
 from modules import features
@@ -39,8 +39,6 @@ COVERAGE_BINS = 20
 # Rows per output shard: enough shards for every worker, few enough that each is worth a file.
 MAX_ROWS_PER_SHARD = 256
 MIN_ROWS_PER_SHARD = 16
-DEFAULT_BEAM_ARGS = {"--runner": "DirectRunner", "--direct_running_mode": "multi_processing",
-                     "--direct_num_workers": "0"}
 
 
 class IngestError(RuntimeError):
@@ -362,11 +360,7 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
     else:
         work_dir = final_dir
 
-    beam_args = list(beam_args or [])
-    given = {arg.split("=", 1)[0] for arg in beam_args}
-    for flag, value in DEFAULT_BEAM_ARGS.items():
-        if flag not in given:  # defaults only for what the caller left out
-            beam_args.append(f"{flag}={value}")
+    beam_args = ingest_beam_args(beam_args or [])
     direct = any(arg in ("--runner=DirectRunner", "--runner=direct") for arg in beam_args)
     show_progress = (progress if progress is not None else sys.stderr.isatty()) and direct \
         and bool(manifest.rows)
