@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 SERVER_ENV = "MASKTFX_FORK_SERVER"  # path of the server's Unix socket
+LOG_ENV = "MASKTFX_FORK_SERVER_LOG"  # optional: a file the server appends a line to per worker
 BEAM_WORKER_MODULE = "apache_beam.runners.worker.sdk_worker_main"
 RUNNER_FLAG = "--runner=masktfx.beam_runner.ForkServerDirectRunner"
 # Imported by the server before it forks: what Beam's workers import when they unpickle the
@@ -266,6 +267,15 @@ def serve(address: str, parent_pid: int, preload: Sequence[str]) -> None:
         connection.close()
         for fd in fds:
             os.close(fd)
+        _log_fork(pid)
+
+
+def _log_fork(pid: int) -> None:
+    """One line per forked worker in $MASKTFX_FORK_SERVER_LOG, for whoever wants to check."""
+    path = os.environ.get(LOG_ENV)
+    if path:
+        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as log:
+            log.write(f"{time.time():.3f} forked Beam worker {pid}\n")
 
 
 @contextlib.contextmanager

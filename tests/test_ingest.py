@@ -13,6 +13,7 @@ from conftest import IN_PROCESS_BEAM, square_mask, write_manifest, write_png
 
 from masktfx import cli
 from masktfx.demo_data import write_synthetic
+from masktfx.fork_server import LOG_ENV
 from masktfx.images import decode_mask_array
 from masktfx.ingest import IngestError, run_ingest, shard_chunks
 from masktfx.manifest import ManifestError, read_manifest
@@ -197,11 +198,20 @@ def test_spans_layout_refuses_to_overwrite_and_cli_exit_codes(tmp_path, capsys):
     assert "missing.csv: manifest not found" in capsys.readouterr().err
 
 
-def test_multiprocessing_runner_through_the_cli(tmp_path):
-    """The default runner (DirectRunner, multi-processing) as a user runs it."""
+def test_multiprocessing_runner_through_the_cli(tmp_path, monkeypatch):
+    """The default runner (DirectRunner, multi-processing) as a user runs it: its workers come
+    from the fork server, unless told otherwise, and the records are the same either way."""
     manifest = write_synthetic(str(tmp_path / "data"), num_examples=40, size=16)
+    log = tmp_path / "forks.log"
+    monkeypatch.setenv(LOG_ENV, str(log))
     assert cli.main(["ingest", manifest, "--output", str(tmp_path / "out"), "--no-progress"]) == 0
     assert len(_by_id(str(tmp_path / "out"))) == 40
+    assert "forked Beam worker" in log.read_text()  # one line per worker
+    log.unlink()
+    assert cli.main(["ingest", manifest, "--output", str(tmp_path / "cold"), "--no-progress",
+                     "--no-fork-server"]) == 0
+    assert not log.exists()
+    assert _by_id(str(tmp_path / "cold")) == _by_id(str(tmp_path / "out"))
 
 
 def test_progress_bar_counts_every_row(tmp_path, capsys):

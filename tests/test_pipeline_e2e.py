@@ -16,6 +16,7 @@ from components.evaluator import EVALUATION_RECORD
 from masktfx import cli
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
+from masktfx.fork_server import LOG_ENV
 from masktfx.records import make_example, read_examples
 from modules import features
 from pipeline.summary import (
@@ -73,11 +74,15 @@ def _evaluated_models(outputs: dict) -> dict[str, str]:
         return json.load(handle)["modelLocations"]
 
 
-def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys):
+def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     manifest = write_synthetic(str(tmp_path / "data"), num_examples=320, size=48)
     bad_rows = _add_bad_rows(manifest)  # refused at ingest; the run goes on with the good rows
     workdir = str(tmp_path / "work")
+    forks = tmp_path / "forks.log"
+    monkeypatch.setenv(LOG_ENV, str(forks))
     assert _run(manifest, workdir) == 0
+    # Beam's workers (ingest and the Beam components) came from the fork server.
+    assert len(forks.read_text().splitlines()) >= 8
     out = capsys.readouterr().out
     assert "blessed: yes" in out and "pushed: version" in out, out
     assert f"ingested 320 of {320 + bad_rows} rows" in out, out
