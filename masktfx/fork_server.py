@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 
 SERVER_ENV = "MASKTFX_FORK_SERVER"  # path of the server's Unix socket
@@ -197,8 +199,6 @@ def _run_forked_worker(connection: socket.socket, request: dict, fds: list[int])
     # would print every log line of the worker beside the copy Beam's logging service gets.
     logging.getLogger().handlers.clear()
     logging.getLogger().setLevel(logging.WARNING)
-    import importlib
-
     importlib.invalidate_caches()
     import numpy
 
@@ -210,8 +210,6 @@ def _run_forked_worker(connection: socket.socket, request: dict, fds: list[int])
     except SystemExit as stop:
         status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     except BaseException:  # noqa: BLE001 - the worker's failure is reported as its status
-        import traceback
-
         traceback.print_exc()
         status = 1
     with contextlib.suppress(Exception):
@@ -230,8 +228,6 @@ def serve(address: str, parent_pid: int, preload: Sequence[str]) -> None:
     listener.bind(address + ".binding")
     listener.listen(64)  # workers that ask during the preload wait in the backlog
     os.rename(address + ".binding", address)  # the address exists only once it accepts
-    import importlib
-
     for module in preload:
         try:
             importlib.import_module(module)
@@ -259,8 +255,6 @@ def serve(address: str, parent_pid: int, preload: Sequence[str]) -> None:
                 listener.close()
                 _run_forked_worker(connection, request, fds)
             except BaseException:  # noqa: BLE001 - before Beam's worker started
-                import traceback
-
                 traceback.print_exc()
             finally:
                 os._exit(1)

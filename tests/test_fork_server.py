@@ -7,6 +7,7 @@ a worker can tell whether it was forked from the server (it has `wave` without i
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import subprocess
@@ -64,8 +65,6 @@ def _run_probe_collected(probe, beam_args: list[str], tmp_path) -> list[tuple]:
         _ = (pipeline | beam.Create(range(40)) | beam.Map(probe.describe_worker)
              | beam.Map(repr) | beam.io.WriteToText(out, shard_name_template=""))
     with open(out, encoding="utf-8") as handle:
-        import ast
-
         return [ast.literal_eval(line) for line in handle]
 
 
