@@ -22,7 +22,7 @@ COPY components ./components
 COPY serving ./serving
 
 RUN pip install -c constraints.txt . \
-    && pip download --no-deps "stardist==0.9.2" -d /opt/masktfx/share
+    && pip download --no-deps "stardist==0.9.2" "deepforest==2.1.0" -d /opt/masktfx/share
 
 USER 10001:10001
 WORKDIR /home/masktfx

@@ -22,6 +22,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	VENV=$(VENV) ./scripts/lint-imports.sh
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -54,7 +54,7 @@ def reference(manifest: str) -> dict:
     import tensorflow as tf
 
     from masktfx.manifest import read_manifest
-    from modules.model import stop_autograph_converting_keras
+    from masktfx.modules.model import stop_autograph_converting_keras
 
     # The same TF 2.16 fix as our Trainer, so that the ratio compares approaches, not tracing.
     stop_autograph_converting_keras()
@@ -85,7 +85,7 @@ def reference(manifest: str) -> dict:
 def component_windows(workdir: str) -> dict:
     """[start, end] unix seconds of each component of the latest run, from MLMD."""
     from masktfx.config import PipelineConfig
-    from pipeline.summary import latest_run_id, node_id, open_store
+    from masktfx.pipeline.summary import latest_run_id, node_id, open_store
 
     config = PipelineConfig.for_workdir(workdir)
     store = open_store(config)
@@ -124,8 +124,8 @@ def input_throughput(workdir: str, batches: int = 60) -> dict:
     import tensorflow_transform as tft
 
     from masktfx.config import PipelineConfig
-    from modules.model import build_model
-    from modules.trainer import make_input
+    from masktfx.modules.model import build_model
+    from masktfx.modules.trainer import make_input
 
     class EpochTimer(tf.keras.callbacks.Callback):
         def __init__(self):

@@ -1,17 +1,26 @@
-"""bench/quality: how well the models separate the classes, all in one run, same split.
+"""bench/quality: how well the models separate the classes on sites they never saw, in one run.
 
-For the synthetic demo and the real nuclei data, on one group-wise train/eval split:
-- the default model (`resnet`, crop with mask channel, region normalization),
-- the `seed` preset (the seed article's CNN) with the same transform,
-- a classical baseline: logistic regression on intensity statistics inside the mask,
-- the ablation with masking off (`mask_mode: none`: the model never sees the mask),
-and leave-one-group-out AUC per group (sites for synthetic, image quadrants for nuclei) for the
-default model. The transform and the training are the pipeline's own functions
-(`modules.transform.transform_regions`, `modules.trainer.train_model`), run in process.
+Datasets (all made by `masktfx demo-data`, nothing downloaded at run time):
+- `trees`: real aerial RGB tree crowns of two regions (deepforest wheel): leave-one-site-out in
+  both directions, trained on Wyoming and scored on California, and the reverse. Early stopping
+  watches a group split of the training site only; the other site is never seen before scoring.
+- `nuclei_hard`: real fluorescence nuclei (stardist wheel) whose negatives mostly half-cover a
+  nucleus; one group-wise train/eval split.
+- `synthetic`: the demo task; one group-wise split.
 
-    python bench/quality.py [--synthetic-examples 1000] [--skip-logo]
+Methods: the default config (`default`), the `seed` preset with the same transform, a logistic
+regression on colour and intensity statistics inside and around the mask, the masking-off
+ablation (`mask_mode: none`), and one ablation per design choice of the default (normalization
+layers, augmentations, colour, context), each a change of one config field. Every trained method
+runs with several seeds; the JSON gives each seed's AUC and the median. The transform and the
+training are the pipeline's own functions (`modules.transform.transform_regions`,
+`modules.trainer.train_model`), run in process.
 
-Prints JSON.
+    python bench/quality.py [--seeds 0 1 2] [--datasets trees nuclei_hard synthetic]
+                            [--methods default seed ...] [--ablations batch_norm ...]
+                            [--ablation-seeds 0] [--output bench/results/quality.json]
+
+Prints JSON (and writes it to --output).
 """
 
 from __future__ import annotations
@@ -22,38 +31,76 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from io import BytesIO  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from masktfx.config import PipelineConfig  # noqa: E402
-from masktfx.demo_data import write_nuclei, write_synthetic  # noqa: E402
-from masktfx.images import check_image_bytes, decode_mask_array, load_image, load_mask  # noqa: E402,E501
+from masktfx import features  # noqa: E402
+from masktfx.config import PipelineConfig, model_channels  # noqa: E402
+from masktfx.demo_data import write_nuclei, write_synthetic, write_trees  # noqa: E402
+from masktfx.images import decode_mask_array, load_image, load_mask  # noqa: E402
 from masktfx.manifest import read_manifest  # noqa: E402
-from modules import features  # noqa: E402
+
+# One config change per entry, against the default; "logistic" is the classical baseline.
+METHODS: dict[str, dict] = {
+    "default": {},
+    "seed": {"model_preset": "seed"},
+    "logistic": {},
+    "mask_off": {"mask_mode": "none"},
+    "previous_default": {"norm_layer": "batch", "augmentations": "flip,intensity"},
+    "batch_norm": {"norm_layer": "batch"},
+    "layer_norm": {"norm_layer": "layer"},
+    "no_norm": {"norm_layer": "none"},
+    "flip_intensity_only": {"augmentations": "flip,intensity"},
+    "no_augmentation": {"augment": False},
+    "color": {"channels": 0},
+    "less_context": {"crop_margin": 0.1},
+    "more_context": {"crop_margin": 0.5},
+}
+HEADLINE = ("default", "seed", "logistic", "mask_off")
+ABLATIONS = tuple(name for name in METHODS if name not in HEADLINE)
 
 
-def load_rows(manifest_path: str, slice_column: str | None):
-    """Encoded images and masks, labels, groups and the column that names a group for LOGO."""
+@dataclass
+class Rows:
+    images: list[list[bytes]]
+    masks: list[list[bytes]]
+    labels: np.ndarray
+    groups: list[str]
+    sites: list[str]
+    channels: int  # the channels the images are stored with (largest of the data)
+
+    def take(self, keep: np.ndarray) -> Rows:
+        index = np.flatnonzero(keep)
+        return Rows([self.images[i] for i in index], [self.masks[i] for i in index],
+                    self.labels[index], [self.groups[i] for i in index],
+                    [self.sites[i] for i in index], self.channels)
+
+
+def load_rows(manifest_path: str, site_column: str | None) -> Rows:
+    """Encoded images and masks as ingest stores them, labels, groups and sites."""
     manifest = read_manifest(manifest_path)
-    images, masks, labels, groups, sites = [], [], [], [], []
+    images, masks, labels, groups, sites, channels = [], [], [], [], [], 1
     for row in manifest.rows:
         infos = [load_image(p, 10**8) for p in row.images]
+        channels = max(channels, *(info.channels for info in infos))
         images.append([info.encoded for info in infos])
         masks.append([load_mask(p, (infos[0].width, infos[0].height), False, 10**8)[0]
                       for p in row.masks])
         labels.append(row.label)
         groups.append(row.group)
         metadata = dict(row.metadata)
-        sites.append(metadata.get(slice_column, row.group) if slice_column else row.group)
-    return images, masks, np.array(labels), groups, sites
+        sites.append(metadata[site_column] if site_column else row.group)
+    return Rows(images, masks, np.array(labels), groups, sites, channels)
 
 
 def group_split(groups: list[str], eval_fraction: float = 0.2) -> np.ndarray:
@@ -63,23 +110,30 @@ def group_split(groups: list[str], eval_fraction: float = 0.2) -> np.ndarray:
     return np.array([bucket(g) < eval_fraction for g in groups])
 
 
-def transform(images, masks, config: PipelineConfig) -> np.ndarray:
+def resolve(config: PipelineConfig, rows: Rows) -> PipelineConfig:
+    """What the pipeline fills from the data (pipeline/data.py::resolve_config)."""
+    return config.replace(num_views=len(rows.images[0]), num_masks=len(rows.masks[0]),
+                          channels=config.channels or model_channels(rows.channels)).validate()
+
+
+def transform(rows: Rows, config: PipelineConfig) -> np.ndarray:
     import tensorflow as tf
 
-    from modules.transform import transform_regions
+    from masktfx.modules.transform import transform_regions
 
     out = []
-    for start in range(0, len(images), 256):
-        out.append(transform_regions(tf.constant(images[start:start + 256]),
-                                     tf.constant(masks[start:start + 256]), config).numpy())
+    for start in range(0, len(rows.images), 256):
+        out.append(transform_regions(tf.constant(rows.images[start:start + 256]),
+                                     tf.constant(rows.masks[start:start + 256]), config).numpy())
     return np.concatenate(out)
 
 
-def fit_and_score(config: PipelineConfig, x_train, y_train, x_eval, y_eval) -> dict:
+def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test: tuple) -> dict:
+    """Train on `train`, stop early on `validation`, score AUC on `test` (x, y pairs)."""
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 
-    from modules.trainer import train_model, training_pairs
+    from masktfx.modules.trainer import train_model, training_pairs
 
     tf.keras.utils.set_random_seed(config.seed)
 
@@ -87,114 +141,162 @@ def fit_and_score(config: PipelineConfig, x_train, y_train, x_eval, y_eval) -> d
         return tf.data.Dataset.from_tensor_slices(
             {features.REGION_KEY: x, features.TRANSFORMED_LABEL_KEY: y}).batch(config.batch_size)
 
-    counts = np.bincount(y_train, minlength=2)
-    weights = {c: len(y_train) / (2.0 * counts[c]) for c in (0, 1)}
+    counts = np.bincount(train[1], minlength=2)
+    weights = {c: len(train[1]) / (2.0 * counts[c]) for c in (0, 1)}
     start = time.perf_counter()
-    model, history = train_model(config, training_pairs(batches(x_train, y_train), config, True),
-                                 training_pairs(batches(x_eval, y_eval), config, False),
+    model, history = train_model(config, training_pairs(batches(*train), config, True),
+                                 training_pairs(batches(*validation), config, False),
                                  weights, verbose=0)
-    probability = model.predict(x_eval, verbose=0).reshape(-1)
-    return {"auc": round(float(roc_auc_score(y_eval, probability)), 4),
-            "epochs": len(history.history["loss"]),
-            "train_seconds": round(time.perf_counter() - start, 1)}
+    seconds = time.perf_counter() - start
+    probability = model.predict(test[0], verbose=0).reshape(-1)
+    return {"auc": float(roc_auc_score(test[1], probability)),
+            "epochs": len(history.history["loss"]), "train_seconds": seconds}
 
 
-def intensity_features(images, masks) -> np.ndarray:
-    """Per example: statistics of the first view's pixels inside the mask and in the rest."""
-    rows = []
-    for views, mask_list in zip(images, masks):
-        info = check_image_bytes(views[0], 10**8)
-        from io import BytesIO
+def region_statistics(rows: Rows) -> np.ndarray:
+    """Per example: intensity and colour statistics of the first view inside the mask, against
+    the rest of the tile (the classical baseline's features)."""
+    from PIL import Image
 
-        from PIL import Image
-
-        if info.encoded[:4] == b"\x89PNG" and info.bit_depth == 16:
-            pixels = np.asarray(Image.open(BytesIO(info.encoded)), np.float32)
-        else:
-            pixels = np.asarray(Image.open(BytesIO(info.encoded)).convert("L"), np.float32)
+    table = []
+    for views, mask_list in zip(rows.images, rows.masks):
+        with Image.open(BytesIO(views[0])) as picture:
+            if picture.mode.startswith("I"):
+                pixels = np.asarray(picture, np.float32)[..., None]
+            else:
+                pixels = np.asarray(picture.convert("RGB" if rows.channels > 2 else "L"),
+                                    np.float32)
+        pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
         region = decode_mask_array(mask_list[0], 10**8)
-        inside, outside = pixels[region], pixels[~region]
-        scale = outside.std() + 1e-6
-        rows.append([
-            (inside.mean() - outside.mean()) / scale, inside.std() / scale,
+        grey = pixels.mean(axis=-1)
+        inside, outside = grey[region], grey[~region]
+        scale = outside.std() + 1e-6 if outside.size else 1.0
+        outside_mean = outside.mean() if outside.size else 0.0
+        values = [
+            (inside.mean() - outside_mean) / scale, inside.std() / scale,
             (inside.max() - np.median(inside)) / scale,
             (np.percentile(inside, 95) - np.percentile(inside, 50)) / scale,
-            (inside.max() - outside.mean()) / scale, region.mean(),
-        ])
-    return np.array(rows)
+            (inside.max() - outside_mean) / scale, region.mean(),
+        ]
+        if pixels.shape[-1] > 1:  # colour: each channel's share of the brightness inside
+            share = pixels[region].mean(axis=0) / (pixels[region].mean() + 1e-6)
+            values.extend(share.tolist())
+        table.append(values)
+    return np.array(table)
 
 
-def logistic_baseline(images, masks, y, is_eval) -> dict:
+def logistic_score(train: Rows, test: Rows) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x = intensity_features(images, masks)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    model.fit(x[~is_eval], y[~is_eval])
-    return {"auc": round(float(roc_auc_score(y[is_eval], model.predict_proba(x[is_eval])[:, 1])),
-                         4)}
+    model.fit(region_statistics(train), train.labels)
+    probability = model.predict_proba(region_statistics(test))[:, 1]
+    return {"auc": float(roc_auc_score(test.labels, probability))}
 
 
-def evaluate_dataset(name: str, manifest: str, slice_column: str | None, base: PipelineConfig,
-                     logo: bool) -> dict:
-    images, masks, y, groups, sites = load_rows(manifest, slice_column)
-    is_eval = group_split(groups)
-    config = base.replace(num_views=len(images[0]), num_masks=len(masks[0]))
-    result = {"examples": len(y), "train": int((~is_eval).sum()), "eval": int(is_eval.sum()),
-              "positive_fraction": round(float(y.mean()), 3)}
-    variants = {
-        "default_resnet": config,
-        "seed_preset": config.replace(model_preset="seed"),
-        "ablation_mask_off_resnet": config.replace(mask_mode="none"),
-    }
-    for label, variant in variants.items():
-        x = transform(images, masks, variant)
-        result[label] = fit_and_score(variant, x[~is_eval], y[~is_eval], x[is_eval], y[is_eval])
-    result["logistic_regression_intensity"] = logistic_baseline(images, masks, y, is_eval)
-    default_auc = result["default_resnet"]["auc"]
-    result["default_minus_seed_auc"] = round(default_auc - result["seed_preset"]["auc"], 4)
-    result["default_minus_baseline_auc"] = round(
-        default_auc - result["logistic_regression_intensity"]["auc"], 4)
-    if logo:
-        x = transform(images, masks, config)
-        per_group = {}
-        for group in sorted(set(sites)):
-            held_out = np.array([s == group for s in sites])
-            per_group[group] = fit_and_score(config, x[~held_out], y[~held_out], x[held_out],
-                                             y[held_out])["auc"]
-        result["leave_one_group_out_auc"] = per_group
-    print(f"{name}: {json.dumps(result)}", file=sys.stderr)
+def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: list[int]
+               ) -> dict:
+    """One method on one train/test pair: AUC per seed and the median."""
+    if name == "logistic":
+        auc = round(logistic_score(train, test)["auc"], 4)
+        return {"auc_median": auc, "auc_per_seed": [auc]}
+    config = resolve(base.replace(**METHODS[name]), train)
+    is_validation = group_split(train.groups)
+    if is_validation.all() or not is_validation.any() or len(
+            set(train.labels[is_validation])) < 2:
+        is_validation = np.arange(len(train.labels)) % 5 == 0  # too few groups to split by
+    x_train, x_test = transform(train, config), transform(test, config)
+    fit = (x_train[~is_validation], train.labels[~is_validation])
+    validation = (x_train[is_validation], train.labels[is_validation])
+    runs = [fit_and_score(config.replace(seed=seed), fit, validation, (x_test, test.labels))
+            for seed in seeds]
+    return {"auc_median": round(statistics.median(r["auc"] for r in runs), 4),
+            "auc_per_seed": [round(r["auc"], 4) for r in runs],
+            "epochs": [r["epochs"] for r in runs],
+            "train_seconds_median": round(statistics.median(r["train_seconds"] for r in runs), 1)}
+
+
+def evaluate_pair(label: str, base: PipelineConfig, train: Rows, test: Rows,
+                  runs: list[tuple[str, list[int]]]) -> dict:
+    """Each (method, seeds) of `runs` trained on `train` and scored on `test`."""
+    result: dict = {"train": len(train.labels), "test": len(test.labels),
+                    "test_positive_fraction": round(float(test.labels.mean()), 3)}
+    for name, seeds in runs:
+        started = time.perf_counter()
+        result[name] = run_method(name, base, train, test, seeds)
+        print(f"{label} {name}: {json.dumps(result[name])} "
+              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=["trees", "nuclei_hard", "synthetic"],
+                        choices=["trees", "nuclei_hard", "synthetic"])
+    parser.add_argument("--methods", nargs="+", default=list(HEADLINE), choices=list(METHODS),
+                        help="the headline methods by default")
+    parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS),
+                        choices=list(ABLATIONS),
+                        help="design ablations, run on --ablation-datasets (trees by default) "
+                             "with --ablation-seeds")
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--ablation-datasets", nargs="*", default=["trees"],
+                        choices=["trees", "nuclei_hard", "synthetic"])
     parser.add_argument("--synthetic-examples", type=int, default=1000)
-    parser.add_argument("--skip-logo", action="store_true", help="no leave-one-group-out runs")
+    parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-quality-")
-    base = PipelineConfig(image_size=64)
+    base = PipelineConfig()
     started = time.perf_counter()
-    synthetic = write_synthetic(os.path.join(work, "synthetic"),
-                                num_examples=args.synthetic_examples, size=64)
-    nuclei = write_nuclei(os.path.join(work, "nuclei"))
-    result = {
+    result: dict = {
         "benchmark": "quality",
-        "config": {k: v for k, v in base.to_custom_config().items()
-                   if k in ("image_size", "mask_mode", "crop_margin", "normalization",
-                            "epochs", "batch_size", "learning_rate")},
-        "synthetic": evaluate_dataset("synthetic", synthetic, "site", base, not args.skip_logo),
-        "nuclei": evaluate_dataset("nuclei", nuclei, None, base.replace(image_size=32),
-                                   not args.skip_logo),
-        "target": "default AUC >= 0.95 on synthetic and above seed and baseline on both",
+        "seeds": args.seeds,
+        "default_config": {k: v for k, v in base.to_custom_config().items() if k in (
+            "model_preset", "norm_layer", "channels", "image_size", "mask_mode",
+            "keep_mask_channel", "crop_margin", "normalization", "augmentations", "epochs",
+            "batch_size", "learning_rate")},
+        "methods": {name: METHODS[name] for name in [*args.methods, *args.ablations]},
+        "ablation_seeds": args.ablation_seeds,
+        "targets": "trees wyoming->california: default AUC >= 0.85 and above seed and logistic; "
+                   "nuclei_hard: default >= 0.95 and above both; synthetic >= 0.99",
     }
-    with open(synthetic, encoding="utf-8") as handle:
-        result["synthetic"]["sites"] = sorted({r["site"] for r in csv.DictReader(handle)})
+    def runs(dataset: str) -> list[tuple[str, list[int]]]:
+        chosen = [(name, args.seeds) for name in args.methods]
+        if dataset in args.ablation_datasets:
+            chosen += [(name, args.ablation_seeds) for name in args.ablations]
+        return chosen
+
+    if "trees" in args.datasets:
+        rows = load_rows(write_trees(os.path.join(work, "trees")), "site")
+        sites = np.array(rows.sites)
+        result["trees"] = {}
+        for train_site, test_site in (("wyoming", "california"), ("california", "wyoming")):
+            result["trees"][f"{train_site}_to_{test_site}"] = evaluate_pair(
+                f"trees {train_site}->{test_site}", base, rows.take(sites == train_site),
+                rows.take(sites == test_site), runs("trees"))
+    for name in ("nuclei_hard", "synthetic"):
+        if name not in args.datasets:
+            continue
+        if name == "nuclei_hard":
+            manifest = write_nuclei(os.path.join(work, name), hard=True)
+        else:
+            manifest = write_synthetic(os.path.join(work, name),
+                                       num_examples=args.synthetic_examples, size=64)
+        rows = load_rows(manifest, None)
+        is_eval = group_split(rows.groups)
+        result[name] = evaluate_pair(name, base, rows.take(~is_eval), rows.take(is_eval),
+                                     runs(name))
     result["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
 
 
 if __name__ == "__main__":

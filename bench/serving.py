@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from masktfx import features  # noqa: E402
 from masktfx.demo_data import write_synthetic  # noqa: E402
 from masktfx.manifest import read_manifest  # noqa: E402
-from modules import features  # noqa: E402
 
 
 def run_load(call, clients: int, seconds: float) -> dict:
@@ -118,8 +118,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from serving.client import GrpcClient, RestClient
-    from serving.models import version_folders
+    from masktfx.serving.client import GrpcClient, RestClient
+    from masktfx.serving.models import version_folders
 
     versions = version_folders(args.model_base_path)
     if not versions:

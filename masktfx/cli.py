@@ -100,7 +100,22 @@ def _add_demo_data(sub: argparse._SubParsersAction) -> None:
                         help="folder holding the stardist wheel (default: VENV/share/masktfx)")
     nuclei.add_argument("--tile", type=int, default=48, help="side of the tile around a region")
     nuclei.add_argument("--seed", type=int, default=0)
+    nuclei.add_argument("--hard", action="store_true",
+                        help="negatives that half-cover a nucleus (two in three), not only "
+                             "shapes moved onto background")
     nuclei.set_defaults(handler=cmd_demo_nuclei)
+    trees = kinds.add_parser("trees", help="real aerial RGB tree crowns of two regions "
+                                           "(California, Wyoming) from the deepforest==2.1.0 "
+                                           "wheel")
+    trees.add_argument("--output", required=True)
+    trees.add_argument("--wheel-dir", default=None,
+                       help="folder holding the deepforest wheel (default: VENV/share/masktfx)")
+    trees.add_argument("--context", type=float, default=1.5,
+                       help="context on each side of a region, in region sizes")
+    trees.add_argument("--block", type=int, default=200,
+                       help="side in pixels of the spatial blocks that become groups")
+    trees.add_argument("--seed", type=int, default=0)
+    trees.set_defaults(handler=cmd_demo_trees)
 
 
 def cmd_demo_synthetic(args: argparse.Namespace) -> int:
@@ -119,7 +134,20 @@ def cmd_demo_nuclei(args: argparse.Namespace) -> int:
     from masktfx.demo_data import DemoDataError, write_nuclei
 
     try:
-        path = write_nuclei(args.output, wheel_dir=args.wheel_dir, tile=args.tile, seed=args.seed)
+        path = write_nuclei(args.output, wheel_dir=args.wheel_dir, tile=args.tile, seed=args.seed,
+                            hard=args.hard)
+    except DemoDataError as exc:
+        raise CommandError(str(exc)) from None
+    print(path)
+    return 0
+
+
+def cmd_demo_trees(args: argparse.Namespace) -> int:
+    from masktfx.demo_data import DemoDataError, write_trees
+
+    try:
+        path = write_trees(args.output, wheel_dir=args.wheel_dir, context=args.context,
+                           block=args.block, seed=args.seed)
     except DemoDataError as exc:
         raise CommandError(str(exc)) from None
     print(path)
@@ -161,9 +189,9 @@ def run_and_summarize(config: PipelineConfig, data: str, as_json: bool = False) 
 def _prepare_run_and_summarize(config: PipelineConfig, data: str, as_json: bool) -> int:
     from masktfx.ingest import IngestError
     from masktfx.manifest import ManifestError
-    from pipeline.data import DataLayoutError
-    from pipeline.local_runner import prepare, run_pipeline
-    from pipeline.summary import format_summary, summarize_run
+    from masktfx.pipeline.data import DataLayoutError
+    from masktfx.pipeline.local_runner import prepare, run_pipeline
+    from masktfx.pipeline.summary import format_summary, summarize_run
 
     try:
         prepared = prepare(config, data)
@@ -230,9 +258,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from serving.batching import BatchingParameters
-    from serving.models import ModelManager
-    from serving.server import ModelServer
+    from masktfx.serving.batching import BatchingParameters
+    from masktfx.serving.models import ModelManager
+    from masktfx.serving.server import ModelServer
 
     batching = None
     if args.enable_batching:
@@ -289,7 +317,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         read_file,
     )
     from masktfx.manifest import ManifestError, read_manifest
-    from serving.client import GrpcClient, RestClient, ServingClientError
+    from masktfx.serving.client import GrpcClient, RestClient, ServingClientError
 
     if args.manifest and (args.image or args.mask):
         raise CommandError("give either --manifest or --image/--mask, not both")
@@ -415,8 +443,8 @@ def _add_kubeflow(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from masktfx.config import config_from_args
-    from pipeline.data import DataLayoutError
-    from pipeline.kubeflow_runner import compile_pipeline
+    from masktfx.pipeline.data import DataLayoutError
+    from masktfx.pipeline.kubeflow_runner import compile_pipeline
 
     config = config_from_args(args).replace(pipeline_root_uri=args.pipeline_root)
     try:
@@ -428,7 +456,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.kfp_client import KfpError, parse_params, submit
+    from masktfx.pipeline.kfp_client import KfpError, parse_params, submit
 
     try:
         run_id = submit(args.host, args.package, args.experiment, parse_params(args.param),
@@ -440,7 +468,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from pipeline.kfp_client import KfpError, parse_params, schedule
+    from masktfx.pipeline.kfp_client import KfpError, parse_params, schedule
 
     try:
         recurring_id = schedule(args.host, args.package, args.cron, args.experiment,
@@ -481,7 +509,7 @@ def _workdir_config(workdir: str) -> PipelineConfig:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.report import write_report
+    from masktfx.pipeline.report import write_report
 
     config = _workdir_config(args.workdir)
     try:
@@ -493,7 +521,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from pipeline.summary import format_runs, list_runs
+    from masktfx.pipeline.summary import format_runs, list_runs
 
     try:
         runs = list_runs(_workdir_config(args.workdir))
@@ -507,7 +535,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from pipeline.lineage import format_lineage, lineage
+    from masktfx.pipeline.lineage import format_lineage, lineage
 
     try:
         found = lineage(_workdir_config(args.workdir), args.version)

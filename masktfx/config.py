@@ -16,8 +16,22 @@ from typing import Any
 MASK_MODES = ("crop", "zero", "channel", "none")
 NORMALIZATIONS = ("region", "dataset")
 MODEL_PRESETS = ("seed", "resnet")
+NORM_LAYERS = ("group", "layer", "batch", "none")
+AUGMENTATIONS = ("flip", "intensity", "color", "noise", "blur", "scale")
 RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
 DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
+
+
+# What each TFX component's `custom_config` holds: only the fields its code reads, because TFX
+# keys its cache on the whole custom_config (a gate threshold must not retrain the model).
+TRANSFORM_FIELDS = ("num_views", "num_masks", "channels", "image_size", "mask_mode",
+                    "crop_margin", "keep_mask_channel", "normalization")
+TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "epochs", "batch_size",
+                  "learning_rate", "early_stopping_patience", "augment", "augmentations",
+                  "distribution_strategy", "seed", "decision_threshold")
+# A component_config entry that is no config field: the fingerprint of the code the module
+# files run (pipeline/code_fingerprint.py), so editing that code invalidates the cache.
+CODE_FINGERPRINT_KEY = "code_fingerprint"
 
 
 class ConfigError(ValueError):
@@ -46,7 +60,9 @@ class PipelineConfig:
     num_views: int = field(default=0, metadata={"help": "views per example; 0: from the data"})
     num_masks: int = field(
         default=0, metadata={"help": "masks per example: 1 (shared) or num_views; 0: from data"})
-    channels: int = field(default=1, metadata={"help": "image channels the model sees (1 or 3)"})
+    channels: int = field(
+        default=1, metadata={"help": "image channels the model sees: 1 (gray), 3 (RGB) or 0 "
+                                     "(those of the data: 1 for gray, 3 for colour)"})
     image_size: int = field(default=64, metadata={"help": "side of the model's square input"})
     mask_mode: str = field(
         default="crop", metadata={"help": "crop | zero | channel | none (ablation: no mask)"})
@@ -62,6 +78,10 @@ class PipelineConfig:
     )
     # Trainer
     model_preset: str = field(default="resnet", metadata={"help": "seed | resnet"})
+    norm_layer: str = field(
+        default="group", metadata={"help": "resnet's normalization: group | layer | batch | none "
+                                           "(batch carries the training sites' statistics into "
+                                           "serving)"})
     epochs: int = field(default=30, metadata={"help": "training epochs (upper bound)"})
     train_steps: int = field(
         default=0, metadata={"help": "total training steps; 0: whole epochs over the data"}
@@ -71,7 +91,13 @@ class PipelineConfig:
     early_stopping_patience: int = field(
         default=8, metadata={"help": "epochs without eval AUC gain before stopping"}
     )
-    augment: bool = field(default=True, metadata={"help": "flips, rotations, brightness"})
+    augment: bool = field(default=True, metadata={"help": "augment the training regions "
+                                                            "(false: none of `augmentations`)"})
+    augmentations: str = field(
+        default="flip,intensity,color,noise,blur,scale",
+        metadata={"help": "comma-separated: flip (flips and rotations), intensity (brightness, "
+                          "contrast), color (per-channel gain and saturation), noise, blur, "
+                          "scale (zoom)"})
     distribution_strategy: str = field(
         default="", metadata={"help": "tf.distribute strategy for the Trainer: '' (none), "
                                       "mirrored (the devices of one machine) or "
@@ -125,6 +151,13 @@ class PipelineConfig:
         return self.channels + (1 if with_mask else 0)
 
     @property
+    def augmentation_list(self) -> list[str]:
+        """The augmentations the Trainer applies (none when `augment` is off)."""
+        if not self.augment:
+            return []
+        return [name.strip() for name in self.augmentations.split(",") if name.strip()]
+
+    @property
     def beam_pipeline_args(self) -> list[str]:
         """DirectRunner settings first; `beam_args` (e.g. --runner=FlinkRunner) may override."""
         return [f"--direct_running_mode={self.direct_running_mode}",
@@ -146,7 +179,13 @@ class PipelineConfig:
                  f"must be one of {', '.join(MODEL_PRESETS)}, got {self.model_preset!r}")
         _require(8 <= self.image_size <= 1024, "image_size",
                  f"must be between 8 and 1024, got {self.image_size}")
-        _require(self.channels in (1, 3), "channels", f"must be 1 or 3, got {self.channels}")
+        _require(self.channels in (0, 1, 3), "channels",
+                 f"must be 0 (from the data), 1 or 3, got {self.channels}")
+        _require(self.norm_layer in NORM_LAYERS, "norm_layer",
+                 f"must be one of {', '.join(NORM_LAYERS)}, got {self.norm_layer!r}")
+        unknown = sorted(set(self.augmentation_list) - set(AUGMENTATIONS))
+        _require(not unknown, "augmentations",
+                 f"has unknown name(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}")
         _require(0 <= self.num_views <= 64, "num_views", f"must be 0..64, got {self.num_views}")
         _require(self.num_masks in (0, 1) or self.num_masks == self.num_views, "num_masks",
                  f"must be 1 (one shared mask) or num_views ({self.num_views}), "
@@ -175,6 +214,21 @@ class PipelineConfig:
     def to_custom_config(self) -> dict[str, Any]:
         """The JSON-serializable form TFX hands to `preprocessing_fn` and `run_fn`."""
         return dataclasses.asdict(self)
+
+    def component_config(self, names: Sequence[str], code_fingerprint: str = ""
+                         ) -> dict[str, Any]:
+        """The `custom_config` of one component: the fields it depends on and, when given, the
+        fingerprint of the code it runs."""
+        values = {name: dataclasses.asdict(self)[name] for name in names}
+        if code_fingerprint:
+            values[CODE_FINGERPRINT_KEY] = code_fingerprint
+        return values
+
+    @classmethod
+    def from_component_config(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+        """A module file's config from its `custom_config` (other fields keep their defaults)."""
+        fields_only = {k: v for k, v in values.items() if k != CODE_FINGERPRINT_KEY}
+        return cls.from_dict(fields_only, source="custom_config").validate()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "PipelineConfig":
@@ -259,6 +313,12 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: field {spec.name!r} expects {kind}, got {value!r}") from None
     return value
+
+
+def model_channels(stored_channels: int) -> int:
+    """The `channels` that 0 stands for, given the channels images are stored with: gray (and
+    gray with alpha) stays 1, colour (RGB, RGBA with alpha dropped, palette) is 3."""
+    return 1 if stored_channels <= 2 else 3
 
 
 def ingest_beam_args(beam_args: Sequence[str]) -> list[str]:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-
-from masktfx.cli import run_and_summarize  # noqa: E402
-from masktfx.config import PipelineConfig  # noqa: E402
-from masktfx.demo_data import write_synthetic  # noqa: E402
+from masktfx.cli import run_and_summarize
+from masktfx.config import PipelineConfig
+from masktfx.demo_data import write_synthetic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                             model_name="masktfx-demo")
     status = run_and_summarize(config, manifest)
     if status == 0:
-        from pipeline.report import write_report
+        from masktfx.pipeline.report import write_report
 
         report = write_report(PipelineConfig.for_workdir(config.workdir))
         print(f"\nserving folder (TF Serving --model_base_path): "

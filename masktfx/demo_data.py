@@ -9,7 +9,16 @@ does. Sites differ the way scanners do: brightness, contrast, noise and scale.
 
 `nuclei`: real fluorescence microscopy (BBBC038, the 2018 Data Science Bowl) as shipped in the
 `stardist==0.9.2` wheel. Positive: a nucleus's own mask; negative: the same shape moved onto
-background with no overlap. One tile around each region.
+background with no overlap. One tile around each region. With `hard=True` two of every three
+negatives are the nucleus's shape shifted so that it half-covers a nucleus without being one:
+brightness inside the region no longer gives the answer, the outline does.
+
+`trees`: real aerial RGB tree crowns (NEON) from the `deepforest==2.1.0` wheel, two scenes of two
+regions: `SOAP_061` (California) and `2019_YELL_2_528000_4978000_image_crop2` (Wyoming) with their
+annotated crown boxes. Positive: the ellipse inscribed in a crown's box; negative: an ellipse of the
+same size that overlaps no annotated crown. The group is a spatial block of the scene, so
+neighbouring crowns never straddle the split; `site` names the scene's region. Only these two
+scenes are read: the wheel's other images are kept for independent evaluation.
 """
 
 from __future__ import annotations
@@ -28,6 +37,12 @@ from masktfx.images import encode_png
 STARDIST_REQUIREMENT = "stardist==0.9.2"
 STARDIST_IMAGE = "stardist/data/images/img2d.tif"
 STARDIST_LABELS = "stardist/data/images/mask2d.tif"
+DEEPFOREST_REQUIREMENT = "deepforest==2.1.0"
+# (site, scene) pairs; the only images of the wheel this project reads.
+TREE_SCENES = (
+    ("california", "deepforest/data/SOAP_061"),
+    ("wyoming", "deepforest/data/2019_YELL_2_528000_4978000_image_crop2"),
+)
 
 
 class DemoDataError(RuntimeError):
@@ -156,14 +171,28 @@ def default_wheel_dir() -> str:
     return os.environ.get("MASKTFX_WHEEL_DIR", os.path.join(sys.prefix, "share", "masktfx"))
 
 
-def find_stardist_wheel(wheel_dir: str | None = None) -> str:
+def find_wheel(requirement: str, wheel_dir: str | None = None) -> str:
+    """The wheel of `requirement` (`name==version`) in `wheel_dir`; make setup downloads it."""
     wheel_dir = wheel_dir or default_wheel_dir()
-    found = sorted(glob.glob(os.path.join(wheel_dir, "stardist-0.9.2-*.whl")))
+    name, version = requirement.split("==")
+    found = sorted(glob.glob(os.path.join(wheel_dir, f"{name}-{version}-*.whl")))
     if not found:
         raise DemoDataError(
-            f"the {STARDIST_REQUIREMENT} wheel is not in {wheel_dir}; fetch it once with "
-            f"`pip download --no-deps {STARDIST_REQUIREMENT} -d {wheel_dir}` (make setup does)")
+            f"the {requirement} wheel is not in {wheel_dir}; fetch it once with "
+            f"`pip download --no-deps {requirement} -d {wheel_dir}` (make setup does)")
     return found[-1]
+
+
+def find_stardist_wheel(wheel_dir: str | None = None) -> str:
+    return find_wheel(STARDIST_REQUIREMENT, wheel_dir)
+
+
+def _read_wheel_member(wheel: str, member: str) -> bytes:
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            return archive.read(member)
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise DemoDataError(f"{wheel}: cannot read {member}: {exc}") from None
 
 
 def _read_wheel_tiff(wheel: str, member: str) -> np.ndarray:
@@ -171,20 +200,51 @@ def _read_wheel_tiff(wheel: str, member: str) -> np.ndarray:
 
     import tifffile
 
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            data = archive.read(member)
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise DemoDataError(f"{wheel}: cannot read {member}: {exc}") from None
-    return tifffile.imread(io.BytesIO(data))
+    return tifffile.imread(io.BytesIO(_read_wheel_member(wheel, member)))
 
 
 def _tile_origin(centre: float, tile: int, limit: int) -> int:
     return int(np.clip(round(centre - tile / 2), 0, limit - tile))
 
 
-def write_nuclei(output: str, wheel_dir: str | None = None, tile: int = 48, seed: int = 0) -> str:
-    """Write tiles, masks and manifest.csv from the stardist wheel; returns the manifest path."""
+def _dilate(mask: np.ndarray, pad: int) -> np.ndarray:
+    grown = mask.copy()
+    for dy in range(-pad, pad + 1):
+        for dx in range(-pad, pad + 1):
+            grown |= np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
+    return grown
+
+
+def _shifted_placement(rng: np.random.Generator, labels: np.ndarray, value: int,
+                       shape_y: np.ndarray, shape_x: np.ndarray, top: int, left: int
+                       ) -> tuple[int, int] | None:
+    """An origin for the nucleus's shape, moved so that it covers 25-75% of its own nucleus (and
+    no more than that of any nucleus): on a nucleus, but not one."""
+    height, width = labels.shape
+    shape_h, shape_w = shape_y.max() + 1, shape_x.max() + 1
+    for _ in range(200):
+        angle = rng.uniform(0, 2 * np.pi)
+        fraction = rng.uniform(0.35, 0.65)
+        oy = int(round(top + np.sin(angle) * fraction * shape_h))
+        ox = int(round(left + np.cos(angle) * fraction * shape_w))
+        if not (0 <= oy <= height - shape_h and 0 <= ox <= width - shape_w):
+            continue
+        covered = labels[shape_y + oy, shape_x + ox]
+        own = float(np.mean(covered == value))
+        others = covered[(covered > 0) & (covered != value)]
+        largest_other = np.bincount(others).max() / covered.size if others.size else 0.0
+        if 0.25 <= own <= 0.75 and largest_other < 0.75:
+            return oy, ox
+    return None
+
+
+def write_nuclei(output: str, wheel_dir: str | None = None, tile: int = 48, seed: int = 0,
+                 hard: bool = False) -> str:
+    """Write tiles, masks and manifest.csv from the stardist wheel; returns the manifest path.
+
+    `hard`: two of every three negatives half-cover a nucleus (see the module docstring); the
+    `negative` column says which kind each negative is.
+    """
     import tifffile
 
     wheel = find_stardist_wheel(wheel_dir)
@@ -192,47 +252,144 @@ def write_nuclei(output: str, wheel_dir: str | None = None, tile: int = 48, seed
     labels = _read_wheel_tiff(wheel, STARDIST_LABELS)
     rng = np.random.default_rng(seed)
     height, width = labels.shape
-    occupied = labels > 0
-    # Keep negatives clear of every nucleus by a small margin.
-    pad = 2
-    near_nucleus = occupied.copy()
-    for dy in range(-pad, pad + 1):
-        for dx in range(-pad, pad + 1):
-            near_nucleus |= np.roll(np.roll(occupied, dy, axis=0), dx, axis=1)
+    # Keep background negatives clear of every nucleus by a small margin.
+    near_nucleus = _dilate(labels > 0, 2)
     os.makedirs(os.path.join(output, "images"), exist_ok=True)
     os.makedirs(os.path.join(output, "masks"), exist_ok=True)
     manifest_path = os.path.join(output, "manifest.csv")
     with open(manifest_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "image", "mask", "label", "group"])
-        for value in np.unique(labels[labels > 0]):
+        writer.writerow(["id", "image", "mask", "label", "group", "negative"])
+        for index, value in enumerate(np.unique(labels[labels > 0])):
             ys, xs = np.nonzero(labels == value)
             shape_y, shape_x = ys - ys.min(), xs - xs.min()
             shape_h, shape_w = shape_y.max() + 1, shape_x.max() + 1
             if shape_h + 4 > tile or shape_w + 4 > tile:
                 continue  # a nucleus larger than a tile would lose its context
             placements = [("pos", ys.min(), xs.min())]
-            for _ in range(300):
-                oy = int(rng.integers(0, height - shape_h))
-                ox = int(rng.integers(0, width - shape_w))
-                if not near_nucleus[shape_y + oy, shape_x + ox].any():
-                    placements.append(("neg", oy, ox))
-                    break
+            shifted = None
+            if hard and index % 3 != 2:
+                shifted = _shifted_placement(rng, labels, int(value), shape_y, shape_x,
+                                             int(ys.min()), int(xs.min()))
+            if shifted is not None:
+                placements.append(("shifted", *shifted))
+            else:
+                for _ in range(300):
+                    oy = int(rng.integers(0, height - shape_h))
+                    ox = int(rng.integers(0, width - shape_w))
+                    if not near_nucleus[shape_y + oy, shape_x + ox].any():
+                        placements.append(("background", oy, ox))
+                        break
             for kind, oy, ox in placements:
                 region = np.zeros((height, width), bool)
                 region[shape_y + oy, shape_x + ox] = True
                 top = _tile_origin(oy + shape_h / 2, tile, height)
                 left = _tile_origin(ox + shape_w / 2, tile, width)
                 window = (slice(top, top + tile), slice(left, left + tile))
-                example_id = f"nucleus{int(value):03d}-{kind}"
+                example_id = f"nucleus{int(value):03d}-{'pos' if kind == 'pos' else 'neg'}"
                 image_path = f"images/{example_id}.tif"
                 mask_path = f"masks/{example_id}.png"
                 tifffile.imwrite(os.path.join(output, image_path),
                                  np.ascontiguousarray(image[window]))
                 with open(os.path.join(output, mask_path), "wb") as out:
                     out.write(encode_png(region[window]))
-                quadrant = (2 if top + tile / 2 >= height / 2 else 0) + (
-                    1 if left + tile / 2 >= width / 2 else 0)
+                # The nucleus's quadrant, for both its regions: a shifted negative and its
+                # positive share most pixels, so they must not straddle the split.
+                quadrant = (2 if ys.mean() >= height / 2 else 0) + (
+                    1 if xs.mean() >= width / 2 else 0)
                 writer.writerow([example_id, image_path, mask_path, int(kind == "pos"),
-                                 f"quadrant{quadrant + 1}"])
+                                 f"quadrant{quadrant + 1}", "" if kind == "pos" else kind])
+    return manifest_path
+
+
+def find_deepforest_wheel(wheel_dir: str | None = None) -> str:
+    return find_wheel(DEEPFOREST_REQUIREMENT, wheel_dir)
+
+
+def read_crown_boxes(xml_bytes: bytes, source: str) -> list[tuple[int, int, int, int]]:
+    """(xmin, ymin, xmax, ymax) of every annotated crown in a Pascal VOC file, inclusive."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml_bytes)
+    except ElementTree.ParseError as exc:
+        raise DemoDataError(f"{source}: not a Pascal VOC annotation: {exc}") from None
+    boxes = []
+    for index, node in enumerate(root.iter("bndbox")):
+        try:
+            box = tuple(int(float(node.findtext(key, ""))) for key in
+                        ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            raise DemoDataError(f"{source}: box {index + 1} has a non-numeric corner") from None
+        if box[2] > box[0] and box[3] > box[1]:
+            boxes.append(box)
+    if not boxes:
+        raise DemoDataError(f"{source}: no crown box")
+    return boxes
+
+
+def _ellipse(height: int, width: int, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    grid_y, grid_x = np.ogrid[0:height, 0:width]
+    return ((grid_y - cy) / ry) ** 2 + ((grid_x - cx) / rx) ** 2 <= 1.0
+
+
+def write_trees(output: str, wheel_dir: str | None = None, context: float = 1.5,
+                min_tile: int = 48, block: int = 200, seed: int = 0) -> str:
+    """Write tiles, masks and manifest.csv from the deepforest wheel; returns the manifest path.
+
+    Each tile is centred on its region and `context` times the region's larger side on each
+    side of it (at least `min_tile` pixels), so the crop has room to keep context. `block` is the
+    side of the spatial blocks that become groups.
+    """
+    import io
+
+    from PIL import Image
+
+    wheel = find_deepforest_wheel(wheel_dir)
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(output, "images"), exist_ok=True)
+    os.makedirs(os.path.join(output, "masks"), exist_ok=True)
+    manifest_path = os.path.join(output, "manifest.csv")
+    with open(manifest_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image", "mask", "label", "group", "site", "scene"])
+        for site, scene in TREE_SCENES:
+            scene_name = os.path.basename(scene)
+            with Image.open(io.BytesIO(_read_wheel_member(wheel, scene + ".png"))) as picture:
+                pixels = np.asarray(picture.convert("RGB"))
+            boxes = read_crown_boxes(_read_wheel_member(wheel, scene + ".xml"), scene + ".xml")
+            height, width = pixels.shape[:2]
+            crowns = np.zeros((height, width), bool)
+            for xmin, ymin, xmax, ymax in boxes:
+                crowns[max(ymin, 0):ymax + 1, max(xmin, 0):xmax + 1] = True
+            for index, (xmin, ymin, xmax, ymax) in enumerate(boxes):
+                ry, rx = (ymax - ymin + 1) / 2.0, (xmax - xmin + 1) / 2.0
+                cy, cx = (ymin + ymax) / 2.0, (xmin + xmax) / 2.0
+                placements = [("pos", cy, cx)]
+                for _ in range(500):
+                    ny = float(rng.uniform(ry, height - ry))
+                    nx = float(rng.uniform(rx, width - rx))
+                    top, left = int(ny - ry), int(nx - rx)
+                    if not crowns[max(top, 0):int(ny + ry) + 1,
+                                  max(left, 0):int(nx + rx) + 1].any():
+                        placements.append(("neg", ny, nx))
+                        break
+                half = int(max(min_tile / 2, (1 + 2 * context) * max(ry, rx) / 2 + 1))
+                for kind, y, x in placements:
+                    top = _tile_origin(y, 2 * half, height)
+                    left = _tile_origin(x, 2 * half, width)
+                    window = (slice(top, top + 2 * half), slice(left, left + 2 * half))
+                    region = _ellipse(2 * half, 2 * half, y - top, x - left, ry, rx)
+                    if not region.any():
+                        continue
+                    example_id = f"{site}-crown{index:04d}-{kind}"
+                    image_path = f"images/{example_id}.png"
+                    mask_path = f"masks/{example_id}.png"
+                    with open(os.path.join(output, image_path), "wb") as out:
+                        out.write(encode_png(np.ascontiguousarray(pixels[window])))
+                    with open(os.path.join(output, mask_path), "wb") as out:
+                        out.write(encode_png(region))
+                    group = f"{site}-block{int(y) // block}-{int(x) // block}"
+                    writer.writerow([example_id, image_path, mask_path, int(kind == "pos"),
+                                     group, site, scene_name])
     return manifest_path

@@ -27,11 +27,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from masktfx import features
 from masktfx import images as imageio
 from masktfx.config import PipelineConfig, ingest_beam_args
 from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 from masktfx.manifest import ManifestRow, Rejection, read_manifest
-from modules import features
 
 REJECTED_TAG = "rejected"
 STATS_TAG = "stats"

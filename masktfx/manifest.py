@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from modules import features
+from masktfx import features
 
 LABEL_VALUES = {
     "1": 1, "true": 1, "yes": 1, "present": 1,

@@ -1,14 +1,11 @@
-"""tf.Example records in the shape `modules/features.py` defines."""
+"""tf.Example records in the shape `masktfx/features.py` defines."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from masktfx.example_proto import Example  # noqa: E402
-from modules import features  # noqa: E402
+from masktfx import features
+from masktfx.example_proto import Example
 
 
 def _to_bytes(value: str | bytes) -> bytes:

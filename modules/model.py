@@ -1,20 +1,19 @@
 """Keras models. Every preset runs one tower, shared by the K views, and fuses views by pooling.
 
 - `seed`: the seed article's CNN: Conv32-pool-Conv64-pool-Flatten-Dense128, sigmoid output.
-- `resnet` (default): a small residual CNN with batch norm, global average pooling and dropout;
-  global pooling makes it less tied to where in the crop the finding sits.
+- `resnet` (default): a small residual CNN with global average pooling and dropout; global
+  pooling makes it less tied to where in the crop the finding sits. Its normalization layers
+  (`norm_layer`) default to group normalization: it normalizes each region by its own feature
+  statistics, so no statistic of the training sites is frozen into the served model, as batch
+  normalization's moving averages are (measured in bench/quality: see the README).
 """
 
 from __future__ import annotations
 
-import os
+import tensorflow as tf
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as tf  # noqa: E402
-
-from masktfx.config import PipelineConfig  # noqa: E402
-from modules import features  # noqa: E402
+from masktfx import features
+from masktfx.config import PipelineConfig
 
 keras = tf.keras
 
@@ -48,32 +47,47 @@ def seed_tower(input_shape: tuple[int, int, int]) -> keras.Model:
     return keras.Model(inputs, x, name="seed_tower")
 
 
-def _residual_block(x: tf.Tensor, filters: int, stride: int) -> tf.Tensor:
+def normalization(kind: str, filters: int) -> keras.layers.Layer:
+    """The `norm_layer` after a convolution; `none` keeps the convolution's output as it is."""
+    if kind == "group":
+        return keras.layers.GroupNormalization(groups=min(8, filters))
+    if kind == "layer":
+        return keras.layers.LayerNormalization(axis=[1, 2, 3])
+    if kind == "batch":
+        return keras.layers.BatchNormalization(momentum=0.9)
+    return keras.layers.Identity()
+
+
+def _residual_block(x: tf.Tensor, filters: int, stride: int, norm: str) -> tf.Tensor:
     shortcut = x
-    y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-    y = keras.layers.BatchNormalization(momentum=0.9)(y)
+    bias = norm == "none"  # a normalization layer's offset replaces the convolution's bias
+    y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=bias)(x)
+    y = normalization(norm, filters)(y)
     y = keras.layers.ReLU()(y)
-    y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-    y = keras.layers.BatchNormalization(momentum=0.9)(y)
+    y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=bias)(y)
+    y = normalization(norm, filters)(y)
     if stride != 1 or shortcut.shape[-1] != filters:
-        shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
-        shortcut = keras.layers.BatchNormalization(momentum=0.9)(shortcut)
+        shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=bias)(shortcut)
+        shortcut = normalization(norm, filters)(shortcut)
     return keras.layers.ReLU()(keras.layers.Add()([shortcut, y]))
 
 
-def resnet_tower(input_shape: tuple[int, int, int]) -> keras.Model:
+def resnet_tower(input_shape: tuple[int, int, int], norm: str = "group") -> keras.Model:
     inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(32, 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", use_bias=norm == "none")(inputs)
+    x = normalization(norm, 32)(x)
     x = keras.layers.ReLU()(x)
     for filters, stride in ((32, 2), (64, 2), (128, 2)):
-        x = _residual_block(x, filters, stride)
+        x = _residual_block(x, filters, stride, norm)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.3)(x)
     return keras.Model(inputs, x, name="resnet_tower")
 
 
-TOWERS = {"seed": seed_tower, "resnet": resnet_tower}
+def build_tower(config: PipelineConfig, input_shape: tuple[int, int, int]) -> keras.Model:
+    if config.model_preset == "seed":
+        return seed_tower(input_shape)
+    return resnet_tower(input_shape, config.norm_layer)
 
 
 def build_model(config: PipelineConfig) -> keras.Model:
@@ -81,7 +95,7 @@ def build_model(config: PipelineConfig) -> keras.Model:
     tf.random.set_seed(config.seed)
     shape = (config.num_views, config.image_size, config.image_size, config.input_channels)
     inputs = keras.Input(shape, name=features.REGION_KEY)
-    tower = TOWERS[config.model_preset](shape[1:])
+    tower = build_tower(config, shape[1:])
     per_view = keras.layers.TimeDistributed(tower, name="views")(inputs)
     fused = keras.layers.GlobalAveragePooling1D(name="fuse_views")(per_view)
     output = keras.layers.Dense(1, activation="sigmoid", name=features.PROBABILITY_OUTPUT)(fused)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from tensorflow_metadata.proto.v0 import schema_pb2
 
+from masktfx import features
 from masktfx.config import PipelineConfig
-from modules import features
 
 
 def contract_schema(config: PipelineConfig) -> schema_pb2.Schema:

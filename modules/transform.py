@@ -21,17 +21,13 @@ Normalization (`config.normalization`):
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tensorflow_transform as tft
 
-from typing import Any  # noqa: E402
-
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-
-from masktfx.config import PipelineConfig  # noqa: E402
-from modules import features  # noqa: E402
+from masktfx import features
+from masktfx.config import PipelineConfig
 
 _EPSILON = 1e-6
 
@@ -162,10 +158,11 @@ def transform_regions(images: tf.Tensor, masks: tf.Tensor, config: PipelineConfi
 
 def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
                      ) -> dict[str, tf.Tensor]:
-    """TFX entry point; `custom_config` is `PipelineConfig.to_custom_config()`."""
-    config = PipelineConfig.from_dict(custom_config).validate()
-    if config.num_views < 1:
-        raise ValueError("config.num_views must be resolved from the data before Transform runs")
+    """TFX entry point; `custom_config` is `PipelineConfig.component_config(TRANSFORM_FIELDS)`."""
+    config = PipelineConfig.from_component_config(custom_config)
+    if config.num_views < 1 or config.channels < 1:
+        raise ValueError("config num_views and channels must be resolved from the data before "
+                         "Transform runs")
     images = _dense(inputs[features.IMAGES_KEY])
     masks = _dense(inputs[features.MASKS_KEY])
     regions = transform_regions(images, masks, config)

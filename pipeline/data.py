@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from masktfx.config import PipelineConfig
-from modules import features
+from masktfx import features
+from masktfx.config import PipelineConfig, model_channels
 
 _SPAN = re.compile(r"^span-(\d+)$")
 
@@ -27,6 +27,7 @@ class DataDescription:
     num_views: int
     num_masks: int
     metadata_columns: tuple[str, ...]
+    channels: int  # what `channels: 0` resolves to: 1 for gray images, 3 for colour ones
 
 
 def list_spans(data_root: str) -> list[int]:
@@ -71,11 +72,17 @@ def describe_data(data_root: str) -> DataDescription:
             raise DataLayoutError(f"{files[0]}: records have no {key!r} feature; they were not "
                                   "written by `masktfx ingest`")
     metadata = tuple(sorted(name for name in feature if name not in features.RESERVED_KEYS))
+    first_image = feature[features.IMAGES_KEY].bytes_list.value[0]
+    try:
+        stored_channels = int(tf.io.decode_image(first_image, expand_animations=False).shape[-1])
+    except tf.errors.OpError as exc:
+        raise DataLayoutError(f"{files[0]}: the first record's image cannot be decoded "
+                              f"({getattr(exc, 'message', exc)})") from None
     return DataDescription(
         use_spans=bool(spans), spans=tuple(spans),
         num_views=len(feature[features.IMAGES_KEY].bytes_list.value),
         num_masks=len(feature[features.MASKS_KEY].bytes_list.value),
-        metadata_columns=metadata)
+        metadata_columns=metadata, channels=model_channels(stored_channels))
 
 
 def shards_to_read(data_root: str, config: PipelineConfig) -> list[str]:
@@ -144,5 +151,6 @@ def resolve_config(config: PipelineConfig, description: DataDescription) -> Pipe
                               f"columns of the data ({', '.join(description.metadata_columns)})")
     return config.replace(
         num_views=views, num_masks=masks, use_spans=description.use_spans,
+        channels=config.channels or description.channels,
         metadata_columns=list(description.metadata_columns),
         slice_columns=list(config.slice_columns or description.metadata_columns)).validate()

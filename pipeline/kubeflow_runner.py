@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
+from tfx import v1 as tfx
 
-from tfx import v1 as tfx  # noqa: E402
-
-from masktfx.config import ConfigError, PipelineConfig  # noqa: E402
-from modules.schema import write_schema  # noqa: E402
-from pipeline.data import describe_data, resolve_config  # noqa: E402
-from pipeline.pipeline import create_pipeline, schema_path  # noqa: E402
+from masktfx.config import ConfigError, PipelineConfig
+from masktfx.modules.schema import write_schema
+from masktfx.pipeline.data import describe_data, resolve_config
+from masktfx.pipeline.pipeline import create_pipeline, schema_path
 
 DATA_ROOT_PARAMETER = "data-root"
 # TFX 1.16 takes Trainer's train_args as a runtime parameter holding TrainArgs as JSON.

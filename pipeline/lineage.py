@@ -14,10 +14,10 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.versioned_pusher import NEW_VERSION_PROPERTY
+from masktfx import features
+from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
-from modules import features
-from pipeline.summary import (
+from masktfx.pipeline.summary import (
     artifact_span,
     execution_inputs,
     execution_outputs,

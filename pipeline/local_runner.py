@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
+from tfx.orchestration import metadata  # not `tfx.v1`: see pipeline/pipeline.py
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-import hashlib  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-from tfx.orchestration import metadata  # noqa: E402  (not `tfx.v1`: see pipeline/pipeline.py)
-from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
-
-from masktfx.config import RUN_CONFIG, PipelineConfig  # noqa: E402
-from masktfx.fork_server import (  # noqa: E402
+from masktfx.config import RUN_CONFIG, PipelineConfig
+from masktfx.fork_server import (
     PIPELINE_PRELOAD,
     fork_server_for,
     fork_server_runner_args,
 )
-from masktfx.ingest import IngestResult, run_ingest  # noqa: E402
-from modules.schema import write_schema  # noqa: E402
-from pipeline.data import (  # noqa: E402
+from masktfx.ingest import IngestResult, run_ingest
+from masktfx.modules.schema import write_schema
+from masktfx.pipeline.data import (
     describe_data,
     list_spans,
     resolve_config,
     shards_to_read,
     verify_shards,
 )
-from pipeline.pipeline import create_pipeline, schema_path  # noqa: E402
+from masktfx.pipeline.pipeline import create_pipeline, schema_path
 
 VERIFIED_SHARDS = "verified-shards.json"  # in the workdir: shards already read through once
 

@@ -24,13 +24,13 @@ from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import example_gen_pb2, pusher_pb2, range_config_pb2, trainer_pb2
 from tfx.types import Channel, standard_artifacts
 
-import modules
-from components.anomaly_gate import AnomalyGate
-from components.evaluator import SingleBaselineEvaluator
-from components.streaming_example_gen import StreamingImportExampleGen
-from components.versioned_pusher import VersionedPusher
-from masktfx.config import PipelineConfig
-from modules import features
+from masktfx import features, modules
+from masktfx.components.anomaly_gate import AnomalyGate
+from masktfx.components.evaluator import SingleBaselineEvaluator
+from masktfx.components.streaming_example_gen import StreamingImportExampleGen
+from masktfx.components.versioned_pusher import VersionedPusher
+from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
+from masktfx.pipeline.code_fingerprint import code_fingerprint
 
 MODULES_DIR = os.path.dirname(os.path.abspath(modules.__file__))
 TRANSFORM_MODULE = os.path.join(MODULES_DIR, "transform.py")
@@ -126,7 +126,6 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     parameters there so a scheduled run can change them.
     """
     config.validate()
-    custom_config = config.to_custom_config()
     # ImportExampleGen's node id, driver and outputs; its executor skips the in-memory shuffle.
     example_gen = StreamingImportExampleGen(
         input_base=data_root if data_root is not None else config.data_root,
@@ -139,7 +138,9 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
     transform = Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        module_file=TRANSFORM_MODULE, custom_config=custom_config,
+        module_file=TRANSFORM_MODULE,
+        custom_config=config.component_config(TRANSFORM_FIELDS,
+                                              code_fingerprint([TRANSFORM_MODULE])),
         # StatisticsGen already describes the raw data, and nothing reads statistics of the
         # transformed tensors; computing both would double Transform's time at scale.
         disable_statistics=True)
@@ -153,7 +154,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps)
         if train_args is None else train_args,
         eval_args=trainer_pb2.EvalArgs(num_steps=0),
-        custom_config=custom_config)
+        custom_config=config.component_config(TRAINER_FIELDS, code_fingerprint([TRAINER_MODULE])))
     model_resolver = Resolver(
         strategy_class=LatestBlessedModelStrategy,
         model=Channel(type=standard_artifacts.Model),

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from masktfx import features
 from masktfx.config import PipelineConfig
-from modules import features
-from pipeline.lineage import Lineage, format_lineage, lineage
-from pipeline.summary import (
+from masktfx.pipeline.lineage import Lineage, format_lineage, lineage
+from masktfx.pipeline.summary import (
     RunSummary,
     execution_inputs,
     execution_outputs,

@@ -12,7 +12,7 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.versioned_pusher import NEW_VERSION_PROPERTY
+from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
 
 _STATE_NAMES = {value: name for name, value in

@@ -47,10 +47,14 @@ fi
 echo "setup: installing the pinned stack (a few minutes on a fresh machine)"
 "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
 wheel_dir="$VENV/share/masktfx"
-if ! ls "$wheel_dir"/stardist-0.9.2-*.whl >/dev/null 2>&1; then
-  echo "setup: fetching the stardist==0.9.2 wheel for the nuclei demo data (not installed)"
-  "$VENV/bin/python" -m pip download --quiet --no-deps "stardist==0.9.2" -d "$wheel_dir"
-fi
+# Demo data that ships inside other projects' wheels (downloaded, never installed): stardist's
+# nuclei and deepforest's tree crowns.
+for requirement in "stardist==0.9.2" "deepforest==2.1.0"; do
+  if ! ls "$wheel_dir/${requirement%%==*}-${requirement##*==}"-*.whl >/dev/null 2>&1; then
+    echo "setup: fetching the $requirement wheel for the demo data (not installed)"
+    "$VENV/bin/python" -m pip download --quiet --no-deps "$requirement" -d "$wheel_dir"
+  fi
+done
 # Offline checks of the Kubernetes manifests and the Dockerfile, in a venv of their own (checkov's
 # dependencies clash with TFX's pins).
 tools="$VENV/k8s-tools"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modules import features
+from masktfx import features
 
 GRPC_MESSAGE_LIMIT = 64 * 2**20  # images are large; gRPC's default is 4 MB
 

@@ -7,23 +7,20 @@ started on, so a switch never fails a request in flight.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
+import tensorflow as tf
 
-import logging  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from masktfx.config import PipelineConfig  # noqa: E402
-from masktfx.images import RegionInputError, check_image_bytes, decode_mask_array  # noqa: E402
-from modules import features  # noqa: E402
-from serving.batching import Batcher, BatchingParameters, QueueFullError  # noqa: E402
+from masktfx import features
+from masktfx.config import PipelineConfig
+from masktfx.images import RegionInputError, check_image_bytes, decode_mask_array
+from masktfx.serving.batching import Batcher, BatchingParameters, QueueFullError
 
 log = logging.getLogger("masktfx.serve")
 

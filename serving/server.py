@@ -7,23 +7,19 @@ same client code run on laptops, in CI and on machines without the TF Serving bi
 
 from __future__ import annotations
 
-import os
+import base64
+import binascii
+import json
+import logging
+import re
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
 
-import base64  # noqa: E402
-import binascii  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import threading  # noqa: E402
-from concurrent import futures  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from serving.models import ModelManager, ServingError, check_input_names  # noqa: E402
+from masktfx.serving.models import ModelManager, ServingError, check_input_names
 
 log = logging.getLogger("masktfx.serve")
 

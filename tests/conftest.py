@@ -10,6 +10,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS  # noqa: E402
 from masktfx.images import encode_png  # noqa: E402
 
 IN_PROCESS_BEAM = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
@@ -57,7 +58,7 @@ def rng() -> np.random.Generator:
 def _raw_spec(num_views: int, num_masks: int) -> dict:
     import tensorflow as tf
 
-    from modules import features
+    from masktfx import features
 
     return {
         features.IMAGES_KEY: tf.io.FixedLenFeature([num_views], tf.string),
@@ -74,11 +75,12 @@ def run_transform(instances: list[dict], config, tmp_path, output_dir=None):
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
-    from modules.transform import preprocessing_fn
+    from masktfx.modules.transform import preprocessing_fn
 
     metadata = dataset_metadata.DatasetMetadata(
         schema_utils.schema_from_feature_spec(_raw_spec(config.num_views, config.num_masks)))
-    fn = functools.partial(preprocessing_fn, custom_config=config.to_custom_config())
+    fn = functools.partial(preprocessing_fn,
+                           custom_config=config.component_config(TRANSFORM_FIELDS))
     with tft_beam.Context(temp_dir=str(tmp_path / "tft_tmp"), force_tf_compat_v1=False):
         (transformed, transformed_metadata), transform_fn = (
             (instances, metadata) | tft_beam.AnalyzeAndTransformDataset(fn))
@@ -108,9 +110,9 @@ def tiny_model(tmp_path_factory):
     import tensorflow_transform as tft
     from tfx.components.trainer.fn_args_utils import FnArgs
 
+    from masktfx import features
     from masktfx.config import PipelineConfig
-    from modules import features
-    from modules.trainer import run_fn
+    from masktfx.modules.trainer import run_fn
 
     tmp_path = tmp_path_factory.mktemp("tiny_model")
     config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=2, batch_size=8,
@@ -131,6 +133,7 @@ def tiny_model(tmp_path_factory):
     serving_dir = str(tmp_path / "serving_model")
     run_fn(FnArgs(train_files=[str(data_dir / "train.gz")], eval_files=[str(data_dir / "eval.gz")],
                   transform_output=transform_dir, serving_model_dir=serving_dir,
-                  model_run_dir=str(tmp_path / "run"), custom_config=config.to_custom_config(),
+                  model_run_dir=str(tmp_path / "run"),
+                  custom_config=config.component_config(TRAINER_FIELDS),
                   train_steps=None))
     return serving_dir, examples

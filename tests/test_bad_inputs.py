@@ -14,13 +14,12 @@ import pytest
 import requests
 from conftest import IN_PROCESS_BEAM, load_bad_corpus
 
-from masktfx import cli
+from masktfx import cli, features
 from masktfx.images import decode_mask_array
 from masktfx.records import read_examples
-from modules import features
-from serving.client import GrpcClient, ServingClientError
-from serving.models import ModelManager, wait_for_version
-from serving.server import ModelServer
+from masktfx.serving.client import GrpcClient, ServingClientError
+from masktfx.serving.models import ModelManager, wait_for_version
+from masktfx.serving.server import ModelServer
 
 corpus_module = load_bad_corpus()
 CASES = corpus_module.CASES

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from components import versioned_pusher
-from components.versioned_pusher import existing_versions, publish_version
+from masktfx.components import versioned_pusher
+from masktfx.components.versioned_pusher import existing_versions, publish_version
 from masktfx.config import ConfigError, PipelineConfig, add_config_flags, config_from_args
 
 
@@ -86,7 +86,7 @@ def test_a_failed_copy_leaves_no_partial_version_and_the_old_one_intact(tmp_path
 
 
 def test_evaluator_finds_only_an_evaluation_with_the_same_model_examples_and_config(tmp_path):
-    from components.evaluator import EVALUATION_RECORD, find_evaluation
+    from masktfx.components.evaluator import EVALUATION_RECORD, find_evaluation
 
     record = {"model": ["/root/Trainer/model/7"], "examples": ["/root/ImportExampleGen/3"],
               "example_splits": None, "eval_config": '{"metrics": "auc"}'}

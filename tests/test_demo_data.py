@@ -67,3 +67,59 @@ def test_nuclei_tiles_come_from_the_wheel(tmp_path):
             assert region_mean > np.median(tile)
         else:
             assert region_mean <= np.percentile(tile, 75)
+
+
+def test_hard_nuclei_negatives_half_cover_a_nucleus(tmp_path):
+    manifest = write_nuclei(str(tmp_path), hard=True)
+    rows = _rows(manifest)
+    shifted = [r for r in rows if r["negative"] == "shifted"]
+    background = [r for r in rows if r["negative"] == "background"]
+    assert len(shifted) > 60 and len(background) > 20
+    assert all(r["label"] == "0" for r in shifted + background)
+
+    def bright_share(row):  # the share of the region on bright (nucleus) pixels
+        tile = tifffile.imread(os.path.join(tmp_path, row["image"])).astype(np.float32)
+        mask = np.asarray(Image.open(os.path.join(tmp_path, row["mask"]))) > 0
+        return (tile > np.percentile(tile, 60))[mask].mean()
+
+    positives = [r for r in rows if r["label"] == "1"]
+    shares = {name: np.median([bright_share(r) for r in chosen[:40]]) for name, chosen in
+              (("positive", positives), ("shifted", shifted), ("background", background))}
+    # part on a nucleus, part beside it: between a nucleus's own mask and bare background
+    assert shares["background"] + 0.2 < shares["shifted"] < shares["positive"] - 0.2, shares
+    # a nucleus's positive and its negatives share a group, so they never straddle the split
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["id"].split("-")[0], set()).add(row["group"])
+    assert all(len(found) == 1 for found in groups.values())
+
+
+def test_trees_come_from_the_two_named_scenes_only(tmp_path):
+    import io
+    import zipfile
+
+    from masktfx.demo_data import TREE_SCENES, find_deepforest_wheel, write_trees
+
+    manifest = write_trees(str(tmp_path))
+    rows = _rows(manifest)
+    by_site = {site: [r for r in rows if r["site"] == site] for site, _ in TREE_SCENES}
+    with zipfile.ZipFile(find_deepforest_wheel()) as wheel:
+        for site, scene in TREE_SCENES:
+            crowns = wheel.read(scene + ".xml").decode().count("<bndbox>")
+            positives = [r for r in by_site[site] if r["label"] == "1"]
+            negatives = [r for r in by_site[site] if r["label"] == "0"]
+            assert len(positives) == crowns and abs(len(negatives) - crowns) <= crowns // 20
+            assert {r["scene"] for r in by_site[site]} == {scene.rsplit("/", 1)[1]}
+        scene_pixels = np.asarray(Image.open(io.BytesIO(wheel.read(TREE_SCENES[0][1] + ".png")))
+                                  .convert("RGB"))
+    for row in by_site["california"][:6]:
+        tile = np.asarray(Image.open(os.path.join(tmp_path, row["image"])))
+        mask = np.asarray(Image.open(os.path.join(tmp_path, row["mask"]))) > 0
+        assert tile.shape[:2] == mask.shape and tile.shape[2] == 3 and mask.any()
+        # the tile is a crop of the scene, pixel for pixel
+        found = np.argwhere((scene_pixels == tile[0, 0]).all(axis=-1))
+        assert any(np.array_equal(scene_pixels[y:y + tile.shape[0], x:x + tile.shape[1]], tile)
+                   for y, x in found)
+        assert 0.05 < mask.mean() < 0.5  # the region with context around it
+    groups = {r["group"] for r in rows}
+    assert all(g.split("-")[0] in by_site for g in groups) and len(groups) > 20

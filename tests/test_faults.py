@@ -16,12 +16,12 @@ import time
 
 import pytest
 
-from components.versioned_pusher import PARTIAL_PREFIX, existing_versions, publish_version
 from masktfx import cli
+from masktfx.components.versioned_pusher import PARTIAL_PREFIX, existing_versions, publish_version
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
-from pipeline.summary import list_runs
-from serving.models import version_folders
+from masktfx.pipeline.summary import list_runs
+from masktfx.serving.models import version_folders
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_runs_killed_during_transform_and_during_the_push_leave_nothing_half_don
 
 _KILLABLE_PUSH = """
 import sys
-from components.versioned_pusher import publish_version
+from masktfx.components.versioned_pusher import publish_version
 publish_version(sys.argv[1], sys.argv[2])
 """
 
@@ -140,8 +140,8 @@ def test_a_push_killed_mid_copy_never_shows_a_partial_version(tmp_path):
 
 _DISK_FULL = """
 import json, os, shutil, sys
-from components.versioned_pusher import existing_versions, publish_version
-from serving.models import ModelManager
+from masktfx.components.versioned_pusher import existing_versions, publish_version
+from masktfx.serving.models import ModelManager
 small, big, base = sys.argv[1:4]
 first, _, _ = publish_version(small, base)
 try:

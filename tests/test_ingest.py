@@ -11,14 +11,13 @@ import pytest
 import tifffile
 from conftest import IN_PROCESS_BEAM, square_mask, write_manifest, write_png
 
-from masktfx import cli
+from masktfx import cli, features
 from masktfx.demo_data import write_synthetic
 from masktfx.fork_server import LOG_ENV
 from masktfx.images import decode_mask_array
 from masktfx.ingest import IngestError, run_ingest, shard_chunks
 from masktfx.manifest import ManifestError, read_manifest
 from masktfx.records import read_examples
-from modules import features
 
 
 def _read_rejected(directory: str) -> dict[int, tuple[str, str]]:

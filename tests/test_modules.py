@@ -10,11 +10,11 @@ import pytest
 import tensorflow as tf
 from conftest import run_transform, square_mask
 
+from masktfx import features
 from masktfx.config import ConfigError, PipelineConfig
 from masktfx.images import encode_png
+from masktfx.modules.model import build_model
 from masktfx.records import make_example
-from modules import features
-from modules.model import build_model
 
 
 def _transform(instances, config, tmp_path):
@@ -83,8 +83,75 @@ def test_models_build_for_one_and_three_views(preset, views):
     assert model.input_shape == (None, views, 32, 32, 2)
 
 
+@pytest.mark.parametrize("norm", ["group", "layer", "batch", "none"])
+def test_resnet_normalization_layers(norm):
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=16, norm_layer=norm)
+    model = build_model(config)
+    kinds = {type(layer).__name__ for layer in model.get_layer("views").layer.layers}
+    expected = {"group": "GroupNormalization", "layer": "LayerNormalization",
+                "batch": "BatchNormalization"}
+    for name, layer_kind in expected.items():
+        assert (layer_kind in kinds) == (name == norm), kinds
+    # group normalization keeps no statistic of the training data: a region's output does not
+    # depend on what was trained on before, only on the weights
+    if norm == "group":
+        assert not [w for w in model.non_trainable_weights if "moving" in w.name]
+    with pytest.raises(ConfigError, match="norm_layer"):
+        PipelineConfig(norm_layer="instance").validate()
+
+
+def test_every_augmentation_keeps_the_mask_binary_and_the_labels_apart(rng):
+    from masktfx.modules.trainer import augment
+
+    batch, size = 16, 16
+    image = rng.random((batch, 2, size, size, 3)).astype(np.float32)
+    mask = np.zeros((batch, 2, size, size, 1), np.float32)
+    mask[:, :, 4:12, 4:12] = 1.0
+    regions = tf.constant(np.concatenate([image, mask], -1))
+    tf.random.set_seed(3)
+    names = ("flip", "intensity", "color", "noise", "blur", "scale")
+    out = augment(regions, 3, names).numpy()
+    assert out.shape == regions.shape
+    assert set(np.unique(out[..., 3])) <= {0.0, 1.0}  # the mask channel stays a mask
+    np.testing.assert_array_equal(out[:, 0, ..., 3], out[:, 1, ..., 3])  # views move together
+    assert not np.allclose(out[..., :3], image)
+    # each augmentation alone changes the image channels, and only them
+    for name in names:
+        alone = augment(regions, 3, (name,)).numpy()
+        assert not np.allclose(alone[..., :3], image), name
+        if name not in ("flip", "scale"):
+            np.testing.assert_array_equal(alone[..., 3], mask[..., 0])
+    # colour on gray images is a no-op (intensity covers it)
+    gray = tf.constant(np.concatenate([image[..., :1], mask], -1))
+    np.testing.assert_array_equal(augment(gray, 1, ("color",)).numpy(), gray.numpy())
+    with pytest.raises(ConfigError, match="augmentations"):
+        PipelineConfig(augmentations="flip,rainbow").validate()
+    assert PipelineConfig(augment=False).augmentation_list == []
+
+
+def test_channels_zero_takes_the_channels_of_the_data(tmp_path):
+    from masktfx.pipeline.data import describe_data, resolve_config
+
+    for name, array, expected in (
+            ("gray", _gradient(16), 1),
+            ("rgb", np.stack([_gradient(16)] * 3, -1), 3),
+            ("rgba", np.dstack([_gradient(16)] * 4), 3)):
+        folder = tmp_path / name
+        folder.mkdir()
+        example = make_example([encode_png(array)], [encode_png(square_mask(16, 4, 12))], 1)
+        options = tf.io.TFRecordOptions(compression_type="GZIP")
+        with tf.io.TFRecordWriter(str(folder / "data-00000-of-00001.tfrecord.gz"),
+                                  options=options) as writer:
+            writer.write(example.SerializeToString())
+        description = describe_data(str(folder))
+        assert description.channels == expected, name
+        resolved = resolve_config(PipelineConfig(channels=0), description)
+        assert resolved.channels == expected
+        assert resolve_config(PipelineConfig(channels=1), description).channels == 1
+
+
 def test_augment_moves_views_and_mask_together_and_scales_only_image_channels():
-    from modules.trainer import augment
+    from masktfx.modules.trainer import augment
 
     rng = np.random.default_rng(0)
     batch, views, size = 64, 2, 8
@@ -119,7 +186,7 @@ def test_autograph_leaves_keras_as_written_and_still_converts_our_functions():
     import tf_keras
     from tensorflow.python.autograph.impl import conversion
 
-    from modules.trainer import augment
+    from masktfx.modules.trainer import augment
 
     assert conversion.is_allowlisted(tf_keras.Model.train_step)
     assert conversion.is_allowlisted(tf_keras.metrics.AUC.update_state)
@@ -147,7 +214,7 @@ def test_run_fn_saves_a_model_whose_signatures_agree(tiny_model):
 
 
 def test_training_under_a_mirrored_strategy(rng):
-    from modules.trainer import train_model
+    from masktfx.modules.trainer import train_model
 
     config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=1, batch_size=8,
                             model_preset="seed", distribution_strategy="mirrored")

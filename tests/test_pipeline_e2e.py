@@ -12,14 +12,12 @@ import pytest
 import tensorflow as tf
 from conftest import load_bad_corpus
 
-from components.evaluator import EVALUATION_RECORD
-from masktfx import cli
+from masktfx import cli, features
+from masktfx.components.evaluator import EVALUATION_RECORD
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
 from masktfx.fork_server import LOG_ENV
-from masktfx.records import make_example, read_examples
-from modules import features
-from pipeline.summary import (
+from masktfx.pipeline.summary import (
     execution_inputs,
     execution_outputs,
     latest_run_id,
@@ -27,6 +25,7 @@ from pipeline.summary import (
     open_store,
     summarize_run,
 )
+from masktfx.records import make_example, read_examples
 
 pytestmark = pytest.mark.slow
 
@@ -127,8 +126,8 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
                                by_raw[features.PROBABILITY_OUTPUT].numpy(), atol=1e-6)
 
     # the pushed folder served by `masktfx serve`, called by `masktfx predict` over REST and gRPC
-    from serving.models import ModelManager, wait_for_version
-    from serving.server import ModelServer
+    from masktfx.serving.models import ModelManager, wait_for_version
+    from masktfx.serving.server import ModelServer
 
     manager = ModelManager(config.model_name, model_dir)
     server = ModelServer({config.model_name: manager}, rest_port=0, grpc_port=0)

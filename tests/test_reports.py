@@ -15,13 +15,12 @@ import pytest
 import tensorflow_model_analysis as tfma
 from PIL import Image
 
-from masktfx import cli
+from masktfx import cli, features
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
+from masktfx.pipeline.lineage import lineage
+from masktfx.pipeline.summary import summarize_run
 from masktfx.records import read_examples
-from modules import features
-from pipeline.lineage import lineage
-from pipeline.summary import summarize_run
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from masktfx import cli
-from serving.client import GrpcClient, ServingClientError
-from serving.models import ModelManager, wait_for_version
-from serving.server import ModelServer
+from masktfx.serving.client import GrpcClient, ServingClientError
+from masktfx.serving.models import ModelManager, wait_for_version
+from masktfx.serving.server import ModelServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,9 +17,9 @@ from conftest import square_mask, write_png
 
 from masktfx import cli
 from masktfx.images import encode_png
-from serving.client import GrpcClient, RestClient, ServingClientError
-from serving.models import ModelManager, wait_for_version
-from serving.server import ModelServer
+from masktfx.serving.client import GrpcClient, RestClient, ServingClientError
+from masktfx.serving.models import ModelManager, wait_for_version
+from masktfx.serving.server import ModelServer
 
 
 def _in_process(model_dir: str, images: list[bytes], masks: list[bytes]) -> np.ndarray:
@@ -194,7 +194,7 @@ def test_predict_cli_with_a_manifest_reports_bad_rows(served, tmp_path, capsys):
 
 
 def test_batcher_merges_concurrent_requests_and_isolates_a_failing_one():
-    from serving.batching import Batcher, BatchingParameters
+    from masktfx.serving.batching import Batcher, BatchingParameters
 
     calls: list[int] = []
 
@@ -229,7 +229,7 @@ def test_batcher_merges_concurrent_requests_and_isolates_a_failing_one():
 
 
 def test_server_side_batching_gives_the_same_answers(tiny_model, tmp_path):
-    from serving.batching import BatchingParameters
+    from masktfx.serving.batching import BatchingParameters
 
     model_dir, examples = tiny_model
     base = tmp_path / "tiny"

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from components.versioned_pusher import publish_version
-from serving.client import GrpcClient, RestClient
+from masktfx.components.versioned_pusher import publish_version
+from masktfx.serving.client import GrpcClient, RestClient
 
 pytestmark = pytest.mark.slow
 

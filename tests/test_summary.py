@@ -8,7 +8,7 @@ from tfx.orchestration.portable.mlmd import execution_lib
 from tfx.types import standard_artifacts
 
 from masktfx.config import PipelineConfig
-from pipeline.summary import execution_inputs, execution_outputs, open_store
+from masktfx.pipeline.summary import execution_inputs, execution_outputs, open_store
 
 
 def test_an_artifact_bound_to_two_keys_is_read_under_both(tmp_path):

@@ -1,0 +1,57 @@
+"""What each TFX component's cache key holds: the settings and the code it depends on."""
+
+from __future__ import annotations
+
+import sys
+
+from masktfx.config import CODE_FINGERPRINT_KEY, TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
+from masktfx.pipeline.code_fingerprint import code_fingerprint, source_files
+
+
+def test_components_get_only_the_fields_they_depend_on():
+    base = PipelineConfig(num_views=1, num_masks=1)
+    gate_only = base.replace(min_accuracy=0.01, max_auc_drop=0.5, beam_args=["--foo=1"],
+                             serving_dir="/elsewhere", direct_num_workers=2)
+    for names in (TRANSFORM_FIELDS, TRAINER_FIELDS):
+        assert base.component_config(names) == gate_only.component_config(names)
+    bigger = base.replace(image_size=96)
+    assert base.component_config(TRANSFORM_FIELDS) != bigger.component_config(TRANSFORM_FIELDS)
+    longer = base.replace(epochs=3)
+    assert base.component_config(TRANSFORM_FIELDS) == longer.component_config(TRANSFORM_FIELDS)
+    assert base.component_config(TRAINER_FIELDS) != longer.component_config(TRAINER_FIELDS)
+    # the module files read their settings back, fingerprint and all
+    values = bigger.component_config(TRAINER_FIELDS, "abc")
+    assert values[CODE_FINGERPRINT_KEY] == "abc"
+    restored = PipelineConfig.from_component_config(values)
+    assert restored.image_size == 96 and restored.component_config(TRAINER_FIELDS) == \
+        bigger.component_config(TRAINER_FIELDS)
+
+
+def test_fingerprint_follows_the_code_the_module_imports(tmp_path, monkeypatch):
+    package = tmp_path / "fpdemo"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("def crop(x):\n    return x\n")
+    (package / "unrelated.py").write_text("VALUE = 1\n")
+    (package / "deep.py").write_text("from . import helpers\n")
+    entry = package / "transform.py"
+    entry.write_text("import numpy\nfrom fpdemo.deep import helpers\n\n"
+                     "def preprocessing_fn(x):\n    return helpers.crop(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = code_fingerprint([str(entry)], first_party=("fpdemo",))
+    assert sorted(p.rsplit("/", 1)[1] for p in source_files([str(entry)], ("fpdemo",))) == [
+        "__init__.py", "deep.py", "helpers.py", "transform.py"]
+    (package / "unrelated.py").write_text("VALUE = 2\n")
+    assert code_fingerprint([str(entry)], first_party=("fpdemo",)) == first
+    (package / "helpers.py").write_text("def crop(x):\n    return x[1:]\n")
+    assert code_fingerprint([str(entry)], first_party=("fpdemo",)) != first
+    sys.modules.pop("fpdemo", None)
+
+
+def test_the_transform_fingerprint_covers_the_config_it_imports():
+    from masktfx.pipeline.pipeline import TRAINER_MODULE, TRANSFORM_MODULE
+
+    transform_files = source_files([TRANSFORM_MODULE])
+    assert any(path.endswith("masktfx/config.py") for path in transform_files)
+    assert any(path.endswith("modules/model.py") for path in source_files([TRAINER_MODULE]))
+    assert not any(path.endswith("modules/model.py") for path in transform_files)
