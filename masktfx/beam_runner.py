@@ -1,4 +1,13 @@
-"""DirectRunner for batch pipelines whose multi_processing workers come from the fork server.
+"""Beam runners of the local pipeline.
+
+`EnvironmentArgsRunner`: the runner `masktfx run` names in every Beam component's args. It takes
+the run's real Beam args from the environment (MASKTFX_BEAM_ARGS), parses them with Beam's own
+PipelineOptions and runs on the runner they name. TFX keys each component's cache on its
+executor spec, which holds the Beam args; naming this runner only keeps worker counts, running
+modes and runners out of the cache keys, so changing one never re-runs Transform or the Trainer.
+
+`ForkServerDirectRunner`: DirectRunner for batch pipelines whose multi_processing workers come
+from the fork server.
 
 Beam's DirectRunner runs batch pipelines on its FnApiRunner and, in multi_processing mode,
 starts each worker with `python -m apache_beam.runners.worker.sdk_worker_main`; that command is
@@ -11,13 +20,18 @@ multi_processing mode, for `masktfx run` and `masktfx ingest`.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
+from collections.abc import Iterator, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability import python_urns
 from apache_beam.portability.api import beam_provision_api_pb2, beam_runner_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
+from apache_beam.runners.runner import PipelineRunner, create_runner
 
 from masktfx.fork_server import BEAM_WORKER_MODULE, worker_command
 
@@ -52,3 +66,55 @@ def replace_worker_command(pipeline_proto: beam_runner_api_pb2.Pipeline) -> int:
             environment.payload = worker_command().encode()
             replaced += 1
     return replaced
+
+
+BEAM_ARGS_ENV = "MASKTFX_BEAM_ARGS"  # JSON list of the run's Beam args
+ENVIRONMENT_ARGS_RUNNER_FLAG = "--runner=masktfx.beam_runner.EnvironmentArgsRunner"
+
+
+@contextlib.contextmanager
+def beam_args_in_environment(beam_args: Sequence[str]) -> Iterator[list[str]]:
+    """For the block, Beam components whose args name EnvironmentArgsRunner run with
+    `beam_args`; yields the args to give them instead."""
+    previous = os.environ.get(BEAM_ARGS_ENV)
+    os.environ[BEAM_ARGS_ENV] = json.dumps(list(beam_args))
+    try:
+        yield [ENVIRONMENT_ARGS_RUNNER_FLAG]
+    finally:
+        if previous is None:
+            os.environ.pop(BEAM_ARGS_ENV, None)
+        else:
+            os.environ[BEAM_ARGS_ENV] = previous
+
+
+def merged_options(options: PipelineOptions, beam_args: Sequence[str]) -> PipelineOptions:
+    """The component's own options (TFX adds `--extra_package` and labels) with `beam_args` on
+    top; list options (experiments, extra packages) are joined."""
+    values = {k: v for k, v in options.get_all_options(
+        drop_default=True, retain_unknown_options=True).items() if k != "runner"}
+    given = PipelineOptions(list(beam_args))
+    every = given.get_all_options(retain_unknown_options=True)
+    # a flag set to its default value (--direct_num_workers=1) still overrides the component's
+    named = {arg[2:].split("=", 1)[0] for arg in beam_args if arg.startswith("--")}
+    chosen = set(given.get_all_options(drop_default=True, retain_unknown_options=True))
+    for key in sorted(chosen | (named & set(every))):
+        value = every[key]
+        if isinstance(value, list) and isinstance(values.get(key), list):
+            value = [*values[key], *(item for item in value if item not in values[key])]
+        values[key] = value
+    return PipelineOptions.from_dictionary(values)
+
+
+class EnvironmentArgsRunner(PipelineRunner):
+    """Runs on the runner, and with the options, that MASKTFX_BEAM_ARGS names."""
+
+    def run_pipeline(self, pipeline, options: PipelineOptions):
+        raw = os.environ.get(BEAM_ARGS_ENV)
+        if raw is None:
+            raise RuntimeError(f"{ENVIRONMENT_ARGS_RUNNER_FLAG} needs {BEAM_ARGS_ENV} (the Beam "
+                               "args as a JSON list); `masktfx run` sets it")
+        options = merged_options(options, json.loads(raw))
+        runner_name = options.view_as(StandardOptions).runner or "DirectRunner"
+        if runner_name.endswith("EnvironmentArgsRunner"):
+            raise RuntimeError(f"{BEAM_ARGS_ENV} names EnvironmentArgsRunner itself")
+        return create_runner(runner_name).run_pipeline(pipeline, options)

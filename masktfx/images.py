@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,13 +197,62 @@ def canonical_mask(region: np.ndarray, image_size: tuple[int, int], resize: bool
     if (width, height) != tuple(image_size):
         if not resize:
             raise RegionInputError(
-                f"mask is {width}x{height} but the image is {image_size[0]}x{image_size[1]}; "
-                "pass --resize-masks to resize masks with nearest neighbour")
+                f"mask is {width}x{height} but the image is {image_size[0]}x{image_size[1]} "
+                "(ingest resizes masks with nearest neighbour given --resize-masks)")
         region = resize_nearest(region, image_size)
     coverage = float(region.mean())
     if coverage == 0.0:
         raise RegionInputError("mask is empty (no nonzero pixel): there is no region")
     return encode_png(region.astype(np.uint8) * 255), coverage
+
+
+@dataclass(frozen=True)
+class CheckedRegion:
+    """One region's inputs after `check_region`: what ingest stores and the model is fed."""
+
+    images: list[ImageInfo]  # per view; `encoded` is as read, TIFF re-encoded as PNG
+    masks: list[bytes]  # canonical single-channel PNGs, 0 outside and 255 inside
+    coverages: list[float]  # per mask, the share of the image inside the region
+
+
+class RegionCheckError(RegionInputError):
+    """A region's input is unusable; `part` ("image" or "mask") and `index` say which one, so
+    each caller can name it its own way (a file path, `instance 3, masks[0]`)."""
+
+    def __init__(self, part: str, index: int, reason: str):
+        super().__init__(reason)
+        self.part = part
+        self.index = index
+        self.reason = reason
+
+
+def check_region(images: Sequence[bytes], masks: Sequence[bytes], max_pixels: int,
+                 resize_masks: bool = False) -> CheckedRegion:
+    """The one check of a region's views and masks, used by ingest, `masktfx predict` and the
+    server: every image readable and under the pixel limit, the views co-registered, each mask
+    single-channel, of its view's size (resized with `resize_masks`) and not empty."""
+    infos: list[ImageInfo] = []
+    for index, data in enumerate(images):
+        try:
+            infos.append(check_image_bytes(bytes(data), max_pixels))
+        except RegionInputError as exc:
+            raise RegionCheckError("image", index, str(exc)) from None
+        first, last = infos[0], infos[-1]
+        if (last.width, last.height) != (first.width, first.height):
+            raise RegionCheckError(
+                "image", index, f"view {index + 1} is {last.width}x{last.height} but view 1 "
+                f"is {first.width}x{first.height}; the views of a region must be co-registered")
+    encoded, coverages = [], []
+    for index, data in enumerate(masks):
+        target = infos[min(index, len(infos) - 1)]
+        try:
+            mask, coverage = canonical_mask(decode_mask_array(bytes(data), max_pixels),
+                                            (target.width, target.height), resize_masks)
+        except RegionInputError as exc:
+            raise RegionCheckError("mask", index, str(exc)) from None
+        encoded.append(mask)
+        coverages.append(coverage)
+    return CheckedRegion(infos, encoded, coverages)
 
 
 def resize_nearest(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -77,27 +77,20 @@ def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
     """
     from masktfx.records import make_example
 
-    infos = []
-    for view_index, path in enumerate(row.images):
-        try:
-            infos.append(imageio.load_image(path, max_pixels))
-        except imageio.RegionInputError as exc:
-            raise _RowFailure(path, f"image: {exc}") from None
-        first = infos[0]
-        if (infos[-1].width, infos[-1].height) != (first.width, first.height):
-            raise _RowFailure(path, f"view {view_index + 1} is {infos[-1].width}x"
-                                    f"{infos[-1].height} but view 1 is {first.width}x"
-                                    f"{first.height}; the views of a row must be co-registered")
-    masks, coverages = [], []
-    for mask_index, path in enumerate(row.masks):
-        target = infos[mask_index]
-        try:
-            encoded, coverage = imageio.load_mask(path, (target.width, target.height),
-                                                  resize_masks, max_pixels)
-        except imageio.RegionInputError as exc:
-            raise _RowFailure(path, f"mask: {exc}") from None
-        masks.append(encoded)
-        coverages.append(coverage)
+    files = {"image": row.images, "mask": row.masks}
+    contents = {}
+    for part, paths in files.items():
+        for path in paths:
+            try:
+                contents.setdefault(part, []).append(imageio.read_file(path))
+            except imageio.RegionInputError as exc:
+                raise _RowFailure(path, f"{part}: {exc}") from None
+    try:
+        region = imageio.check_region(contents["image"], contents["mask"], max_pixels,
+                                      resize_masks)
+    except imageio.RegionCheckError as exc:
+        raise _RowFailure(files[exc.part][exc.index], f"{exc.part}: {exc.reason}") from None
+    infos, masks, coverages = region.images, region.masks, region.coverages
     example = make_example([info.encoded for info in infos], masks, row.label, row.example_id,
                            row.group, row.metadata)
     serialized = example.SerializeToString()

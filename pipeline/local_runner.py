@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tfx.orchestration import metadata  # not `tfx.v1`: see pipeline/pipeline.py
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
+from masktfx.beam_runner import beam_args_in_environment
 from masktfx.config import RUN_CONFIG, PipelineConfig
 from masktfx.fork_server import (
     PIPELINE_PRELOAD,
     fork_server_for,
-    fork_server_runner_args,
 )
 from masktfx.ingest import IngestResult, run_ingest
 from masktfx.modules.schema import write_schema
@@ -25,6 +26,7 @@ from masktfx.pipeline.data import (
     verify_shards,
 )
 from masktfx.pipeline.pipeline import create_pipeline, schema_path
+from masktfx.pipeline.summary import RunSummary, summarize_run
 
 VERIFIED_SHARDS = "verified-shards.json"  # in the workdir: shards already read through once
 
@@ -93,9 +95,47 @@ def run_pipeline(config: PipelineConfig) -> None:
     process that has imported TensorFlow and the TFX libraries once (masktfx/fork_server.py).
     """
     os.makedirs(config.workdir, exist_ok=True)
-    runner_args = fork_server_runner_args(config.beam_pipeline_args, config.beam_fork_server)
-    with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD, config.beam_fork_server):
-        pipeline = create_pipeline(config.replace(beam_args=[*config.beam_args, *runner_args]))
+    with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD,
+                         config.beam_fork_server) as beam_args, \
+            beam_args_in_environment(beam_args) as component_beam_args:
+        pipeline = create_pipeline(config, beam_pipeline_args=component_beam_args)
         pipeline.metadata_connection_config = (
             metadata.sqlite_metadata_connection_config(config.metadata_path))
         LocalDagRunner().run(pipeline)
+
+
+@dataclass(frozen=True)
+class LocalRunOutcome:
+    config: PipelineConfig  # as resolved from the data
+    ingested: IngestResult | None
+    summary: RunSummary | None  # from MLMD; None when no run was recorded
+    failure: Exception | None  # the exception of a failed component, if one failed
+
+    @property
+    def not_completed(self) -> list[str]:
+        if self.summary is None:
+            return []
+        return [node for node, state in self.summary.components.items()
+                if state not in ("COMPLETE", "CACHED")]
+
+
+def run_local(config: PipelineConfig, data: str,
+              on_prepared: Callable[[PreparedRun], None] | None = None) -> LocalRunOutcome:
+    """`masktfx run`: prepare (an error here means no component ran, and is raised), run the
+    pipeline, read its summary back. A failed component is returned as the outcome's failure."""
+    # Started first, so that its imports overlap this process's own; run_pipeline and a
+    # manifest's ingest take their Beam workers from it.
+    with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD, config.beam_fork_server):
+        prepared = prepare(config, data)
+        if on_prepared:
+            on_prepared(prepared)
+        failure = None
+        try:
+            run_pipeline(prepared.config)
+        except Exception as exc:  # a component failed: the caller says which and why
+            failure = exc
+    try:
+        summary = summarize_run(prepared.config)
+    except LookupError:
+        summary = None
+    return LocalRunOutcome(prepared.config, prepared.ingested, summary, failure)

@@ -119,11 +119,14 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
 
 
 def create_pipeline(config: PipelineConfig, data_root: Any = None,
-                    train_args: Any = None) -> Pipeline:
+                    train_args: Any = None, beam_pipeline_args: list[str] | None = None
+                    ) -> Pipeline:
     """The whole chain, ingest shards to pushed model.
 
     `data_root` and `train_args` default to the config; the Kubeflow runner passes runtime
-    parameters there so a scheduled run can change them.
+    parameters there so a scheduled run can change them. `beam_pipeline_args` default to the
+    config's; the local runner passes a runner that reads them from the environment instead
+    (masktfx/beam_runner.py), which keeps them out of TFX's cache keys.
     """
     config.validate()
     # ImportExampleGen's node id, driver and outputs; its executor skips the in-memory shuffle.
@@ -180,4 +183,5 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
                     trainer, model_resolver, evaluator, pusher],
         enable_cache=True,
         metadata_connection_config=None,
-        beam_pipeline_args=config.beam_pipeline_args)
+        beam_pipeline_args=config.beam_pipeline_args if beam_pipeline_args is None
+        else beam_pipeline_args)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime
 import glob
-import html
 import io
 import json
 import os
@@ -23,16 +22,7 @@ import numpy as np
 from masktfx import features
 from masktfx.config import PipelineConfig
 from masktfx.pipeline.lineage import Lineage, format_lineage, lineage
-from masktfx.pipeline.summary import (
-    RunSummary,
-    execution_inputs,
-    execution_outputs,
-    latest_run_id,
-    node_id,
-    open_store,
-    split_statistics,
-    summarize_run,
-)
+from masktfx.pipeline.summary import RunSummary, read_run, split_statistics, summarize_record
 
 SAMPLE_PER_SPLIT = 300  # examples read for the mask coverage histogram and the grid
 GRID_PER_CLASS = 6
@@ -64,27 +54,18 @@ class ReportData:
 
 # -- reading the run ----------------------------------------------------------------------------
 def collect(config: PipelineConfig, run_id: str | None = None) -> ReportData:
-    store = open_store(config)
-    run_id = run_id or latest_run_id(store, config.pipeline_name)
-    if run_id is None:
-        raise LookupError(f"{config.metadata_path}: no pipeline run recorded")
-    summary = summarize_run(config, run_id)
+    record = read_run(config, run_id)
+    summary = summarize_record(record)
     data = ReportData(summary=summary, config=config)
-    context = store.get_context_by_type_and_name("pipeline_run", run_id)
-    outputs, inputs = {}, {}
-    for execution in store.get_executions_by_context(context.id):
-        node = node_id(store, execution.id)
-        outputs[node] = execution_outputs(store, execution.id)
-        inputs[node] = execution_inputs(store, execution.id)
-    for statistics in outputs.get("StatisticsGen", {}).get("statistics", []):
+    for statistics in record.outputs("StatisticsGen", "statistics"):
         data.label_counts = _label_counts(statistics.uri)
-    for examples in outputs.get("ImportExampleGen", {}).get("examples", []):
+    for examples in record.outputs("ImportExampleGen", "examples"):
         _read_sample(examples.uri, data)
-    for model_run in outputs.get("Trainer", {}).get("model_run", []):
+    for model_run in record.outputs("Trainer", "model_run"):
         data.history = read_training_history(model_run.uri)
-    for baseline in inputs.get("Evaluator", {}).get("baseline_model", []):
+    for baseline in record.inputs("Evaluator", "baseline_model"):
         data.baseline_uri = baseline.uri
-    for evaluation in outputs.get("Evaluator", {}).get("evaluation", []):
+    for evaluation in record.outputs("Evaluator", "evaluation"):
         _read_evaluation(evaluation.uri, data)
     if summary.pushed and summary.pushed_version:
         data.lineage = lineage(config, summary.pushed_version)
@@ -223,10 +204,6 @@ def _png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _img(encoded: str, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
-
-
 def _pyplot():
     import matplotlib
 
@@ -332,17 +309,6 @@ def calibration_figure(buckets: list[dict[str, float]], bins: int = 10) -> str:
 
 
 # -- the page -----------------------------------------------------------------------------------
-def _table(header: list[str], rows: list[list[str]], attributes: list[list[str]] | None = None
-           ) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for index, row in enumerate(rows):
-        extra = attributes[index] if attributes else [""] * len(row)
-        body.append("<tr>" + "".join(f"<td{a}>{html.escape(c)}</td>" for c, a in zip(row, extra))
-                    + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
 def _number(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -359,143 +325,85 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 .yes{color:#176f2c;font-weight:bold}.no{color:#a31515;font-weight:bold}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto}img{max-width:100%}
 """
+TEMPLATE = "report.html.j2"
 
 
-def render(data: ReportData) -> str:
-    """The HTML page for one run."""
+def _template():
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False)
+    return environment.get_template(TEMPLATE)
+
+
+def page_context(data: ReportData) -> dict[str, Any]:
+    """What the template shows: the run's values and the tables' rows, formatted, and the
+    figures as base64 PNGs. The template escapes every value."""
     summary, config = data.summary, data.config
     started = datetime.datetime.fromtimestamp(summary.started_ms / 1000, datetime.timezone.utc)
-    parts = [f"<h1>MaskTFX run {html.escape(summary.run_id)}</h1>",
-             f"<p>Pipeline <b>{html.escape(config.pipeline_name)}</b>, model "
-             f"<b>{html.escape(config.model_name)}</b>, started {started:%Y-%m-%d %H:%M:%S} UTC, "
-             f"workdir <code>{html.escape(os.path.abspath(config.workdir))}</code>.</p>"]
-    parts.append(_decision_section(data))
-    parts.append(_data_section(data))
-    parts.append(_training_section(data))
-    parts.append(_evaluation_section(data))
-    parts.append(_lineage_section(data))
-    body = "\n".join(parts)
-    title = html.escape(f"MaskTFX report: {summary.run_id}")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{title}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
-            "</body></html>\n")
-
-
-def _decision_section(data: ReportData) -> str:
-    summary = data.summary
-    if summary.blessed is None:
-        verdict = '<span class="no" id="blessed">no evaluation</span>'
-    elif summary.blessed:
-        verdict = '<span class="yes" id="blessed">blessed</span>'
-    else:
-        verdict = '<span class="no" id="blessed">not blessed</span>'
-    rules = (f"BinaryAccuracy at threshold {data.config.decision_threshold} must be at least "
-             f"{data.config.min_accuracy}; AUC may not drop more than {data.config.max_auc_drop} "
-             "below the last blessed model's.")
-    lines = [f"<h2>Decision</h2><p>{verdict}. {html.escape(rules)}</p>"]
-    if summary.blessing_reasons:
-        lines.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>"
-                                      for r in summary.blessing_reasons) + "</ul>")
-    if data.baseline_uri:
-        rows = []
-        for name in ("auc", "binary_accuracy"):
-            new = summary.metrics.get(name)
-            old = data.baseline_metrics.get(name)
-            change = None if new is None or old is None else new - old
-            rows.append([name, _number(new), _number(old),
-                         "-" if change is None else f"{change:+.4f}"])
-        lines.append(f"<p>Baseline (last blessed model): <code>"
-                     f"{html.escape(data.baseline_uri)}</code></p>")
-        lines.append(_table(["metric", "this model", "baseline", "change"], rows))
-    else:
-        lines.append("<p>No baseline: no model had been blessed before this run.</p>")
-    if summary.pushed and not summary.pushed_new:
-        lines.append(f"<p>Nothing pushed by this run: version <b id=\"pushed-version\">"
-                     f"{summary.pushed_version}</b> already serves this model.</p>")
-    elif summary.pushed:
-        lines.append(f"<p>Pushed version <b id=\"pushed-version\">{summary.pushed_version}</b> to "
-                     f"<code>{html.escape(summary.pushed_path or '')}</code>.</p>")
-    else:
-        lines.append("<p id=\"pushed-version\">Nothing pushed by this run.</p>")
-    return "\n".join(lines)
-
-
-def _data_section(data: ReportData) -> str:
-    summary = data.summary
-    spans = ", ".join(str(s) for s in summary.spans) or "?"
-    rows, attributes = [], []
+    context: dict[str, Any] = {
+        "summary": summary, "config": config, "style": STYLE,
+        "started": f"{started:%Y-%m-%d %H:%M:%S}",
+        "workdir": os.path.abspath(config.workdir), "baseline_uri": data.baseline_uri,
+        "spans": ", ".join(str(s) for s in summary.spans) or "?",
+        "sample_per_split": SAMPLE_PER_SPLIT,
+        "lineage_text": format_lineage(data.lineage) if data.lineage is not None else "",
+    }
+    context["baseline_rows"] = []
+    for name in ("auc", "binary_accuracy"):
+        new, old = summary.metrics.get(name), data.baseline_metrics.get(name)
+        change = None if new is None or old is None else new - old
+        context["baseline_rows"].append([name, _number(new), _number(old),
+                                         "-" if change is None else f"{change:+.4f}"])
+    context["data_rows"], context["data_attributes"] = [], []
     for split in sorted(set(summary.examples) | set(data.label_counts)):
         labels = data.label_counts.get(split, {})
         total = summary.examples.get(split)
         positives = labels.get(1)
         share = "-" if not total or positives is None else f"{positives / total:.1%}"
-        rows.append([split, _count(total), _count(labels.get(0)), _count(positives), share])
-        attributes.append(["", f' data-split="{split}" data-field="examples"',
-                           f' data-split="{split}" data-field="negatives"',
-                           f' data-split="{split}" data-field="positives"', ""])
-    parts = [f"<h2>Data</h2><p>Span(s) {html.escape(spans)}.</p>",
-             _table(["split", "examples", "label 0", "label 1", "positive share"], rows,
-                    attributes)]
-    if data.coverage:
-        parts.append("<h3>Mask coverage</h3><p>Fraction of each image inside its mask, over the "
-                     f"first {SAMPLE_PER_SPLIT} examples of each split.</p>")
-        parts.append(_img(coverage_figure(data.coverage), "mask coverage histogram"))
-    if data.samples:
-        parts.append("<h3>Example regions (eval split; mask outlined in yellow)</h3>")
-        parts.append(_img(grid_figure(data.samples), "example regions per class"))
-    return "\n".join(parts)
+        context["data_rows"].append([split, _count(total), _count(labels.get(0)),
+                                     _count(positives), share])
+        context["data_attributes"].append(
+            [{}] + [{"data-split": split, "data-field": field_name}
+                    for field_name in ("examples", "negatives", "positives")] + [{}])
+    context["coverage_figure"] = coverage_figure(data.coverage) if data.coverage else ""
+    context["grid_figure"] = grid_figure(data.samples) if data.samples else ""
+    context["training_figure"] = training_figure(data.history) if data.history else ""
+    context["epochs"] = max((len(v) for h in data.history.values() for v in h.values()),
+                            default=0)
+    context["training_rows"] = [
+        [phase] + [_number(values[name][-1]) if name in values else "-"
+                   for name in ("loss", "auc")]
+        for phase, values in sorted(data.history.items())]
+    overall = dict(data.slices).get("overall", {}) if data.slices else {}
+    shown = [name for name in REPORT_METRICS if name in overall]
+    context["metric_rows"] = [
+        [name, _count(overall[name]) if name == "example_count" else _number(overall[name])]
+        for name in shown] if data.slices else []
+    context["metric_attributes"] = [[{}, {"data-metric": name}] for name in shown]
+    confusion = data.confusion
+    context["confusion_threshold"] = f"{confusion['threshold']:g}" if confusion else ""
+    context["confusion_rows"] = [
+        ["label 1", _count(confusion["truePositives"]), _count(confusion["falseNegatives"])],
+        ["label 0", _count(confusion["falsePositives"]), _count(confusion["trueNegatives"])],
+    ] if confusion else []
+    context["confusion_attributes"] = [[{}, {"data-cell": "tp"}, {"data-cell": "fn"}],
+                                       [{}, {"data-cell": "fp"}, {"data-cell": "tn"}]]
+    context["curves_figure"] = curves_figure(data.curve) if data.curve else ""
+    context["calibration_figure"] = (calibration_figure(data.calibration)
+                                     if data.calibration else "")
+    context["slice_rows"] = [
+        [name, _count(metrics.get("example_count"))]
+        + [_number(metrics.get(m)) for m in ("auc", "binary_accuracy", "precision", "recall")]
+        for name, metrics in data.slices]
+    context["slice_attributes"] = [[{"data-slice": name}] for name, _ in data.slices]
+    return context
 
 
-def _training_section(data: ReportData) -> str:
-    if not data.history:
-        return "<h2>Training</h2><p>No TensorBoard logs were found for this run's Trainer.</p>"
-    epochs = max(len(v) for h in data.history.values() for v in h.values())
-    rows = []
-    for phase, values in sorted(data.history.items()):
-        rows.append([phase] + [_number(values[name][-1]) if name in values else "-"
-                               for name in ("loss", "auc")])
-    return "\n".join([f"<h2>Training</h2><p>{epochs} epochs (early stopping on eval AUC).</p>",
-                      _img(training_figure(data.history), "loss and AUC per epoch"),
-                      _table(["phase", "last loss", "last AUC"], rows)])
-
-
-def _evaluation_section(data: ReportData) -> str:
-    if not data.slices:
-        return "<h2>Evaluation</h2><p>No evaluation in this run.</p>"
-    overall = dict(data.slices).get("overall", {})
-    rows = [[name, _count(overall[name]) if name == "example_count" else _number(overall[name])]
-            for name in REPORT_METRICS if name in overall]
-    attributes = [["", f' data-metric="{name}"'] for name in REPORT_METRICS if name in overall]
-    parts = ["<h2>Evaluation</h2><p>TFMA on the eval split, overall:</p>",
-             _table(["metric", "value"], rows, attributes)]
-    if data.confusion:
-        c = data.confusion
-        parts.append(f"<h3>Confusion matrix at threshold {c['threshold']:g}</h3>")
-        parts.append(_table(
-            ["", "predicted 1", "predicted 0"],
-            [["label 1", _count(c["truePositives"]), _count(c["falseNegatives"])],
-             ["label 0", _count(c["falsePositives"]), _count(c["trueNegatives"])]],
-            [["", ' data-cell="tp"', ' data-cell="fn"'],
-             ["", ' data-cell="fp"', ' data-cell="tn"']]))
-    if data.curve:
-        parts.append(_img(curves_figure(data.curve), "ROC and precision-recall curves"))
-    if data.calibration:
-        parts.append(_img(calibration_figure(data.calibration), "calibration plot"))
-    slice_rows, slice_attributes = [], []
-    for name, metrics in data.slices:
-        slice_rows.append([name, _count(metrics.get("example_count"))] + [
-            _number(metrics.get(m)) for m in ("auc", "binary_accuracy", "precision", "recall")])
-        slice_attributes.append([f' data-slice="{html.escape(name)}"', "", "", "", "", ""])
-    parts.append("<h3>Per slice</h3>")
-    parts.append(_table(["slice", "examples", "auc", "accuracy", "precision", "recall"],
-                        slice_rows, slice_attributes))
-    return "\n".join(parts)
-
-
-def _lineage_section(data: ReportData) -> str:
-    if data.lineage is None:
-        return "<h2>Lineage</h2><p>This run pushed no model.</p>"
-    return f"<h2>Lineage</h2><pre>{html.escape(format_lineage(data.lineage))}</pre>"
+def render(data: ReportData) -> str:
+    """The HTML page for one run."""
+    return _template().render(**page_context(data)) + "\n"
 
 
 def write_report(config: PipelineConfig, output: str | None = None,

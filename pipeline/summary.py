@@ -89,27 +89,68 @@ def execution_inputs(store: metadata_store.MetadataStore, execution_id: int
                                                    metadata_store_pb2.Event.DECLARED_INPUT))
 
 
-def summarize_run(config: PipelineConfig, run_id: str | None = None) -> RunSummary:
-    """Read one run (the latest by default) from the workdir's MLMD store."""
-    store = open_store(config)
+@dataclass(frozen=True)
+class NodeExecution:
+    """One component's execution in a run, with its artifacts by key."""
+
+    node: str
+    state: str  # COMPLETE, CACHED, FAILED, RUNNING, ...
+    inputs: dict[str, list[metadata_store_pb2.Artifact]]
+    outputs: dict[str, list[metadata_store_pb2.Artifact]]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as MLMD recorded it; the one walk over its executions that the summary, `runs`
+    and the report read from."""
+
+    run_id: str
+    started_ms: int
+    nodes: dict[str, NodeExecution]
+
+    def outputs(self, node: str, key: str) -> list[metadata_store_pb2.Artifact]:
+        found = self.nodes.get(node)
+        return found.outputs.get(key, []) if found else []
+
+    def inputs(self, node: str, key: str) -> list[metadata_store_pb2.Artifact]:
+        found = self.nodes.get(node)
+        return found.inputs.get(key, []) if found else []
+
+
+def read_run(config: PipelineConfig, run_id: str | None = None,
+             store: metadata_store.MetadataStore | None = None) -> RunRecord:
+    """One run (the latest by default) from the workdir's MLMD store."""
+    store = store or open_store(config)
     run_id = run_id or latest_run_id(store, config.pipeline_name)
     if run_id is None:
         raise LookupError(f"{config.metadata_path}: no pipeline run recorded")
     context = store.get_context_by_type_and_name("pipeline_run", run_id)
     if context is None:
         raise LookupError(f"{config.metadata_path}: no pipeline run {run_id!r}")
-    summary = RunSummary(run_id=run_id, started_ms=context.create_time_since_epoch)
-    outputs_by_node = {}
+    nodes = {}
     for execution in store.get_executions_by_context(context.id):
         node = node_id(store, execution.id)
-        summary.components[node] = _STATE_NAMES.get(execution.last_known_state, "UNKNOWN")
-        outputs_by_node[node] = execution_outputs(store, execution.id)
-    summary.spans = sorted({artifact_span(a) for a in
-                            outputs_by_node.get("ImportExampleGen", {}).get("examples", [])})
-    _read_statistics(outputs_by_node.get("StatisticsGen", {}), summary)
-    _read_evaluation(outputs_by_node.get("Evaluator", {}), summary)
-    _read_push(outputs_by_node.get("VersionedPusher", {}), summary)
+        nodes[node] = NodeExecution(
+            node, _STATE_NAMES.get(execution.last_known_state, "UNKNOWN"),
+            execution_inputs(store, execution.id), execution_outputs(store, execution.id))
+    return RunRecord(run_id, context.create_time_since_epoch, nodes)
+
+
+def summarize_record(record: RunRecord) -> RunSummary:
+    summary = RunSummary(run_id=record.run_id, started_ms=record.started_ms,
+                         components={node: e.state for node, e in record.nodes.items()})
+    summary.spans = sorted({artifact_span(a)
+                            for a in record.outputs("ImportExampleGen", "examples")})
+    outputs = {node: e.outputs for node, e in record.nodes.items()}
+    _read_statistics(outputs.get("StatisticsGen", {}), summary)
+    _read_evaluation(outputs.get("Evaluator", {}), summary)
+    _read_push(outputs.get("VersionedPusher", {}), summary)
     return summary
+
+
+def summarize_run(config: PipelineConfig, run_id: str | None = None) -> RunSummary:
+    """Read one run (the latest by default) from the workdir's MLMD store."""
+    return summarize_record(read_run(config, run_id))
 
 
 def artifact_span(artifact: metadata_store_pb2.Artifact) -> int:
@@ -131,7 +172,8 @@ def list_run_ids(store: metadata_store.MetadataStore, pipeline_name: str) -> lis
 
 def list_runs(config: PipelineConfig) -> list[RunSummary]:
     store = open_store(config)
-    return [summarize_run(config, run_id) for run_id in list_run_ids(store, config.pipeline_name)]
+    return [summarize_record(read_run(config, run_id, store))
+            for run_id in list_run_ids(store, config.pipeline_name)]
 
 
 def format_runs(runs: list[RunSummary]) -> str:

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from masktfx import features
 from masktfx.config import PipelineConfig
-from masktfx.images import RegionInputError, check_image_bytes, decode_mask_array
+from masktfx.images import RegionCheckError, check_region
 from masktfx.serving.batching import Batcher, BatchingParameters, QueueFullError
 
 log = logging.getLogger("masktfx.serve")
@@ -252,34 +252,15 @@ def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec]
 
 
 def check_region_inputs(images: np.ndarray, masks: np.ndarray, max_pixels: int) -> None:
-    """Every image decodable and under the pixel limit; masks single-channel, same size."""
+    """Each instance's images and masks through the region check ingest uses
+    (masktfx.images.check_region); the error names the instance and the input."""
     for row in range(len(images)):
-        sizes = []
-        for view, data in enumerate(images[row]):
-            try:
-                info = check_image_bytes(bytes(data), max_pixels)
-            except RegionInputError as exc:
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"instance {row}, images[{view}]: {exc}") from None
-            sizes.append((info.width, info.height))
-        if len(set(sizes)) > 1:
+        try:
+            check_region(list(images[row]), list(masks[row]), max_pixels)
+        except RegionCheckError as exc:
             raise ServingError("INVALID_ARGUMENT",
-                               f"instance {row}: views differ in size {sizes}; they must be "
-                               "co-registered")
-        for index, data in enumerate(masks[row]):
-            try:
-                region = decode_mask_array(bytes(data), max_pixels)
-            except RegionInputError as exc:
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"instance {row}, masks[{index}]: {exc}") from None
-            if (region.shape[1], region.shape[0]) != sizes[0]:
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"instance {row}, masks[{index}]: mask is {region.shape[1]}x"
-                                   f"{region.shape[0]} but the image is {sizes[0][0]}x"
-                                   f"{sizes[0][1]}")
-            if not region.any():
-                raise ServingError("INVALID_ARGUMENT",
-                                   f"instance {row}, masks[{index}]: mask is empty (no region)")
+                               f"instance {row}, {exc.part}s[{exc.index}]: {exc.reason}"
+                               ) from None
 
 
 def wait_for_version(manager: ModelManager, timeout: float = 60.0) -> int:

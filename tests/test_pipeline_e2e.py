@@ -175,14 +175,38 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     assert blessing["baseline_model_id"].int_value == inputs["model"][0].id
     assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
 
-    # a worse model (barely trained) against the blessed one: its AUC drops by more than
-    # max_auc_drop, so it is not blessed and nothing is pushed, though accuracy is not gated here
+    # a change of the gate and of Beam's worker count: Transform and Trainer are keyed on neither
+    assert _run(manifest, workdir, "--min-accuracy", "0.01", "--direct-num-workers", "1") == 0
+    gate_only = summarize_run(config)
+    assert gate_only.components["Transform"] == "CACHED", gate_only.components
+    assert gate_only.components["Trainer"] == "CACHED", gate_only.components
+
+    # an edit of code the Transform module imports (outside modules/, which TFX hashes itself)
+    import masktfx.config as config_module
+
+    with open(config_module.__file__, "rb") as handle:
+        original = handle.read()
+    try:
+        with open(config_module.__file__, "ab") as handle:
+            handle.write(b"\n# edited by test_run_blesses_pushes_serves_and_caches\n")
+        assert _run(manifest, workdir, "--min-accuracy", "0.01") == 0
+    finally:
+        with open(config_module.__file__, "wb") as handle:
+            handle.write(original)
+    edited = summarize_run(config)
+    assert edited.components["StatisticsGen"] == "CACHED", edited.components
+    assert edited.components["Transform"] == "COMPLETE", edited.components
+
+    # a worse model (barely trained, on smaller crops) against the blessed one: its AUC drops by
+    # more than max_auc_drop, so it is not blessed and nothing is pushed, though accuracy is not
+    # gated here; the new image size re-runs Transform
     capsys.readouterr()
     assert _run(manifest, workdir, "--epochs", "1", "--learning-rate", "1e-7",
-                "--min-accuracy", "0") == 0
+                "--min-accuracy", "0", "--image-size", "24") == 0
     out = capsys.readouterr().out
     assert "blessed: NO - auc changed by" in out and "pushed: nothing" in out, out
     worse = summarize_run(config)
+    assert worse.components["Transform"] == "COMPLETE", worse.components
     assert worse.components["Trainer"] == "COMPLETE" and not worse.blessed
     inputs, outputs = _evaluator_io(config)  # a different baseline: both models evaluated
     assert inputs["baseline_model"][0].id != inputs["model"][0].id

@@ -1,0 +1,48 @@
+"""The `masktfx` command line: one module per command group, wiring only (what a command does
+lives in the layers below)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+# The package sets TF_USE_LEGACY_KERAS before anything imports TensorFlow.
+from masktfx.cli import data, kubeflow, reports, run, serving
+from masktfx.cli.common import CommandError, print_json
+from masktfx.cli.run import run_and_summarize
+from masktfx.config import ConfigError
+
+__all__ = ["CommandError", "build_parser", "main", "print_json", "run_and_summarize"]
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    data.add_ingest, data.add_demo_data, run.add_run, serving.add_serve, serving.add_predict,
+    kubeflow.add_kubeflow, reports.add_reports]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="masktfx", description="Region-level image "
+                                     "classification pipelines on TFX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (CommandError, ConfigError) as exc:
+        print(f"masktfx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m masktfx.cli`: the `masktfx` command."""
+
+import sys
+
+from masktfx.cli import main
+
+sys.exit(main())

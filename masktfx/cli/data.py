@@ -1,0 +1,144 @@
+"""`masktfx ingest` and `masktfx demo-data`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError
+
+
+def add_ingest(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("ingest", help="manifest CSV -> gzipped TFRecord shards (Apache Beam)",
+                            description="Read a manifest of images, masks and labels and write "
+                                        "gzipped TFRecord shards, ingest_report.json and "
+                                        "rejected.csv.")
+    parser.add_argument("manifest", help="the manifest CSV; paths are relative to its folder")
+    parser.add_argument("--output", required=True, help="output folder (a span goes in span-N/)")
+    parser.add_argument("--span", type=int, default=None,
+                        help="write into OUTPUT/span-N for ImportExampleGen's {SPAN} pattern")
+    parser.add_argument("--resize-masks", action="store_true",
+                        help="resize masks of another size to the image (nearest neighbour)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels, before decoding them")
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="allow paths outside the manifest's folder")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 1) and publish no shards if any row is rejected")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the shards already in the output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-fork-server", action="store_true",
+                        help="multi_processing DirectRunner: start each Beam worker cold instead "
+                             "of forking it from a process that imported Beam once")
+    parser.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[],
+                        help="the rest of the line goes to Beam, e.g. --runner=DataflowRunner")
+    parser.set_defaults(handler=cmd_ingest)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from masktfx.config import ingest_beam_args
+    from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
+
+    if args.span is not None and args.span < 0:
+        raise CommandError("--span must be >= 0")
+    beam_args = ingest_beam_args(args.beam_args)
+    # Started before this process imports Beam, so that the two imports overlap.
+    with fork_server_for(beam_args, INGEST_PRELOAD, not args.no_fork_server):
+        return _ingest(args, beam_args)
+
+
+def _ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from masktfx.ingest import IngestError, run_ingest
+    from masktfx.manifest import ManifestError
+
+    try:
+        result = run_ingest(args.manifest, args.output, span=args.span,
+                            beam_args=beam_args, resize_masks=args.resize_masks,
+                            max_pixels=args.max_pixels,
+                            allow_outside_paths=args.allow_outside_paths, strict=args.strict,
+                            overwrite=args.overwrite,
+                            progress=False if args.no_progress else None,
+                            fork_server=not args.no_fork_server)
+    except (ManifestError, IngestError) as exc:
+        raise CommandError(str(exc)) from None
+    print(result.describe())
+    if not result.published:
+        print("no shards were published: "
+              + ("no row was good" if result.written == 0 else "--strict and rows were rejected"),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_demo_data(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo-data", help="write built-in demo data with its manifest")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    synthetic = kinds.add_parser("synthetic", help="synthetic regions; the signal is inside the "
+                                                   "mask, look-alikes outside it")
+    synthetic.add_argument("--output", required=True)
+    synthetic.add_argument("--num-examples", type=int, default=400)
+    synthetic.add_argument("--views", type=int, default=1)
+    synthetic.add_argument("--size", type=int, default=64)
+    synthetic.add_argument("--sites", type=int, default=4, help="sites (scanner-like groups)")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(handler=cmd_demo_synthetic)
+    nuclei = kinds.add_parser("nuclei", help="real fluorescence nuclei (BBBC038) from the "
+                                             "stardist==0.9.2 wheel")
+    nuclei.add_argument("--output", required=True)
+    nuclei.add_argument("--wheel-dir", default=None,
+                        help="folder holding the stardist wheel (default: VENV/share/masktfx)")
+    nuclei.add_argument("--tile", type=int, default=48, help="side of the tile around a region")
+    nuclei.add_argument("--seed", type=int, default=0)
+    nuclei.add_argument("--hard", action="store_true",
+                        help="negatives that half-cover a nucleus (two in three), not only "
+                             "shapes moved onto background")
+    nuclei.set_defaults(handler=cmd_demo_nuclei)
+    trees = kinds.add_parser("trees", help="real aerial RGB tree crowns of two regions "
+                                           "(California, Wyoming) from the deepforest==2.1.0 "
+                                           "wheel")
+    trees.add_argument("--output", required=True)
+    trees.add_argument("--wheel-dir", default=None,
+                       help="folder holding the deepforest wheel (default: VENV/share/masktfx)")
+    trees.add_argument("--context", type=float, default=1.5,
+                       help="context on each side of a region, in region sizes")
+    trees.add_argument("--block", type=int, default=200,
+                       help="side in pixels of the spatial blocks that become groups")
+    trees.add_argument("--seed", type=int, default=0)
+    trees.set_defaults(handler=cmd_demo_trees)
+
+
+def cmd_demo_synthetic(args: argparse.Namespace) -> int:
+    from masktfx.demo_data import DemoDataError, write_synthetic
+
+    try:
+        path = write_synthetic(args.output, num_examples=args.num_examples, views=args.views,
+                               size=args.size, num_sites=args.sites, seed=args.seed)
+    except DemoDataError as exc:
+        raise CommandError(str(exc)) from None
+    print(path)
+    return 0
+
+
+def cmd_demo_nuclei(args: argparse.Namespace) -> int:
+    from masktfx.demo_data import DemoDataError, write_nuclei
+
+    try:
+        path = write_nuclei(args.output, wheel_dir=args.wheel_dir, tile=args.tile, seed=args.seed,
+                            hard=args.hard)
+    except DemoDataError as exc:
+        raise CommandError(str(exc)) from None
+    print(path)
+    return 0
+
+
+def cmd_demo_trees(args: argparse.Namespace) -> int:
+    from masktfx.demo_data import DemoDataError, write_trees
+
+    try:
+        path = write_trees(args.output, wheel_dir=args.wheel_dir, context=args.context,
+                           block=args.block, seed=args.seed)
+    except DemoDataError as exc:
+        raise CommandError(str(exc)) from None
+    print(path)
+    return 0

@@ -1,0 +1,179 @@
+"""`masktfx serve` and `masktfx predict`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve", help="development model server with TF Serving's REST and gRPC APIs",
+        description="Serve the SavedModels the Pusher writes, for development and tests. "
+                    "Production uses the real TensorFlow Serving (see kubernetes/).")
+    parser.add_argument("--model-base-path", required=True,
+                        help="folder of numbered version folders (SERVING_DIR/MODEL_NAME)")
+    parser.add_argument("--model-name", required=True)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default loopback; 0.0.0.0 exposes it)")
+    parser.add_argument("--rest-port", type=int, default=8501)
+    parser.add_argument("--grpc-port", type=int, default=8500, help="0 picks a free port")
+    parser.add_argument("--poll-seconds", type=float, default=1.0,
+                        help="how often the base path is checked for new versions")
+    parser.add_argument("--body-limit-mb", type=float, default=32.0,
+                        help="largest request body (413 above)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    batching = parser.add_argument_group(
+        "server-side batching", "merge concurrent requests into one model call, as TF Serving's "
+        "--enable_batching does")
+    batching.add_argument("--enable-batching", action="store_true")
+    batching.add_argument("--max-batch-size", type=int, default=32, help="rows per batch")
+    batching.add_argument("--batch-timeout-micros", type=int, default=0,
+                          help="how long a request waits for others to join its batch")
+    batching.add_argument("--num-batch-threads", type=int, default=os.cpu_count() or 1,
+                          help="batches run at once")
+    parser.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from masktfx.serving.batching import BatchingParameters
+    from masktfx.serving.models import ModelManager
+    from masktfx.serving.server import ModelServer
+
+    batching = None
+    if args.enable_batching:
+        batching = BatchingParameters(args.max_batch_size, args.batch_timeout_micros,
+                                      args.num_batch_threads)
+        try:
+            batching.validate()
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    manager = ModelManager(args.model_name, args.model_base_path, args.poll_seconds,
+                           max_pixels=args.max_pixels, batching=batching)
+    try:
+        server = ModelServer({args.model_name: manager}, host=args.host,
+                             rest_port=args.rest_port, grpc_port=args.grpc_port,
+                             body_limit=int(args.body_limit_mb * 2**20))
+    except OSError as exc:
+        raise CommandError(f"cannot bind {args.host}: {exc}") from None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    print(f"serving {args.model_name} from {manager.base_path}: REST "
+          f"http://{args.host}:{server.rest_port}, gRPC {args.host}:{server.grpc_port}",
+          flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("predict", help="call a served model (TF Serving or masktfx serve)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--server", help="REST base URL, e.g. http://127.0.0.1:8501")
+    target.add_argument("--grpc", help="gRPC HOST:PORT, e.g. 127.0.0.1:8500")
+    parser.add_argument("--model", required=True, help="model name")
+    parser.add_argument("--version", type=int, default=None, help="a specific version")
+    parser.add_argument("--image", action="append", default=[],
+                        help="image of one view (repeat for K views, in order)")
+    parser.add_argument("--mask", action="append", default=[],
+                        help="the region's mask (once, or once per view)")
+    parser.add_argument("--manifest", help="a manifest CSV: predict every row")
+    parser.add_argument("--batch-size", type=int, default=32, help="regions per request")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    parser.set_defaults(handler=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from masktfx.images import RegionCheckError, RegionInputError, check_region, read_file
+    from masktfx.manifest import ManifestError, read_manifest
+    from masktfx.serving.client import GrpcClient, RestClient, ServingClientError
+
+    if args.manifest and (args.image or args.mask):
+        raise CommandError("give either --manifest or --image/--mask, not both")
+    if args.manifest:
+        try:
+            manifest = read_manifest(args.manifest)
+        except ManifestError as exc:
+            raise CommandError(str(exc)) from None
+        regions = [(row.example_id, row.images, row.masks) for row in manifest.rows]
+        failed = [{"row": r.row, "error": r.reason} for r in manifest.rejected]
+    else:
+        if not args.image or not args.mask:
+            raise CommandError("give --image (one per view) and --mask, or --manifest")
+        regions = [(args.image[0], tuple(args.image), tuple(args.mask))]
+        failed = []
+    if args.batch_size < 1:
+        raise CommandError("--batch-size must be >= 1")
+
+    def encoded(images, masks):
+        """Files as the model wants them (TIFF re-encoded, masks canonical PNG), checked as
+        ingest and the server check them; the error names the file at fault."""
+        paths = {"image": images, "mask": masks}
+        contents = {part: [] for part in paths}
+        for part, files in paths.items():
+            for path in files:
+                try:
+                    contents[part].append(read_file(path))
+                except RegionInputError as exc:
+                    raise RegionInputError(f"{path}: {exc}") from None
+        try:
+            region = check_region(contents["image"], contents["mask"], args.max_pixels)
+        except RegionCheckError as exc:
+            raise RegionInputError(f"{paths[exc.part][exc.index]}: {exc.reason}") from None
+        return [info.encoded for info in region.images], region.masks
+
+    def predict_batch(ids, images, masks):
+        """One request; if the server refuses it as bad input, each region alone, so one bad
+        region fails only itself."""
+        try:
+            return list(zip(ids, client.predict_regions(images, masks, args.version)))
+        except ServingClientError as exc:
+            if exc.code not in ("400", "INVALID_ARGUMENT"):
+                raise CommandError(f"the server refused the request: {exc}") from None
+            if len(ids) == 1:
+                return [(ids[0], exc)]
+        results = []
+        for item in zip(ids, images, masks):
+            results.extend(predict_batch([item[0]], [item[1]], [item[2]]))
+        return results
+
+    try:
+        client = (RestClient(args.server, args.model, timeout=args.timeout) if args.server
+                  else GrpcClient(args.grpc, args.model, timeout=args.timeout))
+    except ValueError as exc:
+        raise CommandError(f"--server: {exc}") from None
+    for item in failed:
+        print(json.dumps(item), flush=True)
+    status = 1 if failed else 0
+    for start in range(0, len(regions), args.batch_size):
+        batch, ids, images, masks = regions[start:start + args.batch_size], [], [], []
+        for example_id, image_paths, mask_paths in batch:
+            try:
+                views, region = encoded(image_paths, mask_paths)
+            except RegionInputError as exc:
+                print(json.dumps({"id": example_id, "error": str(exc)}), flush=True)
+                status = 1
+                continue
+            ids.append(example_id)
+            images.append(views)
+            masks.append(region)
+        if not ids:
+            continue
+        for example_id, prediction in predict_batch(ids, images, masks):
+            if isinstance(prediction, ServingClientError):
+                print(json.dumps({"id": example_id, "error": prediction.message}), flush=True)
+                status = 1
+                continue
+            print(json.dumps({"id": example_id, "probability": prediction.probability,
+                              "label": prediction.label,
+                              "model_version": prediction.model_version}), flush=True)
+    return status
