@@ -242,7 +242,7 @@ def measure_size(count: int, work: str, modes: tuple[str, ...] = MODES,
         shutil.rmtree(workdir, ignore_errors=True)
         run, components = _run_with_profile(
             workdir, "--data", ingested, "--model-preset", "seed", "--epochs", "1",
-            "--direct-running-mode", "multi_processing", "--beam-fork-server", "false")
+            "--direct-running-mode", "multi_processing", "--no-beam-fork-server")
         warm = ours["multi_processing"]["run"]["seconds"]
         cold = {"multi_processing_without_fork_server": {
             "run": run, "components_s": components,

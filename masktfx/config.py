@@ -6,7 +6,6 @@ Every tunable lives here once; nothing else defines defaults for these values.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
@@ -333,37 +332,3 @@ def ingest_beam_args(beam_args: Sequence[str]) -> list[str]:
         if flag not in given:
             args.append(f"{flag}={value}")
     return args
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (`image_size` -> `--image-size`), all defaulting to 'not given'."""
-    group = parser.add_argument_group("pipeline configuration (override the --config file)")
-    for spec in fields(PipelineConfig):
-        if not spec.metadata.get("cli", True):
-            continue
-        flag = "--" + spec.name.replace("_", "-")
-        group.add_argument(flag, dest=f"cfg_{spec.name}", default=None, metavar="VALUE",
-                           help=f"{spec.metadata.get('help', '')} (default: {_default(spec)})")
-
-
-def config_from_args(args: argparse.Namespace, base: PipelineConfig | None = None
-                     ) -> PipelineConfig:
-    """YAML file (if `--config`) first, then every flag the user gave, then validation."""
-    config_path = getattr(args, "config", None)
-    config = base or (PipelineConfig.from_yaml(config_path) if config_path else PipelineConfig())
-    overrides = {
-        spec.name: getattr(args, f"cfg_{spec.name}")
-        for spec in fields(PipelineConfig)
-        if getattr(args, f"cfg_{spec.name}", None) is not None
-    }
-    beam_args = getattr(args, "beam_args", None)
-    if beam_args:
-        overrides["beam_args"] = list(config.beam_args) + list(beam_args)
-    merged = {**dataclasses.asdict(config), **overrides}
-    return PipelineConfig.from_dict(merged, source="command line").validate()
-
-
-def _default(spec: dataclasses.Field) -> Any:
-    if spec.default is not dataclasses.MISSING:
-        return spec.default
-    return spec.default_factory()  # type: ignore[misc]

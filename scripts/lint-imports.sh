@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 root=$(pwd)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# setuptools builds in ./build; leave the checkout as it was
+had_build=$([ -e build ] && echo yes || echo no)
+cleanup() { rm -rf "$work"; if [ "$had_build" = no ]; then rm -rf "$root/build"; fi; }
+trap cleanup EXIT
 "$VENV/bin/python" -m pip wheel --quiet --no-deps --wheel-dir "$work/wheel" . 2>&1 \
   | grep -v '^WARNING: Location' >&2 || true
 wheel=$(ls "$work"/wheel/masktfx-*.whl)

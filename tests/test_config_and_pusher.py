@@ -8,9 +8,10 @@ import os
 
 import pytest
 
+from masktfx.cli.flags import add_config_flags, config_from_args
 from masktfx.components import versioned_pusher
 from masktfx.components.versioned_pusher import existing_versions, publish_version
-from masktfx.config import ConfigError, PipelineConfig, add_config_flags, config_from_args
+from masktfx.config import ConfigError, PipelineConfig
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -29,6 +30,24 @@ def test_yaml_then_flags_then_validation(tmp_path):
     assert config.beam_pipeline_args[:2] == ["--direct_running_mode=multi_processing",
                                              "--direct_num_workers=0"]
     assert PipelineConfig.from_dict(config.to_custom_config()) == config
+
+
+def test_flags_read_like_their_peers(tmp_path, capsys):
+    path = tmp_path / "masktfx.yaml"
+    path.write_text("augment: false\n")
+    assert config_from_args(_parse(["--config", str(path), "--augment"])).augment is True
+    assert config_from_args(_parse(["--no-augment"])).augment is False
+    assert config_from_args(_parse(["--config", str(path)])).augment is False
+    from masktfx import __version__, cli
+
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "(default: )" not in help_text and "--augment VALUE" not in help_text
+    assert "--no-augment" in help_text
+    for title in ("Transform:", "Trainer:", "Evaluator (the blessing gate):", "Beam:"):
+        assert title in help_text
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"masktfx {__version__}"
 
 
 @pytest.mark.parametrize("yaml_text, message", [

@@ -7,6 +7,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from masktfx import __version__
+
 # The package sets TF_USE_LEGACY_KERAS before anything imports TensorFlow.
 from masktfx.cli import data, kubeflow, reports, run, serving
 from masktfx.cli.common import CommandError, print_json
@@ -23,6 +25,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masktfx", description="Region-level image "
                                      "classification pipelines on TFX.")
+    parser.add_argument("--version", action="version", version=f"masktfx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(sub)

@@ -9,7 +9,7 @@ from masktfx.cli.common import CommandError
 
 
 def add_kubeflow(sub: argparse._SubParsersAction) -> None:
-    from masktfx.config import add_config_flags
+    from masktfx.cli.flags import add_config_flags
 
     parser = sub.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines (YAML)")
     parser.add_argument("--output", required=True, help="pipeline spec, ending in .yaml")
@@ -47,7 +47,7 @@ def add_kubeflow(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from masktfx.config import config_from_args
+    from masktfx.cli.flags import config_from_args
     from masktfx.pipeline.data import DataLayoutError
     from masktfx.pipeline.kubeflow_runner import compile_pipeline
 

@@ -10,7 +10,7 @@ from masktfx.config import PipelineConfig
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
-    from masktfx.config import add_config_flags
+    from masktfx.cli.flags import add_config_flags
 
     parser = sub.add_parser("run", help="run the whole TFX pipeline locally (LocalDagRunner)",
                             description="Ingest (for a manifest), validate, transform, train, "
@@ -25,7 +25,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from masktfx.config import config_from_args
+    from masktfx.cli.flags import config_from_args
 
     config = config_from_args(args)
     return run_and_summarize(config, args.data, as_json=args.json)
