@@ -53,6 +53,10 @@ class PipelineConfig:
     )
     use_spans: bool = field(
         default=True, metadata={"help": "data root holds span-N/ folders (false: shards at top)"})
+    split_by: str = field(
+        default="group", metadata={"help": "group | id: the feature ImportExampleGen hashes to "
+                                           "split train from eval (id: by example, so regions "
+                                           "of one group may leak across the split)"})
     eval_buckets: int = field(default=1, metadata={"help": "hash buckets of `group` for eval"})
     train_buckets: int = field(default=4, metadata={"help": "hash buckets of `group` for train"})
     # Transform
@@ -167,6 +171,8 @@ class PipelineConfig:
         _require(self.pipeline_name.strip() != "", "pipeline_name", "must not be empty")
         _require(self.model_name.replace("-", "").replace("_", "").isalnum(), "model_name",
                  f"must be letters, digits, '-' or '_', got {self.model_name!r}")
+        _require(self.split_by in ("group", "id"), "split_by",
+                 f"must be group or id, got {self.split_by!r}")
         _require(self.mask_mode in MASK_MODES, "mask_mode",
                  f"must be one of {', '.join(MASK_MODES)}, got {self.mask_mode!r}")
         _require(self.normalization in NORMALIZATIONS, "normalization",

@@ -4,6 +4,7 @@ that follows the contract works."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -107,32 +108,74 @@ def damaged_shard(name: str, exc: Exception) -> DataLayoutError:
 def verify_shards(files: list[str], record_path: str) -> int:
     """Read every shard through once; a damaged one stops the run before any component starts.
 
-    Shards already verified (same size and modification time) are not read again, so a re-run
-    with no new data stays quick. Returns the number of shards read now.
+    While reading, each shard's labels per partition value (`group` and `id`) are recorded
+    beside it, for the split check (pipeline/split_plan.py). Shards already verified (same size
+    and modification time) are not read again, so a re-run with no new data stays quick.
+    Returns the number of shards read now.
     """
-    import json
-
-    verified: dict[str, list[int]] = {}
-    if os.path.exists(record_path):
-        with open(record_path, encoding="utf-8") as handle:
-            verified = json.load(handle)
+    verified = _read_verified(record_path)
     read = 0
     for name in files:
         stat = tf.io.gfile.stat(name)
         key = [int(stat.length), int(stat.mtime_nsec)]
-        if verified.get(name) == key:
+        if verified.get(name, {}).get("stat") == key:
             continue
-        dataset = tf.data.TFRecordDataset(name, compression_type="GZIP")
         try:
-            dataset.reduce(0, lambda count, _: count + 1)
+            verified[name] = {"stat": key, **_partition_labels(name)}
         except tf.errors.OpError as exc:
             raise damaged_shard(name, exc) from None
-        verified[name] = key
         read += 1
     os.makedirs(os.path.dirname(record_path), exist_ok=True)
-    with open(record_path, "w", encoding="utf-8") as handle:
-        json.dump(verified, handle, indent=1, sort_keys=True)
+    partial = f"{record_path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(verified, handle, sort_keys=True)
+    os.replace(partial, record_path)
     return read
+
+
+def _read_verified(record_path: str) -> dict[str, dict]:
+    if not os.path.exists(record_path):
+        return {}
+    try:
+        with open(record_path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+    except (OSError, ValueError):
+        return {}  # unreadable: every shard is read again
+    # an entry of an older layout (a bare [size, mtime]) is read again
+    return {name: entry for name, entry in recorded.items() if isinstance(entry, dict)}
+
+
+def _partition_labels(shard: str) -> dict[str, dict[str, list[int]]]:
+    """{"group": {value: [negatives, positives]}, "id": {...}} for one shard (values as text:
+    the bytes decoded with surrogateescape, so any value round-trips through JSON)."""
+    spec = {features.GROUP_KEY: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+            features.ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+            features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+    counts: dict[str, dict[str, list[int]]] = {features.GROUP_KEY: {}, features.ID_KEY: {}}
+    dataset = tf.data.TFRecordDataset(shard, compression_type="GZIP").batch(512).map(
+        lambda records: tf.io.parse_example(records, spec))
+    for batch in dataset.as_numpy_iterator():
+        for index, label in enumerate(batch[features.LABEL_KEY]):
+            if label not in (0, 1):
+                continue  # ExampleValidator reports records that break the contract
+            for column in counts:
+                value = batch[column][index].decode("utf-8", "surrogateescape")
+                counts[column].setdefault(value, [0, 0])[int(label)] += 1
+    return counts
+
+
+def labels_by_partition(files: list[str], record_path: str, column: str
+                        ) -> dict[bytes, list[int]]:
+    """[negatives, positives] per value of `column` (group or id) over `files`, from what
+    `verify_shards` recorded."""
+    verified = _read_verified(record_path)
+    merged: dict[bytes, list[int]] = {}
+    for name in files:
+        for value, (negatives, positives) in verified[name][column].items():
+            entry = merged.setdefault(value.encode("utf-8", "surrogateescape"), [0, 0])
+            entry[0] += negatives
+            entry[1] += positives
+    return merged
 
 
 def resolve_config(config: PipelineConfig, description: DataDescription) -> PipelineConfig:

@@ -19,13 +19,16 @@ from masktfx.fork_server import (
 from masktfx.ingest import IngestResult, run_ingest
 from masktfx.modules.schema import write_schema
 from masktfx.pipeline.data import (
+    DataLayoutError,
     describe_data,
+    labels_by_partition,
     list_spans,
     resolve_config,
     shards_to_read,
     verify_shards,
 )
 from masktfx.pipeline.pipeline import create_pipeline, schema_path
+from masktfx.pipeline.split_plan import SplitPlanError, check_split, partition_feature_name
 from masktfx.pipeline.summary import RunSummary, summarize_run
 
 VERIFIED_SHARDS = "verified-shards.json"  # in the workdir: shards already read through once
@@ -35,6 +38,7 @@ VERIFIED_SHARDS = "verified-shards.json"  # in the workdir: shards already read 
 class PreparedRun:
     config: PipelineConfig
     ingested: IngestResult | None  # the span a manifest was ingested into, if one was written
+    warnings: tuple[str, ...] = ()  # what the user should know before the run starts
 
 
 def manifest_fingerprint(manifest_path: str) -> str:
@@ -81,11 +85,22 @@ def prepare(config: PipelineConfig, data: str) -> PreparedRun:
         data_root = data
     config = resolve_config(config.replace(data_root=os.path.abspath(data_root)),
                             describe_data(data_root))
-    verify_shards(shards_to_read(data_root, config),
-                  os.path.join(config.workdir, VERIFIED_SHARDS))
+    shards = shards_to_read(data_root, config)
+    verified = os.path.join(config.workdir, VERIFIED_SHARDS)
+    verify_shards(shards, verified)
+    try:
+        check_split(labels_by_partition(shards, verified, partition_feature_name(config)),
+                    config)
+    except SplitPlanError as exc:
+        raise DataLayoutError(f"{data_root}: {exc}") from None
+    warnings = []
+    if config.split_by == "id":
+        warnings.append("split_by: id: examples are split one by one, so neighbouring regions "
+                        "of one group (patient, scene, site) can fall in both train and eval; "
+                        "the eval figures may then be optimistic")
     write_schema(config, schema_path(config))
     config.save_yaml(os.path.join(config.workdir, RUN_CONFIG))
-    return PreparedRun(config, ingested)
+    return PreparedRun(config, ingested, tuple(warnings))
 
 
 def run_pipeline(config: PipelineConfig) -> None:

@@ -31,6 +31,7 @@ from masktfx.components.streaming_example_gen import StreamingImportExampleGen
 from masktfx.components.versioned_pusher import VersionedPusher
 from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
 from masktfx.pipeline.code_fingerprint import code_fingerprint
+from masktfx.pipeline.split_plan import partition_feature_name
 
 MODULES_DIR = os.path.dirname(os.path.abspath(modules.__file__))
 TRANSFORM_MODULE = os.path.join(MODULES_DIR, "transform.py")
@@ -60,8 +61,9 @@ def example_gen_configs(config: PipelineConfig) -> dict[str, Any]:
                 example_gen_pb2.SplitConfig.Split(name=features.EVAL_SPLIT,
                                                   hash_buckets=config.eval_buckets),
             ],
-            # Hash of the group, so a patient, subject or site never straddles the splits.
-            partition_feature_name=features.GROUP_KEY)),
+            # Hash of the group, so a patient, subject or site never straddles the splits
+            # (`split_by: id`: of the example; pipeline/split_plan.py checks the plan first).
+            partition_feature_name=partition_feature_name(config))),
         "range_config": range_config,
     }
 

@@ -107,8 +107,10 @@ def _read_sample(examples_uri: str, data: ReportData) -> None:
             mask = _decode_array(feature[features.MASKS_KEY].bytes_list.value[0]) > 0
             fractions.append(float(mask.mean()))
             label = int(feature[features.LABEL_KEY].int64_list.value[0])
+            if split != features.EVAL_SPLIT:
+                continue
             chosen = data.samples.setdefault(label, [])
-            if split == features.EVAL_SPLIT and len(chosen) < GRID_PER_CLASS:
+            if len(chosen) < GRID_PER_CLASS:
                 image = _decode_array(feature[features.IMAGES_KEY].bytes_list.value[0])
                 chosen.append((image, mask))
         data.coverage[split] = fractions
@@ -368,7 +370,8 @@ def page_context(data: ReportData) -> dict[str, Any]:
             [{}] + [{"data-split": split, "data-field": field_name}
                     for field_name in ("examples", "negatives", "positives")] + [{}])
     context["coverage_figure"] = coverage_figure(data.coverage) if data.coverage else ""
-    context["grid_figure"] = grid_figure(data.samples) if data.samples else ""
+    # an empty eval split (a run from before the split check) has no regions to show
+    context["grid_figure"] = grid_figure(data.samples) if any(data.samples.values()) else ""
     context["training_figure"] = training_figure(data.history) if data.history else ""
     context["epochs"] = max((len(v) for h in data.history.values() for v in h.values()),
                             default=0)

@@ -42,6 +42,8 @@ def run_and_summarize(config: PipelineConfig, data: str, as_json: bool = False) 
     def announce(prepared) -> None:
         if prepared.ingested:
             print(prepared.ingested.describe(), flush=True)
+        for warning in prepared.warnings:
+            print(f"masktfx run: warning: {warning}", file=sys.stderr, flush=True)
 
     try:
         outcome = run_local(config, data, on_prepared=announce)
