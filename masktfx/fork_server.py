@@ -17,7 +17,6 @@ children start from a clean state; Beam's workers create their own channels afte
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
@@ -34,6 +33,8 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
+
+from masktfx.config import beam_flags
 
 SERVER_ENV = "MASKTFX_FORK_SERVER"  # path of the server's Unix socket
 LOG_ENV = "MASKTFX_FORK_SERVER_LOG"  # optional: a file the server appends a line to per worker
@@ -65,12 +66,10 @@ def worker_command() -> str:
 
 def runs_local_multiprocessing(beam_args: Sequence[str]) -> bool:
     """Whether these Beam args run DirectRunner's multi_processing mode (Beam's defaults apply)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--runner", default="DirectRunner")
-    parser.add_argument("--direct_running_mode", default="in_memory")
-    known, _ = parser.parse_known_args(list(beam_args))
-    return (known.runner.lower() in ("direct", "directrunner")
-            and known.direct_running_mode == "multi_processing")
+    flags = beam_flags(beam_args, {"runner": "DirectRunner",
+                                   "direct_running_mode": "in_memory"})
+    return (flags["runner"].lower() in ("direct", "directrunner")
+            and flags["direct_running_mode"] == "multi_processing")
 
 
 def fork_server_runner_args(beam_args: Sequence[str], enabled: bool = True) -> list[str]:

@@ -122,3 +122,15 @@ def test_evaluator_finds_only_an_evaluation_with_the_same_model_examples_and_con
     assert find_evaluation(output, record) == str(evaluations / "13")
     assert find_evaluation(str(evaluations / "13"), record) is None  # never itself
     assert find_evaluation(output, {**record, "examples": ["/root/ImportExampleGen/4"]}) is None
+
+
+def test_ingest_fills_only_the_beam_flags_the_caller_left_out():
+    from masktfx.config import ingest_beam_args
+
+    assert ingest_beam_args([]) == ["--runner=DirectRunner",
+                                    "--direct_running_mode=multi_processing",
+                                    "--direct_num_workers=0"]
+    # both spellings of a flag count as given, as they do for Beam
+    args = ingest_beam_args(["--runner", "FlinkRunner", "--direct_num_workers=3"])
+    assert args == ["--runner", "FlinkRunner", "--direct_num_workers=3",
+                    "--direct_running_mode=multi_processing"]
