@@ -218,7 +218,8 @@ class PipelineConfig:
         return self
 
     def to_custom_config(self) -> dict[str, Any]:
-        """The JSON-serializable form TFX hands to `preprocessing_fn` and `run_fn`."""
+        """Every field, JSON-serializable (the run's saved config; components get only their
+        own fields, through `component_config`)."""
         return dataclasses.asdict(self)
 
     def component_config(self, names: Sequence[str], code_fingerprint: str = ""

@@ -30,10 +30,10 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str,
                           "spec in YAML (other names give a JSON job wrapper)")
     if data_sample:
         config = resolve_config(config, describe_data(data_sample))
-    if config.num_views < 1 or config.num_masks < 1:
-        raise ConfigError("num_views and num_masks must be known to compile: set them (and "
-                          "metadata_columns) in --config, or pass --data-sample with a local "
-                          "copy of ingested data")
+    if config.num_views < 1 or config.num_masks < 1 or config.channels < 1:
+        raise ConfigError("num_views, num_masks and channels must be known to compile: set "
+                          "them (and metadata_columns) in --config, or pass --data-sample with a "
+                          "local copy of ingested data")
     config = config.validate()
     # ImportSchemaGen reads the contract schema from the pipeline root when the run starts.
     write_schema(config, schema_path(config))

@@ -81,7 +81,7 @@ def test_compile_refuses_what_kfp_cannot_take(tmp_path, capsys):
     assert "must end in .yaml" in capsys.readouterr().err
     assert cli.main(["compile", "--output", str(tmp_path / "p.yaml"), "--image", "x",
                      "--pipeline-root", str(tmp_path)]) == 2
-    assert "num_views and num_masks must be known" in capsys.readouterr().err
+    assert "num_views, num_masks and channels must be known" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("expression, message", [
