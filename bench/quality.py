@@ -4,7 +4,7 @@ Datasets (all made by `masktfx demo-data`, nothing downloaded at run time):
 - `trees`: real aerial RGB tree crowns of two regions (deepforest wheel): leave-one-site-out in
   both directions, trained on Wyoming and scored on California, and the reverse. Early stopping
   watches a group split of the training site only; the other site is never seen before scoring.
-- `nuclei_hard`: real fluorescence nuclei (stardist wheel) whose negatives mostly half-cover a
+- `nuclei_hard`: real fluorescence nuclei (stardist wheel) whose negatives mostly overlap a
   nucleus; one group-wise train/eval split.
 - `synthetic`: the demo task; one group-wise split.
 

@@ -91,8 +91,8 @@ def add_demo_data(sub: argparse._SubParsersAction) -> None:
     nuclei.add_argument("--tile", type=int, default=48, help="side of the tile around a region")
     nuclei.add_argument("--seed", type=int, default=0)
     nuclei.add_argument("--hard", action="store_true",
-                        help="negatives that half-cover a nucleus (two in three), not only "
-                             "shapes moved onto background")
+                        help="negatives that overlap a nucleus without being one (two in three), "
+                             "not only shapes moved onto background")
     nuclei.set_defaults(handler=cmd_demo_nuclei)
     trees = kinds.add_parser("trees", help="real aerial RGB tree crowns of two regions "
                                            "(California, Wyoming) from the deepforest==2.1.0 "
