@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from masktfx import features  # noqa: E402
 from masktfx.config import PipelineConfig, model_channels  # noqa: E402
 from masktfx.demo_data import write_nuclei, write_synthetic, write_trees  # noqa: E402
-from masktfx.images import decode_mask_array, load_image, load_mask  # noqa: E402
+from masktfx.images import decode_mask_array, load_region  # noqa: E402
 from masktfx.manifest import read_manifest  # noqa: E402
 
 # One config change per entry, against the default; "logistic" is the classical baseline.
@@ -91,11 +91,10 @@ def load_rows(manifest_path: str, site_column: str | None) -> Rows:
     manifest = read_manifest(manifest_path)
     images, masks, labels, groups, sites, channels = [], [], [], [], [], 1
     for row in manifest.rows:
-        infos = [load_image(p, 10**8) for p in row.images]
-        channels = max(channels, *(info.channels for info in infos))
-        images.append([info.encoded for info in infos])
-        masks.append([load_mask(p, (infos[0].width, infos[0].height), False, 10**8)[0]
-                      for p in row.masks])
+        region = load_region(row.images, row.masks, 10**8)
+        channels = max(channels, *(info.channels for info in region.images))
+        images.append([info.encoded for info in region.images])
+        masks.append(region.masks)
         labels.append(row.label)
         groups.append(row.group)
         metadata = dict(row.metadata)

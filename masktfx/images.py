@@ -255,6 +255,33 @@ def check_region(images: Sequence[bytes], masks: Sequence[bytes], max_pixels: in
     return CheckedRegion(infos, encoded, coverages)
 
 
+class RegionFileError(RegionInputError):
+    """A file of a region is unusable; `path` names it, `part` is "image" or "mask"."""
+
+    def __init__(self, path: str, part: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.part = part
+        self.reason = reason
+
+
+def load_region(image_paths: Sequence[str], mask_paths: Sequence[str], max_pixels: int,
+                resize_masks: bool = False) -> CheckedRegion:
+    """Read a region's files and `check_region` them; errors name the file at fault."""
+    paths = {"image": list(image_paths), "mask": list(mask_paths)}
+    contents: dict[str, list[bytes]] = {part: [] for part in paths}
+    for part, files in paths.items():
+        for path in files:
+            try:
+                contents[part].append(read_file(path))
+            except RegionInputError as exc:
+                raise RegionFileError(path, part, str(exc)) from None
+    try:
+        return check_region(contents["image"], contents["mask"], max_pixels, resize_masks)
+    except RegionCheckError as exc:
+        raise RegionFileError(paths[exc.part][exc.index], exc.part, exc.reason) from None
+
+
 def resize_nearest(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize to (width, height), sampling pixel centres."""
     width, height = size

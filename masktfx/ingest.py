@@ -77,19 +77,10 @@ def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
     """
     from masktfx.records import make_example
 
-    files = {"image": row.images, "mask": row.masks}
-    contents = {}
-    for part, paths in files.items():
-        for path in paths:
-            try:
-                contents.setdefault(part, []).append(imageio.read_file(path))
-            except imageio.RegionInputError as exc:
-                raise _RowFailure(path, f"{part}: {exc}") from None
     try:
-        region = imageio.check_region(contents["image"], contents["mask"], max_pixels,
-                                      resize_masks)
-    except imageio.RegionCheckError as exc:
-        raise _RowFailure(files[exc.part][exc.index], f"{exc.part}: {exc.reason}") from None
+        region = imageio.load_region(row.images, row.masks, max_pixels, resize_masks)
+    except imageio.RegionFileError as exc:
+        raise _RowFailure(exc.path, f"{exc.part}: {exc.reason}") from None
     infos, masks, coverages = region.images, region.masks, region.coverages
     example = make_example([info.encoded for info in infos], masks, row.label, row.example_id,
                            row.group, row.metadata)

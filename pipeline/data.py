@@ -105,16 +105,15 @@ def damaged_shard(name: str, exc: Exception) -> DataLayoutError:
                            "re-run `masktfx ingest` for this span or remove the shard")
 
 
-def verify_shards(files: list[str], record_path: str) -> int:
+def verify_shards(files: list[str], record_path: str) -> dict[str, dict]:
     """Read every shard through once; a damaged one stops the run before any component starts.
 
     While reading, each shard's labels per partition value (`group` and `id`) are recorded
     beside it, for the split check (pipeline/split_plan.py). Shards already verified (same size
     and modification time) are not read again, so a re-run with no new data stays quick.
-    Returns the number of shards read now.
+    Returns what is recorded of each of `files`.
     """
     verified = _read_verified(record_path)
-    read = 0
     for name in files:
         stat = tf.io.gfile.stat(name)
         key = [int(stat.length), int(stat.mtime_nsec)]
@@ -124,13 +123,12 @@ def verify_shards(files: list[str], record_path: str) -> int:
             verified[name] = {"stat": key, **_partition_labels(name)}
         except tf.errors.OpError as exc:
             raise damaged_shard(name, exc) from None
-        read += 1
     os.makedirs(os.path.dirname(record_path), exist_ok=True)
     partial = f"{record_path}.partial"
     with open(partial, "w", encoding="utf-8") as handle:
         json.dump(verified, handle, sort_keys=True)
     os.replace(partial, record_path)
-    return read
+    return {name: verified[name] for name in files}
 
 
 def _read_verified(record_path: str) -> dict[str, dict]:
@@ -164,17 +162,15 @@ def _partition_labels(shard: str) -> dict[str, dict[str, list[int]]]:
     return counts
 
 
-def labels_by_partition(files: list[str], record_path: str, column: str
-                        ) -> dict[bytes, list[int]]:
-    """[negatives, positives] per value of `column` (group or id) over `files`, from what
-    `verify_shards` recorded."""
-    verified = _read_verified(record_path)
+def labels_by_partition(verified: dict[str, dict], column: str) -> dict[bytes, list[int]]:
+    """[negatives, positives] per value of `column` (group or id) over the shards, from what
+    `verify_shards` returned."""
     merged: dict[bytes, list[int]] = {}
-    for name in files:
-        for value, (negatives, positives) in verified[name][column].items():
-            entry = merged.setdefault(value.encode("utf-8", "surrogateescape"), [0, 0])
-            entry[0] += negatives
-            entry[1] += positives
+    for entry in verified.values():
+        for value, (negatives, positives) in entry[column].items():
+            counts = merged.setdefault(value.encode("utf-8", "surrogateescape"), [0, 0])
+            counts[0] += negatives
+            counts[1] += positives
     return merged
 
 

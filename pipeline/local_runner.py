@@ -85,12 +85,10 @@ def prepare(config: PipelineConfig, data: str) -> PreparedRun:
         data_root = data
     config = resolve_config(config.replace(data_root=os.path.abspath(data_root)),
                             describe_data(data_root))
-    shards = shards_to_read(data_root, config)
-    verified = os.path.join(config.workdir, VERIFIED_SHARDS)
-    verify_shards(shards, verified)
+    verified = verify_shards(shards_to_read(data_root, config),
+                             os.path.join(config.workdir, VERIFIED_SHARDS))
     try:
-        check_split(labels_by_partition(shards, verified, partition_feature_name(config)),
-                    config)
+        check_split(labels_by_partition(verified, partition_feature_name(config)), config)
     except SplitPlanError as exc:
         raise DataLayoutError(f"{data_root}: {exc}") from None
     warnings = []

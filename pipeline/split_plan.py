@@ -15,6 +15,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tensorflow.core.example import feature_pb2
+
 from masktfx import features
 from masktfx.config import PipelineConfig
 
@@ -32,8 +34,6 @@ class SplitPlan:
 
 def bucket_of(value: bytes, total_buckets: int) -> int:
     """The bucket ImportExampleGen puts a partition value in (a bytes feature of one value)."""
-    from tensorflow.core.example import feature_pb2
-
     feature = feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value]))
     digest = hashlib.sha256(feature.SerializeToString(deterministic=True)).hexdigest()
     return int(digest, 16) % total_buckets

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError
 
@@ -101,44 +103,41 @@ def add_demo_data(sub: argparse._SubParsersAction) -> None:
     trees.add_argument("--wheel-dir", default=None,
                        help="folder holding the deepforest wheel (default: VENV/share/masktfx)")
     trees.add_argument("--context", type=float, default=1.5,
-                       help="context on each side of a region, in region sizes")
+                       help="tile side = (0.5 + CONTEXT) x the region's larger side")
     trees.add_argument("--block", type=int, default=200,
                        help="side in pixels of the spatial blocks that become groups")
     trees.add_argument("--seed", type=int, default=0)
     trees.set_defaults(handler=cmd_demo_trees)
 
 
-def cmd_demo_synthetic(args: argparse.Namespace) -> int:
-    from masktfx.demo_data import DemoDataError, write_synthetic
+def _write_demo(write: Callable[..., str], *args: Any, **kwargs: Any) -> int:
+    """Run one demo-data writer and print the manifest's path."""
+    from masktfx.demo_data import DemoDataError
 
     try:
-        path = write_synthetic(args.output, num_examples=args.num_examples, views=args.views,
-                               size=args.size, num_sites=args.sites, seed=args.seed)
+        path = write(*args, **kwargs)
     except DemoDataError as exc:
         raise CommandError(str(exc)) from None
     print(path)
     return 0
+
+
+def cmd_demo_synthetic(args: argparse.Namespace) -> int:
+    from masktfx.demo_data import write_synthetic
+
+    return _write_demo(write_synthetic, args.output, num_examples=args.num_examples,
+                       views=args.views, size=args.size, num_sites=args.sites, seed=args.seed)
 
 
 def cmd_demo_nuclei(args: argparse.Namespace) -> int:
-    from masktfx.demo_data import DemoDataError, write_nuclei
+    from masktfx.demo_data import write_nuclei
 
-    try:
-        path = write_nuclei(args.output, wheel_dir=args.wheel_dir, tile=args.tile, seed=args.seed,
-                            hard=args.hard)
-    except DemoDataError as exc:
-        raise CommandError(str(exc)) from None
-    print(path)
-    return 0
+    return _write_demo(write_nuclei, args.output, wheel_dir=args.wheel_dir, tile=args.tile,
+                       seed=args.seed, hard=args.hard)
 
 
 def cmd_demo_trees(args: argparse.Namespace) -> int:
-    from masktfx.demo_data import DemoDataError, write_trees
+    from masktfx.demo_data import write_trees
 
-    try:
-        path = write_trees(args.output, wheel_dir=args.wheel_dir, context=args.context,
-                           block=args.block, seed=args.seed)
-    except DemoDataError as exc:
-        raise CommandError(str(exc)) from None
-    print(path)
-    return 0
+    return _write_demo(write_trees, args.output, wheel_dir=args.wheel_dir, context=args.context,
+                       block=args.block, seed=args.seed)

@@ -24,13 +24,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + spec.name.replace("_", "-")
         default = _default(spec)
         shown = f" (default: {default})" if default not in ("", []) else ""
-        if spec.type in ("bool", bool):
-            group.add_argument(flag, dest=f"cfg_{spec.name}", default=None,
-                               action=argparse.BooleanOptionalAction,
-                               help=f"{spec.metadata.get('help', '')}{shown}")
-        else:
-            group.add_argument(flag, dest=f"cfg_{spec.name}", default=None, metavar="VALUE",
-                               help=f"{spec.metadata.get('help', '')}{shown}")
+        kind = ({"action": argparse.BooleanOptionalAction} if spec.type in ("bool", bool)
+                else {"metavar": "VALUE"})
+        group.add_argument(flag, dest=f"cfg_{spec.name}", default=None,
+                           help=f"{spec.metadata.get('help', '')}{shown}", **kind)
 
 
 def _component_of(name: str) -> str:

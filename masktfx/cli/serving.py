@@ -93,7 +93,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from masktfx.images import RegionCheckError, RegionInputError, check_region, read_file
+    from masktfx.images import RegionInputError, load_region
     from masktfx.manifest import ManifestError, read_manifest
     from masktfx.serving.client import GrpcClient, RestClient, ServingClientError
 
@@ -117,18 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     def encoded(images, masks):
         """Files as the model wants them (TIFF re-encoded, masks canonical PNG), checked as
         ingest and the server check them; the error names the file at fault."""
-        paths = {"image": images, "mask": masks}
-        contents = {part: [] for part in paths}
-        for part, files in paths.items():
-            for path in files:
-                try:
-                    contents[part].append(read_file(path))
-                except RegionInputError as exc:
-                    raise RegionInputError(f"{path}: {exc}") from None
-        try:
-            region = check_region(contents["image"], contents["mask"], args.max_pixels)
-        except RegionCheckError as exc:
-            raise RegionInputError(f"{paths[exc.part][exc.index]}: {exc.reason}") from None
+        region = load_region(images, masks, args.max_pixels)
         return [info.encoded for info in region.images], region.masks
 
     def predict_batch(ids, images, masks):
