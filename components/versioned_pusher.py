@@ -5,6 +5,13 @@ that folder, can find a version that is still being written (or that a crash, or
 half-written). This one copies into a hidden sibling (`.partial-<version>-<random>`; TF Serving
 only loads numeric folder names) and renames it into place, which is atomic on one filesystem.
 Versions are Unix timestamps, always greater than every version already in the folder.
+
+Object stores (gs://, s3://) have no atomic rename, of a folder or of anything else. There the
+version is uploaded under the same hidden name, then moved into `<base>/<version>/` one object at
+a time (a server-side copy), `saved_model.pb` last: TF Serving cannot load a SavedModel without
+it, so it never loads a half-published version. It may list the folder a moment before the last
+object lands; its load then fails and is retried (`--max_num_load_retries`). A push killed during
+the move leaves a version folder without `saved_model.pb`, which the next push removes.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
+
+from masktfx.config import OBJECT_STORE_SCHEMES, uri_scheme
 
 PARTIAL_PREFIX = ".partial-"
 SOURCES_FILE = ".masktfx-versions.json"  # version -> the Trainer model it was copied from
@@ -101,6 +110,141 @@ def publish_version(model_path: str, base_directory: str) -> tuple[int, str, boo
     return version, target, True
 
 
+# TF Serving needs one of these to load a version, so they are moved into place last.
+GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def _gfile():
+    import tensorflow as tf  # the object-store file systems (gs://; s3:// with tensorflow-io)
+
+    return tf.io.gfile
+
+
+def _join(*parts: str) -> str:
+    return "/".join(part.rstrip("/") for part in parts)
+
+
+def store_versions(base: str) -> list[int]:
+    """Versions TF Serving can load from an object store: numbered folders with their graph."""
+    gfile = _gfile()
+    if not gfile.isdir(base):
+        return []
+    return sorted(int(name.rstrip("/")) for name in gfile.listdir(base)
+                  if name.rstrip("/").isdigit() and any(
+                      gfile.exists(_join(base, name, graph)) for graph in GRAPH_FILES))
+
+
+def _relative_files(root: str) -> list[str]:
+    gfile = _gfile()
+    files = []
+    for folder, _, names in gfile.walk(root):
+        relative = folder[len(root):].strip("/")
+        files.extend(_join(relative, name) if relative else name for name in names)
+    # the graph last: until it is there, TF Serving cannot load what was moved before it
+    return sorted(files, key=lambda name: (name in GRAPH_FILES, name))
+
+
+def _move_files(source: str, target: str, files: list[str], copy: bool) -> None:
+    gfile = _gfile()
+    for name in files:
+        destination = _join(target, name)
+        gfile.makedirs(destination.rsplit("/", 1)[0])
+        if copy:
+            gfile.copy(_join(source, name), destination, overwrite=True)
+        else:
+            gfile.rename(_join(source, name), destination, overwrite=True)
+
+
+def remove_store_leftovers(base: str, older_than_s: float | None = 60.0) -> list[str]:
+    """What a killed object-store push left: hidden uploads, and version folders without their
+    graph (killed during the move). Object stores keep no folder times, so age is read from the
+    version timestamp in the name; a push still running beside this one is spared (None: remove
+    every leftover, whatever its age)."""
+    gfile = _gfile()
+    loadable = set(store_versions(base))
+    removed = []
+    for entry in gfile.listdir(base):
+        name = entry.rstrip("/")
+        if name.startswith(PARTIAL_PREFIX):
+            stamp = name[len(PARTIAL_PREFIX):].split("-", 1)[0]
+        elif name.isdigit() and int(name) not in loadable:
+            stamp = name
+        else:
+            continue
+        if older_than_s is None or not stamp.isdigit() or time.time() - int(stamp) > older_than_s:
+            path = _join(base, name)
+            if gfile.isdir(path):
+                gfile.rmtree(path)
+            else:
+                gfile.remove(path)
+            removed.append(name)
+    return removed
+
+
+def _read_store_sources(base: str) -> dict[str, str]:
+    gfile = _gfile()
+    path = _join(base, SOURCES_FILE)
+    if not gfile.exists(path):
+        return {}
+    with gfile.GFile(path) as handle:
+        try:
+            return json.loads(handle.read())
+        except ValueError:
+            return {}
+
+
+def publish_to_store(model_path: str, base: str) -> tuple[int, str, bool]:
+    """`publish_version` for object stores: upload hidden, then move object by object, graph
+    last. Same return value and same no-op when the newest version already is this model."""
+    gfile = _gfile()
+    gfile.makedirs(base)
+    remove_store_leftovers(base)
+    versions = store_versions(base)
+    sources = _read_store_sources(base)
+    if versions and sources.get(str(versions[-1])) == model_path:
+        return versions[-1], _join(base, str(versions[-1])), False
+    taken = [int(name.rstrip("/")) for name in gfile.listdir(base) if name.rstrip("/").isdigit()]
+    version = max([int(time.time())] + [v + 1 for v in taken])
+    staging = _join(base, f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
+    target = _join(base, str(version))
+    files = _relative_files(model_path)
+    if not any(name in GRAPH_FILES for name in files):
+        raise ValueError(f"{model_path} holds no saved_model.pb: not a SavedModel to push")
+    try:
+        _move_files(model_path, staging, files, copy=True)
+        _move_files(staging, target, files, copy=False)
+    except BaseException:
+        # A store's rename is copy-then-delete: if the graph's copy landed, the version is whole.
+        published = version in store_versions(base)
+        for leftover in (staging,) if published else (staging, target):
+            if gfile.isdir(leftover):
+                gfile.rmtree(leftover)
+        raise
+    gfile.rmtree(staging)
+    sources[str(version)] = model_path
+    with gfile.GFile(_join(base, SOURCES_FILE), "w") as handle:  # one object: replaced whole
+        handle.write(json.dumps(sources, indent=1, sort_keys=True))
+    return version, target, True
+
+
+def publish(model_path: str, base_directory: str) -> tuple[int, str, bool]:
+    """Publish on a folder (atomic rename) or an object store (graph last)."""
+    scheme = uri_scheme(base_directory)
+    if not scheme:
+        return publish_version(model_path, base_directory)
+    if scheme not in OBJECT_STORE_SCHEMES + ("ram",):  # ram://: TensorFlow's in-memory store
+        raise ValueError(f"push destination {base_directory}: TF Serving reads "
+                         f"{', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)} or folders, "
+                         f"not {scheme}://")
+    try:
+        _gfile().exists(base_directory)
+    except Exception as exc:  # noqa: BLE001 - TF raises UnimplementedError for unknown schemes
+        hint = " (TensorFlow 2.16 reads s3:// through the tensorflow-io package: install it " \
+               "in the pipeline image)" if scheme == "s3" else ""
+        raise ValueError(f"push destination {base_directory}: {exc}{hint}") from exc
+    return publish_to_store(model_path, base_directory)
+
+
 NEW_VERSION_PROPERTY = "published_new_version"
 
 
@@ -121,11 +265,7 @@ class Executor(pusher_executor.Executor):
         proto_utils.json_to_proto(
             exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         base_directory = destination.filesystem.base_directory
-        if "://" in base_directory:
-            raise ValueError(f"push destination {base_directory} is not a local or mounted "
-                             "folder; the versioned pusher renames folders, which object stores "
-                             "cannot do atomically")
-        version, serving_path, published = publish_version(model_path, base_directory)
+        version, serving_path, published = publish(model_path, base_directory)
         logging.info("Model version %d %s at %s", version,
                      "published" if published else "was already serving this model",
                      serving_path)

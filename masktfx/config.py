@@ -48,7 +48,17 @@ class PipelineConfig:
     workdir: str = field(default="workdir", metadata={"help": "pipeline root, MLMD and serving"})
     pipeline_root_uri: str = field(
         default="", metadata={"help": "pipeline root; default WORKDIR/pipeline_root"})
-    serving_dir: str = field(default="", metadata={"help": "push target; default WORKDIR/serving"})
+    serving_dir: str = field(
+        default="", metadata={"help": "push target: a folder, gs:// or s3://; default "
+                                      "WORKDIR/serving (compile: serving_claim_mount)"})
+    serving_claim: str = field(
+        default="masktfx-models",
+        metadata={"help": "Kubeflow: the PersistentVolumeClaim TF Serving reads, mounted into "
+                          "the Pusher's pod when serving_dir is a path (it must exist in the "
+                          "namespace the KFP runs run in)"})
+    serving_claim_mount: str = field(
+        default="/models", metadata={"help": "Kubeflow: where the Pusher's pod mounts "
+                                             "serving_claim; serving_dir must lie under it"})
     span_window: int = field(
         default=1, metadata={"help": "train on the last N spans (1: the latest span only)"}
     )
@@ -172,6 +182,10 @@ class PipelineConfig:
         _require(self.pipeline_name.strip() != "", "pipeline_name", "must not be empty")
         _require(self.model_name.replace("-", "").replace("_", "").isalnum(), "model_name",
                  f"must be letters, digits, '-' or '_', got {self.model_name!r}")
+        scheme = uri_scheme(self.serving_dir)
+        _require(scheme in ("", *OBJECT_STORE_SCHEMES), "serving_dir",
+                 f"must be a folder or a {' or '.join(s + '://' for s in OBJECT_STORE_SCHEMES)} "
+                 f"URI (what TF Serving reads), got {self.serving_dir!r}")
         _require(self.split_by in ("group", "id"), "split_by",
                  f"must be group or id, got {self.split_by!r}")
         _require(self.mask_mode in MASK_MODES, "mask_mode",
@@ -285,6 +299,14 @@ class PipelineConfig:
 
 
 RUN_CONFIG = "masktfx-config.yaml"
+# Object stores TF Serving reads model base paths from (tensorflow_serving's file systems).
+OBJECT_STORE_SCHEMES = ("gs", "s3")
+
+
+def uri_scheme(path: str) -> str:
+    """'gs' for gs://bucket/models, '' for a local or mounted path."""
+    scheme, separator, _ = path.partition("://")
+    return scheme.lower() if separator else ""
 
 
 def _require(condition: bool, name: str, message: str) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 
+import yaml
 from tfx import v1 as tfx
 
-from masktfx.config import ConfigError, PipelineConfig
+from masktfx.config import ConfigError, PipelineConfig, uri_scheme
 from masktfx.modules.schema import write_schema
 from masktfx.pipeline.data import describe_data, resolve_config
 from masktfx.pipeline.pipeline import create_pipeline, schema_path
@@ -34,7 +36,7 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str,
         raise ConfigError("num_views, num_masks and channels must be known to compile: set "
                           "them (and metadata_columns) in --config, or pass --data-sample with a "
                           "local copy of ingested data")
-    config = config.validate()
+    config = serving_dir_in_cluster(config).validate()
     # ImportSchemaGen reads the contract schema from the pipeline root when the run starts.
     write_schema(config, schema_path(config))
     data_root = tfx.dsl.experimental.RuntimeParameter(
@@ -49,4 +51,54 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str,
         output_dir=os.path.dirname(os.path.abspath(output)),
         output_filename=os.path.basename(output))
     runner.run(pipeline, write_out=True)
+    if not uri_scheme(config.serving_dir):
+        add_pusher_volume(output, config.serving_claim, config.serving_claim_mount)
     return output
+
+
+def serving_dir_in_cluster(config: PipelineConfig) -> PipelineConfig:
+    """The serving dir the Pusher's pod writes to: an object store, or a folder on the claim
+    TF Serving reads (by default its mount point, as in kubernetes/)."""
+    if uri_scheme(config.serving_dir):
+        return config
+    mount = posixpath.normpath(config.serving_claim_mount)
+    if not posixpath.isabs(mount) or mount == "/":
+        raise ConfigError(f"config field 'serving_claim_mount' must be an absolute path below "
+                          f"/, got {config.serving_claim_mount!r}")
+    serving_dir = posixpath.normpath(config.serving_dir or mount)
+    if not (posixpath.isabs(serving_dir)
+            and posixpath.commonpath([serving_dir, mount]) == mount):
+        raise ConfigError(
+            f"config field 'serving_dir' {config.serving_dir!r} is not on the serving volume: "
+            f"on Kubeflow the Pusher writes to claim {config.serving_claim!r} mounted at "
+            f"{mount!r}, so serving_dir must be {mount!r} or a folder under it (or a gs:// or "
+            "s3:// URI)")
+    if not config.serving_claim.strip():
+        raise ConfigError("config field 'serving_claim' must name the PersistentVolumeClaim "
+                          "TF Serving reads (kubernetes/ calls it masktfx-models)")
+    return config.replace(serving_dir=serving_dir)
+
+
+PUSHER_TASK = "VersionedPusher"
+
+
+def add_pusher_volume(spec_path: str, claim: str, mount_path: str) -> None:
+    """Append KFP's Kubernetes platform spec (a second YAML document, read by kfp.Client and the
+    KFP backend) that mounts `claim` at `mount_path` in the Pusher's pod."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    with open(spec_path, encoding="utf-8") as handle:
+        documents = list(yaml.safe_load_all(handle))
+    pipeline_spec = documents[0]
+    component = pipeline_spec["root"]["dag"]["tasks"][PUSHER_TASK]["componentRef"]["name"]
+    executor = pipeline_spec["components"][component]["executorLabel"]
+    volume = k8s.KubernetesExecutorConfig(
+        pvc_mount=[k8s.PvcMount(constant=claim, mount_path=mount_path)])
+    platform = pipeline_spec_pb2.PlatformSpec()
+    platform.platforms["kubernetes"].deployment_spec.executors[executor].update(
+        json_format.MessageToDict(volume))
+    with open(spec_path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump_all([pipeline_spec, json_format.MessageToDict(platform)], handle,
+                           sort_keys=False)

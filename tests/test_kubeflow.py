@@ -23,6 +23,11 @@ EXPECTED_TASKS = {"ImportExampleGen", "ImportSchemaGen", "StatisticsGen", "Examp
 MAPPED_FOLDERS = ("components", "modules", "pipeline", "serving")
 
 
+def _documents(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return list(yaml.safe_load_all(handle))
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kfp")
@@ -34,8 +39,7 @@ def compiled(tmp_path_factory):
 
 
 def test_compiled_spec_has_every_component_our_image_and_runtime_parameters(compiled):
-    with open(compiled, encoding="utf-8") as handle:
-        spec = yaml.safe_load(handle)
+    spec = _documents(compiled)[0]
     tasks = set(spec["root"]["dag"]["tasks"])
     assert EXPECTED_TASKS <= tasks
     parameters = spec["root"]["inputDefinitions"]["parameters"]
@@ -53,8 +57,7 @@ def test_every_executor_in_the_spec_can_be_loaded_from_our_image(compiled):
     # Our executors (the streaming ImportExampleGen, the Evaluator, AnomalyGate, VersionedPusher)
     # run in the container from their class paths: each must import, and come from a package the
     # image copies.
-    with open(compiled, encoding="utf-8") as handle:
-        spec = yaml.safe_load(handle)
+    spec = _documents(compiled)[0]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "Dockerfile"), encoding="utf-8") as handle:
         copied = set(re.findall(r"^COPY (\w+) \./\1$", handle.read(), re.MULTILINE))
@@ -72,6 +75,62 @@ def test_every_executor_in_the_spec_can_be_loaded_from_our_image(compiled):
         # masktfx.components is the components/ folder (package-dir in pyproject.toml)
         folder = parts[1] if parts[0] == "masktfx" and parts[1] in MAPPED_FOLDERS else parts[0]
         assert parts[0] == "tfx" or folder in copied, f"{path}: {folder}/ is not in the image"
+
+
+def _push_destination(spec: dict) -> str:
+    parameters = spec["root"]["dag"]["tasks"]["VersionedPusher"]["inputs"]["parameters"]
+    destination = json.loads(parameters["push_destination"]["runtimeValue"]["constant"])
+    return destination["filesystem"]["base_directory"]
+
+
+def test_the_pusher_pod_mounts_the_claim_tf_serving_reads(compiled):
+    spec, platform = _documents(compiled)
+    executor = spec["components"][spec["root"]["dag"]["tasks"]["VersionedPusher"]
+                                  ["componentRef"]["name"]]["executorLabel"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert list(executors) == [executor]  # only the Pusher's pod gets the volume
+    assert executors[executor] == {"pvcMount": [{"constant": "masktfx-models",
+                                                 "mountPath": "/models"}]}
+    # the defaults are the claim and mount path of kubernetes/ (TF Serving reads /models/NAME)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    deployment = _documents(os.path.join(root, "kubernetes", "base",
+                                         "serving-deployment.yaml"))[0]
+    pod = deployment["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    mounts = {m["mountPath"]: claims.get(m["name"]) for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/models"] == "masktfx-models"
+    assert _push_destination(spec) == "/models/masktfx"
+
+
+def test_serving_dirs_on_an_object_store_or_another_claim_compile(tmp_path, capsys):
+    common = ["--image", "x", "--pipeline-root", str(tmp_path / "root"), "--num-views", "1",
+              "--num-masks", "1"]
+    output = str(tmp_path / "gs.yaml")
+    assert cli.main(["compile", "--output", output, "--serving-dir", "gs://bucket/models",
+                     *common]) == 0
+    documents = _documents(output)
+    assert len(documents) == 1  # no volume: the Pusher writes to the bucket
+    assert _push_destination(documents[0]) == "gs://bucket/models/masktfx"
+
+    output = str(tmp_path / "claim.yaml")
+    assert cli.main(["compile", "--output", output, "--serving-dir", "/srv/tf/prod",
+                     "--serving-claim", "team-models", "--serving-claim-mount", "/srv/tf",
+                     *common]) == 0
+    spec, platform = _documents(output)
+    mount = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert list(mount.values()) == [{"pvcMount": [{"constant": "team-models",
+                                                   "mountPath": "/srv/tf"}]}]
+    assert _push_destination(spec) == "/srv/tf/prod/masktfx"
+
+    for flags, message in (
+            (["--serving-dir", "/elsewhere"], "'/elsewhere' is not on the serving volume"),
+            (["--serving-dir", "workdir/serving"], "is not on the serving volume"),
+            (["--serving-dir", "ftp://host/models"], "must be a folder or a gs:// or s3://")):
+        assert cli.main(["compile", "--output", str(tmp_path / "bad.yaml"), *flags,
+                         *common]) == 2
+        assert message in capsys.readouterr().err
+        assert not os.path.exists(tmp_path / "bad.yaml")
 
 
 def test_compile_refuses_what_kfp_cannot_take(tmp_path, capsys):
@@ -157,6 +216,9 @@ def test_submit_and_schedule_send_the_right_requests(compiled, kfp_api, monkeypa
     assert run["body"]["experiment_id"] == "exp-1"
     assert run["body"]["runtime_config"]["parameters"] == {"data-root": "/data/span-7"}
     assert "Transform" in json.dumps(run["body"]["pipeline_spec"])
+    # the Pusher's volume reaches KFP with the run
+    platform = run["body"]["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
+    assert "masktfx-models" in json.dumps(platform["deploymentSpec"])
     assert run["authorization"] == "Bearer secret-from-env"
     experiment = [r for r in requests if r["path"].endswith("/experiments")][0]
     assert experiment["body"]["display_name"] == "nightly"
