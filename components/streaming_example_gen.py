@@ -6,6 +6,10 @@ held in memory, so ImportExampleGen needed about 5x the data set in RAM (10.6 GB
 already writes them in a random order (rows are shuffled per span before sharding), and the
 Trainer shuffles again. Everything else is ImportExampleGen's: the span and version resolution of
 its driver, the split by a hash of `group`, gzipped TFRecords, the output artifact's properties.
+
+Two additions serve span windows (components/span_window.py): with `span_feature` set, every
+record gains an int64 feature holding its span (so the evaluation can be sliced by span), and the
+output artifact is stamped with a key naming how its records were read and split.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import os
 from typing import Any
 
 import apache_beam as beam
+from google.protobuf import wrappers_pb2
 from tfx import types
 from tfx.components.example_gen import utils, write_split
+from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.components.example_gen.import_example_gen import executor as import_executor
 from tfx.components.example_gen.import_example_gen.component import ImportExampleGen
 from tfx.components.util import examples_utils
@@ -23,6 +29,37 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
+
+from masktfx.components.span_window import SPLIT_KEY_PROPERTY, split_key
+
+
+def span_feature_config(name: str) -> example_gen_pb2.CustomConfig:
+    config = example_gen_pb2.CustomConfig()
+    config.custom_config.Pack(wrappers_pb2.StringValue(value=name))
+    return config
+
+
+def span_feature_name(custom_config: example_gen_pb2.CustomConfig | None) -> str:
+    if custom_config is None or not custom_config.HasField("custom_config"):
+        return ""
+    value = wrappers_pb2.StringValue()
+    custom_config.custom_config.Unpack(value)
+    return value.value
+
+
+def span_suffix(name: str, span: int) -> bytes:
+    """A serialized tf.Example holding only `name: span`. Appended to a serialized Example, it
+    adds the feature: protobuf merges repeated occurrences of a message field, and every parser
+    on the way (TensorFlow's, tfx-bsl's, protobuf's) reads the two as one Example."""
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example()
+    example.features.feature[name].int64_list.value.append(int(span))
+    return example.SerializeToString()
+
+
+def _with_suffix(record: Any, suffix: bytes) -> bytes:
+    return (record if isinstance(record, bytes) else record.SerializeToString()) + suffix
 
 
 class Executor(import_executor.Executor):
@@ -37,12 +74,23 @@ class Executor(import_executor.Executor):
         output_config = proto_utils.json_to_proto(
             exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
             example_gen_pb2.Output())
+        custom_config = None
+        if exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY):
+            custom_config = proto_utils.json_to_proto(
+                exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY],
+                example_gen_pb2.CustomConfig())
+        span_feature = span_feature_name(custom_config)
         examples = output_dict[standard_component_specs.EXAMPLES_KEY]
         artifact = artifact_utils.get_single_instance(examples)
         artifact.split_names = artifact_utils.encode_split_names(
             utils.generate_output_split_names(input_config, output_config))
+        artifact.set_string_custom_property(
+            SPLIT_KEY_PROPERTY, split_key(output_config, custom_config))
         with self._make_beam_pipeline() as pipeline:
             for split, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
+                if span_feature:
+                    suffix = span_suffix(span_feature, exec_properties[utils.SPAN_PROPERTY_NAME])
+                    records = records | f"AddSpan[{split}]" >> beam.Map(_with_suffix, suffix)
                 _ = (records
                      | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
                      | f"WriteSplit[{split}]" >> beam.io.WriteToTFRecord(
@@ -59,6 +107,16 @@ class Executor(import_executor.Executor):
 
 
 class StreamingImportExampleGen(ImportExampleGen):
-    """ImportExampleGen (driver, spec, outputs) with the executor above."""
+    """ImportExampleGen (driver, spec, outputs) with the executor above; `span_feature` names the
+    feature each record's span is written into (empty: none)."""
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, input_base: Any = None, input_config: Any = None,
+                 output_config: Any = None, range_config: Any = None, span_feature: str = ""):
+        # ImportExampleGen's own __init__ takes no custom_config; its base class does.
+        FileBasedExampleGen.__init__(
+            self, input_base=input_base, input_config=input_config,
+            output_config=output_config, range_config=range_config,
+            custom_config=span_feature_config(span_feature) if span_feature else None,
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE)

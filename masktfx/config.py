@@ -150,6 +150,11 @@ class PipelineConfig:
         return self.serving_dir or os.path.join(self.workdir, "serving")
 
     @property
+    def windowed(self) -> bool:
+        """Whether runs train on more than the latest span (`span_window` > 1 over spans)."""
+        return self.use_spans and self.span_window > 1
+
+    @property
     def pipeline_root(self) -> str:
         return self.pipeline_root_uri or os.path.join(self.workdir, "pipeline_root")
 
@@ -220,6 +225,8 @@ class PipelineConfig:
         for name in ("epochs", "batch_size", "span_window", "eval_buckets", "train_buckets"):
             value = getattr(self, name)
             _require(value >= 1, name, f"must be >= 1, got {value}")
+        _require(self.use_spans or self.span_window == 1, "span_window",
+                 f"is {self.span_window}, but use_spans is false: a window needs span-N folders")
         _require(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
         _require(self.learning_rate > 0, "learning_rate",
                  f"must be positive, got {self.learning_rate}")

@@ -11,11 +11,15 @@ LABEL_KEY = "label"  # int64: 1 when the feature is present inside the region
 ID_KEY = "id"  # bytes: the example's identifier
 GROUP_KEY = "group"  # bytes: patient/subject/scene/site; a group never straddles the splits
 
+# int64: the span a record was read from, written by ImportExampleGen when a run trains on a
+# window of spans (`span_window` > 1), so the evaluation can be sliced by span.
+SPAN_KEY = "span"
+
 # Features that are not user metadata; every other bytes feature is a metadata column.
-RESERVED_KEYS = (IMAGES_KEY, MASKS_KEY, LABEL_KEY, ID_KEY, GROUP_KEY)
+RESERVED_KEYS = (IMAGES_KEY, MASKS_KEY, LABEL_KEY, ID_KEY, GROUP_KEY, SPAN_KEY)
 
 # Features the serving model does not need from a client (never sent at inference time).
-NON_INPUT_KEYS = (LABEL_KEY, ID_KEY, GROUP_KEY)
+NON_INPUT_KEYS = (LABEL_KEY, ID_KEY, GROUP_KEY, SPAN_KEY)
 
 # Transformed features produced by `preprocessing_fn` and consumed by the Trainer.
 REGION_KEY = "region"  # float32 [K, S, S, C'] crops (C' = channels, +1 with the mask channel)

@@ -37,7 +37,17 @@ def contract_schema(config: PipelineConfig) -> schema_pb2.Schema:
     add(features.GROUP_KEY, schema_pb2.BYTES, 1)
     for column in config.metadata_columns:
         add(column, schema_pb2.BYTES, 1)
+    if config.windowed:  # ImportExampleGen writes each record's span (components/span_window)
+        add(features.SPAN_KEY, schema_pb2.INT, 1)
     return schema
+
+
+def schema_digest(config: PipelineConfig) -> str:
+    """A short name for the schema's content."""
+    import hashlib
+
+    text = contract_schema(config).SerializeToString(deterministic=True)
+    return hashlib.sha256(text).hexdigest()[:12]
 
 
 def write_schema(config: PipelineConfig, path: str) -> str:

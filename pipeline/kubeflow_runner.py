@@ -37,6 +37,13 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str,
                           "them (and metadata_columns) in --config, or pass --data-sample with a "
                           "local copy of ingested data")
     config = serving_dir_in_cluster(config).validate()
+    if config.windowed:
+        raise ConfigError(
+            f"config field 'span_window' is {config.span_window}: a window of spans cannot be "
+            "compiled for Kubeflow. TFX 1.16's ExampleGen reads one span, so a window is a "
+            "Resolver over its past outputs, and TFX 1.16's KubeflowV2DagRunner compiles only "
+            "the LatestArtifact and LatestBlessedModel resolvers. Compile with span_window: 1, "
+            "or retrain on a window with the CronJob in kubernetes/ (the local runner)")
     # ImportSchemaGen reads the contract schema from the pipeline root when the run starts.
     write_schema(config, schema_path(config))
     data_root = tfx.dsl.experimental.RuntimeParameter(

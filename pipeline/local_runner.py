@@ -7,10 +7,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata  # not `tfx.v1`: see pipeline/pipeline.py
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from masktfx.beam_runner import beam_args_in_environment
+from masktfx.components.span_window import SPLIT_KEY_PROPERTY
 from masktfx.config import RUN_CONFIG, PipelineConfig
 from masktfx.fork_server import (
     PIPELINE_PRELOAD,
@@ -27,9 +29,14 @@ from masktfx.pipeline.data import (
     shards_to_read,
     verify_shards,
 )
-from masktfx.pipeline.pipeline import create_pipeline, schema_path
+from masktfx.pipeline.pipeline import (
+    create_pipeline,
+    create_span_pipeline,
+    example_split_key,
+    schema_path,
+)
 from masktfx.pipeline.split_plan import SplitPlanError, check_split, partition_feature_name
-from masktfx.pipeline.summary import RunSummary, summarize_run
+from masktfx.pipeline.summary import RunSummary, artifact_span, open_store, summarize_run
 
 VERIFIED_SHARDS = "verified-shards.json"  # in the workdir: shards already read through once
 
@@ -101,20 +108,47 @@ def prepare(config: PipelineConfig, data: str) -> PreparedRun:
     return PreparedRun(config, ingested, tuple(warnings))
 
 
+def spans_read(config: PipelineConfig) -> set[int]:
+    """Spans ImportExampleGen has read, split as this config splits them (from MLMD)."""
+    if not os.path.exists(config.metadata_path):
+        return set()
+    key = example_split_key(config)
+    found = set()
+    for artifact in open_store(config).get_artifacts_by_type("Examples"):
+        stamp = artifact.custom_properties.get(SPLIT_KEY_PROPERTY)
+        if stamp is not None and stamp.string_value == key and \
+                artifact.state == metadata_store_pb2.Artifact.LIVE:
+            found.add(artifact_span(artifact))
+    return found
+
+
+def window_spans_to_read(config: PipelineConfig) -> list[int]:
+    """The window's earlier spans that no run has read yet (the pipeline reads the latest)."""
+    if not config.windowed:
+        return []
+    earlier = list_spans(config.data_root)[-config.span_window:-1]
+    done = spans_read(config) if earlier else set()
+    return [span for span in earlier if span not in done]
+
+
 def run_pipeline(config: PipelineConfig) -> None:
-    """Run the whole pipeline; raises if a component fails.
+    """Run the whole pipeline; raises if a component fails. With a span window, each earlier
+    span of the window no run has read yet is read (and checked) first, once.
 
     In DirectRunner's multi_processing mode the Beam components' workers are forked from a
     process that has imported TensorFlow and the TFX libraries once (masktfx/fork_server.py).
     """
     os.makedirs(config.workdir, exist_ok=True)
+    connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
     with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD,
                          config.beam_fork_server) as beam_args, \
             beam_args_in_environment(beam_args) as component_beam_args:
-        pipeline = create_pipeline(config, beam_pipeline_args=component_beam_args)
-        pipeline.metadata_connection_config = (
-            metadata.sqlite_metadata_connection_config(config.metadata_path))
-        LocalDagRunner().run(pipeline)
+        pipelines = [create_span_pipeline(config, span, beam_pipeline_args=component_beam_args)
+                     for span in window_spans_to_read(config)]
+        pipelines.append(create_pipeline(config, beam_pipeline_args=component_beam_args))
+        for pipeline in pipelines:
+            pipeline.metadata_connection_config = connection
+            LocalDagRunner().run(pipeline)
 
 
 @dataclass(frozen=True)

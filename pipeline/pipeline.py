@@ -27,9 +27,14 @@ from tfx.types import Channel, standard_artifacts
 from masktfx import features, modules
 from masktfx.components.anomaly_gate import AnomalyGate
 from masktfx.components.evaluator import SingleBaselineEvaluator
-from masktfx.components.streaming_example_gen import StreamingImportExampleGen
+from masktfx.components.span_window import SpanWindowStrategy, split_key
+from masktfx.components.streaming_example_gen import (
+    StreamingImportExampleGen,
+    span_feature_config,
+)
 from masktfx.components.versioned_pusher import VersionedPusher
 from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
+from masktfx.modules.schema import schema_digest
 from masktfx.pipeline.code_fingerprint import code_fingerprint
 from masktfx.pipeline.split_plan import partition_feature_name
 
@@ -39,16 +44,22 @@ TRAINER_MODULE = os.path.join(MODULES_DIR, "trainer.py")
 
 
 def schema_path(config: PipelineConfig) -> str:
-    """Where the runner writes the contract schema (`modules.schema`) for ImportSchemaGen."""
-    return f"{config.pipeline_root}/schema/schema.pbtxt"
+    """Where the runner writes the contract schema (`modules.schema`) for ImportSchemaGen.
+
+    Named by its content: ImportSchemaGen's cache key is the path, so a schema that changes (a
+    new metadata column, a window that adds `span`) must get a new one."""
+    return f"{config.pipeline_root}/schema/{schema_digest(config)}/schema.pbtxt"
 
 
-def example_gen_configs(config: PipelineConfig) -> dict[str, Any]:
-    """Input pattern, group-hash split and span window for ImportExampleGen."""
+def example_gen_configs(config: PipelineConfig, span: int | None = None) -> dict[str, Any]:
+    """Input pattern, group-hash split and span range for ImportExampleGen: the latest span, or
+    `span` (a window's earlier span, read once, by `create_span_pipeline`)."""
     if config.use_spans:
         pattern = f"{features.SPAN_DIR_PATTERN}/{features.SHARD_GLOB}"
         range_config = range_config_pb2.RangeConfig(
-            rolling_range=range_config_pb2.RollingRange(num_spans=config.span_window))
+            rolling_range=range_config_pb2.RollingRange(num_spans=1)) if span is None else \
+            range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
+                start_span_number=span, end_span_number=span))
     else:
         pattern, range_config = features.SHARD_GLOB, None
     return {
@@ -65,7 +76,15 @@ def example_gen_configs(config: PipelineConfig) -> dict[str, Any]:
             # (`split_by: id`: of the example; pipeline/split_plan.py checks the plan first).
             partition_feature_name=partition_feature_name(config))),
         "range_config": range_config,
+        "span_feature": features.SPAN_KEY if config.windowed else "",
     }
+
+
+def example_split_key(config: PipelineConfig) -> str:
+    """The key our ExampleGen stamps on what it writes with this config (components/span_window)."""
+    configs = example_gen_configs(config)
+    custom = span_feature_config(configs["span_feature"]) if configs["span_feature"] else None
+    return split_key(configs["output_config"], custom)
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
@@ -116,7 +135,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
                                     label_key=features.LABEL_KEY,
                                     prediction_key=features.PROBABILITY_OUTPUT)],
         slicing_specs=[tfma.SlicingSpec()] + [
-            tfma.SlicingSpec(feature_keys=[column]) for column in config.slice_columns],
+            tfma.SlicingSpec(feature_keys=[column]) for column in config.slice_columns] + (
+            [tfma.SlicingSpec(feature_keys=[features.SPAN_KEY])] if config.windowed else []),
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)])
 
 
@@ -131,18 +151,23 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     (masktfx/beam_runner.py), which keeps them out of TFX's cache keys.
     """
     config.validate()
-    # ImportExampleGen's node id, driver and outputs; its executor skips the in-memory shuffle.
-    example_gen = StreamingImportExampleGen(
-        input_base=data_root if data_root is not None else config.data_root,
-        **example_gen_configs(config)).with_id("ImportExampleGen")
-    schema_gen = ImportSchemaGen(schema_file=schema_path(config))
-    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"],
-                                   schema=schema_gen.outputs["schema"])
-    example_validator = ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate = data_components(
+        config, data_root)
+    examples = example_gen.outputs["examples"]
+    span_window = None
+    if config.windowed:
+        # ExampleGen reads the latest span; the window's earlier ones come from MLMD (each was
+        # read once, by an earlier run or by create_span_pipeline).
+        span_window = Resolver(
+            strategy_class=SpanWindowStrategy,
+            config={"num_spans": config.span_window, "split_key": example_split_key(config)},
+            examples=Channel(type=standard_artifacts.Examples,
+                             producer_component_id="ImportExampleGen", output_key="examples"),
+        ).with_id("span_window")
+        span_window.add_upstream_node(example_gen)
+        examples = span_window.outputs["examples"]
     transform = Transform(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        examples=examples, schema=schema_gen.outputs["schema"],
         module_file=TRANSFORM_MODULE,
         custom_config=config.component_config(TRANSFORM_FIELDS,
                                               code_fingerprint([TRANSFORM_MODULE])),
@@ -167,7 +192,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     ).with_id("latest_blessed_model_resolver")
     # TFX's Evaluator; evaluates once when a re-run resolves the model as its own baseline.
     evaluator = SingleBaselineEvaluator(
-        examples=example_gen.outputs["examples"],
+        examples=examples,
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         eval_config=eval_config(config)).with_id("Evaluator")
@@ -181,8 +206,40 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate,
-                    transform,
+                    *([span_window] if span_window else []), transform,
                     trainer, model_resolver, evaluator, pusher],
+        enable_cache=True,
+        metadata_connection_config=None,
+        beam_pipeline_args=config.beam_pipeline_args if beam_pipeline_args is None
+        else beam_pipeline_args)
+
+
+def data_components(config: PipelineConfig, data_root: Any = None, span: int | None = None
+                    ) -> tuple[Any, ...]:
+    """ImportExampleGen (the latest span, or `span`), the contract schema, and the check of the
+    span against it: StatisticsGen, ExampleValidator and the gate that stops on anomalies."""
+    # ImportExampleGen's node id, driver and outputs; its executor skips the in-memory shuffle.
+    example_gen = StreamingImportExampleGen(
+        input_base=data_root if data_root is not None else config.data_root,
+        **example_gen_configs(config, span)).with_id("ImportExampleGen")
+    schema_gen = ImportSchemaGen(schema_file=schema_path(config))
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"],
+                                   schema=schema_gen.outputs["schema"])
+    example_validator = ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    return example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate
+
+
+def create_span_pipeline(config: PipelineConfig, span: int,
+                         beam_pipeline_args: list[str] | None = None) -> Pipeline:
+    """Reads one earlier span of a window and checks it against the contract, under the same
+    pipeline and node names, so the window's Resolver finds it in MLMD."""
+    config.validate()
+    return Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=list(data_components(config, span=span)),
         enable_cache=True,
         metadata_connection_config=None,
         beam_pipeline_args=config.beam_pipeline_args if beam_pipeline_args is None

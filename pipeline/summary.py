@@ -24,6 +24,7 @@ class RunSummary:
     run_id: str
     started_ms: int = 0  # when the run began, ms since the epoch (MLMD's clock)
     spans: list[int] = field(default_factory=list)  # data spans ImportExampleGen read
+    trained_spans: list[int] = field(default_factory=list)  # spans Transform got (the window)
     components: dict[str, str] = field(default_factory=dict)  # node id -> COMPLETE/CACHED/...
     examples: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -141,6 +142,8 @@ def summarize_record(record: RunRecord) -> RunSummary:
                          components={node: e.state for node, e in record.nodes.items()})
     summary.spans = sorted({artifact_span(a)
                             for a in record.outputs("ImportExampleGen", "examples")})
+    summary.trained_spans = sorted({artifact_span(a)
+                                    for a in record.inputs("Transform", "examples")})
     outputs = {node: e.outputs for node, e in record.nodes.items()}
     _read_statistics(outputs.get("StatisticsGen", {}), summary)
     _read_evaluation(outputs.get("Evaluator", {}), summary)
@@ -284,9 +287,16 @@ def format_summary(summary: RunSummary) -> str:
     cached = [node for node, state in summary.components.items() if state == "CACHED"]
     if cached:
         lines.append(f"  served from cache: {', '.join(sorted(cached))}")
+    window = len(summary.trained_spans) > 1
+    if window:
+        read = ", ".join(str(s) for s in summary.spans) or "none"
+        lines.append(f"  trained and evaluated on spans "
+                     f"{', '.join(str(s) for s in summary.trained_spans)} (read in this run: "
+                     f"{read}; the others from earlier runs)")
     if summary.examples:
-        lines.append("  examples: " + ", ".join(f"{split} {count}" for split, count in
-                                                sorted(summary.examples.items())))
+        where = f" (span {', '.join(str(s) for s in summary.spans)})" if window else ""
+        lines.append(f"  examples{where}: " + ", ".join(
+            f"{split} {count}" for split, count in sorted(summary.examples.items())))
     wanted = ("auc", "binary_accuracy", "precision", "recall", "auc_pr", "calibration",
               "example_count")
     shown = [f"{name} {summary.metrics[name]:.4f}" for name in wanted if name in summary.metrics]
