@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="demo")
     parser.add_argument("--num-examples", type=int, default=400)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' output instead of keeping it in the run's log")
     args = parser.parse_args(argv)
     workdir = os.path.abspath(args.workdir)
     data_dir = os.path.join(workdir, "synthetic")
@@ -24,15 +26,16 @@ def main(argv: list[str] | None = None) -> int:
         write_synthetic(data_dir, num_examples=args.num_examples, views=1, size=64)
     config = PipelineConfig(workdir=os.path.join(workdir, "pipeline"), pipeline_name="masktfx-demo",
                             model_name="masktfx-demo")
-    status = run_and_summarize(config, manifest)
-    if status == 0:
+
+    def report(terminal) -> None:
         from masktfx.pipeline.report import write_report
 
-        report = write_report(PipelineConfig.for_workdir(config.workdir))
-        print(f"\nserving folder (TF Serving --model_base_path): "
-              f"{os.path.join(config.resolved_serving_dir, config.model_name)}")
-        print(f"report: {report}")
-    return status
+        path = write_report(PipelineConfig.for_workdir(config.workdir))
+        terminal.say(f"\nserving folder (TF Serving --model_base_path): "
+                     f"{os.path.join(config.resolved_serving_dir, config.model_name)}")
+        terminal.say(f"report: {path}")
+
+    return run_and_summarize(config, manifest, verbose=args.verbose, after_success=report)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ EXAMPLES_INPUT = "examples"
 PROBABILITY_OUTPUT = "probability"
 PREDICTED_LABEL_OUTPUT = "label"
 
+# The logger the Trainer reports each epoch to (record args: epoch, epochs and Keras' logs), which
+# `masktfx run` shows live.
+TRAINER_PROGRESS_LOGGER = "masktfx.trainer"
+
 # Split names written by ImportExampleGen.
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import TextIO
 
 import apache_beam as beam
 import google_crc32c
@@ -301,10 +302,11 @@ def _existing_shards(directory: str) -> list[str]:
     return FileSystems.match([os.path.join(directory, features.SHARD_GLOB)])[0].metadata_list
 
 
-def _show_progress(progress_dir: str, total: int, stop: threading.Event) -> None:
+def _show_progress(progress_dir: str, total: int, stop: threading.Event, stream: TextIO
+                   ) -> None:
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="row", desc="ingest", file=sys.stderr) as bar:
+    with tqdm(total=total, unit="row", desc="ingest", file=stream) as bar:
         while not stop.wait(0.5):
             done = 0
             for name in os.listdir(progress_dir):
@@ -323,9 +325,11 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
                beam_args: list[str] | None = None, resize_masks: bool = False,
                max_pixels: int | None = None, allow_outside_paths: bool = False,
                strict: bool = False, overwrite: bool = False,
-               progress: bool | None = None, fork_server: bool = True) -> IngestResult:
+               progress: bool | None = None, fork_server: bool = True,
+               progress_stream: TextIO | None = None) -> IngestResult:
     """Ingest one manifest; shards are published only if at least one row is good (and, with
-    `strict`, none is rejected). The report and rejected.csv are always written."""
+    `strict`, none is rejected). The report and rejected.csv are always written. The progress
+    bar goes to `progress_stream` (default stderr), shown by default when that is a terminal."""
     if max_pixels is None:
         max_pixels = PipelineConfig().max_pixels
     manifest = read_manifest(manifest_path, allow_outside=allow_outside_paths)
@@ -346,8 +350,9 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
 
     beam_args = ingest_beam_args(beam_args or [])
     direct = any(arg in ("--runner=DirectRunner", "--runner=direct") for arg in beam_args)
-    show_progress = (progress if progress is not None else sys.stderr.isatty()) and direct \
-        and bool(manifest.rows)
+    progress_stream = progress_stream or sys.stderr
+    show_progress = (progress if progress is not None else progress_stream.isatty()) and \
+        direct and bool(manifest.rows)
     progress_dir = tempfile.mkdtemp(prefix="masktfx-progress-") if show_progress else None
     report_fields = dict(manifest_path=manifest_path, views=manifest.views,
                          shared_mask=manifest.shared_mask,
@@ -356,7 +361,8 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
     watcher = None
     if progress_dir:
         watcher = threading.Thread(target=_show_progress,
-                                   args=(progress_dir, len(manifest.rows), stop), daemon=True)
+                                   args=(progress_dir, len(manifest.rows), stop, progress_stream),
+                                   daemon=True)
         watcher.start()
     try:
         with fork_server_for(beam_args, INGEST_PRELOAD, fork_server) as run_args, \

@@ -206,6 +206,21 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()  # the default: no distribution
 
 
+class EpochLog(tf.keras.callbacks.Callback):
+    """Reports each epoch to the progress logger (`masktfx run` shows it; Keras' own epoch
+    lines go to the run's log)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = {name: float(value) for name, value in (logs or {}).items()}
+        values.update(epoch=epoch + 1, epochs=self.epochs)
+        logging.getLogger(features.TRAINER_PROGRESS_LOGGER).info("epoch %(epoch)d/%(epochs)d",
+                                                                 values)
+
+
 def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.data.Dataset,
                 weights: dict[int, float], log_dir: str | None = None,
                 steps_per_epoch: int | None = None, verbose: int = 2
@@ -217,6 +232,7 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
         tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                          patience=config.early_stopping_patience,
                                          restore_best_weights=True),
+        EpochLog(config.epochs),
     ]
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))

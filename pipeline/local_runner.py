@@ -6,10 +6,14 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 from ml_metadata.proto import metadata_store_pb2
+from tfx.dsl.compiler import constants as compiler_constants
 from tfx.orchestration import metadata  # not `tfx.v1`: see pipeline/pipeline.py
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+from tfx.orchestration.portable import runtime_parameter_utils
+from tfx.proto.orchestration import pipeline_pb2
 
 from masktfx.beam_runner import beam_args_in_environment
 from masktfx.components.span_window import SPLIT_KEY_PROPERTY
@@ -35,6 +39,7 @@ from masktfx.pipeline.pipeline import (
     example_split_key,
     schema_path,
 )
+from masktfx.pipeline.run_output import new_run_id
 from masktfx.pipeline.split_plan import SplitPlanError, check_split, partition_feature_name
 from masktfx.pipeline.summary import RunSummary, artifact_span, open_store, summarize_run
 
@@ -56,7 +61,8 @@ def manifest_fingerprint(manifest_path: str) -> str:
     return digest.hexdigest()
 
 
-def ingest_manifest_into_workdir(manifest_path: str, config: PipelineConfig
+def ingest_manifest_into_workdir(manifest_path: str, config: PipelineConfig,
+                                 progress_stream: TextIO | None = None
                                  ) -> tuple[str, IngestResult | None]:
     """Ingest into WORKDIR/data/span-N, a new span only when the manifest changed.
 
@@ -72,7 +78,8 @@ def ingest_manifest_into_workdir(manifest_path: str, config: PipelineConfig
             return data_root, None
     span = (spans[-1] + 1) if spans else 1
     result = run_ingest(manifest_path, data_root, span=span, max_pixels=config.max_pixels,
-                        beam_args=config.beam_pipeline_args, fork_server=config.beam_fork_server)
+                        beam_args=config.beam_pipeline_args, fork_server=config.beam_fork_server,
+                        progress_stream=progress_stream)
     if not result.published:
         raise RuntimeError(f"ingest of {manifest_path} wrote no example; see "
                            f"{os.path.join(result.output_dir, 'rejected.csv')}")
@@ -81,13 +88,14 @@ def ingest_manifest_into_workdir(manifest_path: str, config: PipelineConfig
     return data_root, result
 
 
-def prepare(config: PipelineConfig, data: str) -> PreparedRun:
+def prepare(config: PipelineConfig, data: str, progress_stream: TextIO | None = None
+            ) -> PreparedRun:
     """Resolve the data (ingesting a manifest first), fill config fields left to the data and
     write the contract schema. Raises before any component runs if something is wrong."""
     config = config.replace(workdir=os.path.abspath(config.workdir)).validate()
     ingested = None
     if data.lower().endswith(".csv"):
-        data_root, ingested = ingest_manifest_into_workdir(data, config)
+        data_root, ingested = ingest_manifest_into_workdir(data, config, progress_stream)
     else:
         data_root = data
     config = resolve_config(config.replace(data_root=os.path.abspath(data_root)),
@@ -131,7 +139,24 @@ def window_spans_to_read(config: PipelineConfig) -> list[int]:
     return [span for span in earlier if span not in done]
 
 
-def run_pipeline(config: PipelineConfig) -> None:
+class NamedRunLocalDagRunner(LocalDagRunner):
+    """LocalDagRunner whose pipeline run id is given, not taken from the clock when it starts,
+    so the run's log file can carry its name from the first line on."""
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+
+    def run_with_ir(self, pipeline: pipeline_pb2.Pipeline,
+                    run_options: pipeline_pb2.RunOptions | None = None, **kwargs: Any) -> Any:
+        # Substituted here first, the parameter is gone when LocalDagRunner substitutes its own.
+        runtime_parameter_utils.substitute_runtime_parameter(
+            pipeline, {compiler_constants.PIPELINE_RUN_ID_PARAMETER_NAME: self.run_id})
+        return super().run_with_ir(pipeline, run_options=run_options, **kwargs)
+
+
+def run_pipeline(config: PipelineConfig, run_id: str | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
     """Run the whole pipeline; raises if a component fails. With a span window, each earlier
     span of the window no run has read yet is read (and checked) first, once.
 
@@ -143,12 +168,18 @@ def run_pipeline(config: PipelineConfig) -> None:
     with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD,
                          config.beam_fork_server) as beam_args, \
             beam_args_in_environment(beam_args) as component_beam_args:
-        pipelines = [create_span_pipeline(config, span, beam_pipeline_args=component_beam_args)
+        run_id = run_id or new_run_id()
+        pipelines = [(f"{run_id}-span-{span}",
+                      f"span {span} of the window, not read by any run yet: read and check it",
+                      create_span_pipeline(config, span, beam_pipeline_args=component_beam_args))
                      for span in window_spans_to_read(config)]
-        pipelines.append(create_pipeline(config, beam_pipeline_args=component_beam_args))
-        for pipeline in pipelines:
+        pipelines.append((run_id, "", create_pipeline(config,
+                                                      beam_pipeline_args=component_beam_args)))
+        for pipeline_run_id, what, pipeline in pipelines:
+            if what and announce:
+                announce(what)
             pipeline.metadata_connection_config = connection
-            LocalDagRunner().run(pipeline)
+            NamedRunLocalDagRunner(pipeline_run_id).run(pipeline)
 
 
 @dataclass(frozen=True)
@@ -167,18 +198,21 @@ class LocalRunOutcome:
 
 
 def run_local(config: PipelineConfig, data: str,
-              on_prepared: Callable[[PreparedRun], None] | None = None) -> LocalRunOutcome:
+              on_prepared: Callable[[PreparedRun], None] | None = None,
+              run_id: str | None = None, progress_stream: TextIO | None = None,
+              announce: Callable[[str], None] | None = None) -> LocalRunOutcome:
     """`masktfx run`: prepare (an error here means no component ran, and is raised), run the
-    pipeline, read its summary back. A failed component is returned as the outcome's failure."""
+    pipeline, read its summary back. A failed component is returned as the outcome's failure.
+    `progress_stream`: where a manifest's ingest shows its progress bar (on a terminal)."""
     # Started first, so that its imports overlap this process's own; run_pipeline and a
     # manifest's ingest take their Beam workers from it.
     with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD, config.beam_fork_server):
-        prepared = prepare(config, data)
+        prepared = prepare(config, data, progress_stream)
         if on_prepared:
             on_prepared(prepared)
         failure = None
         try:
-            run_pipeline(prepared.config)
+            run_pipeline(prepared.config, run_id, announce)
         except Exception as exc:  # a component failed: the caller says which and why
             failure = exc
     try:

@@ -6,6 +6,9 @@ import csv
 import json
 import os
 import random
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -217,7 +220,15 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
 
 
-def test_label_shuffled_data_is_not_blessed_and_nothing_is_pushed(tmp_path, capsys):
+# Lines `masktfx run` itself prints: the ingest line, the run and its log, one per component start
+# and end (indented), the summary (indented under its `run` line), and its own warnings.
+OUR_LINE = re.compile(r"^(ingested \d+ of \d+ rows .*|run \S+(: the libraries' output goes to \S+)?"
+                      r"|  \S.*|masktfx run: warning: .*)$")
+ERROR_LEVEL = re.compile(r"^(E\d{4}|F\d{4}|E external|ERROR|CRITICAL|Traceback)|\bERROR:")
+
+
+def test_label_shuffled_data_is_not_blessed_and_the_terminal_shows_only_our_lines(tmp_path):
+    """Through a pipe, as in CI: our lines only (at most 40), the libraries' output in the log."""
     manifest = write_synthetic(str(tmp_path / "data"), num_examples=240, size=32, seed=7)
     rows = _rows(manifest)
     labels = [row["label"] for row in rows]
@@ -228,13 +239,33 @@ def test_label_shuffled_data_is_not_blessed_and_nothing_is_pushed(tmp_path, caps
         for row, label in zip(rows, labels):
             writer.writerow({**row, "label": label})
     workdir = str(tmp_path / "work")
-    assert _run(manifest, workdir, "--direct-running-mode", "in_memory") == 0
-    out = capsys.readouterr().out
+    done = subprocess.run([sys.executable, "-m", "masktfx.cli", "run", "--data", manifest,
+                           "--workdir", workdir, *FLAGS, "--epochs", "8"], capture_output=True,
+                          text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
     assert "blessed: NO" in out and "binary_accuracy" in out
     assert "pushed: nothing" in out
     config = PipelineConfig(workdir=workdir)
     assert not os.path.exists(os.path.join(config.resolved_serving_dir, config.model_name)) or \
         not os.listdir(os.path.join(config.resolved_serving_dir, config.model_name))
+    lines = (done.stdout + done.stderr).splitlines()
+    assert len(lines) <= 40, lines
+    assert [line for line in lines if not OUR_LINE.match(line)] == []
+    assert [line for line in lines if ERROR_LEVEL.search(line)] == []
+    for node in ("ImportExampleGen", "Transform", "Trainer", "Evaluator", "VersionedPusher"):
+        assert f"  {node} COMPLETE" in out
+    # the log: named by the run, holding what the libraries wrote (absl, setuptools, Keras)
+    run_id = latest_run_id(open_store(config), config.pipeline_name)
+    log = os.path.join(workdir, "logs", f"{run_id}.log")
+    assert f"output goes to {log}" in out
+    with open(log, encoding="utf-8") as handle:
+        text = handle.read()
+    for written_by_a_library in ("INFO:absl:Component Transform is running.",
+                                 "running bdist_wheel", "Epoch 1/"):
+        assert written_by_a_library in text
+    assert "[masktfx]   blessed: NO" in text  # our lines are in it too
 
 
 def test_bad_config_fails_before_any_component(tmp_path, capsys):
@@ -269,6 +300,10 @@ def test_a_span_that_breaks_the_contract_stops_before_transform(tmp_path, capsys
                      "--direct-running-mode", "in_memory"]) == 1
     err = capsys.readouterr().err
     assert "anomalies" in err and "'masks'" in err
+    # the failing component, the reason, the log's last lines and its path
+    assert "the pipeline failed in AnomalyGate: DataAnomaliesError" in err
+    log = re.search(r"^full log: (.+)$", err, re.MULTILINE).group(1)
+    assert os.path.isfile(log) and os.path.dirname(log) == os.path.join(workdir, "logs")
     summary = summarize_run(PipelineConfig(workdir=workdir))
     assert "Transform" not in summary.components or \
         summary.components["Transform"] not in ("COMPLETE", "CACHED")
