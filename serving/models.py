@@ -21,8 +21,18 @@ from masktfx import features
 from masktfx.config import PipelineConfig
 from masktfx.images import RegionCheckError, check_region
 from masktfx.serving.batching import Batcher, BatchingParameters, QueueFullError
+from masktfx.serving.limits import DEFAULT_MAX_REGIONS
 
 log = logging.getLogger("masktfx.serve")
+
+
+
+def check_region_count(count: int, limit: int, where: str = "the request") -> None:
+    """Refuse a request over the region limit before anything is decoded or allocated."""
+    if count > limit:
+        raise ServingError("RESOURCE_EXHAUSTED",
+                           f"{where} holds {count} regions; the limit is {limit} per request "
+                           "(masktfx serve --max-regions); send them in smaller batches")
 
 
 class ServingError(Exception):
@@ -76,12 +86,14 @@ class ModelManager:
 
     def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0,
                  keep_versions: int = 1, max_pixels: int | None = None,
-                 batching: BatchingParameters | None = None):
+                 batching: BatchingParameters | None = None,
+                 max_regions: int = DEFAULT_MAX_REGIONS):
         self.name = name
         self.base_path = os.path.abspath(base_path)
         self.poll_seconds = poll_seconds
         self.keep_versions = keep_versions
         self.max_pixels = PipelineConfig().max_pixels if max_pixels is None else max_pixels
+        self.max_regions = max_regions
         self._versions: dict[int, ServableVersion] = {}
         self._failed: set[int] = set()
         self._lock = threading.Lock()
@@ -188,21 +200,27 @@ class ModelManager:
 
     def predict(self, inputs: dict[str, np.ndarray], signature_name: str = "",
                 version: int | None = None) -> tuple[int, str, dict[str, np.ndarray]]:
-        servable, name, function = self.signature(signature_name, version)
+        return self.call(self.signature(signature_name, version), inputs)
+
+    def call(self, resolved: tuple[ServableVersion, str, Any], inputs: dict[str, np.ndarray]
+             ) -> tuple[int, str, dict[str, np.ndarray]]:
+        """Run a signature `signature()` resolved (one version lookup per request) on inputs
+        that pass the same checks whatever the signature: names, dtypes, shapes, one number of
+        regions across inputs, the region limit, and every region through check_region."""
+        servable, name, function = resolved
         specs = function.structured_input_signature[1]
         arrays = check_inputs(inputs, specs)
-        if name == features.RAW_SIGNATURE:
-            check_region_inputs(arrays[features.IMAGES_KEY], arrays[features.MASKS_KEY],
-                                self.max_pixels)
+        check_region_count(len(next(iter(arrays.values()))), self.max_regions)
+        check_signature_regions(arrays, self.max_pixels)
 
         def call(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            # the arrays that were checked are the ones the model gets
             tensors = {key: tf.constant(value, dtype=specs[key].dtype)
                        for key, value in batch.items()}
             try:
                 outputs = function(**tensors)
             except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
-                message = getattr(exc, "message", str(exc)).split("\n")[0]
-                raise ServingError("INVALID_ARGUMENT", message) from None
+                raise ServingError("INVALID_ARGUMENT", op_message(exc)) from None
             return {key: value.numpy() for key, value in outputs.items()}
 
         batcher = self.batcher
@@ -212,6 +230,16 @@ class ModelManager:
             return servable.version, name, batcher.submit((servable.version, name), call, arrays)
         except QueueFullError as exc:
             raise ServingError("UNAVAILABLE", str(exc)) from None
+
+
+def op_message(exc: Exception) -> str:
+    """TensorFlow's message without the 'Graph execution error:' preamble and the Python
+    traceback of where the op was defined: the op's own message, whole."""
+    message = getattr(exc, "message", None) or str(exc)
+    if message.startswith("Graph execution error:"):
+        blocks = [block.strip() for block in message.split("\n\n") if block.strip()]
+        message = blocks[-1] if len(blocks) > 1 else message
+    return message.strip()
 
 
 def check_input_names(given: Any, expected: Any, where: str = "") -> None:
@@ -248,19 +276,59 @@ def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec]
             raise ServingError("INVALID_ARGUMENT",
                                f"input {name!r} cannot be string: it holds non-string values")
         arrays[name] = value
+    counts = {name: len(value) for name, value in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise ServingError("INVALID_ARGUMENT",
+                           "the inputs must agree on the number of regions: " + ", ".join(
+                               f"{name} has {count}" for name, count in sorted(counts.items())))
     return arrays
+
+
+def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int) -> None:
+    """The region check for any signature: images and masks as tensors (predict_raw), or inside
+    serialized tf.Examples (serving_default, transform_features)."""
+    if features.IMAGES_KEY in arrays and features.MASKS_KEY in arrays:
+        check_region_inputs(arrays[features.IMAGES_KEY], arrays[features.MASKS_KEY], max_pixels)
+    elif features.EXAMPLES_INPUT in arrays:
+        check_example_inputs(arrays[features.EXAMPLES_INPUT], max_pixels)
+
+
+def check_example_inputs(examples: np.ndarray, max_pixels: int) -> None:
+    """Each serialized tf.Example must parse and hold images and masks that pass check_region:
+    the same check, and the same messages, as predict_raw's tensors."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
+
+    for row, serialized in enumerate(examples.reshape(-1)):
+        try:
+            example = example_pb2.Example.FromString(bytes(serialized))
+        except DecodeError:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"instance {row}: not a serialized tf.Example") from None
+        feature = example.features.feature
+        missing = [key for key in (features.IMAGES_KEY, features.MASKS_KEY)
+                   if not feature[key].bytes_list.value]
+        if missing:
+            raise ServingError("INVALID_ARGUMENT", f"instance {row}: the tf.Example has no "
+                                                   f"{' or '.join(missing)} bytes")
+        _check_region_row(row, list(feature[features.IMAGES_KEY].bytes_list.value),
+                          list(feature[features.MASKS_KEY].bytes_list.value), max_pixels)
 
 
 def check_region_inputs(images: np.ndarray, masks: np.ndarray, max_pixels: int) -> None:
     """Each instance's images and masks through the region check ingest uses
     (masktfx.images.check_region); the error names the instance and the input."""
     for row in range(len(images)):
-        try:
-            check_region(list(images[row]), list(masks[row]), max_pixels)
-        except RegionCheckError as exc:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"instance {row}, {exc.part}s[{exc.index}]: {exc.reason}"
-                               ) from None
+        _check_region_row(row, list(images[row]), list(masks[row]), max_pixels)
+
+
+def _check_region_row(row: int, images: list[bytes], masks: list[bytes], max_pixels: int
+                      ) -> None:
+    try:
+        check_region(images, masks, max_pixels)
+    except RegionCheckError as exc:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"instance {row}, {exc.part}s[{exc.index}]: {exc.reason}") from None
 
 
 def wait_for_version(manager: ModelManager, timeout: float = 60.0) -> int:

@@ -19,11 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from masktfx.serving.models import ModelManager, ServingError, check_input_names
+from masktfx.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S
+from masktfx.serving.models import (
+    ModelManager,
+    ServingError,
+    check_input_names,
+    check_region_count,
+)
 
 log = logging.getLogger("masktfx.serve")
 
 DEFAULT_BODY_LIMIT = 32 * 2**20
+_VERSION = re.compile(r"^[0-9]{1,18}$")  # ASCII digits that fit an int64
+_CONTENT_LENGTH = re.compile(r"^[0-9]{1,15}$")
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -60,9 +68,10 @@ def _to_array(value: Any) -> np.ndarray:
     return array
 
 
-def parse_predict_body(body: dict[str, Any], input_names: list[str]
+def parse_predict_body(body: dict[str, Any], input_names: list[str], max_regions: int
                        ) -> tuple[dict[str, np.ndarray], bool]:
-    """Row (`instances`) or columnar (`inputs`) form -> batched arrays; True for row form."""
+    """Row (`instances`) or columnar (`inputs`) form -> batched arrays; True for row form. The
+    number of regions is checked against `max_regions` before any value is decoded."""
     if ("instances" in body) == ("inputs" in body):
         raise ServingError("INVALID_ARGUMENT",
                            "the request must have exactly one of \"instances\" or \"inputs\"")
@@ -70,6 +79,7 @@ def parse_predict_body(body: dict[str, Any], input_names: list[str]
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise ServingError("INVALID_ARGUMENT", "\"instances\" must be a non-empty list")
+        check_region_count(len(instances), max_regions)
         columns: dict[str, list] = {name: [] for name in input_names}
         for index, instance in enumerate(instances):
             if len(input_names) == 1:
@@ -88,6 +98,9 @@ def parse_predict_body(body: dict[str, Any], input_names: list[str]
     inputs = body["inputs"]
     if not isinstance(inputs, dict) or (len(input_names) == 1 and set(inputs) == {"b64"}):
         inputs = {input_names[0]: inputs}
+    for name, value in inputs.items():
+        if isinstance(value, list):
+            check_region_count(len(value), max_regions, f"input {name!r}")
     return {name: _to_array(_decode_value(value, name)) for name, value in inputs.items()}, False
 
 
@@ -170,9 +183,10 @@ class RestHandler(BaseHTTPRequestHandler):
                                             f"{parts['label']}")
         version = None
         if parts["version"] is not None:
-            if not parts["version"].isdigit():
+            if not _VERSION.match(parts["version"]):
                 raise ServingError("INVALID_ARGUMENT",
-                                   f"version {parts['version']!r} is not a number")
+                                   f"version {parts['version'][:40]!r} is not a version number "
+                                   "(ASCII digits, at most 18)")
             version = int(parts["version"])
         return manager, version, parts
 
@@ -190,10 +204,11 @@ class RestHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         try:
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
+            length = (self.headers.get("Content-Length") or "").strip()
+            if not _CONTENT_LENGTH.match(length):
                 self.close_connection = True
-                raise ServingError("INVALID_ARGUMENT", "Content-Length is required")
+                raise ServingError("INVALID_ARGUMENT", "Content-Length is required, as a number "
+                                                       f"of bytes (got {length[:40]!r})")
             if int(length) > self.body_limit:
                 self.close_connection = True  # the body is not read
                 raise ServingError("RESOURCE_EXHAUSTED",
@@ -211,13 +226,18 @@ class RestHandler(BaseHTTPRequestHandler):
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ServingError("INVALID_ARGUMENT", f"the body is not valid JSON: {exc}") \
                     from None
+            except RecursionError:
+                raise ServingError("INVALID_ARGUMENT", "the body's JSON is nested too deeply") \
+                    from None
             if not isinstance(body, dict):
                 raise ServingError("INVALID_ARGUMENT", "the body must be a JSON object")
-            servable, name, function = manager.signature(body.get("signature_name") or "",
-                                                         version)
-            input_names = sorted(function.structured_input_signature[1])
-            inputs, rows = parse_predict_body(body, input_names)
-            _, _, outputs = manager.predict(inputs, name, servable.version)
+            signature_name = body.get("signature_name") or ""
+            if not isinstance(signature_name, str):
+                raise ServingError("INVALID_ARGUMENT", "\"signature_name\" must be a string")
+            resolved = manager.signature(signature_name, version)  # the one version lookup
+            input_names = sorted(resolved[2].structured_input_signature[1])
+            inputs, rows = parse_predict_body(body, input_names, manager.max_regions)
+            _, _, outputs = manager.call(resolved, inputs)
             self._send(200, format_predict_response(outputs, rows))
         except ServingError as error:
             self._error(error)
@@ -227,6 +247,22 @@ class RestHandler(BaseHTTPRequestHandler):
 
 
 # -- gRPC ---------------------------------------------------------------------------------------
+def check_tensor_proto(name: str, proto: Any, max_regions: int) -> None:
+    """A TensorProto's declared shape, checked before numpy allocates it: the region limit on
+    its first dimension, and as many values as it declares (tf.make_ndarray would otherwise
+    repeat a few values to fill any shape a client declares)."""
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in dims):
+        raise ServingError("INVALID_ARGUMENT", f"input {name!r}: negative dimension in {dims}")
+    if dims:
+        check_region_count(dims[0], max_regions, f"input {name!r}")
+    declared = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    given = len(proto.string_val) if proto.string_val else None
+    if given is not None and given != declared:
+        raise ServingError("INVALID_ARGUMENT", f"input {name!r} declares shape {dims} "
+                                               f"({declared} values) but holds {given}")
+
+
 def _grpc_services(models: dict[str, ModelManager]):
     import grpc
     import tensorflow as tf
@@ -270,14 +306,15 @@ def _grpc_services(models: dict[str, ModelManager]):
         @guarded
         def Predict(self, request, context):  # noqa: N802 (gRPC naming)
             manager, version = lookup(request.model_spec, context)
+            resolved = manager.signature(request.model_spec.signature_name, version)
             inputs = {}
             for name, proto in request.inputs.items():
+                check_tensor_proto(name, proto, manager.max_regions)
                 try:
                     inputs[name] = tf.make_ndarray(proto)
                 except Exception as exc:
                     raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {exc}") from None
-            served, signature, outputs = manager.predict(
-                inputs, request.model_spec.signature_name, version)
+            served, signature, outputs = manager.call(resolved, inputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = manager.name
             response.model_spec.version.value = served
@@ -332,15 +369,60 @@ def _grpc_services(models: dict[str, ModelManager]):
         model_service_pb2_grpc
 
 
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` of them: past that a connection gets
+    503 at once and is closed, so idle or slow clients cannot pile up threads and sockets (the
+    handler's timeout drops the ones that stall)."""
+
+    # the listen backlog: socketserver's 5 makes the kernel drop connections in a burst, which
+    # then retry for seconds instead of getting an answer
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int):
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": f"the server holds {self.max_connections} connections, "
+                                        "its limit (masktfx serve --max-connections); retry "
+                                        "later"}).encode()
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                                b"application/json\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class ModelServer:
     """REST and gRPC front ends over one or more ModelManagers."""
 
     def __init__(self, models: dict[str, ModelManager], host: str = "127.0.0.1",
                  rest_port: int = 8501, grpc_port: int | None = 8500,
-                 body_limit: int = DEFAULT_BODY_LIMIT, grpc_workers: int = 16):
+                 body_limit: int = DEFAULT_BODY_LIMIT, grpc_workers: int = 16,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S):
         self.models = models
-        handler = type("Handler", (RestHandler,), {"models": models, "body_limit": body_limit})
-        self.rest = ThreadingHTTPServer((host, rest_port), handler)
+        # `timeout`: socketserver's per-connection socket timeout, so a client that stops
+        # sending (headers or body) is dropped rather than holding its thread.
+        handler = type("Handler", (RestHandler,), {"models": models, "body_limit": body_limit,
+                                                   "timeout": read_timeout_s})
+        self.rest = BoundedHTTPServer((host, rest_port), handler, max_connections)
         self.rest.daemon_threads = True
         self.rest_port = self.rest.server_address[1]
         self.grpc = None
@@ -350,6 +432,7 @@ class ModelServer:
 
             self.grpc = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=grpc_workers),
+                maximum_concurrent_rpcs=max_connections,  # past it: RESOURCE_EXHAUSTED
                 options=[("grpc.max_receive_message_length", body_limit),
                          ("grpc.max_send_message_length", body_limit)])
             prediction, model_service, prediction_grpc, model_grpc = _grpc_services(models)

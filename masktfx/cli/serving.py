@@ -7,6 +7,11 @@ import json
 import os
 
 from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError
+from masktfx.serving.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_REGIONS,
+    DEFAULT_READ_TIMEOUT_S,
+)
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +31,15 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--body-limit-mb", type=float, default=32.0,
                         help="largest request body (413 above)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    limits = parser.add_argument_group(
+        "limits", "what one client can make the server hold (over a limit: 413, or 503 for "
+        "connections; RESOURCE_EXHAUSTED on gRPC)")
+    limits.add_argument("--max-regions", type=int, default=DEFAULT_MAX_REGIONS,
+                        help="regions per request, checked before anything is decoded")
+    limits.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                        help="open REST connections, and gRPC calls in flight")
+    limits.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S,
+                        help="seconds a REST client may take to send its headers and body")
     batching = parser.add_argument_group(
         "server-side batching", "merge concurrent requests into one model call, as TF Serving's "
         "--enable_batching does")
@@ -54,12 +68,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             batching.validate()
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+    for name in ("max_regions", "max_connections", "read_timeout"):
+        if getattr(args, name) <= 0:
+            raise CommandError(f"--{name.replace('_', '-')} must be positive")
     manager = ModelManager(args.model_name, args.model_base_path, args.poll_seconds,
-                           max_pixels=args.max_pixels, batching=batching)
+                           max_pixels=args.max_pixels, batching=batching,
+                           max_regions=args.max_regions)
     try:
         server = ModelServer({args.model_name: manager}, host=args.host,
                              rest_port=args.rest_port, grpc_port=args.grpc_port,
-                             body_limit=int(args.body_limit_mb * 2**20))
+                             body_limit=int(args.body_limit_mb * 2**20),
+                             max_connections=args.max_connections,
+                             read_timeout_s=args.read_timeout)
     except OSError as exc:
         raise CommandError(f"cannot bind {args.host}: {exc}") from None
     stop = threading.Event()

@@ -1,0 +1,10 @@
+"""What one client can make `masktfx serve` hold; defaults that keep a 2-core, 24 GiB machine
+answering. A module of constants only, so the command line can show them without TensorFlow."""
+
+# Regions one request may hold. Each costs up to max_pixels of decoded pixels per view, so this
+# bounds what one request can make the server allocate; clients batch below it.
+DEFAULT_MAX_REGIONS = 256
+# Open REST connections (each holds a thread) and gRPC calls in flight.
+DEFAULT_MAX_CONNECTIONS = 128
+# Seconds a REST client may take to send its request's headers and body.
+DEFAULT_READ_TIMEOUT_S = 10.0

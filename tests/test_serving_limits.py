@@ -1,0 +1,221 @@
+"""`masktfx serve` under hostile and careless clients: limits checked before anything is
+allocated, the same region checks for every signature, HTTP edges answered with 400, and clients
+that stall dropped rather than piling up. Real HTTP and gRPC calls on loopback."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import shutil
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from conftest import square_mask
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from masktfx import features
+from masktfx.images import encode_png
+from masktfx.records import make_example
+from masktfx.serving.models import ModelManager, op_message, wait_for_version
+from masktfx.serving.server import ModelServer
+
+MAX_REGIONS = 4
+MAX_CONNECTIONS = 8
+READ_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    model_dir, _ = tiny_model
+    base = tmp_path_factory.mktemp("limits") / "tiny"
+    shutil.copytree(model_dir, base / "1")
+    manager = ModelManager("tiny", str(base), poll_seconds=0.2, max_regions=MAX_REGIONS)
+    served = ModelServer({"tiny": manager}, rest_port=0, grpc_port=0,
+                         max_connections=MAX_CONNECTIONS, read_timeout_s=READ_TIMEOUT_S)
+    served.start()
+    wait_for_version(manager)
+    yield served
+    served.stop()
+
+
+IMAGE = encode_png(np.random.default_rng(0).integers(0, 200, (20, 20)).astype(np.uint8))
+MASK = encode_png(square_mask(20, 5, 15))
+EMPTY_MASK = encode_png(np.zeros((20, 20), np.uint8))
+SMALL_MASK = encode_png(square_mask(10, 2, 8))
+
+
+def _b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def _post(server, body: dict, path: str = "/v1/models/tiny:predict") -> tuple[int, dict]:
+    response = requests.post(f"http://127.0.0.1:{server.rest_port}{path}", json=body, timeout=30)
+    return response.status_code, response.json()
+
+
+def _raw(count: int, mask_count: int | None = None) -> dict:
+    return {"signature_name": features.RAW_SIGNATURE, "inputs": {
+        features.IMAGES_KEY: [[_b64(IMAGE)]] * count,
+        features.MASKS_KEY: [[_b64(MASK)]] * (count if mask_count is None else mask_count)}}
+
+
+def _stub(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+def _grpc_request(images, masks) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    request.model_spec.signature_name = features.RAW_SIGNATURE
+    request.inputs[features.IMAGES_KEY].CopyFrom(images)
+    request.inputs[features.MASKS_KEY].CopyFrom(masks)
+    return request
+
+
+def test_requests_over_the_region_limit_are_refused_before_anything_is_decoded(server):
+    assert _post(server, _raw(MAX_REGIONS))[0] == 200
+    status, payload = _post(server, _raw(MAX_REGIONS + 1))
+    assert status == 413 and f"the limit is {MAX_REGIONS} per request" in payload["error"]
+    rows = {"signature_name": features.RAW_SIGNATURE, "instances": [
+        {features.IMAGES_KEY: [_b64(IMAGE)], features.MASKS_KEY: [_b64(MASK)]}] * 50}
+    status, payload = _post(server, rows)
+    assert status == 413 and "holds 50 regions" in payload["error"]
+
+    # gRPC: a tiny message declaring a huge [N, 1] tensor is refused from its declared shape
+    huge = tf.make_tensor_proto(np.array([[IMAGE]], dtype=object))
+    huge.tensor_shape.dim[0].size = 4_000_000
+    masks = tf.make_tensor_proto(np.array([[MASK]], dtype=object))
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as error:
+        _stub(server).Predict(_grpc_request(huge, masks), timeout=30)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "holds 4000000 regions" in error.value.details()
+    assert time.monotonic() - started < 2.0
+    # within the limit, but declaring more values than it holds
+    padded = tf.make_tensor_proto(np.array([[IMAGE]], dtype=object))
+    padded.tensor_shape.dim[0].size = 3
+    with pytest.raises(grpc.RpcError) as error:
+        _stub(server).Predict(_grpc_request(padded, masks), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "declares shape [3, 1] (3 values) but holds 1" in error.value.details()
+
+
+def test_the_inputs_of_a_request_must_agree_on_the_number_of_regions(server):
+    status, payload = _post(server, _raw(2, mask_count=3))
+    assert status == 400
+    assert "agree on the number of regions: images has 2, masks has 3" in payload["error"]
+    images = tf.make_tensor_proto(np.array([[IMAGE]] * 2, dtype=object))
+    masks = tf.make_tensor_proto(np.array([[MASK]] * 1, dtype=object))
+    with pytest.raises(grpc.RpcError) as error:
+        _stub(server).Predict(_grpc_request(images, masks), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "images has 2, masks has 1" in error.value.details()
+
+
+def test_serving_default_gets_the_same_region_checks_as_predict_raw(server):
+    def by_example(*examples: bytes) -> tuple[int, dict]:
+        return _post(server, {"instances": [_b64(e) for e in examples]})
+
+    good = make_example([IMAGE], [MASK]).SerializeToString()
+    assert by_example(good, good)[0] == 200
+    for mask, reason in ((EMPTY_MASK, "empty"), (SMALL_MASK, "10x10")):
+        bad = make_example([IMAGE], [mask]).SerializeToString()
+        status, payload = by_example(good, bad)
+        raw_status, raw_payload = _post(server, {
+            "signature_name": features.RAW_SIGNATURE,
+            "instances": [{features.IMAGES_KEY: [_b64(IMAGE)], features.MASKS_KEY: [_b64(MASK)]},
+                          {features.IMAGES_KEY: [_b64(IMAGE)], features.MASKS_KEY: [_b64(mask)]}]})
+        assert status == raw_status == 400, payload
+        assert payload["error"] == raw_payload["error"]
+        assert payload["error"].startswith("instance 1, masks[0]") and reason in payload["error"]
+    status, payload = by_example(b"\xff\x00 not a proto")
+    assert status == 400 and "instance 0: not a serialized tf.Example" in payload["error"]
+    status, payload = by_example(make_example([IMAGE], []).SerializeToString())
+    assert status == 400 and "has no masks bytes" in payload["error"]
+
+
+def _raw_http(server, request: bytes) -> tuple[int, str]:
+    """Send bytes as they are (requests would fix a bad header) and read one response."""
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+        sock.sendall(request)
+        reader = sock.makefile("rb")
+        status = int(reader.readline().split()[1])
+        headers = {}
+        while line := reader.readline().strip():
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.lower()] = value.strip()
+        body = reader.read(int(headers.get("content-length", 0)))
+    return status, body.decode()
+
+
+def test_http_edges_get_400_with_a_message(server):
+    body = json.dumps(_raw(1))
+    for path, expected in ((f"/v1/models/tiny/versions/{'9' * 5000}:predict", "version"),
+                           ("/v1/models/tiny/versions/%D9%A3:predict", "version"),
+                           ("/v1/models/tiny/versions/-1:predict", "version")):
+        response = requests.post(f"http://127.0.0.1:{server.rest_port}{path}", data=body,
+                                 timeout=30)
+        assert response.status_code == 400 and expected in response.json()["error"], path
+    for length in (b"12abc", b"\xd9\xa3", b"99999999999999999999"):
+        status, text = _raw_http(server, b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+                                         b"Content-Length: " + length + b"\r\n\r\n{}")
+        assert status == 400 and "Content-Length" in text, length
+    nested = "[" * 10000 + "]" * 10000
+    status, text = _raw_http(server, b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: " + str(len(nested)).encode() + b"\r\n\r\n"
+                             + nested.encode())
+    assert status == 400 and "nested too deeply" in text
+    status, payload = _post(server, {**_raw(1), "signature_name": ["x"]})
+    assert status == 400 and "signature_name" in payload["error"]
+    assert _post(server, _raw(1))[0] == 200
+
+
+def test_clients_that_stall_are_dropped_and_cannot_pile_up(server):
+    threads_before = threading.active_count()
+    stalled = []
+    for _ in range(MAX_CONNECTIONS * 3):  # headers started, never finished
+        sock = socket.create_connection(("127.0.0.1", server.rest_port), timeout=10)
+        sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Le")
+        stalled.append(sock)
+    time.sleep(0.3)
+    # past the cap, connections are answered 503 at once rather than queued
+    refused = 0
+    for sock in stalled:
+        sock.settimeout(0.2)
+        try:
+            refused += b" 503 " in sock.recv(4096)
+        except TimeoutError:
+            pass
+    assert refused >= MAX_CONNECTIONS
+    assert threading.active_count() <= threads_before + MAX_CONNECTIONS + 2
+    # once the read timeout has dropped the stalled ones, the server answers in well under 1 s
+    time.sleep(READ_TIMEOUT_S + 0.5)
+    started = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=5)
+    connection.request("GET", "/v1/models/tiny")
+    assert connection.getresponse().status == 200
+    assert time.monotonic() - started < 1.0
+    for sock in stalled:
+        sock.close()
+
+
+def test_tensorflow_errors_reach_the_client_whole():
+    @tf.function
+    def check(value):
+        tf.debugging.assert_positive(value, message="the mask of region 3 is empty")
+        return value
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        check(tf.constant([-1.0]))
+    assert str(error.value).startswith("Graph execution error:")
+    message = op_message(error.value)
+    assert "the mask of region 3 is empty" in message
+    assert not message.startswith("Graph execution error") and "Detected at node" not in message
