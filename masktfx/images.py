@@ -11,6 +11,8 @@ accepted, at 8 or 16 bits; Transform converts them to `config.channels`.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 import zlib
 from collections.abc import Sequence
@@ -48,14 +50,41 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def read_file(path: str) -> bytes:
+# Enough for any format's signature; a file that does not start like an image is refused after
+# reading only this much.
+HEADER_BYTES = 64 * 1024
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image within `max_pixels` can be: 4 channels of 16 bits, stored
+    uncompressed, plus room for headers and metadata."""
+    return max_pixels * 4 * 2 + 2**20
+
+
+def read_file(path: str, max_bytes: int | None = None) -> bytes:
+    """The file's bytes. Anything but a regular file (a FIFO, a device, a socket) is refused
+    without being opened; a file over `max_bytes`, or one whose first bytes are not an image's,
+    is refused before the rest is read."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise RegionInputError("is a directory, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise RegionInputError("not a regular file (a FIFO, device or socket); refused "
+                                   "without opening it")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise RegionInputError(f"file is {info.st_size} bytes, more than an image within "
+                                   f"max_pixels can take ({max_bytes}); refused before reading")
+        # O_NONBLOCK: should the path have become a FIFO since the check, opening cannot hang
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise RegionInputError("not a regular file; refused")
+            head = handle.read(HEADER_BYTES)
+            _check_format(head)
+            return head + handle.read()
     except FileNotFoundError:
         raise RegionInputError("file not found") from None
-    except IsADirectoryError:
-        raise RegionInputError("is a directory, not an image file") from None
     except PermissionError:
         raise RegionInputError("permission denied") from None
     except OSError as exc:
@@ -132,7 +161,7 @@ _PIL_CHANNELS = {"1": 1, "L": 1, "P": 3, "I": 1, "I;16": 1, "I;16B": 1, "I;16L":
 
 def load_image(path: str, max_pixels: int) -> ImageInfo:
     """Read and fully check one image; returns the bytes to store."""
-    data = read_file(path)
+    data = read_file(path, max_file_bytes(max_pixels))
     return check_image_bytes(data, max_pixels)
 
 
@@ -187,7 +216,7 @@ def decode_mask_array(data: bytes, max_pixels: int) -> np.ndarray:
 def load_mask(path: str, image_size: tuple[int, int], resize: bool, max_pixels: int
               ) -> tuple[bytes, float]:
     """Read a mask, match it to the image (width, height), return canonical PNG and coverage."""
-    region = decode_mask_array(read_file(path), max_pixels)
+    region = decode_mask_array(read_file(path, max_file_bytes(max_pixels)), max_pixels)
     return canonical_mask(region, image_size, resize)
 
 
@@ -273,7 +302,7 @@ def load_region(image_paths: Sequence[str], mask_paths: Sequence[str], max_pixel
     for part, files in paths.items():
         for path in files:
             try:
-                contents[part].append(read_file(path))
+                contents[part].append(read_file(path, max_file_bytes(max_pixels)))
             except RegionInputError as exc:
                 raise RegionFileError(path, part, str(exc)) from None
     try:

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -341,10 +342,13 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
         raise IngestError(f"{final_dir} already holds TFRecord shards; pass --overwrite to "
                           "replace them, or ingest into another --span")
     if local:
-        os.makedirs(os.path.dirname(os.path.abspath(final_dir)) or ".", exist_ok=True)
-        work_dir = tempfile.mkdtemp(prefix=".ingest-", dir=os.path.dirname(
-            os.path.abspath(final_dir)))
+        parent = os.path.dirname(os.path.abspath(final_dir)) or "."
+        os.makedirs(parent, exist_ok=True)
+        remove_abandoned_work_dirs(parent)
+        work_dir = tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent)
         os.chmod(work_dir, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the span from others
+        with open(os.path.join(work_dir, WORK_OWNER), "w", encoding="ascii") as handle:
+            handle.write(f"{socket.gethostname()} {os.getpid()}\n")
     else:
         work_dir = final_dir
 
@@ -381,7 +385,7 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
                  | beam.Map(lambda _, s, r: _finalize(s, r, manifest.rejected, work_dir,
                                                       report_fields),
                             s=beam.pvalue.AsList(stats), r=beam.pvalue.AsSingleton(rejected)))
-    except Exception:
+    except BaseException:  # a failure or an interrupt: nothing half-written stays behind
         if local:
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
@@ -397,6 +401,7 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
     publish = report["examples_written"] > 0 and not (strict and report["rejected"] > 0)
     if not local:
         return IngestResult(final_dir, report, publish)
+    os.remove(os.path.join(work_dir, WORK_OWNER))  # finished: no longer a killed run's leftover
     if not publish:
         for meta in _existing_shards(work_dir):
             os.remove(meta.path)
@@ -404,6 +409,42 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
         _replace_dir(work_dir, final_dir)
         return IngestResult(final_dir, report, publish)
     return IngestResult(work_dir, report, publish)
+
+
+WORK_PREFIX = ".ingest-"
+WORK_OWNER = ".owner"  # "HOST PID" of the ingest writing the folder
+
+
+def remove_abandoned_work_dirs(parent: str) -> list[str]:
+    """Remove work folders of ingests that were killed (their process is gone), so a killed
+    run leaves nothing behind once the next ingest into the same folder starts. A folder of a
+    live ingest, or of one on another host, is left alone."""
+    removed = []
+    host = socket.gethostname()
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if not name.startswith(WORK_PREFIX) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, WORK_OWNER), encoding="ascii") as handle:
+                owner_host, pid = handle.read().split()
+        except (OSError, ValueError):
+            continue  # no owner yet (just created) or not ours: leave it
+        if owner_host != host or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def _umask() -> int:

@@ -1,0 +1,80 @@
+"""Ingest against paths a careless or hostile manifest can name: FIFOs, huge files, files that
+only look like images; and a killed or failed ingest leaves no work folder behind."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from conftest import IN_PROCESS_BEAM, square_mask, write_manifest, write_png
+
+from masktfx import cli, features
+from masktfx.images import max_file_bytes
+from masktfx.ingest import WORK_PREFIX
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rejected(directory) -> dict[int, str]:
+    with open(os.path.join(directory, features.REJECTED_CSV), encoding="utf-8") as handle:
+        return {int(row["row"]): row["reason"] for row in csv.DictReader(handle)}
+
+
+def test_fifos_huge_files_and_non_images_are_refused_without_reading_them(tmp_path):
+    rng = np.random.default_rng(0)
+    write_png(str(tmp_path / "good.png"), rng.integers(0, 255, (16, 16), np.uint8))
+    write_png(str(tmp_path / "mask.png"), square_mask(16, 4, 10))
+    os.mkfifo(tmp_path / "fifo.png")  # opening it for reading would wait for a writer forever
+    with open(tmp_path / "huge.png", "wb") as handle:  # sparse: 1 GB that takes no disk
+        handle.truncate(2**30)
+    with open(tmp_path / "big.png", "wb") as handle:  # under the size limit, not an image
+        handle.truncate(5 * 2**20)
+    manifest = write_manifest(str(tmp_path / "m.csv"), ["image", "mask", "label"], [
+        ["good.png", "mask.png", "1"],
+        ["fifo.png", "mask.png", "1"],
+        ["good.png", "fifo.png", "0"],
+        ["huge.png", "mask.png", "1"],
+        ["big.png", "mask.png", "0"]])
+    output = tmp_path / "out"
+    started = time.monotonic()
+    assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress",
+                     "--max-pixels", "1000000", "--beam-args", *IN_PROCESS_BEAM]) == 0
+    assert time.monotonic() - started < 60
+    reasons = _rejected(output)
+    assert "not a regular file" in reasons[2] and "not a regular file" in reasons[3]
+    assert f"more than an image within max_pixels can take ({max_file_bytes(10**6)})" \
+        in reasons[4]
+    assert "not a PNG, JPEG or TIFF image" in reasons[5]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(WORK_PREFIX)]
+
+
+_KILLED_INGEST = f"""
+import os, signal, sys
+import masktfx.ingest as ingest
+def chunks_then_die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # killed once its work folder exists
+ingest.shard_chunks = chunks_then_die
+ingest.run_ingest(sys.argv[1], sys.argv[2], beam_args={IN_PROCESS_BEAM!r})
+"""
+
+
+def test_a_killed_ingest_leaves_no_work_folder_once_the_next_one_starts(tmp_path):
+    rng = np.random.default_rng(1)
+    write_png(str(tmp_path / "a.png"), rng.integers(0, 255, (16, 16), np.uint8))
+    write_png(str(tmp_path / "m.png"), square_mask(16, 4, 10))
+    manifest = write_manifest(str(tmp_path / "m.csv"), ["image", "mask", "label"],
+                              [["a.png", "m.png", "1"]])
+    output = tmp_path / "data" / "span-1"
+    done = subprocess.run([sys.executable, "-c", _KILLED_INGEST, manifest, str(output)],
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == -9
+    parent = tmp_path / "data"
+    assert [n for n in os.listdir(parent) if n.startswith(WORK_PREFIX)]  # the killed one's
+    assert cli.main(["ingest", manifest, "--output", str(parent / "span-2"), "--no-progress",
+                     "--beam-args", *IN_PROCESS_BEAM]) == 0
+    assert sorted(os.listdir(parent)) == ["span-2"]
+    assert ".owner" not in os.listdir(parent / "span-2")
