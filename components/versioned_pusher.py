@@ -27,11 +27,13 @@ from absl import logging
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
 from tfx.components.pusher.component import Pusher
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, proto_utils
 
+from masktfx.components import warmup
 from masktfx.config import OBJECT_STORE_SCHEMES, uri_scheme
 
 PARTIAL_PREFIX = ".partial-"
@@ -84,13 +86,15 @@ def remove_stale_partials(base_directory: str, older_than_s: float = 60.0) -> li
     return removed
 
 
-def publish_version(model_path: str, base_directory: str) -> tuple[int, str, bool]:
+def publish_version(model_path: str, base_directory: str,
+                    extra_files: dict[str, bytes] | None = None) -> tuple[int, str, bool]:
     """Copy `model_path` into a hidden folder beside the versions, then rename it into place.
 
     Returns (version, path, published). When the newest version already is this model (a re-run
     with no new data re-evaluates it against itself), nothing is copied and that version is
     returned. On any failure (a full disk, say) the partial copy is removed and the versions
-    already there are untouched.
+    already there are untouched. `extra_files` (relative path -> bytes) are written into the
+    version before it is published.
     """
     os.makedirs(base_directory, exist_ok=True)
     remove_stale_partials(base_directory)
@@ -101,6 +105,10 @@ def publish_version(model_path: str, base_directory: str) -> tuple[int, str, boo
     partial = os.path.join(base_directory, f"{PARTIAL_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
     try:
         shutil.copytree(model_path, partial)
+        for name, data in (extra_files or {}).items():  # e.g. the warmup requests
+            os.makedirs(os.path.dirname(os.path.join(partial, name)), exist_ok=True)
+            with open(os.path.join(partial, name), "wb") as handle:
+                handle.write(data)
         target = os.path.join(base_directory, str(version))
         os.rename(partial, target)  # atomic: TF Serving sees all of the version or none of it
     except BaseException:
@@ -193,7 +201,8 @@ def _read_store_sources(base: str) -> dict[str, str]:
             return {}
 
 
-def publish_to_store(model_path: str, base: str) -> tuple[int, str, bool]:
+def publish_to_store(model_path: str, base: str, extra_files: dict[str, bytes] | None = None
+                     ) -> tuple[int, str, bool]:
     """`publish_version` for object stores: upload hidden, then move object by object, graph
     last. Same return value and same no-op when the newest version already is this model."""
     gfile = _gfile()
@@ -212,6 +221,12 @@ def publish_to_store(model_path: str, base: str) -> tuple[int, str, bool]:
         raise ValueError(f"{model_path} holds no saved_model.pb: not a SavedModel to push")
     try:
         _move_files(model_path, staging, files, copy=True)
+        for name, data in (extra_files or {}).items():
+            gfile.makedirs(_join(staging, name).rsplit("/", 1)[0])
+            with gfile.GFile(_join(staging, name), "wb") as handle:
+                handle.write(data)
+        files = sorted(set(files) | set(extra_files or {}),
+                       key=lambda name: (name in GRAPH_FILES, name))
         _move_files(staging, target, files, copy=False)
     except BaseException:
         # A store's rename is copy-then-delete: if the graph's copy landed, the version is whole.
@@ -227,11 +242,12 @@ def publish_to_store(model_path: str, base: str) -> tuple[int, str, bool]:
     return version, target, True
 
 
-def publish(model_path: str, base_directory: str) -> tuple[int, str, bool]:
+def publish(model_path: str, base_directory: str, extra_files: dict[str, bytes] | None = None
+            ) -> tuple[int, str, bool]:
     """Publish on a folder (atomic rename) or an object store (graph last)."""
     scheme = uri_scheme(base_directory)
     if not scheme:
-        return publish_version(model_path, base_directory)
+        return publish_version(model_path, base_directory, extra_files)
     if scheme not in OBJECT_STORE_SCHEMES + ("ram",):  # ram://: TensorFlow's in-memory store
         raise ValueError(f"push destination {base_directory}: TF Serving reads "
                          f"{', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)} or folders, "
@@ -242,7 +258,7 @@ def publish(model_path: str, base_directory: str) -> tuple[int, str, bool]:
         hint = " (TensorFlow 2.16 reads s3:// through the tensorflow-io package: install it " \
                "in the pipeline image)" if scheme == "s3" else ""
         raise ValueError(f"push destination {base_directory}: {exc}{hint}") from exc
-    return publish_to_store(model_path, base_directory)
+    return publish_to_store(model_path, base_directory, extra_files)
 
 
 NEW_VERSION_PROPERTY = "published_new_version"
@@ -265,7 +281,9 @@ class Executor(pusher_executor.Executor):
         proto_utils.json_to_proto(
             exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         base_directory = destination.filesystem.base_directory
-        version, serving_path, published = publish(model_path, base_directory)
+        version, serving_path, published = publish(
+            model_path, base_directory, self._warmup(input_dict, exec_properties,
+                                                     base_directory))
         logging.info("Model version %d %s at %s", version,
                      "published" if published else "was already serving this model",
                      serving_path)
@@ -276,7 +294,47 @@ class Executor(pusher_executor.Executor):
         model_push.set_int_custom_property(NEW_VERSION_PROPERTY, int(published))
 
 
-class VersionedPusher(Pusher):
-    """TFX Pusher with atomic, strictly increasing versions."""
+    @staticmethod
+    def _warmup(input_dict: dict[str, list[types.Artifact]], exec_properties: dict[str, Any],
+                base_directory: str) -> dict[str, bytes]:
+        """TF Serving's warmup file, from the first eval regions of the examples input."""
+        examples = input_dict.get(EXAMPLES_KEY) or []
+        count = int(exec_properties.get(WARMUP_REGIONS_KEY) or 0)
+        if not examples or count <= 0:
+            return {}
+        serialized = warmup.eval_regions(examples[-1].uri, count)  # the newest span's
+        model_name = os.path.basename(base_directory.rstrip("/"))
+        logs = warmup.warmup_requests(serialized, model_name)
+        logging.info("warmup: %d requests of %d regions", len(logs), len(serialized))
+        return {warmup.WARMUP_FILE: warmup.encode_warmup(logs)} if logs else {}
 
+
+EXAMPLES_KEY = "examples"  # eval regions the warmup requests are built from
+WARMUP_REGIONS_KEY = "warmup_regions"
+
+
+class VersionedPusherSpec(standard_component_specs.PusherSpec):
+    """TFX's PusherSpec, plus the examples the warmup requests come from."""
+
+    PARAMETERS = {**standard_component_specs.PusherSpec.PARAMETERS,
+                  WARMUP_REGIONS_KEY: ExecutionParameter(type=int, optional=True)}
+    INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
+              EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True)}
+
+
+class VersionedPusher(Pusher):
+    """TFX Pusher with atomic, strictly increasing versions, each with TF Serving's warmup
+    requests (from `examples`' eval split) when `examples` is given."""
+
+    SPEC_CLASS = VersionedPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
+                 push_destination: pusher_pb2.PushDestination,
+                 examples: types.BaseChannel | None = None,
+                 warmup_regions: int = warmup.DEFAULT_WARMUP_REGIONS):
+        spec = VersionedPusherSpec(
+            model=model, model_blessing=model_blessing, push_destination=push_destination,
+            examples=examples, warmup_regions=warmup_regions,
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+        base_component.BaseComponent.__init__(self, spec=spec)

@@ -199,6 +199,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     pusher = VersionedPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        examples=examples,  # the warmup requests are built from its eval regions
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(
                 base_directory=os.path.join(config.resolved_serving_dir, config.model_name))))

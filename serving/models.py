@@ -60,6 +60,7 @@ class ServableVersion:
     error: str = ""
     module: Any = None
     signature_defs: dict[str, Any] = field(default_factory=dict)  # name -> SignatureDef proto
+    warmup_requests: int = 0  # replayed from assets.extra before the version became AVAILABLE
 
 
 def _read_signature_defs(path: str) -> dict[str, Any]:
@@ -118,6 +119,7 @@ class ModelManager:
             try:
                 servable.module = tf.saved_model.load(servable.path)
                 servable.signature_defs = _read_signature_defs(servable.path)
+                servable.warmup_requests = replay_warmup(servable.module, servable.path)
                 servable.state = "AVAILABLE"
                 log.info("model %s version %d is available", self.name, version)
             except Exception as exc:  # a broken version must not stop the others
@@ -240,6 +242,28 @@ def op_message(exc: Exception) -> str:
         blocks = [block.strip() for block in message.split("\n\n") if block.strip()]
         message = blocks[-1] if len(blocks) > 1 else message
     return message.strip()
+
+
+def replay_warmup(module: Any, path: str) -> int:
+    """Call the version with the warmup requests stored beside it, as TF Serving does before it
+    serves a version; a request that fails fails the load. Returns how many were replayed."""
+    from masktfx.components.warmup import WARMUP_FILE, read_warmup
+
+    logs = read_warmup(path)
+    for index, entry in enumerate(logs):
+        request = entry.predict_log.request
+        name = request.model_spec.signature_name or features.SERVING_SIGNATURE
+        if name not in module.signatures:
+            raise ValueError(f"{WARMUP_FILE} request {index}: no signature {name!r}")
+        function = module.signatures[name]
+        specs = function.structured_input_signature[1]
+        try:
+            function(**{key: tf.constant(tf.make_ndarray(proto), dtype=specs[key].dtype)
+                        for key, proto in request.inputs.items()})
+        except (tf.errors.OpError, ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{WARMUP_FILE} request {index} ({name}) failed: "
+                             f"{op_message(exc)}") from None
+    return len(logs)
 
 
 def check_input_names(given: Any, expected: Any, where: str = "") -> None:

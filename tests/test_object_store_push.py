@@ -60,8 +60,18 @@ def test_pushes_to_a_store_publish_whole_increasing_versions_once(tmp_path, tiny
     assert publish(tiny_model, base) == (first, path, False)  # the same model: nothing copied
     second, _, published = publish(_model(tmp_path, "other"), base)
     assert published and second > first and store_versions(base) == [first, second]
+    # files the push adds (the warmup requests) are moved in before the graph too. (A model
+    # without assets/: TensorFlow's ram:// confuses sibling names that share a prefix, such as
+    # assets and assets.extra; gs:// and s3:// do not.)
+    plain = tmp_path / "plain"
+    (plain / "variables").mkdir(parents=True)
+    (plain / "saved_model.pb").write_bytes(b"graph")
+    (plain / "variables" / "variables.index").write_bytes(b"index")
+    third, path, _ = publish(str(plain), base, {"assets.extra/tf_serving_warmup_requests": b"w"})
+    assert _files(path) == {"saved_model.pb": b"graph", "variables/variables.index": b"index",
+                            "assets.extra/tf_serving_warmup_requests": b"w"}
     names = [name.rstrip("/") for name in tf.io.gfile.listdir(base)]
-    assert sorted(names) == sorted([str(first), str(second), SOURCES_FILE])
+    assert sorted(names) == sorted([str(first), str(second), str(third), SOURCES_FILE])
 
 
 class Killed(BaseException):

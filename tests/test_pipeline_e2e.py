@@ -137,6 +137,8 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     server.start()
     try:
         wait_for_version(manager)
+        # the push stored TF Serving's warmup requests (both signatures); the server replayed them
+        assert manager.status()[0].warmup_requests == 2
         expected = by_raw[features.PROBABILITY_OUTPUT].numpy()
         capsys.readouterr()
         first12 = os.path.join(base, "first12.csv")  # the same 12 regions, as a manifest

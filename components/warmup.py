@@ -1,0 +1,86 @@
+"""TF Serving's SavedModel warmup: requests stored with a version and replayed by the server
+before it reports the version AVAILABLE, so the first real requests after a switch do not pay
+for graph initialization. The file is `assets.extra/tf_serving_warmup_requests`, a TFRecord of
+PredictionLog protos (TF Serving's SavedModel warmup guide); the Pusher builds it from real eval
+regions, for both signatures.
+"""
+
+from __future__ import annotations
+
+import os
+
+from masktfx import features
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+DEFAULT_WARMUP_REGIONS = 4
+
+
+def eval_regions(examples_uri: str, count: int) -> list[bytes]:
+    """The first `count` serialized raw examples of an Examples artifact's eval split."""
+    import tensorflow as tf
+
+    pattern = os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")
+    files = sorted(tf.io.gfile.glob(pattern))
+    found: list[bytes] = []
+    for records in (tf.data.TFRecordDataset(path, compression_type="GZIP") for path in files):
+        for record in records.take(count - len(found)):
+            found.append(bytes(record.numpy()))
+        if len(found) >= count:
+            break
+    return found
+
+
+def warmup_requests(serialized: list[bytes], model_name: str) -> list:
+    """PredictionLogs for `serving_default` (the examples as they are) and `predict_raw` (their
+    images and masks as tensors), one request of all the regions each."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.core.example import example_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    def log(signature: str, inputs: dict[str, np.ndarray]):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        return prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request))
+
+    if not serialized:
+        return []
+    parsed = [example_pb2.Example.FromString(record).features.feature for record in serialized]
+    images = np.array([list(f[features.IMAGES_KEY].bytes_list.value) for f in parsed],
+                      dtype=object)
+    masks = np.array([list(f[features.MASKS_KEY].bytes_list.value) for f in parsed],
+                     dtype=object)
+    return [log(features.SERVING_SIGNATURE,
+                {features.EXAMPLES_INPUT: np.array(serialized, dtype=object)}),
+            log(features.RAW_SIGNATURE, {features.IMAGES_KEY: images, features.MASKS_KEY: masks})]
+
+
+def encode_warmup(logs: list) -> bytes:
+    """The warmup file's bytes: PredictionLogs as uncompressed TFRecords."""
+    import tempfile
+
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "warmup")
+        with tf.io.TFRecordWriter(path) as writer:
+            for entry in logs:
+                writer.write(entry.SerializeToString())
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def read_warmup(saved_model_dir: str) -> list:
+    """The PredictionLogs stored with a version (none when it has no warmup file)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    return [prediction_log_pb2.PredictionLog.FromString(bytes(record.numpy()))
+            for record in tf.data.TFRecordDataset(path)]
