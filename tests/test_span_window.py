@@ -16,7 +16,7 @@ from masktfx.pipeline.lineage import lineage
 from masktfx.pipeline.summary import list_runs
 from masktfx.records import read_examples
 
-FAST = ["--image-size", "16", "--epochs", "3", "--batch-size", "16", "--min-accuracy", "0",
+FAST = ["--image-size", "16", "--epochs", "2", "--batch-size", "16", "--min-accuracy", "0",
         "--max-auc-drop", "1", "--direct-running-mode", "in_memory", "--span-window", "2"]
 
 
@@ -39,7 +39,7 @@ def test_the_window_keeps_the_newest_read_of_each_of_the_last_spans_split_this_w
 
 
 def _ingest(tmp_path, data_root: str, span: int) -> None:
-    manifest = write_synthetic(str(tmp_path / f"raw{span}"), num_examples=48, size=16, seed=span)
+    manifest = write_synthetic(str(tmp_path / f"raw{span}"), num_examples=40, size=16, seed=span)
     assert cli.main(["ingest", manifest, "--output", data_root, "--span", str(span),
                      "--no-progress", "--beam-args", "--runner=DirectRunner"]) == 0
 
