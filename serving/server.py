@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from masktfx.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S
+from masktfx.serving.metrics import CONTENT_TYPE, METRICS_PATH, ServingMetrics
 from masktfx.serving.models import (
     ModelManager,
     ServingError,
@@ -154,6 +155,7 @@ class RestHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     models: dict[str, ModelManager] = {}
     body_limit = DEFAULT_BODY_LIMIT
+    metrics: ServingMetrics | None = None
 
     def log_message(self, fmt: str, *args: Any) -> None:  # route to logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -191,6 +193,14 @@ class RestHandler(BaseHTTPRequestHandler):
         return manager, version, parts
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.split("?", 1)[0] == METRICS_PATH and self.metrics is not None:
+            data = self.metrics.exposition()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         try:
             manager, version, parts = self._route()
             if parts["verb"]:
@@ -203,6 +213,15 @@ class RestHandler(BaseHTTPRequestHandler):
             self._error(error)
 
     def do_POST(self) -> None:  # noqa: N802
+        match = _PATH.match(self.path.split("?", 1)[0])
+        model = match.group("name") if match and match.group("name") in self.models else ""
+        if self.metrics is None:
+            self._predict({})
+            return
+        with self.metrics.observe(model, "rest") as labels:
+            self._predict(labels)
+
+    def _predict(self, labels: dict[str, str]) -> None:
         try:
             length = (self.headers.get("Content-Length") or "").strip()
             if not _CONTENT_LENGTH.match(length):
@@ -235,13 +254,16 @@ class RestHandler(BaseHTTPRequestHandler):
             if not isinstance(signature_name, str):
                 raise ServingError("INVALID_ARGUMENT", "\"signature_name\" must be a string")
             resolved = manager.signature(signature_name, version)  # the one version lookup
+            labels.update(version=str(resolved[0].version), signature=resolved[1])
             input_names = sorted(resolved[2].structured_input_signature[1])
             inputs, rows = parse_predict_body(body, input_names, manager.max_regions)
             _, _, outputs = manager.call(resolved, inputs)
             self._send(200, format_predict_response(outputs, rows))
         except ServingError as error:
+            labels["code"] = error.code
             self._error(error)
         except Exception as exc:  # never let one request take the server down
+            labels["code"] = "INTERNAL"
             log.exception("predict failed")
             self._send(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
 
@@ -263,7 +285,7 @@ def check_tensor_proto(name: str, proto: Any, max_regions: int) -> None:
                                                f"({declared} values) but holds {given}")
 
 
-def _grpc_services(models: dict[str, ModelManager]):
+def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
     import grpc
     import tensorflow as tf
     from tensorflow.core.protobuf import meta_graph_pb2
@@ -286,12 +308,11 @@ def _grpc_services(models: dict[str, ModelManager]):
     def lookup(spec, context) -> tuple[ModelManager, int | None]:
         manager = models.get(spec.name)
         if manager is None:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"Servable not found for request: Latest({spec.name})")
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({spec.name})")
         version = spec.version.value if spec.HasField("version") else None
         if spec.version_label:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"Unrecognized servable version label: {spec.version_label}")
+            raise ServingError("NOT_FOUND",
+                               f"Unrecognized servable version label: {spec.version_label}")
         return manager, version
 
     def guarded(method):
@@ -303,10 +324,22 @@ def _grpc_services(models: dict[str, ModelManager]):
         return wrapper
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        @guarded
         def Predict(self, request, context):  # noqa: N802 (gRPC naming)
+            name = request.model_spec.name
+            with metrics.observe(name if name in models else "", "grpc") as labels:
+                try:
+                    return self._predict(request, context, labels)
+                except ServingError as error:
+                    labels["code"] = error.code
+                    context.abort(codes.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
+                except Exception:
+                    labels["code"] = "UNKNOWN"  # gRPC answers UNKNOWN
+                    raise
+
+        def _predict(self, request, context, labels):
             manager, version = lookup(request.model_spec, context)
             resolved = manager.signature(request.model_spec.signature_name, version)
+            labels.update(version=str(resolved[0].version), signature=resolved[1])
             inputs = {}
             for name, proto in request.inputs.items():
                 check_tensor_proto(name, proto, manager.max_regions)
@@ -418,10 +451,12 @@ class ModelServer:
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S):
         self.models = models
+        self.metrics = ServingMetrics()
         # `timeout`: socketserver's per-connection socket timeout, so a client that stops
         # sending (headers or body) is dropped rather than holding its thread.
         handler = type("Handler", (RestHandler,), {"models": models, "body_limit": body_limit,
-                                                   "timeout": read_timeout_s})
+                                                   "timeout": read_timeout_s,
+                                                   "metrics": self.metrics})
         self.rest = BoundedHTTPServer((host, rest_port), handler, max_connections)
         self.rest.daemon_threads = True
         self.rest_port = self.rest.server_address[1]
@@ -435,7 +470,8 @@ class ModelServer:
                 maximum_concurrent_rpcs=max_connections,  # past it: RESOURCE_EXHAUSTED
                 options=[("grpc.max_receive_message_length", body_limit),
                          ("grpc.max_send_message_length", body_limit)])
-            prediction, model_service, prediction_grpc, model_grpc = _grpc_services(models)
+            prediction, model_service, prediction_grpc, model_grpc = _grpc_services(
+                models, self.metrics)
             prediction_grpc.add_PredictionServiceServicer_to_server(prediction, self.grpc)
             model_grpc.add_ModelServiceServicer_to_server(model_service, self.grpc)
             self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")

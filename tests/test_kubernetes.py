@@ -70,6 +70,22 @@ def test_overlay_renders_validates_and_passes_checkov(overlay, tmp_path):
     assert job["containers"][0]["args"][0] == "run"
     config = next(o for o in objects if o["metadata"]["name"] == "masktfx-serving-config")
     assert "latest { num_versions: 1 }" in config["data"]["models.config"]
+    # Prometheus: TF Serving's monitoring config, the scrape annotations, and a policy that
+    # lets Prometheus reach the REST port
+    from masktfx.serving.metrics import METRICS_PATH
+
+    assert f'path: "{METRICS_PATH}"' in config["data"]["monitoring.config"]
+    assert "enable: true" in config["data"]["monitoring.config"]
+    assert "--monitoring_config_file=/config/monitoring.config" in container["args"]
+    annotations = serving["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (
+        "8501", METRICS_PATH)
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    scrape = [rule for rule in policy["spec"]["ingress"]
+              if rule["from"][0].get("podSelector", {}).get("matchLabels") ==
+              {"app.kubernetes.io/name": "prometheus"}]
+    assert scrape and scrape[0]["ports"] == [{"port": 8501, "protocol": "TCP"}]
 
 
 def test_dockerfile_lints_clean_and_runs_as_non_root():

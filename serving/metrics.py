@@ -1,0 +1,47 @@
+"""Prometheus metrics of `masktfx serve`, at TF Serving's path for them
+(`/monitoring/prometheus/metrics` on the REST port, as `--monitoring_config_file` sets it up
+there): requests, their latency and errors per model, version, signature and API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServingMetrics:
+    """One registry per server, so several servers in one process keep apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("model", "version", "signature", "api")
+        self.requests = Counter("masktfx_serving_requests", "Predict requests, by outcome",
+                                (*labels, "code"), registry=self.registry)
+        self.latency = Histogram("masktfx_serving_request_latency_seconds",
+                                 "Predict latency, from the request read to the answer",
+                                 labels, registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                          10, 30))
+
+    @contextmanager
+    def observe(self, model: str, api: str) -> Iterator[dict[str, str]]:
+        """Times one request; the caller fills in version, signature and code as it learns
+        them (an error before the version is known counts under version "")."""
+        labels = {"version": "", "signature": "", "code": "OK"}
+        started = time.perf_counter()
+        try:
+            yield labels
+        finally:
+            self.requests.labels(model, labels["version"], labels["signature"], api,
+                                 labels["code"]).inc()
+            self.latency.labels(model, labels["version"], labels["signature"],
+                                api).observe(time.perf_counter() - started)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,75 @@
+"""`masktfx serve`'s Prometheus metrics: requests, latencies and errors per model, version,
+signature and API, read back through Prometheus' own text parser."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+
+import numpy as np
+import pytest
+import requests
+from conftest import square_mask
+from prometheus_client.parser import text_string_to_metric_families
+
+from masktfx import features
+from masktfx.images import encode_png
+from masktfx.serving.client import GrpcClient, ServingClientError
+from masktfx.serving.metrics import METRICS_PATH
+from masktfx.serving.models import ModelManager, wait_for_version
+from masktfx.serving.server import ModelServer
+
+
+def _samples(url: str) -> dict[tuple, float]:
+    response = requests.get(url, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_requests_latencies_and_errors_per_model_version_signature_and_api(tiny_model,
+                                                                            tmp_path):
+    model_dir, _ = tiny_model
+    base = tmp_path / "tiny"
+    shutil.copytree(model_dir, base / "7")
+    manager = ModelManager("tiny", str(base))
+    server = ModelServer({"tiny": manager}, rest_port=0, grpc_port=0)
+    server.start()
+    try:
+        wait_for_version(manager)
+        image = encode_png(np.random.default_rng(0).integers(0, 200, (20, 20)).astype(np.uint8))
+        mask = encode_png(square_mask(20, 5, 15))
+        empty = encode_png(np.zeros((20, 20), np.uint8))
+        rest = f"http://127.0.0.1:{server.rest_port}"
+
+        def raw(mask_bytes: bytes) -> int:
+            body = {"signature_name": features.RAW_SIGNATURE, "instances": [
+                {features.IMAGES_KEY: [{"b64": base64.b64encode(image).decode()}],
+                 features.MASKS_KEY: [{"b64": base64.b64encode(mask_bytes).decode()}]}]}
+            return requests.post(f"{rest}/v1/models/tiny:predict", json=body,
+                                 timeout=30).status_code
+
+        assert [raw(mask), raw(mask), raw(empty)] == [200, 200, 400]
+        grpc = GrpcClient(f"127.0.0.1:{server.grpc_port}", "tiny", retries=0)
+        grpc.predict_regions([[image]], [[mask]])
+        with pytest.raises(ServingClientError):
+            grpc.predict_regions([[image]], [[empty]])
+        samples = _samples(rest + METRICS_PATH)
+    finally:
+        server.stop()
+
+    def count(api: str, code: str) -> float:
+        labels = (("api", api), ("code", code), ("model", "tiny"),
+                  ("signature", features.RAW_SIGNATURE), ("version", "7"))
+        return samples.get(("masktfx_serving_requests_total", labels), 0.0)
+
+    assert (count("rest", "OK"), count("rest", "INVALID_ARGUMENT")) == (2.0, 1.0)
+    assert (count("grpc", "OK"), count("grpc", "INVALID_ARGUMENT")) == (1.0, 1.0)
+    latency = (("api", "rest"), ("model", "tiny"), ("signature", features.RAW_SIGNATURE),
+               ("version", "7"))
+    assert samples[("masktfx_serving_request_latency_seconds_count", latency)] == 3.0
+    assert samples[("masktfx_serving_request_latency_seconds_sum", latency)] > 0
