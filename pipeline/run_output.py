@@ -60,7 +60,7 @@ class Terminal:
             self.log.write("".join(f"[masktfx] {line}\n" for line in text.splitlines()))
             self.log.flush()
 
-    def log_tail(self, lines: int = FAILURE_TAIL_LINES) -> list[str]:
+    def error_lines(self, lines: int = FAILURE_TAIL_LINES) -> list[str]:
         """The log's last lines that speak of an error (none if no line does)."""
         if not self.log_file:
             return []

@@ -95,7 +95,7 @@ def _run_in(terminal: Terminal, config: PipelineConfig, data: str, run_id: str,
         if outcome.not_completed:
             terminal.say(f"components not completed: {', '.join(outcome.not_completed)}",
                          error=True)
-        tail = terminal.log_tail()
+        tail = terminal.error_lines()
         if tail:
             terminal.say("last lines of the log:\n" + "\n".join(f"  | {line}" for line in tail),
                          error=True)
