@@ -7,7 +7,13 @@ requests/s, for the server without and with server-side batching (`+batching`). 
 Targets: REST adds at most 3 ms p50 over in process for one region; throughput at 8 clients at
 least 0.7x the in-process figure.
 
+Also the first request after a version switch, with the version's TF Serving warmup requests
+(`assets.extra/tf_serving_warmup_requests`, which the server replays before the version is
+AVAILABLE) and without them: a running server is given new versions one after another, and the
+first REST request to each is timed (`--switches` of them per mode, median).
+
     python bench/serving.py [--model-base-path demo/pipeline/serving/masktfx-demo] [--seconds 5]
+    python bench/serving.py --first-request-only [--switches 5]
 
 The model is a pushed version folder's parent (run `make demo` first for the default).
 """
@@ -107,6 +113,44 @@ def wait_until_served(client, version: int, server: subprocess.Popen,
     sys.exit(f"version {version} was not AVAILABLE within {timeout:.0f} s")
 
 
+def first_request_after_switches(version_dir: str, warmup: bool, switches: int,
+                                 images: list, masks: list) -> list[float]:
+    """Seconds of the first request to each of `switches` new versions (copies of
+    `version_dir`, with or without their warmup file) pushed into a running server."""
+    import shutil
+
+    from masktfx.components.warmup import WARMUP_FILE
+    from masktfx.serving.client import RestClient
+
+    base = tempfile.mkdtemp(prefix="bench-switch-")
+
+    def push(version: int) -> None:
+        target = os.path.join(base, str(version))
+        shutil.copytree(version_dir, target + ".partial")
+        if not warmup and os.path.exists(os.path.join(target + ".partial", WARMUP_FILE)):
+            os.remove(os.path.join(target + ".partial", WARMUP_FILE))
+        os.rename(target + ".partial", target)
+
+    push(1)
+    server, rest_url, _ = start_server(base, ["--poll-seconds", "0.2"])
+    client = RestClient(rest_url, "bench", retries=0)
+    firsts = []
+    try:
+        wait_until_served(client, 1, server)
+        client.predict_regions(images[:1], masks[:1], 1)
+        for version in range(2, switches + 2):
+            push(version)
+            wait_until_served(client, version, server)
+            started = time.perf_counter()
+            client.predict_regions(images[:1], masks[:1], version)
+            firsts.append(time.perf_counter() - started)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+    return firsts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,6 +158,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout-micros", type=int, default=0)
+    parser.add_argument("--switches", type=int, default=5,
+                        help="version switches timed per mode (with and without warmup)")
+    parser.add_argument("--first-request-only", action="store_true",
+                        help="measure only the first request after a switch")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -134,6 +182,27 @@ def main() -> None:
     images = [[open(p, "rb").read() for p in row.images] for row in manifest.rows]
     masks = [[open(p, "rb").read() for p in row.masks] for row in manifest.rows]
 
+    from masktfx.components.warmup import read_warmup
+
+    if not read_warmup(versions[version]):
+        sys.exit(f"{versions[version]} has no warmup requests: push it with this version of "
+                 "masktfx (make demo) to compare the first request with and without them")
+    first = {mode: first_request_after_switches(versions[version], mode == "warmup",
+                                                args.switches, images, masks)
+             for mode in ("warmup", "no_warmup")}
+    switch = {f"{mode}_first_request_ms": [round(1000 * t, 1) for t in times]
+              for mode, times in first.items()}
+    for mode, times in first.items():
+        switch[f"{mode}_first_request_median_ms"] = round(1000 * float(np.median(times)), 1)
+    switch["ratio_no_warmup_to_warmup"] = round(
+        switch["no_warmup_first_request_median_ms"] / switch["warmup_first_request_median_ms"], 2)
+    print("first request after a switch", switch, file=sys.stderr)
+    if args.first_request_only:
+        print(json.dumps({"benchmark": "serving", "cpu_count": os.cpu_count(),
+                          "model_version": version, "first_request_after_switch": switch},
+                         indent=2))
+        return
+
     servers, clients_of = [], {}
     for label, flags in (("", []), ("+batching", [
             "--enable-batching", "--max-batch-size", str(args.max_batch_size),
@@ -144,7 +213,8 @@ def main() -> None:
         clients_of["grpc" + label] = GrpcClient(grpc_target, "bench", retries=0)
         wait_until_served(clients_of["rest" + label], version, server)
     result = {"benchmark": "serving", "cpu_count": os.cpu_count(), "model_version": version,
-              "seconds_per_measurement": args.seconds, "runs": {}}
+              "seconds_per_measurement": args.seconds, "first_request_after_switch": switch,
+              "runs": {}}
     try:
         for regions in (1, 32):
             batch_images, batch_masks = images[:regions], masks[:regions]
