@@ -125,15 +125,30 @@ def _decode_tiff(data: bytes) -> np.ndarray:
     return array
 
 
-def _tiff_header_size(data: bytes) -> tuple[int, int]:
+def _tiff_header_size(data: bytes, max_bits: int = 16) -> tuple[int, int]:
+    """Width and height from the first page's header, after refusing, from the same header,
+    what would decode to more than the pixels suggest: more than 4 samples per pixel, more than
+    `max_bits` per sample, a volume (a few KB of such a TIFF decode to hundreds of MB)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[0]
-            return int(page.imagewidth), int(page.imagelength)
+            width, height = int(page.imagewidth), int(page.imagelength)
+            samples, bits = int(page.samplesperpixel), int(page.bitspersample)
+            depth = int(getattr(page, "imagedepth", 1) or 1)
     except Exception as exc:
         raise RegionInputError(f"cannot read TIFF header: {exc}") from None
+    if samples > 4:
+        raise RegionInputError(f"TIFF has {samples} samples per pixel; 1 (gray), 3 (RGB) or 4 "
+                               "(RGBA) are supported; refused before decoding")
+    if bits > max_bits:
+        raise RegionInputError(f"TIFF has {bits} bits per sample, more than {max_bits}; "
+                               "refused before decoding")
+    if depth > 1:
+        raise RegionInputError(f"TIFF page is a volume of depth {depth}; a 2-D image is "
+                               "needed; refused before decoding")
+    return width, height
 
 
 def _open_pil(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
@@ -179,6 +194,9 @@ def check_image_bytes(data: bytes, max_pixels: int) -> ImageInfo:
         return ImageInfo(encode_png(array), array.shape[1], array.shape[0], channels,
                          array.dtype.itemsize * 8)
     image = _open_pil(data, fmt, max_pixels)
+    if image.mode == "CMYK":
+        # TensorFlow's decode_jpeg, which Transform and the served graph use, cannot read it
+        raise RegionInputError(f"{fmt.upper()} is CMYK; convert it to RGB (or gray) first")
     channels = _PIL_CHANNELS.get(image.mode)
     if channels is None:
         raise RegionInputError(f"unsupported {fmt.upper()} pixel mode {image.mode!r}")
@@ -197,7 +215,7 @@ def decode_mask_array(data: bytes, max_pixels: int) -> np.ndarray:
     """Any single-channel image; nonzero pixels are inside the region. Returns bool [H, W]."""
     fmt = _check_format(data)
     if fmt == "tiff":
-        width, height = _tiff_header_size(data)
+        width, height = _tiff_header_size(data, max_bits=64)  # float or 64-bit masks are fine
         _check_pixels(width, height, max_pixels)
         array = _decode_tiff(data)
     else:

@@ -52,6 +52,34 @@ def test_fifos_huge_files_and_non_images_are_refused_without_reading_them(tmp_pa
     assert not [n for n in os.listdir(tmp_path) if n.startswith(WORK_PREFIX)]
 
 
+def test_images_that_would_decode_to_more_than_their_pixels_or_to_what_tf_cannot_read(tmp_path):
+    """TIFF headers declaring many samples, deep samples or a volume are refused from the
+    header; a CMYK JPEG (TensorFlow's decoder, used in Transform and serving, cannot read it) is
+    refused at ingest rather than breaking the Transform."""
+    import tifffile
+    from PIL import Image
+
+    write_png(str(tmp_path / "mask.png"), square_mask(16, 4, 10))
+    tifffile.imwrite(tmp_path / "bands.tif", np.zeros((16, 16, 200), np.uint8),
+                     photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(tmp_path / "deep.tif", np.zeros((16, 16), np.uint32))
+    tifffile.imwrite(tmp_path / "volume.tif", np.zeros((5, 16, 16), np.uint8), volumetric=True)
+    Image.new("CMYK", (16, 16), (0, 50, 100, 0)).save(tmp_path / "cmyk.jpg", format="JPEG")
+    tifffile.imwrite(tmp_path / "good.tif", np.full((16, 16), 300, np.uint16))
+    manifest = write_manifest(str(tmp_path / "m.csv"), ["image", "mask", "label"], [
+        [name, "mask.png", "1"] for name in ("bands.tif", "deep.tif", "volume.tif", "cmyk.jpg",
+                                             "good.tif")])
+    output = tmp_path / "out"
+    assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress",
+                     "--beam-args", *IN_PROCESS_BEAM]) == 0
+    reasons = _rejected(output)
+    assert "TIFF has 200 samples per pixel" in reasons[1]
+    assert "TIFF has 32 bits per sample, more than 16" in reasons[2]
+    assert "a volume of depth 5" in reasons[3]
+    assert "JPEG is CMYK; convert it to RGB" in reasons[4]
+    assert 5 not in reasons  # a 16-bit gray TIFF is fine
+
+
 _KILLED_INGEST = f"""
 import os, signal, sys
 import masktfx.ingest as ingest
