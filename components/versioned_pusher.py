@@ -52,10 +52,14 @@ def next_version(base_directory: str) -> int:
 
 
 def _read_sources(base_directory: str) -> dict[str, str]:
+    """Which model each version was copied from, on a folder or an object store ({} when
+    the record is missing, unreadable or damaged)."""
+    import tensorflow as tf
+
     try:
-        with open(os.path.join(base_directory, SOURCES_FILE), encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+        with tf.io.gfile.GFile(_join(base_directory, SOURCES_FILE)) as handle:
+            return json.loads(handle.read())
+    except (OSError, ValueError, tf.errors.OpError):
         return {}
 
 
@@ -189,18 +193,6 @@ def remove_store_leftovers(base: str, older_than_s: float | None = 60.0) -> list
     return removed
 
 
-def _read_store_sources(base: str) -> dict[str, str]:
-    gfile = _gfile()
-    path = _join(base, SOURCES_FILE)
-    if not gfile.exists(path):
-        return {}
-    with gfile.GFile(path) as handle:
-        try:
-            return json.loads(handle.read())
-        except ValueError:
-            return {}
-
-
 def publish_to_store(model_path: str, base: str, extra_files: dict[str, bytes] | None = None
                      ) -> tuple[int, str, bool]:
     """`publish_version` for object stores: upload hidden, then move object by object, graph
@@ -209,7 +201,7 @@ def publish_to_store(model_path: str, base: str, extra_files: dict[str, bytes] |
     gfile.makedirs(base)
     remove_store_leftovers(base)
     versions = store_versions(base)
-    sources = _read_store_sources(base)
+    sources = _read_sources(base)
     if versions and sources.get(str(versions[-1])) == model_path:
         return versions[-1], _join(base, str(versions[-1])), False
     taken = [int(name.rstrip("/")) for name in gfile.listdir(base) if name.rstrip("/").isdigit()]

@@ -61,17 +61,14 @@ def warmup_requests(serialized: list[bytes], model_name: str) -> list:
 
 def encode_warmup(logs: list) -> bytes:
     """The warmup file's bytes: PredictionLogs as uncompressed TFRecords."""
-    import tempfile
+    import io
 
-    import tensorflow as tf
+    from masktfx.records import write_tfrecord
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "warmup")
-        with tf.io.TFRecordWriter(path) as writer:
-            for entry in logs:
-                writer.write(entry.SerializeToString())
-        with open(path, "rb") as handle:
-            return handle.read()
+    buffer = io.BytesIO()
+    for entry in logs:
+        write_tfrecord(buffer, entry.SerializeToString())
+    return buffer.getvalue()
 
 
 def read_warmup(saved_model_dir: str) -> list:

@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import socket
-import struct
 import sys
 import tempfile
 import threading
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import apache_beam as beam
-import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -34,6 +32,7 @@ from masktfx import images as imageio
 from masktfx.config import PipelineConfig, ingest_beam_args
 from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 from masktfx.manifest import ManifestRow, Rejection, read_manifest
+from masktfx.records import write_tfrecord
 
 REJECTED_TAG = "rejected"
 STATS_TAG = "stats"
@@ -104,18 +103,6 @@ class _RowFailure(Exception):
         super().__init__(reason)
         self.path = path
         self.reason = reason
-
-
-def _masked_crc32c(data: bytes) -> int:
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def write_tfrecord(handle, record: bytes) -> None:
-    """One record in TFRecord framing (length, masked CRC-32C of it, data, masked CRC-32C)."""
-    length = struct.pack("<Q", len(record))
-    handle.write(length + struct.pack("<I", _masked_crc32c(length)) + record
-                 + struct.pack("<I", _masked_crc32c(record)))
 
 
 def shard_chunks(rows: list[ManifestRow], rows_per_shard: int, seed: int = 0

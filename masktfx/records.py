@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
+
+import google_crc32c
 
 from masktfx import features
 from masktfx.example_proto import Example
+
+
+def _masked_crc32c(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def write_tfrecord(handle, record: bytes) -> None:
+    """One record in TFRecord framing (length, masked CRC-32C of it, data, masked CRC-32C),
+    without TensorFlow (ingest's workers do not load it)."""
+    length = struct.pack("<Q", len(record))
+    handle.write(length + struct.pack("<I", _masked_crc32c(length)) + record
+                 + struct.pack("<I", _masked_crc32c(record)))
 
 
 def _to_bytes(value: str | bytes) -> bytes:

@@ -139,13 +139,11 @@ def read_run(config: PipelineConfig, run_id: str | None = None,
 
 def latest_node_state(config: PipelineConfig, node: str) -> str:
     """The state of `node`'s execution in the newest run (the one running now)."""
-    store = open_store(config)
-    run_id = latest_run_id(store, config.pipeline_name)
-    context = store.get_context_by_type_and_name("pipeline_run", run_id) if run_id else None
-    for execution in store.get_executions_by_context(context.id) if context else []:
-        if node_id(store, execution.id) == node:
-            return _STATE_NAMES.get(execution.last_known_state, "UNKNOWN")
-    return "UNKNOWN"
+    try:
+        found = read_run(config).nodes.get(node)
+    except LookupError:
+        return "UNKNOWN"
+    return found.state if found else "UNKNOWN"
 
 
 def summarize_record(record: RunRecord) -> RunSummary:

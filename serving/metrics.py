@@ -30,17 +30,17 @@ class ServingMetrics:
                                           10, 30))
 
     @contextmanager
-    def observe(self, model: str, api: str) -> Iterator[dict[str, str]]:
-        """Times one request; the caller fills in version, signature and code as it learns
-        them (an error before the version is known counts under version "")."""
-        labels = {"version": "", "signature": "", "code": "OK"}
+    def observe(self, api: str) -> Iterator[dict[str, str]]:
+        """Times one request; the caller fills in model, version, signature and code as its
+        routing learns them (an error before they are known counts them as "")."""
+        labels = {"model": "", "version": "", "signature": "", "code": "OK"}
         started = time.perf_counter()
         try:
             yield labels
         finally:
-            self.requests.labels(model, labels["version"], labels["signature"], api,
+            self.requests.labels(labels["model"], labels["version"], labels["signature"], api,
                                  labels["code"]).inc()
-            self.latency.labels(model, labels["version"], labels["signature"],
+            self.latency.labels(labels["model"], labels["version"], labels["signature"],
                                 api).observe(time.perf_counter() - started)
 
     def exposition(self) -> bytes:

@@ -213,12 +213,10 @@ class RestHandler(BaseHTTPRequestHandler):
             self._error(error)
 
     def do_POST(self) -> None:  # noqa: N802
-        match = _PATH.match(self.path.split("?", 1)[0])
-        model = match.group("name") if match and match.group("name") in self.models else ""
         if self.metrics is None:
             self._predict({})
             return
-        with self.metrics.observe(model, "rest") as labels:
+        with self.metrics.observe("rest") as labels:
             self._predict(labels)
 
     def _predict(self, labels: dict[str, str]) -> None:
@@ -235,6 +233,7 @@ class RestHandler(BaseHTTPRequestHandler):
                                    f"{self.body_limit} bytes")
             raw = self.rfile.read(int(length))
             manager, version, parts = self._route()
+            labels["model"] = manager.name
             if parts["verb"] != "predict":
                 raise ServingError("UNIMPLEMENTED" if parts["verb"] in ("classify", "regress")
                                    else "NOT_FOUND",
@@ -325,8 +324,7 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):  # noqa: N802 (gRPC naming)
-            name = request.model_spec.name
-            with metrics.observe(name if name in models else "", "grpc") as labels:
+            with metrics.observe("grpc") as labels:
                 try:
                     return self._predict(request, context, labels)
                 except ServingError as error:
@@ -338,6 +336,7 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
 
         def _predict(self, request, context, labels):
             manager, version = lookup(request.model_spec, context)
+            labels["model"] = manager.name
             resolved = manager.signature(request.model_spec.signature_name, version)
             labels.update(version=str(resolved[0].version), signature=resolved[1])
             inputs = {}
