@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
+# Two pytest workers: the suite is mostly single-threaded, so they fill both cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint clean
 
@@ -18,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m masktfx.demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_bad_corpus
+from conftest import load_bad_corpus, same_worker_as_the_source_edit
 
 from masktfx import cli, features
 from masktfx.components.evaluator import EVALUATION_RECORD
@@ -76,6 +76,7 @@ def _evaluated_models(outputs: dict) -> dict[str, str]:
         return json.load(handle)["modelLocations"]
 
 
+@same_worker_as_the_source_edit
 def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     manifest = write_synthetic(str(tmp_path / "data"), num_examples=320, size=48)
     bad_rows = _add_bad_rows(manifest)  # refused at ingest; the run goes on with the good rows

@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 
 import pytest
 import tensorflow_model_analysis as tfma
+from conftest import same_worker_as_the_source_edit
 from PIL import Image
 
 from masktfx import cli, features
@@ -22,7 +23,7 @@ from masktfx.pipeline.lineage import lineage
 from masktfx.pipeline.summary import summarize_run
 from masktfx.records import read_examples
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, same_worker_as_the_source_edit]
 
 FLAGS = ["--image-size", "16", "--epochs", "4", "--batch-size", "16", "--min-accuracy", "0",
          "--direct-running-mode", "in_memory"]
