@@ -40,6 +40,21 @@ class ImageInfo:
     bit_depth: int
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header declares, read before anything is decoded."""
+
+    format: str  # png, jpeg or tiff
+    width: int
+    height: int
+    samples: int  # per pixel, as decoded
+    bytes_per_sample: int
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.width * self.height * self.samples * self.bytes_per_sample
+
+
 def sniff_format(data: bytes) -> str | None:
     if data.startswith(PNG_SIGNATURE):
         return "png"
@@ -125,10 +140,15 @@ def _decode_tiff(data: bytes) -> np.ndarray:
     return array
 
 
-def _tiff_header_size(data: bytes, max_bits: int = 16) -> tuple[int, int]:
-    """Width and height from the first page's header, after refusing, from the same header,
-    what would decode to more than the pixels suggest: more than 4 samples per pixel, more than
-    `max_bits` per sample, a volume (a few KB of such a TIFF decode to hundreds of MB)."""
+# TIFF photometric interpretations whose samples are what the image shows: MINISBLACK, RGB (others,
+# such as MINISWHITE, PALETTE, SEPARATED (CMYK) or YCBCR, would be read as the wrong colours)
+_TIFF_PHOTOMETRIC = (1, 2)
+
+
+def _tiff_header(data: bytes, max_bits: int = 16) -> ImageHeader:
+    """The first page's header, after refusing, from the same header, what would decode to more
+    than the pixels suggest: more than 4 samples per pixel, more than `max_bits` per sample, a
+    volume (a few KB of such a TIFF decode to hundreds of MB)."""
     import tifffile
 
     try:
@@ -137,6 +157,8 @@ def _tiff_header_size(data: bytes, max_bits: int = 16) -> tuple[int, int]:
             width, height = int(page.imagewidth), int(page.imagelength)
             samples, bits = int(page.samplesperpixel), int(page.bitspersample)
             depth = int(getattr(page, "imagedepth", 1) or 1)
+            photometric = int(page.photometric)
+            photometric_name = getattr(page.photometric, "name", str(photometric))
     except Exception as exc:
         raise RegionInputError(f"cannot read TIFF header: {exc}") from None
     if samples > 4:
@@ -148,20 +170,77 @@ def _tiff_header_size(data: bytes, max_bits: int = 16) -> tuple[int, int]:
     if depth > 1:
         raise RegionInputError(f"TIFF page is a volume of depth {depth}; a 2-D image is "
                                "needed; refused before decoding")
-    return width, height
+    if photometric not in _TIFF_PHOTOMETRIC:
+        raise RegionInputError(f"TIFF colour space is {photometric_name}; only gray (black is 0) "
+                               "and RGB are read as they are; convert it first")
+    return ImageHeader("tiff", width, height, samples, -(-bits // 8))
 
 
-def _open_pil(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
-    """Check the declared size, open lazily, then decode fully to catch truncated files."""
-    if fmt == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
-        # The size is in the first chunk: refuse a huge image before any decoder touches it.
-        width, height = struct.unpack(">II", data[16:24])
-        _check_pixels(width, height, max_pixels)
+# PNG colour types -> samples per pixel as decoded (a palette decodes to its colours)
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
+def _png_header(data: bytes) -> ImageHeader:
+    if len(data) < 26 or data[12:16] != b"IHDR":
+        raise RegionInputError("cannot decode PNG: no IHDR chunk where the format puts it")
+    width, height, bits, colour_type = struct.unpack(">IIBB", data[16:26])
+    if colour_type not in _PNG_SAMPLES or bits not in (1, 2, 4, 8, 16):
+        raise RegionInputError(f"cannot decode PNG: colour type {colour_type} with {bits} bits "
+                               "per sample is not in the PNG standard")
+    return ImageHeader("png", width, height, _PNG_SAMPLES[colour_type], 2 if bits == 16 else 1)
+
+
+# JPEG colour spaces (as libjpeg-turbo names them) -> samples per pixel
+_JPEG_SAMPLES = {"Gray": 1, "YCbCr": 3, "RGB": 3, "CMYK": 4, "YCCK": 4}
+
+
+def _jpeg_header(data: bytes) -> ImageHeader:
+    import simplejpeg
+
+    try:
+        height, width, colour_space, _subsampling = simplejpeg.decode_jpeg_header(data)
+    except ValueError as exc:
+        raise RegionInputError(f"cannot read JPEG header: {exc}") from None
+    if colour_space in ("CMYK", "YCCK"):
+        # TensorFlow's decode_jpeg, which Transform and the served graph use, cannot read it
+        raise RegionInputError(f"JPEG is {colour_space}; convert it to RGB (or gray) first")
+    if colour_space not in _JPEG_SAMPLES:
+        raise RegionInputError(f"JPEG colour space {colour_space!r} is not supported")
+    return ImageHeader("jpeg", width, height, _JPEG_SAMPLES[colour_space], 1)
+
+
+def read_header(data: bytes, max_pixels: int, max_tiff_bits: int = 16) -> ImageHeader:
+    """What an image decodes to, from its header alone (nothing is decoded), refused when over
+    `max_pixels`. Masks pass max_tiff_bits=64: float or 64-bit TIFF masks are fine."""
+    fmt = _check_format(data)
+    if fmt == "png":
+        header = _png_header(data)
+    elif fmt == "jpeg":
+        header = _jpeg_header(data)
+    else:
+        header = _tiff_header(data, max_tiff_bits)
+    _check_pixels(header.width, header.height, max_pixels)
+    return header
+
+
+def _decode_jpeg(data: bytes, gray: bool) -> np.ndarray:
+    """Strict decoding: libjpeg-turbo's warnings (a scan shorter than the header's size, which
+    TensorFlow and Pillow fill in silently) are errors."""
+    import simplejpeg
+
+    try:
+        array = simplejpeg.decode_jpeg(data, colorspace="GRAY" if gray else "RGB", strict=True)
+    except ValueError as exc:
+        raise RegionInputError(f"cannot decode JPEG (truncated or corrupt): {exc}") from None
+    return array[:, :, 0] if gray else array
+
+
+def _open_pil(data: bytes, fmt: str) -> Image.Image:
+    """Open, then decode fully to catch truncated files (the size is checked already)."""
     try:
         image = Image.open(io.BytesIO(data))
     except Exception as exc:
         raise RegionInputError(f"cannot decode {fmt.upper()}: {exc}") from None
-    _check_pixels(image.width, image.height, max_pixels)
     try:
         image.load()
     except Exception as exc:
@@ -181,10 +260,8 @@ def load_image(path: str, max_pixels: int) -> ImageInfo:
 
 
 def check_image_bytes(data: bytes, max_pixels: int) -> ImageInfo:
-    fmt = _check_format(data)
-    if fmt == "tiff":
-        width, height = _tiff_header_size(data)
-        _check_pixels(width, height, max_pixels)
+    header = read_header(data, max_pixels)
+    if header.format == "tiff":
         array = _decode_tiff(data)
         if array.dtype not in (np.uint8, np.uint16):
             raise RegionInputError(
@@ -193,13 +270,13 @@ def check_image_bytes(data: bytes, max_pixels: int) -> ImageInfo:
         _check_channels(channels)
         return ImageInfo(encode_png(array), array.shape[1], array.shape[0], channels,
                          array.dtype.itemsize * 8)
-    image = _open_pil(data, fmt, max_pixels)
-    if image.mode == "CMYK":
-        # TensorFlow's decode_jpeg, which Transform and the served graph use, cannot read it
-        raise RegionInputError(f"{fmt.upper()} is CMYK; convert it to RGB (or gray) first")
+    if header.format == "jpeg":
+        _decode_jpeg(data, gray=header.samples == 1)
+        return ImageInfo(data, header.width, header.height, header.samples, 8)
+    image = _open_pil(data, header.format)
     channels = _PIL_CHANNELS.get(image.mode)
     if channels is None:
-        raise RegionInputError(f"unsupported {fmt.upper()} pixel mode {image.mode!r}")
+        raise RegionInputError(f"unsupported {header.format.upper()} pixel mode {image.mode!r}")
     _check_channels(channels)
     depth = 16 if image.mode.startswith("I") else 8
     return ImageInfo(data, image.width, image.height, channels, depth)
@@ -212,23 +289,39 @@ def _check_channels(channels: int) -> None:
 
 
 def decode_mask_array(data: bytes, max_pixels: int) -> np.ndarray:
-    """Any single-channel image; nonzero pixels are inside the region. Returns bool [H, W]."""
-    fmt = _check_format(data)
-    if fmt == "tiff":
-        width, height = _tiff_header_size(data, max_bits=64)  # float or 64-bit masks are fine
-        _check_pixels(width, height, max_pixels)
+    """Any single-channel image; nonzero pixels are inside the region. Returns bool [H, W].
+    A palette mask is read by its colours, as TensorFlow decodes it, not by its indices."""
+    header = read_header(data, max_pixels, max_tiff_bits=64)
+    if header.format == "tiff":
         array = _decode_tiff(data)
+    elif header.format == "jpeg":
+        if header.samples != 1:
+            raise RegionInputError(f"mask has {header.samples} channels (JPEG "
+                                   "colour); masks must be single-channel")
+        array = _decode_jpeg(data, gray=True)
     else:
-        image = _open_pil(data, fmt, max_pixels)
-        if image.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "F"):
+        image = _open_pil(data, header.format)
+        if image.mode == "P":
+            array = _palette_gray(image)
+        elif image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+            array = np.asarray(image)
+        else:
             channels = _PIL_CHANNELS.get(image.mode, len(image.getbands()))
             raise RegionInputError(
                 f"mask has {channels} channels ({image.mode}); masks must be single-channel")
-        array = np.asarray(image)
     if array.ndim != 2:
         raise RegionInputError(
             f"mask has {array.shape[-1]} channels; masks must be single-channel")
     return array != 0
+
+
+def _palette_gray(image: Image.Image) -> np.ndarray:
+    """The gray levels a palette image decodes to in TensorFlow's decode_png with channels=1
+    (the palette's colours, then ITU-R 601 luma in 1/32768, truncated), so a palette entry that
+    is black is outside the region whatever its index."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint32)
+    weights = np.array([9798, 19235, 3735], dtype=np.uint32)
+    return ((rgb @ weights) >> 15).astype(np.uint8)
 
 
 def load_mask(path: str, image_size: tuple[int, int], resize: bool, max_pixels: int

@@ -8,6 +8,7 @@ reuse a model trained in an earlier run; the lineage names both runs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from masktfx import features
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
-from masktfx.config import PipelineConfig
+from masktfx.config import PipelineConfig, uri_scheme
 from masktfx.pipeline.summary import (
     artifact_span,
     execution_inputs,
@@ -47,6 +48,7 @@ class Lineage:
     transform_graph_uri: str = ""
     evaluation_uri: str = ""
     baseline_model_uri: str = ""
+    labels: list[str] = field(default_factory=list)  # TF Serving labels (models.config) on it
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -122,6 +124,7 @@ def lineage(config: PipelineConfig, version: str | None = None) -> Lineage:
                      path=artifact.custom_properties["pushed_destination"].string_value,
                      pushed_ms=artifact.create_time_since_epoch,
                      pushed_by_run=_run_of(store, pusher.id) if pusher else "")
+    result.labels = _labels_of(config, int(result.version))
     if pusher is None:
         return result
     pusher_inputs = execution_inputs(store, pusher.id)
@@ -167,11 +170,27 @@ def _follow_trainer(store: Store, trainer_inputs: dict[str, list[Artifact]],
         result.train_examples = sum(counts)
 
 
+def _labels_of(config: PipelineConfig, version: int) -> list[str]:
+    """The labels the serving dir's models.config gives the version ([] without the file, or
+    when the serving dir is an object store, where `masktfx promote` does not write)."""
+    from masktfx.components.model_config import CONFIG_FILE, read_config
+
+    if uri_scheme(config.resolved_serving_dir):
+        return []
+    try:
+        served = read_config(os.path.join(config.resolved_serving_dir, CONFIG_FILE))
+    except ValueError:  # a damaged file: the lineage is still worth showing
+        return []
+    model = served.get(config.model_name)
+    return model.label_of(version) if model else []
+
+
 def format_lineage(item: Lineage) -> str:
     import datetime
 
     pushed = datetime.datetime.fromtimestamp(item.pushed_ms / 1000, datetime.timezone.utc)
-    lines = [f"version {item.version} at {item.path}",
+    labelled = f" (labels: {', '.join(item.labels)})" if item.labels else ""
+    lines = [f"version {item.version} at {item.path}{labelled}",
              f"  pushed {pushed:%Y-%m-%d %H:%M:%S} UTC by run {item.pushed_by_run}"]
     if item.trained_in_run:
         cached = "" if item.trained_in_run == item.pushed_by_run else " (reused from cache)"

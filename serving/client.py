@@ -88,8 +88,10 @@ class RestClient:
             connection.close()
             self._local.connection = None
 
-    def _model_url(self, version: int | None) -> str:
+    def _model_url(self, version: int | None, label: str = "") -> str:
         base = f"{self.url}/v1/models/{self.model}"
+        if label:
+            return f"{base}/labels/{urllib.parse.quote(label, safe='')}"
         return base if version is None else f"{base}/versions/{version}"
 
     def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, str, bytes]:
@@ -139,14 +141,16 @@ class RestClient:
 
         return _with_retries(once, self.retries, self.backoff)
 
-    def status(self, version: int | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", self._model_url(version))["model_version_status"]
+    def status(self, version: int | None = None, label: str = "") -> list[dict[str, Any]]:
+        return self._request("GET", self._model_url(version, label))["model_version_status"]
 
     def metadata(self, version: int | None = None) -> dict[str, Any]:
         return self._request("GET", self._model_url(version) + "/metadata")
 
-    def latest_version(self) -> int:
-        available = [int(s["version"]) for s in self.status() if s["state"] == "AVAILABLE"]
+    def latest_version(self, label: str = "") -> int:
+        """The newest available version, or the one `label` points at."""
+        available = [int(s["version"]) for s in self.status(label=label)
+                     if s["state"] == "AVAILABLE"]
         if not available:
             raise ServingClientError("UNAVAILABLE", f"no version of {self.model} is available")
         return max(available)
@@ -155,19 +159,22 @@ class RestClient:
         return self._request("POST", self._model_url(version) + ":predict", body)
 
     def predict_regions(self, images: Sequence[Sequence[bytes]], masks: Sequence[Sequence[bytes]],
-                        version: int | None = None) -> list[Prediction]:
-        """Many regions in one request, through the `predict_raw` signature."""
+                        version: int | None = None, label: str = "") -> list[Prediction]:
+        """Many regions in one request, through the `predict_raw` signature. TF Serving's REST
+        answer does not say which version answered, so the version (newest, or the label's) is
+        looked up first and the request pinned to it."""
         body = {"signature_name": features.RAW_SIGNATURE, "instances": [
             {features.IMAGES_KEY: [{"b64": base64.b64encode(i).decode()} for i in views],
              features.MASKS_KEY: [{"b64": base64.b64encode(m).decode()} for m in region]}
             for views, region in zip(images, masks)]}
         for attempt in range(3):
-            chosen = version if version is not None else self.latest_version()
+            chosen = version if version is not None else self.latest_version(label)
             try:
                 predictions = self.predict(body, chosen)["predictions"]
                 break
             except ServingClientError as error:
-                # the version was unloaded between the status and the predict: ask again
+                # the version was unloaded (or the label moved) between the status and the
+                # predict: ask again
                 if version is not None or error.code != "404" or attempt == 2:
                     raise
         return [Prediction(float(p[features.PROBABILITY_OUTPUT]),
@@ -201,18 +208,21 @@ class GrpcClient:
 
         return _with_retries(once, self.retries, self.backoff)
 
-    def _spec(self, spec: Any, version: int | None, signature: str = "") -> None:
+    def _spec(self, spec: Any, version: int | None, signature: str = "", label: str = ""
+              ) -> None:
         spec.name = self.model
-        if version is not None:
+        if label:
+            spec.version_label = label
+        elif version is not None:
             spec.version.value = version
         if signature:
             spec.signature_name = signature
 
-    def status(self, version: int | None = None) -> list[dict[str, Any]]:
+    def status(self, version: int | None = None, label: str = "") -> list[dict[str, Any]]:
         from tensorflow_serving.apis import get_model_status_pb2
 
         request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request.model_spec, version)
+        self._spec(request.model_spec, version, label=label)
         response = self._call(self._models.GetModelStatus, request)
         states = get_model_status_pb2.ModelVersionStatus.State
         return [{"version": str(s.version), "state": states.Name(s.state),
@@ -231,13 +241,13 @@ class GrpcClient:
         return signature_map
 
     def predict_regions(self, images: Sequence[Sequence[bytes]], masks: Sequence[Sequence[bytes]],
-                        version: int | None = None) -> list[Prediction]:
+                        version: int | None = None, label: str = "") -> list[Prediction]:
         import numpy as np
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
-        self._spec(request.model_spec, version, features.RAW_SIGNATURE)
+        self._spec(request.model_spec, version, features.RAW_SIGNATURE, label)
         request.inputs[features.IMAGES_KEY].CopyFrom(
             tf.make_tensor_proto(np.array([list(v) for v in images], dtype=object)))
         request.inputs[features.MASKS_KEY].CopyFrom(

@@ -4,6 +4,9 @@ answering. A module of constants only, so the command line can show them without
 # Regions one request may hold. Each costs up to max_pixels of decoded pixels per view, so this
 # bounds what one request can make the server allocate; clients batch below it.
 DEFAULT_MAX_REGIONS = 256
+# Bytes the images and masks of one request decode to (width x height x samples x bytes per sample,
+# from their headers): what a request of few, huge regions can make the server allocate.
+DEFAULT_MAX_DECODED_BYTES = 256 * 2**20
 # Open REST connections (each holds a thread) and gRPC calls in flight.
 DEFAULT_MAX_CONNECTIONS = 128
 # Seconds a REST client may take to send its request's headers and body.

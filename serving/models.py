@@ -18,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from masktfx import features
+from masktfx.components.model_config import version_folders
 from masktfx.config import PipelineConfig
-from masktfx.images import RegionCheckError, check_region
+from masktfx.images import RegionCheckError, RegionInputError, check_region, read_header
 from masktfx.serving.batching import Batcher, BatchingParameters, QueueFullError
-from masktfx.serving.limits import DEFAULT_MAX_REGIONS
+from masktfx.serving.limits import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_REGIONS
 
 log = logging.getLogger("masktfx.serve")
 
@@ -70,31 +71,25 @@ def _read_signature_defs(path: str) -> dict[str, Any]:
     return dict(saved_model.meta_graphs[0].signature_def)
 
 
-def version_folders(base_path: str) -> dict[int, str]:
-    """Numbered folders holding a complete SavedModel (saved_model.pb present)."""
-    if not os.path.isdir(base_path):
-        return {}
-    found = {}
-    for name in os.listdir(base_path):
-        path = os.path.join(base_path, name)
-        if name.isdigit() and os.path.exists(os.path.join(path, "saved_model.pb")):
-            found[int(name)] = path
-    return found
-
-
 class ModelManager:
-    """One model's versions; serves the newest `keep_versions` of them (TF Serving's 'latest')."""
+    """One model's versions; serves the newest `keep_versions` of them (TF Serving's 'latest'),
+    or, once `set_policy` gives it specific versions, those, with their labels."""
 
     def __init__(self, name: str, base_path: str, poll_seconds: float = 1.0,
                  keep_versions: int = 1, max_pixels: int | None = None,
                  batching: BatchingParameters | None = None,
-                 max_regions: int = DEFAULT_MAX_REGIONS):
+                 max_regions: int = DEFAULT_MAX_REGIONS,
+                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES):
         self.name = name
         self.base_path = os.path.abspath(base_path)
         self.poll_seconds = poll_seconds
         self.keep_versions = keep_versions
         self.max_pixels = PipelineConfig().max_pixels if max_pixels is None else max_pixels
         self.max_regions = max_regions
+        self.max_decoded_bytes = max_decoded_bytes
+        self._specific: tuple[int, ...] = ()  # versions to serve; () serves the newest
+        self._wanted_labels: dict[str, int] = {}  # as the config file says
+        self._labels: dict[str, int] = {}  # in effect: each to a version that is available
         self._versions: dict[int, ServableVersion] = {}
         self._failed: set[int] = set()
         self._lock = threading.Lock()
@@ -104,14 +99,29 @@ class ModelManager:
         self.batcher: Batcher | None = None
 
     # -- version management ------------------------------------------------------------------
+    def set_policy(self, versions: tuple[int, ...], labels: dict[str, int]) -> None:
+        """Serve these versions (() for the newest) with these labels, from the next poll on.
+        A label moves to its new version once that version is available, and a version is
+        unloaded only once no label points at it: a switch fails no request."""
+        with self._lock:
+            self._specific = tuple(versions)
+            self._wanted_labels = dict(labels)
+
     def poll_once(self) -> None:
-        """Load the newest versions not yet loaded, then retire the ones beyond the policy."""
+        """Load the versions the policy wants that are not yet loaded, move the labels to the
+        ones now available, then retire the versions neither the policy nor a label holds."""
         on_disk = version_folders(self.base_path)
-        wanted = sorted(on_disk, reverse=True)[:self.keep_versions]
+        with self._lock:
+            specific, wanted_labels = self._specific, dict(self._wanted_labels)
+        if specific:
+            wanted = [version for version in specific if version in on_disk]
+        else:
+            wanted = sorted(on_disk, reverse=True)[:self.keep_versions]
         for version in sorted(wanted):
             with self._lock:
                 known = self._versions.get(version)
-            if known is not None or version in self._failed:
+            # an unloaded version (END) is loaded again when the policy wants it back
+            if (known is not None and known.state != "END") or version in self._failed:
                 continue
             servable = ServableVersion(version, on_disk[version], state="LOADING")
             with self._lock:
@@ -126,16 +136,30 @@ class ModelManager:
                 servable.state, servable.error = "END", f"{type(exc).__name__}: {exc}"
                 self._failed.add(version)
                 log.error("model %s version %d failed to load: %s", self.name, version, exc)
-        available = [v for v, s in self._versions.items() if s.state == "AVAILABLE"]
-        keep = set(sorted(available, reverse=True)[:self.keep_versions])
-        for version in available:
-            if version not in keep:
-                with self._lock:
-                    servable = self._versions[version]
-                    servable.state = "UNLOADING"
-                    servable.module = None  # requests in flight keep their own reference
-                    servable.state = "END"
-                log.info("model %s version %d unloaded", self.name, version)
+        with self._lock:
+            available = {v for v, s in self._versions.items() if s.state == "AVAILABLE"}
+            labels = {label: version for label, version in wanted_labels.items()
+                      if version in available}
+            for label, version in self._labels.items():  # not yet movable: kept where it was
+                if label in wanted_labels and label not in labels and version in available:
+                    labels[label] = version
+            self._labels = labels
+        if specific:
+            keep = set(wanted) | set(labels.values())
+        else:
+            keep = set(sorted(available, reverse=True)[:self.keep_versions])
+        for version in sorted(available - keep):
+            with self._lock:
+                servable = self._versions[version]
+                servable.state = "UNLOADING"
+                servable.module = None  # requests in flight keep their own reference
+                servable.state = "END"
+            log.info("model %s version %d unloaded", self.name, version)
+
+    def labels(self) -> dict[str, int]:
+        """The labels in effect, each to a version that is available."""
+        with self._lock:
+            return dict(self._labels)
 
     def start(self) -> None:
         if self._batching is not None and self.batcher is None:
@@ -171,9 +195,16 @@ class ModelManager:
                                    f"Could not find version {version} of model {self.name}")
         return versions
 
-    def servable(self, version: int | None = None) -> tuple[ServableVersion, Any]:
-        """The version to call and a reference to its loaded module (held for the request)."""
+    def servable(self, version: int | None = None, label: str = ""
+                 ) -> tuple[ServableVersion, Any]:
+        """The version to call (by number, by label, or the newest) and a reference to its
+        loaded module (held for the request), looked up at once under the lock."""
         with self._lock:
+            if label:
+                version = self._labels.get(label)
+                if version is None:
+                    raise ServingError("NOT_FOUND",
+                                       f"Unrecognized servable version label: {label}")
             if version is None:
                 ready = [s for s in self._versions.values() if s.state == "AVAILABLE"]
                 if not ready:
@@ -189,10 +220,10 @@ class ModelManager:
             return chosen, chosen.module
 
     # -- inference -----------------------------------------------------------------------------
-    def signature(self, signature_name: str = "", version: int | None = None
+    def signature(self, signature_name: str = "", version: int | None = None, label: str = ""
                   ) -> tuple[ServableVersion, str, Any]:
         """The version to call, the signature's name (default serving_default), its function."""
-        servable, module = self.servable(version)
+        servable, module = self.servable(version, label)
         name = signature_name or features.SERVING_SIGNATURE
         if name not in module.signatures:
             raise ServingError("INVALID_ARGUMENT",
@@ -201,19 +232,21 @@ class ModelManager:
         return servable, name, module.signatures[name]
 
     def predict(self, inputs: dict[str, np.ndarray], signature_name: str = "",
-                version: int | None = None) -> tuple[int, str, dict[str, np.ndarray]]:
-        return self.call(self.signature(signature_name, version), inputs)
+                version: int | None = None, label: str = ""
+                ) -> tuple[int, str, dict[str, np.ndarray]]:
+        return self.call(self.signature(signature_name, version, label), inputs)
 
     def call(self, resolved: tuple[ServableVersion, str, Any], inputs: dict[str, np.ndarray]
              ) -> tuple[int, str, dict[str, np.ndarray]]:
         """Run a signature `signature()` resolved (one version lookup per request) on inputs
         that pass the same checks whatever the signature: names, dtypes, shapes, one number of
-        regions across inputs, the region limit, and every region through check_region."""
+        regions across inputs, the region and decoded-size limits, and every region through
+        check_region."""
         servable, name, function = resolved
         specs = function.structured_input_signature[1]
         arrays = check_inputs(inputs, specs)
         check_region_count(len(next(iter(arrays.values()))), self.max_regions)
-        check_signature_regions(arrays, self.max_pixels)
+        check_signature_regions(arrays, self.max_pixels, self.max_decoded_bytes)
 
         def call(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             # the arrays that were checked are the ones the model gets
@@ -308,22 +341,47 @@ def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec]
     return arrays
 
 
-def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int) -> None:
+def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
+                            max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
     """The region check for any signature: images and masks as tensors (predict_raw), or inside
-    serialized tf.Examples (serving_default, transform_features)."""
+    serialized tf.Examples (serving_default, transform_features). First every header, and what
+    the whole request decodes to against `max_decoded_bytes`; then each region, decoded."""
+    rows = signature_regions(arrays)
+    total = 0
+    for row, (images, masks) in enumerate(rows):
+        for part, items, bits in (("images", images, 16), ("masks", masks, 64)):
+            for index, data in enumerate(items):
+                try:
+                    total += read_header(bytes(data), max_pixels, bits).decoded_bytes
+                except RegionInputError as exc:
+                    raise ServingError("INVALID_ARGUMENT",
+                                       f"instance {row}, {part}[{index}]: {exc}") from None
+    if total > max_decoded_bytes:
+        raise ServingError("RESOURCE_EXHAUSTED",
+                           f"the request's images and masks decode to {total / 2**20:.1f} MiB; "
+                           f"the limit is {max_decoded_bytes / 2**20:g} MiB per request "
+                           "(masktfx serve --max-decoded-mb); send fewer or smaller regions")
+    for row, (images, masks) in enumerate(rows):
+        try:
+            check_region(images, masks, max_pixels)
+        except RegionCheckError as exc:
+            raise ServingError("INVALID_ARGUMENT",
+                               f"instance {row}, {exc.part}s[{exc.index}]: {exc.reason}") from None
+
+
+def signature_regions(arrays: dict[str, np.ndarray]) -> list[tuple[list[bytes], list[bytes]]]:
+    """Each instance's (images, masks): from the tensors of predict_raw, or parsed from the
+    serialized tf.Examples of the other signatures; [] for a signature that takes neither."""
     if features.IMAGES_KEY in arrays and features.MASKS_KEY in arrays:
-        check_region_inputs(arrays[features.IMAGES_KEY], arrays[features.MASKS_KEY], max_pixels)
-    elif features.EXAMPLES_INPUT in arrays:
-        check_example_inputs(arrays[features.EXAMPLES_INPUT], max_pixels)
-
-
-def check_example_inputs(examples: np.ndarray, max_pixels: int) -> None:
-    """Each serialized tf.Example must parse and hold images and masks that pass check_region:
-    the same check, and the same messages, as predict_raw's tensors."""
+        images, masks = arrays[features.IMAGES_KEY], arrays[features.MASKS_KEY]
+        return [(list(images[row]), list(masks[row])) for row in range(len(images))]
+    if features.EXAMPLES_INPUT not in arrays:
+        return []
     from google.protobuf.message import DecodeError
     from tensorflow.core.example import example_pb2
 
-    for row, serialized in enumerate(examples.reshape(-1)):
+    rows = []
+    for row, serialized in enumerate(arrays[features.EXAMPLES_INPUT].reshape(-1)):
         try:
             example = example_pb2.Example.FromString(bytes(serialized))
         except DecodeError:
@@ -335,24 +393,9 @@ def check_example_inputs(examples: np.ndarray, max_pixels: int) -> None:
         if missing:
             raise ServingError("INVALID_ARGUMENT", f"instance {row}: the tf.Example has no "
                                                    f"{' or '.join(missing)} bytes")
-        _check_region_row(row, list(feature[features.IMAGES_KEY].bytes_list.value),
-                          list(feature[features.MASKS_KEY].bytes_list.value), max_pixels)
-
-
-def check_region_inputs(images: np.ndarray, masks: np.ndarray, max_pixels: int) -> None:
-    """Each instance's images and masks through the region check ingest uses
-    (masktfx.images.check_region); the error names the instance and the input."""
-    for row in range(len(images)):
-        _check_region_row(row, list(images[row]), list(masks[row]), max_pixels)
-
-
-def _check_region_row(row: int, images: list[bytes], masks: list[bytes], max_pixels: int
-                      ) -> None:
-    try:
-        check_region(images, masks, max_pixels)
-    except RegionCheckError as exc:
-        raise ServingError("INVALID_ARGUMENT",
-                           f"instance {row}, {exc.part}s[{exc.index}]: {exc.reason}") from None
+        rows.append((list(feature[features.IMAGES_KEY].bytes_list.value),
+                     list(feature[features.MASKS_KEY].bytes_list.value)))
+    return rows
 
 
 def wait_for_version(manager: ModelManager, timeout: float = 60.0) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from masktfx.components.model_config import ModelConfigError, read_config
 from masktfx.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S
 from masktfx.serving.metrics import CONTENT_TYPE, METRICS_PATH, ServingMetrics
 from masktfx.serving.models import (
@@ -172,6 +173,8 @@ class RestHandler(BaseHTTPRequestHandler):
         self._send(error.http_status, {"error": error.message})
 
     def _route(self) -> tuple[ModelManager, int | None, dict[str, str]]:
+        """The model, the version number asked for (None: by label or the newest), and the
+        path's parts (`label` among them)."""
         match = _PATH.match(self.path.split("?", 1)[0])
         if not match:
             raise ServingError("NOT_FOUND", f"Malformed request: {self.command} {self.path}")
@@ -180,9 +183,6 @@ class RestHandler(BaseHTTPRequestHandler):
         if manager is None:
             raise ServingError("NOT_FOUND", f"Servable not found for request: Latest("
                                             f"{parts['name']})")
-        if parts["label"]:
-            raise ServingError("NOT_FOUND", f"Unrecognized servable version label: "
-                                            f"{parts['label']}")
         version = None
         if parts["version"] is not None:
             if not _VERSION.match(parts["version"]):
@@ -205,6 +205,8 @@ class RestHandler(BaseHTTPRequestHandler):
             manager, version, parts = self._route()
             if parts["verb"]:
                 raise ServingError("NOT_FOUND", f"{parts['verb']} needs POST")
+            if parts["label"]:
+                version = manager.servable(label=parts["label"])[0].version
             if parts["metadata"]:
                 self._send(200, metadata_json(manager, version))
             else:
@@ -252,7 +254,8 @@ class RestHandler(BaseHTTPRequestHandler):
             signature_name = body.get("signature_name") or ""
             if not isinstance(signature_name, str):
                 raise ServingError("INVALID_ARGUMENT", "\"signature_name\" must be a string")
-            resolved = manager.signature(signature_name, version)  # the one version lookup
+            # the one version lookup, by number, label or the newest
+            resolved = manager.signature(signature_name, version, parts["label"] or "")
             labels.update(version=str(resolved[0].version), signature=resolved[1])
             input_names = sorted(resolved[2].structured_input_signature[1])
             inputs, rows = parse_predict_body(body, input_names, manager.max_regions)
@@ -309,9 +312,6 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
         if manager is None:
             raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({spec.name})")
         version = spec.version.value if spec.HasField("version") else None
-        if spec.version_label:
-            raise ServingError("NOT_FOUND",
-                               f"Unrecognized servable version label: {spec.version_label}")
         return manager, version
 
     def guarded(method):
@@ -337,7 +337,8 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
         def _predict(self, request, context, labels):
             manager, version = lookup(request.model_spec, context)
             labels["model"] = manager.name
-            resolved = manager.signature(request.model_spec.signature_name, version)
+            resolved = manager.signature(request.model_spec.signature_name, version,
+                                         request.model_spec.version_label)
             labels.update(version=str(resolved[0].version), signature=resolved[1])
             inputs = {}
             for name, proto in request.inputs.items():
@@ -361,7 +362,7 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
             if list(request.metadata_field) != ["signature_def"]:
                 raise ServingError("INVALID_ARGUMENT",
                                    "metadata_field must be [\"signature_def\"]")
-            servable, _ = manager.servable(version)
+            servable, _ = manager.servable(version, request.model_spec.version_label)
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             for name, proto in servable.signature_defs.items():
                 if isinstance(proto, meta_graph_pb2.SignatureDef):
@@ -385,6 +386,8 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
         @guarded
         def GetModelStatus(self, request, context):  # noqa: N802
             manager, version = lookup(request.model_spec, context)
+            if request.model_spec.version_label:
+                version = manager.servable(label=request.model_spec.version_label)[0].version
             response = get_model_status_pb2.GetModelStatusResponse()
             states = get_model_status_pb2.ModelVersionStatus.State
             for servable in manager.status(version):
@@ -448,8 +451,13 @@ class ModelServer:
                  rest_port: int = 8501, grpc_port: int | None = 8500,
                  body_limit: int = DEFAULT_BODY_LIMIT, grpc_workers: int = 16,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S):
+                 read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+                 model_config_file: str | None = None, config_poll_seconds: float = 0.0):
         self.models = models
+        self.model_config_file = model_config_file
+        self.config_poll_seconds = config_poll_seconds
+        self._stop = threading.Event()
+        self._config_thread: threading.Thread | None = None
         self.metrics = ServingMetrics()
         # `timeout`: socketserver's per-connection socket timeout, so a client that stops
         # sending (headers or body) is dropped rather than holding its thread.
@@ -478,7 +486,31 @@ class ModelServer:
                 raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
         self._rest_thread: threading.Thread | None = None
 
+    def apply_model_config(self) -> None:
+        """The config file's versions and labels to each model it lists (TF Serving's
+        --model_config_file); a file that cannot be read leaves the last policy in force."""
+        for name, served in read_config(self.model_config_file).items():
+            manager = self.models.get(name)
+            if manager is None:
+                log.warning("%s lists model %r, which this server was not started with",
+                            self.model_config_file, name)
+                continue
+            manager.set_policy(served.versions, served.labels)
+
+    def _watch_config(self) -> None:
+        while not self._stop.wait(self.config_poll_seconds):
+            try:
+                self.apply_model_config()
+            except ModelConfigError as exc:
+                log.error("keeping the last model config: %s", exc)
+
     def start(self) -> None:
+        if self.model_config_file:
+            self.apply_model_config()
+            if self.config_poll_seconds > 0:
+                self._config_thread = threading.Thread(target=self._watch_config, daemon=True,
+                                                       name="model-config")
+                self._config_thread.start()
         for manager in self.models.values():
             manager.start()
         if self.grpc:
@@ -488,6 +520,9 @@ class ModelServer:
         self._rest_thread.start()
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._config_thread:
+            self._config_thread.join(timeout=5)
         self.rest.shutdown()
         self.rest.server_close()
         if self.grpc:

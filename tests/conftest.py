@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
+import struct
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS  # noqa: E402
 from masktfx.images import encode_png  # noqa: E402
@@ -46,6 +49,17 @@ def load_bad_corpus():
     sys.modules["make_bad_corpus"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def patched_jpeg(size: int, claimed: int) -> bytes:
+    """A real JPEG of size x size whose frame header is patched to claim claimed x claimed."""
+    pixels = np.random.default_rng(3).integers(0, 255, (size, size, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    data = bytearray(buffer.getvalue())
+    frame = data.find(b"\xff\xc0")  # baseline SOF0: length, precision, height, width
+    struct.pack_into(">HH", data, frame + 5, claimed, claimed)
+    return bytes(data)
 
 
 def write_manifest(path: str, header: list[str], rows: list[list[object]]) -> str:

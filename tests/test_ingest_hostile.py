@@ -10,7 +10,8 @@ import sys
 import time
 
 import numpy as np
-from conftest import IN_PROCESS_BEAM, square_mask, write_manifest, write_png
+import pytest
+from conftest import IN_PROCESS_BEAM, patched_jpeg, square_mask, write_manifest, write_png
 
 from masktfx import cli, features
 from masktfx.images import max_file_bytes
@@ -66,9 +67,12 @@ def test_images_that_would_decode_to_more_than_their_pixels_or_to_what_tf_cannot
     tifffile.imwrite(tmp_path / "volume.tif", np.zeros((5, 16, 16), np.uint8), volumetric=True)
     Image.new("CMYK", (16, 16), (0, 50, 100, 0)).save(tmp_path / "cmyk.jpg", format="JPEG")
     tifffile.imwrite(tmp_path / "good.tif", np.full((16, 16), 300, np.uint16))
+    tifffile.imwrite(tmp_path / "white0.tif", np.zeros((16, 16), np.uint8),
+                     photometric="miniswhite")
+    (tmp_path / "patched.jpg").write_bytes(patched_jpeg(16, 160))
     manifest = write_manifest(str(tmp_path / "m.csv"), ["image", "mask", "label"], [
         [name, "mask.png", "1"] for name in ("bands.tif", "deep.tif", "volume.tif", "cmyk.jpg",
-                                             "good.tif")])
+                                             "good.tif", "white0.tif", "patched.jpg")])
     output = tmp_path / "out"
     assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress",
                      "--beam-args", *IN_PROCESS_BEAM]) == 0
@@ -78,6 +82,39 @@ def test_images_that_would_decode_to_more_than_their_pixels_or_to_what_tf_cannot
     assert "a volume of depth 5" in reasons[3]
     assert "JPEG is CMYK; convert it to RGB" in reasons[4]
     assert 5 not in reasons  # a 16-bit gray TIFF is fine
+    assert "TIFF colour space is MINISWHITE" in reasons[6]
+    # its header says 160x160, its data holds 16x16: TensorFlow and Pillow would fill the rest
+    assert "cannot decode JPEG (truncated or corrupt)" in reasons[7], reasons[7]
+
+
+def test_a_palette_mask_is_read_by_its_colours_as_tensorflow_decodes_it():
+    """Index 1 painted black is outside the region, as the served graph sees it; a palette of
+    dark colours agrees with TensorFlow's decode pixel for pixel on what is inside."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from masktfx.images import RegionInputError, check_region, decode_mask_array, encode_png
+
+    def palette_png(indices: np.ndarray, palette: np.ndarray) -> bytes:
+        image = Image.fromarray(indices.astype(np.uint8), "P")
+        image.putpalette(palette.astype(np.uint8).flatten().tolist())
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    rng = np.random.default_rng(4)
+    palette = rng.integers(0, 8, (256, 3))
+    indices = np.arange(256).reshape(16, 16)
+    data = palette_png(indices, palette)
+    decoded = tf.io.decode_image(data, channels=1, expand_animations=False).numpy()[..., 0]
+    np.testing.assert_array_equal(decode_mask_array(data, 10**6), decoded != 0)
+
+    image = encode_png(rng.integers(0, 255, (16, 16), np.uint8))
+    black_inside = palette_png(square_mask(16, 4, 10), np.zeros((256, 3)))
+    with pytest.raises(RegionInputError, match="mask is empty"):
+        check_region([image], [black_inside], 10**6)
 
 
 _KILLED_INGEST = f"""

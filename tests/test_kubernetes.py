@@ -64,6 +64,16 @@ def test_overlay_renders_validates_and_passes_checkov(overlay, tmp_path):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # TF Serving reads its model config from the models volume, where `masktfx promote` writes
+    # it, polled; the server's mount is read-only, and the init container seeds the default
+    assert "--model_config_file=/models/models.config" in container["args"]
+    assert any(arg.startswith("--model_config_file_poll_wait_seconds=") and
+               int(arg.split("=")[1]) > 0 for arg in container["args"])
+    assert {m["name"]: m.get("readOnly") for m in container["volumeMounts"]}["models"] is True
+    seed = pod["initContainers"][0]
+    assert seed["securityContext"]["readOnlyRootFilesystem"] is True
+    _run_seed(seed, tmp_path, next(o for o in objects
+                                   if o["metadata"]["name"] == "masktfx-serving-config"))
     cron = next(o for o in objects if o["kind"] == "CronJob")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -86,6 +96,29 @@ def test_overlay_renders_validates_and_passes_checkov(overlay, tmp_path):
               if rule["from"][0].get("podSelector", {}).get("matchLabels") ==
               {"app.kubernetes.io/name": "prometheus"}]
     assert scrape and scrape[0]["ports"] == [{"port": 8501, "protocol": "TCP"}]
+
+
+def _run_seed(container: dict, tmp_path, config_map: dict) -> None:
+    """The init container's script, run here with its two mounts as local folders: it copies
+    the ConfigMap's default once, and keeps a config `masktfx promote` wrote since."""
+    from masktfx.components.model_config import read_config
+
+    models, config = tmp_path / "models", tmp_path / "config"
+    models.mkdir()
+    config.mkdir()
+    (config / "models.config").write_text(config_map["data"]["models.config"])
+    script = container["args"][0].replace("/models/", f"{models}/").replace(
+        "/config/", f"{config}/")
+    assert container["command"] == ["/bin/sh", "-c"]
+    for _ in range(2):
+        subprocess.run(["/bin/sh", "-c", script], check=True, env={"HOSTNAME": "pod-1"})
+        assert sorted(os.listdir(models)) == ["models.config"]
+        served = read_config(str(models / "models.config"))
+        assert served["masktfx"].base_path == "/models/masktfx"
+        assert served["masktfx"].versions == ()  # the newest version, no labels
+    (models / "models.config").write_text("# promoted\n")
+    subprocess.run(["/bin/sh", "-c", script], check=True, env={"HOSTNAME": "pod-2"})
+    assert (models / "models.config").read_text() == "# promoted\n"
 
 
 def test_dockerfile_lints_clean_and_runs_as_non_root():

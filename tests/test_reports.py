@@ -147,6 +147,17 @@ def test_runs_and_lineage_follow_the_cache(two_runs, capsys):
     assert found["eval_examples"] == first.examples["eval"]
     assert cli.main(["lineage", "--workdir", workdir, "--version", "123"]) == 2
     assert "pushed versions: " + first.pushed_version in capsys.readouterr().err
+    # the labels models.config gives the version
+    assert found["labels"] == []
+    assert cli.main(["promote", "--workdir", workdir, "--version", first.pushed_version,
+                     "--label", "stable"]) == 0
+    capsys.readouterr()
+    assert cli.main(["lineage", "--workdir", workdir, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == ["stable"]
+    assert cli.main(["lineage", "--workdir", workdir]) == 0
+    heading = capsys.readouterr().out.splitlines()[0]
+    assert heading.startswith(f"version {first.pushed_version} at ")
+    assert heading.endswith("(labels: stable)"), heading
 
     # the second run's report compares against the first model as its baseline
     out = os.path.join(workdir, "second.html")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from conftest import square_mask
+from conftest import patched_jpeg, square_mask
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from masktfx import features
@@ -29,6 +29,7 @@ from masktfx.serving.server import ModelServer
 MAX_REGIONS = 4
 MAX_CONNECTIONS = 8
 READ_TIMEOUT_S = 1.0
+MAX_DECODED_BYTES = 64 * 2**10
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def server(tiny_model, tmp_path_factory):
     model_dir, _ = tiny_model
     base = tmp_path_factory.mktemp("limits") / "tiny"
     shutil.copytree(model_dir, base / "1")
-    manager = ModelManager("tiny", str(base), poll_seconds=0.2, max_regions=MAX_REGIONS)
+    manager = ModelManager("tiny", str(base), poll_seconds=0.2, max_regions=MAX_REGIONS,
+                           max_decoded_bytes=MAX_DECODED_BYTES)
     served = ModelServer({"tiny": manager}, rest_port=0, grpc_port=0,
                          max_connections=MAX_CONNECTIONS, read_timeout_s=READ_TIMEOUT_S)
     served.start()
@@ -106,6 +108,37 @@ def test_requests_over_the_region_limit_are_refused_before_anything_is_decoded(s
         _stub(server).Predict(_grpc_request(padded, masks), timeout=30)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "declares shape [3, 1] (3 values) but holds 1" in error.value.details()
+
+
+def test_a_request_that_would_decode_to_more_than_the_limit_is_refused_from_its_headers(server):
+    # a few hundred bytes of PNG that decode to 120 KB of RGB, with its 40 KB mask
+    big_image = encode_png(np.zeros((200, 200, 3), np.uint8))
+    big_mask = encode_png(square_mask(200, 50, 150))
+    assert len(big_image) + len(big_mask) < 4096
+    raw = {"signature_name": features.RAW_SIGNATURE, "inputs": {
+        features.IMAGES_KEY: [[_b64(big_image)]], features.MASKS_KEY: [[_b64(big_mask)]]}}
+    by_example = {"instances": [_b64(make_example([big_image], [big_mask]).SerializeToString())]}
+    for body in (raw, by_example):
+        status, payload = _post(server, body)
+        assert status == 413, payload
+        assert "decode to 0.2 MiB; the limit is 0.0625 MiB per request" in payload["error"]
+        assert "--max-decoded-mb" in payload["error"]
+    request = _grpc_request(tf.make_tensor_proto(np.array([[big_image]], dtype=object)),
+                            tf.make_tensor_proto(np.array([[big_mask]], dtype=object)))
+    with pytest.raises(grpc.RpcError) as error:
+        _stub(server).Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "the limit is 0.0625 MiB per request" in error.value.details()
+    assert _post(server, _raw(MAX_REGIONS))[0] == 200  # small regions, up to the region limit
+
+
+def test_a_jpeg_whose_header_claims_more_than_its_data_holds_is_refused(server):
+    image = patched_jpeg(20, 60)
+    mask = encode_png(square_mask(60, 10, 50))
+    status, payload = _post(server, {"signature_name": features.RAW_SIGNATURE, "inputs": {
+        features.IMAGES_KEY: [[_b64(image)]], features.MASKS_KEY: [[_b64(mask)]]}})
+    assert status == 400 and payload["error"].startswith("instance 0, images[0]: cannot decode "
+                                                         "JPEG (truncated or corrupt)"), payload
 
 
 def test_the_inputs_of_a_request_must_agree_on_the_number_of_regions(server):

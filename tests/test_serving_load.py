@@ -37,28 +37,39 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _start_server(base: str, version: int, *flags: str
+                  ) -> tuple[subprocess.Popen, RestClient, int]:
+    """`masktfx serve` in its own process, once it serves `version`: (process, REST client,
+    gRPC port). Its output goes to a file beside the model, so no pipe can fill and stall it."""
+    rest_port, grpc_port = _free_port(), _free_port()
+    log = open(f"{base}.log", "w+", encoding="utf-8")  # the server writes to it until it stops
+    server = subprocess.Popen(
+        [sys.executable, "-m", "masktfx.cli", "serve", "--model-base-path", base,
+         "--model-name", "tiny", "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
+         "--poll-seconds", "0.5", *flags], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        text=True)
+    rest = RestClient(f"http://127.0.0.1:{rest_port}", "tiny", retries=0)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if rest.latest_version() == version:
+                return server, rest, grpc_port
+        except Exception:  # not listening yet
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            log.seek(0)
+            raise AssertionError(f"the server never served the first version: "
+                                 f"{log.read()[-2000:]}")
+        time.sleep(0.2)
+
+
 def test_eight_clients_for_a_minute_across_two_pushes(tiny_model, tmp_path):
     model_dir, examples = tiny_model
     base = str(tmp_path / "serving" / "tiny")
     first, _, _ = publish_version(model_dir, base)
-    rest_port, grpc_port = _free_port(), _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "masktfx.cli", "serve", "--model-base-path", base,
-         "--model-name", "tiny", "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
-         "--poll-seconds", "0.5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    server, rest, grpc_port = _start_server(base, first)
     try:
-        rest = RestClient(f"http://127.0.0.1:{rest_port}", "tiny", retries=0)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if rest.latest_version() == first:
-                    break
-            except Exception:  # not listening yet
-                pass
-            assert server.poll() is None, server.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "the server never served the first version"
-            time.sleep(0.2)
         grpc_client = GrpcClient(f"127.0.0.1:{grpc_port}", "tiny", retries=0)
         images = [[image] for _, image, _ in examples[:4]]
         masks = [[mask] for _, _, mask in examples[:4]]
@@ -115,3 +126,104 @@ def test_eight_clients_for_a_minute_across_two_pushes(tiny_model, tmp_path):
                             str(pushed[1]): "AVAILABLE"}, final_status
     # back near the baseline once the old versions are unloaded (not growing with versions)
     assert after <= baseline * 1.25 + 64, (baseline, peak, after)
+
+
+def _huge_png(side: int) -> bytes:
+    """A real PNG of side x side zeros: some 50 KB that decode to side**2 bytes."""
+    import numpy as np
+
+    from masktfx.images import encode_png
+
+    return encode_png(np.zeros((side, side), np.uint8))
+
+
+def test_a_hostile_probe_leaves_the_server_answering_and_its_memory_near_baseline(tiny_model,
+                                                                                  tmp_path):
+    """Stalled clients past the connection cap, a gRPC call declaring millions of regions, a
+    REST body of thousands of tiny regions, and requests of few regions that would decode to
+    gigabytes: each refused, the server's memory stays within 1.5x of its baseline, and it
+    answers its status call within 1 s afterwards."""
+    import base64
+    import socket
+
+    import grpc
+    import numpy as np
+    import requests
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from masktfx import features
+
+    model_dir, examples = tiny_model
+    base = str(tmp_path / "serving" / "tiny")
+    first, _, _ = publish_version(model_dir, base)
+    server, rest, grpc_port = _start_server(base, first, "--read-timeout", "2")
+    images = [[image] for _, image, _ in examples[:4]]
+    masks = [[mask] for _, _, mask in examples[:4]]
+    stalled: list[socket.socket] = []
+    try:
+        grpc_client = GrpcClient(f"127.0.0.1:{grpc_port}", "tiny", retries=0)
+        for client in (rest, grpc_client):  # warm both paths before the baseline
+            for _ in range(20):
+                client.predict_regions(images, masks)
+        baseline = _rss_mb(server.pid)
+        peak = [baseline]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss_mb(server.pid))
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        url = f"{rest.url}/v1/models/tiny:predict"
+        for _ in range(300):  # more than --max-connections, each stalled inside its headers
+            sock = socket.create_connection(("127.0.0.1", int(rest.url.rsplit(":", 1)[1])),
+                                            timeout=10)
+            sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Le")
+            stalled.append(sock)
+        time.sleep(2.5)  # the read timeout drops them; the cap kept them from piling up
+
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+
+        def grpc_call(image_list: list[bytes], declared: int) -> grpc.StatusCode:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "tiny"
+            request.model_spec.signature_name = features.RAW_SIGNATURE
+            for key, items in ((features.IMAGES_KEY, image_list),
+                               (features.MASKS_KEY, [examples[0][2]] * len(image_list))):
+                proto = tf.make_tensor_proto(np.array([[item] for item in items], dtype=object))
+                proto.tensor_shape.dim[0].size = declared
+                request.inputs[key].CopyFrom(proto)
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Predict(request, timeout=60)
+            return error.value.code()
+
+        assert grpc_call([examples[0][1]], 4_000_000) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        tiny = {"b64": base64.b64encode(examples[0][1]).decode()}
+        body = {"signature_name": features.RAW_SIGNATURE, "inputs": {
+            features.IMAGES_KEY: [[tiny]] * 4000, features.MASKS_KEY: [[tiny]] * 4000}}
+        assert requests.post(url, json=body, timeout=60).status_code == 413
+        # 7000 x 7000 each: under max_pixels one by one, 12 GB for 256 of them
+        huge = _huge_png(7000)
+        encoded = {"b64": base64.b64encode(huge).decode()}
+        body = {"signature_name": features.RAW_SIGNATURE, "inputs": {
+            features.IMAGES_KEY: [[encoded]] * 256, features.MASKS_KEY: [[encoded]] * 256}}
+        response = requests.post(url, json=body, timeout=60)
+        assert response.status_code == 413 and "--max-decoded-mb" in response.json()["error"]
+        assert grpc_call([huge] * 30, 30) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        started = time.monotonic()
+        assert requests.get(f"{rest.url}/v1/models/tiny", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+        assert len(grpc_client.predict_regions(images, masks)) == 4
+        done.set()
+        sampler.join()
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.terminate()
+        server.wait(timeout=30)
+    assert peak[0] <= baseline * 1.5, (baseline, peak[0])

@@ -9,6 +9,7 @@ import os
 from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError
 from masktfx.serving.limits import (
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_DECODED_BYTES,
     DEFAULT_MAX_REGIONS,
     DEFAULT_READ_TIMEOUT_S,
 )
@@ -19,9 +20,16 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "serve", help="development model server with TF Serving's REST and gRPC APIs",
         description="Serve the SavedModels the Pusher writes, for development and tests. "
                     "Production uses the real TensorFlow Serving (see kubernetes/).")
-    parser.add_argument("--model-base-path", required=True,
+    parser.add_argument("--model-base-path",
                         help="folder of numbered version folders (SERVING_DIR/MODEL_NAME)")
-    parser.add_argument("--model-name", required=True)
+    parser.add_argument("--model-name")
+    parser.add_argument("--model-config-file",
+                        help="TF Serving's model config (SERVING_DIR/models.config, written by "
+                             "`masktfx promote`): the models, their versions and labels; "
+                             "without --model-name, every model it lists is served")
+    parser.add_argument("--model-config-file-poll-wait-seconds", type=float, default=0.0,
+                        help="how often the model config is read again (0: only at start, "
+                             "as TF Serving)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default loopback; 0.0.0.0 exposes it)")
     parser.add_argument("--rest-port", type=int, default=8501)
@@ -36,6 +44,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "connections; RESOURCE_EXHAUSTED on gRPC)")
     limits.add_argument("--max-regions", type=int, default=DEFAULT_MAX_REGIONS,
                         help="regions per request, checked before anything is decoded")
+    limits.add_argument("--max-decoded-mb", type=float, default=DEFAULT_MAX_DECODED_BYTES / 2**20,
+                        help="MiB the images and masks of one request may decode to, counted "
+                             "from their headers before anything is decoded")
     limits.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
                         help="open REST connections, and gRPC calls in flight")
     limits.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S,
@@ -68,30 +79,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
             batching.validate()
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-    for name in ("max_regions", "max_connections", "read_timeout"):
+    for name in ("max_regions", "max_decoded_mb", "max_connections", "read_timeout"):
         if getattr(args, name) <= 0:
             raise CommandError(f"--{name.replace('_', '-')} must be positive")
-    manager = ModelManager(args.model_name, args.model_base_path, args.poll_seconds,
-                           max_pixels=args.max_pixels, batching=batching,
-                           max_regions=args.max_regions)
+    models = _served_models(args)
+    managers = {name: ModelManager(name, base_path, args.poll_seconds,
+                                   max_pixels=args.max_pixels, batching=batching,
+                                   max_regions=args.max_regions,
+                                   max_decoded_bytes=int(args.max_decoded_mb * 2**20))
+                for name, base_path in models.items()}
     try:
-        server = ModelServer({args.model_name: manager}, host=args.host,
+        server = ModelServer(managers, host=args.host,
                              rest_port=args.rest_port, grpc_port=args.grpc_port,
                              body_limit=int(args.body_limit_mb * 2**20),
                              max_connections=args.max_connections,
-                             read_timeout_s=args.read_timeout)
+                             read_timeout_s=args.read_timeout,
+                             model_config_file=args.model_config_file,
+                             config_poll_seconds=args.model_config_file_poll_wait_seconds)
     except OSError as exc:
         raise CommandError(f"cannot bind {args.host}: {exc}") from None
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
-    print(f"serving {args.model_name} from {manager.base_path}: REST "
-          f"http://{args.host}:{server.rest_port}, gRPC {args.host}:{server.grpc_port}",
-          flush=True)
+    for manager in managers.values():
+        print(f"serving {manager.name} from {manager.base_path}: REST "
+              f"http://{args.host}:{server.rest_port}, gRPC {args.host}:{server.grpc_port}",
+              flush=True)
     stop.wait()
     server.stop()
     return 0
+
+
+def _served_models(args: argparse.Namespace) -> dict[str, str]:
+    """Model name -> base path: the one named on the command line, or the config file's."""
+    from masktfx.components.model_config import ModelConfigError, read_config
+
+    if (args.model_name is None) != (args.model_base_path is None):
+        raise CommandError("--model-name and --model-base-path go together")
+    if args.model_name is not None:
+        return {args.model_name: args.model_base_path}
+    if not args.model_config_file:
+        raise CommandError("give --model-name and --model-base-path, or --model-config-file")
+    try:
+        listed = read_config(args.model_config_file)
+    except ModelConfigError as exc:
+        raise CommandError(str(exc)) from None
+    if not listed:
+        raise CommandError(f"{args.model_config_file}: lists no model")
+    return {name: served.base_path for name, served in listed.items()}
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -100,7 +136,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--server", help="REST base URL, e.g. http://127.0.0.1:8501")
     target.add_argument("--grpc", help="gRPC HOST:PORT, e.g. 127.0.0.1:8500")
     parser.add_argument("--model", required=True, help="model name")
-    parser.add_argument("--version", type=int, default=None, help="a specific version")
+    pinned = parser.add_mutually_exclusive_group()
+    pinned.add_argument("--version", type=int, default=None, help="a specific version")
+    pinned.add_argument("--label", default="", help="the version a label points at (stable, "
+                                                    "canary; see `masktfx promote`)")
     parser.add_argument("--image", action="append", default=[],
                         help="image of one view (repeat for K views, in order)")
     parser.add_argument("--mask", action="append", default=[],
@@ -144,7 +183,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         """One request; if the server refuses it as bad input, each region alone, so one bad
         region fails only itself."""
         try:
-            return list(zip(ids, client.predict_regions(images, masks, args.version)))
+            return list(zip(ids, client.predict_regions(images, masks, args.version, args.label)))
         except ServingClientError as exc:
             if exc.code not in ("400", "INVALID_ARGUMENT"):
                 raise CommandError(f"the server refused the request: {exc}") from None
