@@ -27,6 +27,17 @@ Image.MAX_IMAGE_PIXELS = None
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+# The region checks' messages, shared with the checks inside the served graph
+# (modules/transform.py), so TF Serving and `masktfx serve` answer the same words.
+VIEWS_DISAGREE = ("view {view} is {width}x{height} but view 1 is {first_width}x{first_height}; "
+                  "the views of a region must be co-registered")
+MASK_SIZE_DIFFERS = ("mask is {width}x{height} but the image is {image_width}x{image_height} "
+                     "(ingest resizes masks with nearest neighbour given --resize-masks)")
+MASK_EMPTY = "mask is empty (no nonzero pixel): there is no region"
+# Where in a request: `part` is images or masks, `index` its position in the instance's list.
+REGION_AT = "instance {row}, {part}[{index}]: "
+
+
 class RegionInputError(ValueError):
     """One image or mask cannot be used; the message says why (the caller adds which file)."""
 
@@ -336,13 +347,13 @@ def canonical_mask(region: np.ndarray, image_size: tuple[int, int], resize: bool
     height, width = region.shape
     if (width, height) != tuple(image_size):
         if not resize:
-            raise RegionInputError(
-                f"mask is {width}x{height} but the image is {image_size[0]}x{image_size[1]} "
-                "(ingest resizes masks with nearest neighbour given --resize-masks)")
+            raise RegionInputError(MASK_SIZE_DIFFERS.format(
+                width=width, height=height, image_width=image_size[0],
+                image_height=image_size[1]))
         region = resize_nearest(region, image_size)
     coverage = float(region.mean())
     if coverage == 0.0:
-        raise RegionInputError("mask is empty (no nonzero pixel): there is no region")
+        raise RegionInputError(MASK_EMPTY)
     return encode_png(region.astype(np.uint8) * 255), coverage
 
 
@@ -379,9 +390,9 @@ def check_region(images: Sequence[bytes], masks: Sequence[bytes], max_pixels: in
             raise RegionCheckError("image", index, str(exc)) from None
         first, last = infos[0], infos[-1]
         if (last.width, last.height) != (first.width, first.height):
-            raise RegionCheckError(
-                "image", index, f"view {index + 1} is {last.width}x{last.height} but view 1 "
-                f"is {first.width}x{first.height}; the views of a region must be co-registered")
+            raise RegionCheckError("image", index, VIEWS_DISAGREE.format(
+                view=index + 1, width=last.width, height=last.height, first_width=first.width,
+                first_height=first.height))
     encoded, coverages = [], []
     for index, data in enumerate(masks):
         target = infos[min(index, len(infos) - 1)]

@@ -21,45 +21,84 @@ Normalization (`config.normalization`):
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from masktfx import features
+from masktfx import features, images
 from masktfx.config import PipelineConfig
 
 _EPSILON = 1e-6
 
 
-def decode_views(encoded: tf.Tensor, channels: int) -> tf.Tensor:
-    """[K] encoded images -> [K, H, W, channels] float32 in [0, 1], whatever the bit depth."""
-    return tf.map_fn(
-        lambda data: tf.io.decode_image(data, channels=channels, dtype=tf.float32,
-                                        expand_animations=False),
-        encoded, fn_output_signature=tf.TensorSpec([None, None, channels], tf.float32))
+def _message(template: str, **values: Any) -> tf.Tensor:
+    """A str.format template of masktfx.images filled in inside the graph, so the served graph's
+    checks say what `masktfx serve` says."""
+    parts: list[Any] = []
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+        if literal:
+            parts.append(literal)
+        if name is not None:
+            value = values[name]
+            parts.append(value if isinstance(value, str) else tf.strings.as_string(value))
+    return tf.strings.join(parts)
 
 
-def decode_masks(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor, num_views: int
+def _check(condition: tf.Tensor, row: tf.Tensor, part: str, index: int, template: str,
+           **values: Any) -> tf.Operation:
+    """An assertion whose message is the dev server's for the same bad input."""
+    where = _message(images.REGION_AT, row=row, part=part, index=str(index))
+    return tf.debugging.Assert(condition, [tf.strings.join([where, _message(template,
+                                                                            **values)])])
+
+
+def decode_views(encoded: tf.Tensor, channels: int, num_views: int, row: tf.Tensor
                  ) -> tf.Tensor:
-    """[1 or K] PNG masks -> [K, H, W, 1] float32 of 0/1, resized (nearest) to the image size."""
+    """[K] encoded images -> [K, H, W, channels] float32 in [0, 1], whatever the bit depth;
+    views of different sizes stop the graph with the region check's message."""
+    views = [tf.io.decode_image(encoded[k], channels=channels, dtype=tf.float32,
+                                expand_animations=False) for k in range(num_views)]
+    first = tf.shape(views[0])
+    checks = []
+    for k in range(1, num_views):
+        shape = tf.shape(views[k])
+        checks.append(_check(tf.reduce_all(shape[:2] == first[:2]), row, "images", k,
+                             images.VIEWS_DISAGREE, view=str(k + 1), width=shape[1],
+                             height=shape[0], first_width=first[1], first_height=first[0]))
+    with tf.control_dependencies(checks):
+        return tf.stack(views)
 
-    def decode_one(data: tf.Tensor) -> tf.Tensor:
+
+def decode_masks(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor, num_views: int,
+                 num_masks: int, row: tf.Tensor) -> tf.Tensor:
+    """[1 or K] masks -> [K, H, W, 1] float32 of 0/1. A mask of another size than the image, or
+    an empty one, stops the graph with the region check's message (as `masktfx serve` and
+    ingest refuse it): TF Serving answers 400 rather than scoring a resized or empty region."""
+    masks, checks = [], []
+    for k in range(num_masks):
         # uint16: a 16-bit mask whose inside is a small value (1, say) stays nonzero
-        mask = tf.io.decode_image(data, channels=1, dtype=tf.uint16, expand_animations=False)
-        mask = tf.image.resize(mask, tf.stack([height, width]),
-                               method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)
-        return tf.cast(mask > 0, tf.float32)
-
-    masks = tf.map_fn(decode_one, encoded,
-                      fn_output_signature=tf.TensorSpec([None, None, 1], tf.float32))
-    return tf.broadcast_to(masks, tf.stack([num_views, height, width, 1]))
+        mask = tf.io.decode_image(encoded[k], channels=1, dtype=tf.uint16,
+                                  expand_animations=False)
+        shape = tf.shape(mask)
+        same_size = tf.reduce_all(shape[:2] == tf.stack([height, width]))
+        checks.append(_check(same_size, row, "masks", k, images.MASK_SIZE_DIFFERS,
+                             width=shape[1], height=shape[0], image_width=width,
+                             image_height=height))
+        with tf.control_dependencies(checks[-1:]):
+            checks.append(_check(tf.reduce_any(mask > 0), row, "masks", k, images.MASK_EMPTY))
+        masks.append(tf.cast(mask > 0, tf.float32))
+    with tf.control_dependencies(checks):
+        stacked = tf.stack(masks)
+    return tf.broadcast_to(stacked, tf.stack([num_views, height, width, 1]))
 
 
 def region_box(mask: tf.Tensor, margin: float) -> tf.Tensor:
     """Normalized [y1, x1, y2, x2] of the square box around the region, widened by `margin`.
 
-    `mask` is [H, W] of 0/1; an empty mask (possible at serving time) gives the whole image.
+    `mask` is [H, W] of 0/1; an empty one (which decode_masks stops on) would give the whole
+    image.
     """
     shape = tf.shape(mask)
     height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
@@ -133,23 +172,29 @@ def standardize_over_region(views: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     return (views - mean) / tf.maximum(tf.sqrt(variance), 1e-3)
 
 
-def transform_regions(images: tf.Tensor, masks: tf.Tensor, config: PipelineConfig) -> tf.Tensor:
+def transform_regions(encoded_images: tf.Tensor, encoded_masks: tf.Tensor,
+                      config: PipelineConfig) -> tf.Tensor:
     """[B, K] encoded images and [B, 1 or K] masks -> [B, K, S, S, C'] float32."""
     num_views = config.num_views
     channels = config.channels
     size = config.image_size
 
-    def one_example(pair: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        encoded_views, encoded_masks = pair
-        tf.debugging.assert_equal(tf.shape(encoded_views)[0], num_views,
-                                  message=f"expected {num_views} view(s) per example")
-        views = decode_views(encoded_views, channels)
+    num_masks = config.num_masks
+
+    def one_example(item: tuple[tf.Tensor, tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        row, encoded_views, encoded_masks = item
+        counted = [tf.debugging.assert_equal(tf.shape(encoded_views)[0], num_views,
+                                             message=f"expected {num_views} view(s) per example"),
+                   tf.debugging.assert_equal(tf.shape(encoded_masks)[0], num_masks,
+                                             message=f"expected {num_masks} mask(s) per example")]
+        with tf.control_dependencies(counted):
+            views = decode_views(encoded_views, channels, num_views, row)
         shape = tf.shape(views)
-        decoded_masks = decode_masks(encoded_masks, shape[1], shape[2], num_views)
+        decoded_masks = decode_masks(encoded_masks, shape[1], shape[2], num_views, num_masks, row)
         return apply_mask(views, decoded_masks, config)
 
     regions = tf.map_fn(
-        one_example, (images, masks),
+        one_example, (tf.range(tf.shape(encoded_images)[0]), encoded_images, encoded_masks),
         fn_output_signature=tf.TensorSpec([num_views, size, size, config.input_channels],
                                           tf.float32))
     regions.set_shape([None, num_views, size, size, config.input_channels])
@@ -160,9 +205,9 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
                      ) -> dict[str, tf.Tensor]:
     """TFX entry point; `custom_config` is `PipelineConfig.component_config(TRANSFORM_FIELDS)`."""
     config = PipelineConfig.from_component_config(custom_config)
-    if config.num_views < 1 or config.channels < 1:
-        raise ValueError("config num_views and channels must be resolved from the data before "
-                         "Transform runs")
+    if config.num_views < 1 or config.num_masks < 1 or config.channels < 1:
+        raise ValueError("config num_views, num_masks and channels must be resolved from the "
+                         "data before Transform runs")
     images = _dense(inputs[features.IMAGES_KEY])
     masks = _dense(inputs[features.MASKS_KEY])
     regions = transform_regions(images, masks, config)

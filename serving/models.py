@@ -20,7 +20,13 @@ import tensorflow as tf
 from masktfx import features
 from masktfx.components.model_config import version_folders
 from masktfx.config import PipelineConfig
-from masktfx.images import RegionCheckError, RegionInputError, check_region, read_header
+from masktfx.images import (
+    REGION_AT,
+    RegionCheckError,
+    RegionInputError,
+    check_region,
+    read_header,
+)
 from masktfx.serving.batching import Batcher, BatchingParameters, QueueFullError
 from masktfx.serving.limits import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_REGIONS
 
@@ -354,8 +360,8 @@ def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
                 try:
                     total += read_header(bytes(data), max_pixels, bits).decoded_bytes
                 except RegionInputError as exc:
-                    raise ServingError("INVALID_ARGUMENT",
-                                       f"instance {row}, {part}[{index}]: {exc}") from None
+                    raise ServingError("INVALID_ARGUMENT", REGION_AT.format(
+                        row=row, part=part, index=index) + str(exc)) from None
     if total > max_decoded_bytes:
         raise ServingError("RESOURCE_EXHAUSTED",
                            f"the request's images and masks decode to {total / 2**20:.1f} MiB; "
@@ -365,8 +371,8 @@ def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
         try:
             check_region(images, masks, max_pixels)
         except RegionCheckError as exc:
-            raise ServingError("INVALID_ARGUMENT",
-                               f"instance {row}, {exc.part}s[{exc.index}]: {exc.reason}") from None
+            raise ServingError("INVALID_ARGUMENT", REGION_AT.format(
+                row=row, part=f"{exc.part}s", index=exc.index) + exc.reason) from None
 
 
 def signature_regions(arrays: dict[str, np.ndarray]) -> list[tuple[list[bytes], list[bytes]]]:

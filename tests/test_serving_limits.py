@@ -252,3 +252,42 @@ def test_tensorflow_errors_reach_the_client_whole():
     message = op_message(error.value)
     assert "the mask of region 3 is empty" in message
     assert not message.startswith("Graph execution error") and "Detected at node" not in message
+
+
+def test_the_served_graph_refuses_what_the_dev_server_refuses_with_the_same_message(
+        server, tiny_model):
+    """Real TF Serving runs no Python check: the graph itself stops on an empty mask, a mask of
+    another size and views that disagree, with the words `masktfx serve` answers."""
+    from masktfx.config import PipelineConfig
+    from masktfx.modules.transform import transform_regions
+    from masktfx.serving.models import ServingError, check_signature_regions
+
+    model_dir, _ = tiny_model
+    loaded = tf.saved_model.load(model_dir)
+    for mask in (EMPTY_MASK, SMALL_MASK):
+        images, masks = [[IMAGE], [IMAGE]], [[MASK], [mask]]
+        status, payload = _post(server, {"signature_name": features.RAW_SIGNATURE, "inputs": {
+            features.IMAGES_KEY: [[_b64(i) for i in row] for row in images],
+            features.MASKS_KEY: [[_b64(m) for m in row] for row in masks]}})
+        assert status == 400 and payload["error"].startswith("instance 1, masks[0]: ")
+        examples = [make_example(i, m).SerializeToString() for i, m in zip(images, masks)]
+        calls = {features.RAW_SIGNATURE: {"images": tf.constant(images),
+                                          "masks": tf.constant(masks)},
+                 features.SERVING_SIGNATURE: {"examples": tf.constant(examples)}}
+        for name, inputs in calls.items():
+            with pytest.raises(tf.errors.InvalidArgumentError) as error:
+                loaded.signatures[name](**inputs)
+            assert payload["error"] in op_message(error.value), (name, op_message(error.value))
+
+    other = encode_png(np.zeros((24, 20), np.uint8))
+    arrays = {features.IMAGES_KEY: np.array([[IMAGE, other]], dtype=object),
+              features.MASKS_KEY: np.array([[MASK]], dtype=object)}
+    with pytest.raises(ServingError) as refused:
+        check_signature_regions(arrays, 10**6)
+    assert "co-registered" in refused.value.message
+    config = PipelineConfig(num_views=2, num_masks=1, channels=1, image_size=8)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        tf.function(lambda views, masks: transform_regions(views, masks, config))(
+            tf.constant(arrays[features.IMAGES_KEY].tolist()),
+            tf.constant(arrays[features.MASKS_KEY].tolist()))
+    assert refused.value.message in op_message(error.value), op_message(error.value)
