@@ -324,9 +324,11 @@ class VersionedPusher(Pusher):
     def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
                  push_destination: pusher_pb2.PushDestination,
                  examples: types.BaseChannel | None = None,
-                 warmup_regions: int = warmup.DEFAULT_WARMUP_REGIONS):
+                 warmup_regions: int = warmup.DEFAULT_WARMUP_REGIONS,
+                 infra_blessing: types.BaseChannel | None = None):
         spec = VersionedPusherSpec(
-            model=model, model_blessing=model_blessing, push_destination=push_destination,
+            model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
+            push_destination=push_destination,
             examples=examples, warmup_regions=warmup_regions,
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         base_component.BaseComponent.__init__(self, spec=spec)

@@ -130,6 +130,12 @@ class PipelineConfig:
     max_auc_drop: float = field(
         default=0.01, metadata={"help": "largest AUC drop against the baseline to bless"}
     )
+    # Serving check (before the push)
+    serving_check: bool = field(
+        default=True, metadata={"help": "before the push, serve the candidate in a fresh model "
+                                        "server and check its REST and gRPC answers"})
+    serving_check_latency_ms: float = field(
+        default=2000.0, metadata={"help": "slowest call the serving check accepts, in ms"})
     # Beam
     direct_running_mode: str = field(
         default="multi_processing",

@@ -27,6 +27,7 @@ from tfx.types import Channel, standard_artifacts
 from masktfx import features, modules
 from masktfx.components.anomaly_gate import AnomalyGate
 from masktfx.components.evaluator import SingleBaselineEvaluator
+from masktfx.components.serving_check import ServingCheck
 from masktfx.components.span_window import SpanWindowStrategy, split_key
 from masktfx.components.streaming_example_gen import (
     StreamingImportExampleGen,
@@ -196,9 +197,15 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         eval_config=eval_config(config)).with_id("Evaluator")
+    # the candidate served in a fresh server process, through REST and gRPC, before the push
+    serving_check = ServingCheck(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        examples=examples, model_name=config.model_name,
+        latency_budget_ms=config.serving_check_latency_ms) if config.serving_check else None
     pusher = VersionedPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=serving_check.outputs["blessing"] if serving_check else None,
         examples=examples,  # the warmup requests are built from its eval regions
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(
@@ -208,7 +215,8 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         pipeline_root=config.pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate,
                     *([span_window] if span_window else []), transform,
-                    trainer, model_resolver, evaluator, pusher],
+                    trainer, model_resolver, evaluator,
+                    *([serving_check] if serving_check else []), pusher],
         enable_cache=True,
         metadata_connection_config=None,
         beam_pipeline_args=config.beam_pipeline_args if beam_pipeline_args is None

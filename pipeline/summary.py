@@ -12,6 +12,7 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from masktfx.components.serving_check import REASON_PROPERTY
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
 
@@ -34,6 +35,8 @@ class RunSummary:
     pushed_path: str | None = None
     pushed_version: str | None = None
     pushed_new: bool = False  # False when that version already served this model
+    served_ok: bool | None = None  # the serving check's verdict (None: no check in this run)
+    serving_check: str = ""  # what it checked, or why it failed
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -156,6 +159,7 @@ def summarize_record(record: RunRecord) -> RunSummary:
     outputs = {node: e.outputs for node, e in record.nodes.items()}
     _read_statistics(outputs.get("StatisticsGen", {}), summary)
     _read_evaluation(outputs.get("Evaluator", {}), summary)
+    _read_serving_check(outputs.get("ServingCheck", {}), summary)
     _read_push(outputs.get("VersionedPusher", {}), summary)
     return summary
 
@@ -280,6 +284,15 @@ def _describe_failure(failure, where: str) -> str:
     return f"{name} {value:.4f} ({where}) fails {rule}"
 
 
+def _read_serving_check(outputs: dict[str, list], summary: RunSummary) -> None:
+    for artifact in outputs.get("blessing", []):
+        props = artifact.custom_properties
+        if "blessed" in props:
+            summary.served_ok = bool(props["blessed"].int_value)
+        if REASON_PROPERTY in props:
+            summary.serving_check = props[REASON_PROPERTY].string_value
+
+
 def _read_push(outputs: dict[str, list], summary: RunSummary) -> None:
     for artifact in outputs.get("pushed_model", []):
         props = artifact.custom_properties
@@ -317,11 +330,16 @@ def format_summary(summary: RunSummary) -> str:
         lines.append("  blessed: yes")
     else:
         lines.append("  blessed: NO - " + ("; ".join(summary.blessing_reasons) or "see evaluation"))
+    if summary.served_ok is not None and summary.blessed:
+        verdict = "passed" if summary.served_ok else "FAILED"
+        lines.append(f"  serving check: {verdict} - {summary.serving_check}")
     if summary.pushed and not summary.pushed_new:
         lines.append(f"  pushed: nothing new; version {summary.pushed_version} at "
                      f"{summary.pushed_path} already serves this model")
     elif summary.pushed:
         lines.append(f"  pushed: version {summary.pushed_version} at {summary.pushed_path}")
+    elif summary.blessed and summary.served_ok is False:
+        lines.append("  pushed: nothing (the serving check failed)")
     else:
         lines.append("  pushed: nothing (the model was not blessed)")
     return "\n".join(lines)

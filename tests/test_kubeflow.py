@@ -17,7 +17,8 @@ from masktfx import cli
 from masktfx.pipeline.kfp_client import KfpError, check_cron
 
 EXPECTED_TASKS = {"ImportExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
-                  "AnomalyGate", "Transform", "Trainer", "Evaluator", "VersionedPusher"}
+                  "AnomalyGate", "Transform", "Trainer", "Evaluator", "ServingCheck",
+                  "VersionedPusher"}
 
 
 MAPPED_FOLDERS = ("components", "modules", "pipeline", "serving")
@@ -68,6 +69,10 @@ def test_every_executor_in_the_spec_can_be_loaded_from_our_image(compiled):
             paths[name] = args[args.index("--executor_class_path") + 1]
     assert paths["ImportExampleGen_executor"] == "masktfx.components.streaming_example_gen.Executor"
     assert paths["Evaluator_executor"] == "masktfx.components.evaluator.Executor"
+    assert paths["ServingCheck_executor"] == "masktfx.components.serving_check.Executor"
+    # the Pusher takes the serving check's InfraBlessing
+    pusher = spec["root"]["dag"]["tasks"]["VersionedPusher"]["inputs"]["artifacts"]
+    assert pusher["infra_blessing"]["taskOutputArtifact"]["producerTask"] == "ServingCheck"
     for path in paths.values():
         module, _, attribute = path.rpartition(".")
         assert isinstance(getattr(importlib.import_module(module), attribute), type), path

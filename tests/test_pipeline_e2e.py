@@ -88,6 +88,9 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     assert len(forks.read_text().splitlines()) >= 8
     out = capsys.readouterr().out
     assert "blessed: yes" in out and "pushed: version" in out, out
+    # before the push, the candidate was served in a fresh `masktfx serve` and called
+    assert "serving check: passed - masktfx serve answered predict_raw, serving_default over " \
+        "REST and gRPC" in out, out
     assert f"ingested 320 of {320 + bad_rows} rows" in out, out
     config = PipelineConfig(workdir=workdir)
     summary = summarize_run(config)

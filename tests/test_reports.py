@@ -123,6 +123,7 @@ def test_the_report_holds_the_runs_own_numbers(two_runs):
     text = open(path, encoding="utf-8").read()
     assert f'id="pushed-version">{first.pushed_version}<' in text
     assert "No baseline" in text  # the first blessed model had none
+    assert '<span class="yes" id="serving-check">passed</span>, masktfx serve answered' in text
 
 
 def test_runs_and_lineage_follow_the_cache(two_runs, capsys):
