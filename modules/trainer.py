@@ -221,6 +221,9 @@ class EpochLog(tf.keras.callbacks.Callback):
                                                                  values)
 
 
+EARLY_STOPPING_WARMUP_EPOCHS = 3
+
+
 def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.data.Dataset,
                 weights: dict[int, float], log_dir: str | None = None,
                 steps_per_epoch: int | None = None, verbose: int = 2
@@ -229,9 +232,14 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
     with distribution_strategy(config.distribution_strategy).scope():
         model = build_model(config)
     callbacks = [
+        # The first epochs of a freshly initialized network can score a lucky eval AUC that
+        # the next `patience` epochs, still learning, do not beat: watched from the start,
+        # early stopping then ends a run that was about to learn (the demo data, once in a few
+        # runs, since CPU training is not bit-for-bit repeatable).
         tf.keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                          patience=config.early_stopping_patience,
-                                         restore_best_weights=True),
+                                         restore_best_weights=True,
+                                         start_from_epoch=EARLY_STOPPING_WARMUP_EPOCHS),
         EpochLog(config.epochs),
     ]
     if log_dir:
