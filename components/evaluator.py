@@ -30,7 +30,9 @@ from tfx.components.evaluator.component import Evaluator
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils
+from tfx.utils import io_utils, path_utils
+
+from masktfx import features
 
 MODEL_KEY = standard_component_specs.MODEL_KEY
 BASELINE_KEY = standard_component_specs.BASELINE_MODEL_KEY
@@ -82,12 +84,48 @@ def find_evaluation(output_uri: str, record: dict[str, Any]) -> str | None:
     return None
 
 
+# Metrics that count labels, and the key of their config that holds the threshold.
+_THRESHOLD_KEYS = {"BinaryAccuracy": "threshold", "Precision": "thresholds",
+                   "Recall": "thresholds", "ConfusionMatrixAtThresholds": "thresholds"}
+
+
+def served_threshold(model: types.Artifact) -> float | None:
+    """The threshold the candidate's `label` output uses (its operating point file), if any."""
+    path = os.path.join(path_utils.serving_model_path(model.uri), features.OPERATING_POINT_FILE)
+    if not fileio.exists(path):
+        return None
+    return float(json.loads(io_utils.read_string_file(path))["threshold"])
+
+
+def at_threshold(eval_config_json: str, threshold: float) -> str:
+    """The eval config with every label-counting metric at `threshold`, the one serving uses."""
+    from google.protobuf import json_format
+
+    config = json_format.Parse(eval_config_json, tfma.EvalConfig())
+    for spec in config.metrics_specs:
+        for metric in spec.metrics:
+            key = _THRESHOLD_KEYS.get(metric.class_name)
+            if key is None:
+                continue
+            settings = json.loads(metric.config or "{}")
+            settings[key] = threshold if key == "threshold" else [threshold]
+            metric.config = json.dumps(settings)
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)
+
+
 class Executor(evaluator_executor.Executor):
-    """TFX's Evaluator executor; one TFMA pass, or none, when the model is its own baseline."""
+    """TFX's Evaluator executor; one TFMA pass, or none, when the model is its own baseline.
+    Label-counting metrics (accuracy, precision, recall, the confusion matrix) are computed at
+    the threshold the candidate serves with."""
 
     def Do(self, input_dict: dict[str, list[types.Artifact]],  # noqa: N802  (TFX's name)
            output_dict: dict[str, list[types.Artifact]], exec_properties: dict[str, Any]
            ) -> None:
+        threshold = served_threshold(input_dict[MODEL_KEY][0])
+        if threshold is not None:
+            exec_properties = {**exec_properties, standard_component_specs.EVAL_CONFIG_KEY:
+                               at_threshold(exec_properties[
+                                   standard_component_specs.EVAL_CONFIG_KEY], threshold)}
         own_baseline = is_own_baseline(input_dict)
         if input_dict.get(BASELINE_KEY) and not own_baseline:
             super().Do(input_dict, output_dict, exec_properties)  # candidate against baseline

@@ -28,7 +28,7 @@ TRANSFORM_FIELDS = ("num_views", "num_masks", "channels", "image_size", "mask_mo
                     "crop_margin", "keep_mask_channel", "normalization")
 TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "epochs", "batch_size",
                   "learning_rate", "early_stopping_patience", "augment", "augmentations",
-                  "distribution_strategy", "seed", "decision_threshold")
+                  "distribution_strategy", "seed", "decision_threshold", "threshold_policy")
 # A component_config entry that is no config field: the fingerprint of the code the module
 # files run (pipeline/code_fingerprint.py), so editing that code invalidates the cache.
 CODE_FINGERPRINT_KEY = "code_fingerprint"
@@ -126,6 +126,10 @@ class PipelineConfig:
                                                 "(default: every metadata column of the data)",
                                         "cli": False})
     decision_threshold: float = field(default=0.5, metadata={"help": "probability -> label"})
+    threshold_policy: str = field(
+        default="fixed", metadata={"help": "how the served label's threshold is chosen: fixed "
+                                           "(decision_threshold), youden, min_sensitivity:X or "
+                                           "min_precision:X (chosen on the eval split)"})
     min_accuracy: float = field(default=0.7, metadata={"help": "lowest BinaryAccuracy to bless"})
     max_auc_drop: float = field(
         default=0.01, metadata={"help": "largest AUC drop against the baseline to bless"}
@@ -226,6 +230,10 @@ class PipelineConfig:
         for name in ("decision_threshold", "min_accuracy"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, name, f"must be between 0 and 1, got {value}")
+        try:
+            parse_threshold_policy(self.threshold_policy)
+        except ValueError as exc:
+            raise ConfigError(f"threshold_policy: {exc}") from None
         _require(0.0 <= self.max_auc_drop <= 1.0, "max_auc_drop",
                  f"must be between 0 and 1, got {self.max_auc_drop}")
         for name in ("epochs", "batch_size", "span_window", "eval_buckets", "train_buckets"):
@@ -309,6 +317,23 @@ class PipelineConfig:
         saved = os.path.join(workdir, RUN_CONFIG)
         config = cls.from_yaml(saved) if os.path.exists(saved) else cls()
         return config.replace(workdir=workdir)
+
+
+def parse_threshold_policy(policy: str) -> tuple[str, float | None]:
+    """("fixed" | "youden", None) or ("min_sensitivity" | "min_precision", target in (0, 1])."""
+    kind, _, target = policy.partition(":")
+    if kind in ("fixed", "youden") and not target:
+        return kind, None
+    if kind in ("min_sensitivity", "min_precision"):
+        try:
+            value = float(target)
+        except ValueError:
+            value = -1.0
+        if 0.0 < value <= 1.0:
+            return kind, value
+        raise ValueError(f"{kind} needs a target in (0, 1], as in {kind}:0.9; got {policy!r}")
+    raise ValueError(f"must be fixed, youden, min_sensitivity:X or min_precision:X; "
+                     f"got {policy!r}")
 
 
 RUN_CONFIG = "masktfx-config.yaml"

@@ -41,6 +41,9 @@ TRANSFORM_SIGNATURE = "transform_features"
 EXAMPLES_INPUT = "examples"
 PROBABILITY_OUTPUT = "probability"
 PREDICTED_LABEL_OUTPUT = "label"
+# The served label's threshold and how it was chosen (modules/operating_point.py), stored inside
+# the SavedModel, so a pushed version carries the threshold it serves with.
+OPERATING_POINT_FILE = "assets.extra/masktfx_operating_point.json"
 
 # The logger the Trainer reports each epoch to (record args: epoch, epochs and Keras' logs), which
 # `masktfx run` shows live.

@@ -23,6 +23,7 @@ import tensorflow_transform as tft
 from masktfx import features
 from masktfx.config import PipelineConfig
 from masktfx.modules.model import build_model
+from masktfx.modules.operating_point import operating_point
 
 TRAINING_SUMMARY = "training_summary.json"
 
@@ -161,12 +162,14 @@ def class_weights(counts: list[int]) -> dict[int, float]:
 
 
 def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
-                    config: PipelineConfig) -> dict[str, Any]:
+                    config: PipelineConfig, threshold: float | None = None) -> dict[str, Any]:
+    """The serving signatures; `label` is probability >= `threshold` (default: the config's
+    decision_threshold)."""
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     serving_spec = {key: raw_spec[key] for key in (features.IMAGES_KEY, features.MASKS_KEY)}
     num_masks = serving_spec[features.MASKS_KEY].shape[0]
-    threshold = config.decision_threshold
+    threshold = config.decision_threshold if threshold is None else threshold
 
     def predict(raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         transformed = model.tft_layer(raw)
@@ -250,6 +253,22 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
     return model, history
 
 
+def choose_operating_point(model: tf.keras.Model, evaluation: tf.data.Dataset,
+                           config: PipelineConfig) -> dict:
+    """The served threshold, chosen by `threshold_policy` on the eval split's predictions (no
+    pass over them for `fixed`)."""
+    if config.threshold_policy == "fixed":
+        return operating_point(np.zeros(0), np.zeros(0), "fixed", config.decision_threshold)
+    labels, probabilities = [], []
+    for regions, batch_labels in evaluation:
+        probabilities.append(tf.reshape(model(regions, training=False), [-1]).numpy())
+        labels.append(tf.reshape(batch_labels, [-1]).numpy())
+    point = operating_point(np.concatenate(labels), np.concatenate(probabilities),
+                            config.threshold_policy, config.decision_threshold, seed=config.seed)
+    logging.info("operating point: %s", point)
+    return point
+
+
 def run_fn(fn_args: Any) -> None:
     """TFX Trainer entry point (generic trainer); `custom_config` holds the TRAINER_FIELDS."""
     config = PipelineConfig.from_component_config(fn_args.custom_config)
@@ -268,8 +287,13 @@ def run_fn(fn_args: Any) -> None:
     model, history = train_model(config, train, evaluation, weights, fn_args.model_run_dir,
                                  steps_per_epoch)
     logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
-    signatures = make_signatures(model, tf_transform_output, config)
+    point = choose_operating_point(model, evaluation, config)
+    signatures = make_signatures(model, tf_transform_output, config, point["threshold"])
     model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
+    point_path = os.path.join(fn_args.serving_model_dir, features.OPERATING_POINT_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(point_path))
+    with tf.io.gfile.GFile(point_path, "w") as out:
+        out.write(json.dumps(point, indent=1))
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY), "w") as out:
         out.write(json.dumps({"class_weights": weights, "history": {

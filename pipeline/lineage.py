@@ -22,8 +22,10 @@ from masktfx.pipeline.summary import (
     artifact_span,
     execution_inputs,
     execution_outputs,
+    format_operating_point,
     node_id,
     open_store,
+    read_operating_point,
     split_statistics,
 )
 
@@ -49,6 +51,7 @@ class Lineage:
     evaluation_uri: str = ""
     baseline_model_uri: str = ""
     labels: list[str] = field(default_factory=list)  # TF Serving labels (models.config) on it
+    operating_point: dict[str, Any] = field(default_factory=dict)  # its label's threshold
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -125,6 +128,7 @@ def lineage(config: PipelineConfig, version: str | None = None) -> Lineage:
                      pushed_ms=artifact.create_time_since_epoch,
                      pushed_by_run=_run_of(store, pusher.id) if pusher else "")
     result.labels = _labels_of(config, int(result.version))
+    result.operating_point = read_operating_point(result.path)
     if pusher is None:
         return result
     pusher_inputs = execution_inputs(store, pusher.id)
@@ -202,6 +206,10 @@ def format_lineage(item: Lineage) -> str:
     lines.append(f"  evaluated on span(s) {evaluated}: {_count(item.eval_examples)} eval "
                  f"examples ({item.evaluation_uri})")
     lines.append(f"  baseline: {item.baseline_model_uri or 'none (first blessed model)'}")
+    if item.operating_point:
+        lines.append(f"  serves label = probability >= {item.operating_point['threshold']:.4f}"
+                     + (f" ({format_operating_point(item.operating_point)})"
+                        if item.operating_point.get("policy", "fixed") != "fixed" else ""))
     lines.append(f"  transform graph {item.transform_graph_uri}")
     lines.append(f"  schema {item.schema_uri}")
     return "\n".join(lines)

@@ -22,7 +22,13 @@ import numpy as np
 from masktfx import features
 from masktfx.config import PipelineConfig
 from masktfx.pipeline.lineage import Lineage, format_lineage, lineage
-from masktfx.pipeline.summary import RunSummary, read_run, split_statistics, summarize_record
+from masktfx.pipeline.summary import (
+    RunSummary,
+    format_operating_point,
+    read_run,
+    split_statistics,
+    summarize_record,
+)
 
 SAMPLE_PER_SPLIT = 300  # examples read for the mask coverage histogram and the grid
 GRID_PER_CLASS = 6
@@ -351,6 +357,9 @@ def page_context(data: ReportData) -> dict[str, Any]:
         "spans": ", ".join(str(s) for s in summary.spans) or "?",
         "sample_per_split": SAMPLE_PER_SPLIT,
         "lineage_text": format_lineage(data.lineage) if data.lineage is not None else "",
+        "served_threshold": summary.operating_point.get("threshold", config.decision_threshold),
+        "operating_point_text": format_operating_point(summary.operating_point)
+        if summary.operating_point.get("policy", "fixed") != "fixed" else "",
     }
     context["baseline_rows"] = []
     for name in ("auc", "binary_accuracy"):

@@ -5,6 +5,7 @@ Used by `masktfx run` for its closing summary (and by the reports).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from masktfx import features
 from masktfx.components.serving_check import REASON_PROPERTY
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
@@ -35,6 +37,7 @@ class RunSummary:
     pushed_path: str | None = None
     pushed_version: str | None = None
     pushed_new: bool = False  # False when that version already served this model
+    operating_point: dict[str, Any] = field(default_factory=dict)  # the served threshold
     served_ok: bool | None = None  # the serving check's verdict (None: no check in this run)
     serving_check: str = ""  # what it checked, or why it failed
 
@@ -159,6 +162,9 @@ def summarize_record(record: RunRecord) -> RunSummary:
     outputs = {node: e.outputs for node, e in record.nodes.items()}
     _read_statistics(outputs.get("StatisticsGen", {}), summary)
     _read_evaluation(outputs.get("Evaluator", {}), summary)
+    for model in outputs.get("Trainer", {}).get("model", []):
+        summary.operating_point = read_operating_point(
+            os.path.join(model.uri, "Format-Serving"))
     _read_serving_check(outputs.get("ServingCheck", {}), summary)
     _read_push(outputs.get("VersionedPusher", {}), summary)
     return summary
@@ -284,6 +290,27 @@ def _describe_failure(failure, where: str) -> str:
     return f"{name} {value:.4f} ({where}) fails {rule}"
 
 
+def read_operating_point(saved_model_dir: str) -> dict[str, Any]:
+    """The threshold a SavedModel's `label` output uses and how it was chosen ({} if unknown)."""
+    import tensorflow as tf
+
+    path = os.path.join(saved_model_dir, features.OPERATING_POINT_FILE)
+    try:
+        with tf.io.gfile.GFile(path) as handle:
+            return json.load(handle)
+    except (tf.errors.NotFoundError, ValueError):
+        return {}
+
+
+def format_operating_point(point: dict[str, Any]) -> str:
+    low, high = point.get("interval", [point["threshold"]] * 2)
+    rates = ", ".join(f"{name} {point[name]:.3f}" for name in
+                      ("sensitivity", "specificity", "precision") if point.get(name) is not None)
+    missed = "" if point.get("met", True) else " (target not reached on the eval split)"
+    return (f"{point['policy']} -> threshold {point['threshold']:.4f} (95% interval "
+            f"{low:.4f}-{high:.4f}){missed}; on the eval split: {rates}")
+
+
 def _read_serving_check(outputs: dict[str, list], summary: RunSummary) -> None:
     for artifact in outputs.get("blessing", []):
         props = artifact.custom_properties
@@ -330,6 +357,9 @@ def format_summary(summary: RunSummary) -> str:
         lines.append("  blessed: yes")
     else:
         lines.append("  blessed: NO - " + ("; ".join(summary.blessing_reasons) or "see evaluation"))
+    point = summary.operating_point
+    if point and point.get("policy", "fixed") != "fixed":
+        lines.append(f"  operating point: {format_operating_point(point)}")
     if summary.served_ok is not None and summary.blessed:
         verdict = "passed" if summary.served_ok else "FAILED"
         lines.append(f"  serving check: {verdict} - {summary.serving_check}")

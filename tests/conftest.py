@@ -123,9 +123,9 @@ def tiny_examples(rng: np.random.Generator, count: int) -> list[tuple[int, bytes
     return examples
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A real SavedModel made by run_fn on 24 tiny transformed examples (about 30 s, once)."""
+def train_tiny_model(tmp_path, **settings) -> tuple[str, list[tuple[int, bytes, bytes]]]:
+    """A real SavedModel made by run_fn on 24 tiny transformed examples (16 train, the last 8
+    eval); `settings` override the config. Returns its folder and the examples."""
     import tensorflow as tf
     import tensorflow_transform as tft
     from tfx.components.trainer.fn_args_utils import FnArgs
@@ -134,9 +134,8 @@ def tiny_model(tmp_path_factory):
     from masktfx.config import PipelineConfig
     from masktfx.modules.trainer import run_fn
 
-    tmp_path = tmp_path_factory.mktemp("tiny_model")
     config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=2, batch_size=8,
-                            model_preset="seed")
+                            model_preset="seed").replace(**settings)
     examples = tiny_examples(np.random.default_rng(7), 24)
     instances = [{features.IMAGES_KEY: [img], features.MASKS_KEY: [mask],
                   features.LABEL_KEY: [label]} for label, img, mask in examples]
@@ -157,3 +156,9 @@ def tiny_model(tmp_path_factory):
                   custom_config=config.component_config(TRAINER_FIELDS),
                   train_steps=None))
     return serving_dir, examples
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The tiny model of train_tiny_model with the default config (about 30 s, once)."""
+    return train_tiny_model(tmp_path_factory.mktemp("tiny_model"))

@@ -43,7 +43,8 @@ def test_flags_read_like_their_peers(tmp_path, capsys):
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     assert "(default: )" not in help_text and "--augment VALUE" not in help_text
     assert "--no-augment" in help_text
-    for title in ("Transform:", "Trainer:", "Evaluator (the blessing gate):", "Beam:"):
+    for title in ("Transform:", "Trainer:", "Evaluator (the blessing gate and the served "
+                  "threshold):", "ServingCheck (before the push):", "Beam:"):
         assert title in help_text
     with pytest.raises(SystemExit) as exited:
         cli.main(["--version"])

@@ -26,7 +26,7 @@ from masktfx.records import read_examples
 pytestmark = [pytest.mark.slow, same_worker_as_the_source_edit]
 
 FLAGS = ["--image-size", "16", "--epochs", "4", "--batch-size", "16", "--min-accuracy", "0",
-         "--direct-running-mode", "in_memory"]
+         "--direct-running-mode", "in_memory", "--threshold-policy", "youden"]
 
 
 class _Cells(HTMLParser):
@@ -97,7 +97,13 @@ def test_the_report_holds_the_runs_own_numbers(two_runs):
         assert text == expected, (name, text, value)
     matrix = overall["confusion_matrix_at_thresholds"]["confusionMatrixAtThresholds"][
         "matrices"][0]
-    assert matrix["threshold"] == pytest.approx(config.decision_threshold)
+    # the Evaluator counted labels at the threshold the model serves with (youden's, chosen
+    # by the Trainer on the eval split), which the page and the lineage show
+    point = first.operating_point
+    assert point["policy"] == "youden" and point["threshold"] != config.decision_threshold
+    assert matrix["threshold"] == pytest.approx(point["threshold"])
+    assert f"youden -&gt; threshold {point['threshold']:.4f}" in open(path, encoding="utf-8").read()
+    assert lineage(config, first.pushed_version).operating_point == point
     for cell, key in (("tp", "truePositives"), ("fp", "falsePositives"),
                       ("tn", "trueNegatives"), ("fn", "falseNegatives")):
         assert page.cells[(("data-cell", cell),)] == str(int(matrix.get(key, 0)))

@@ -15,7 +15,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (`image_size` -> `--image-size`), all defaulting to 'not given'."""
     titles = {"pipeline": "pipeline (these flags override the --config file)",
               "transform": "Transform", "trainer": "Trainer",
-              "evaluator": "Evaluator (the blessing gate)", "beam": "Beam"}
+              "evaluator": "Evaluator (the blessing gate and the served threshold)",
+              "serving check": "ServingCheck (before the push)", "beam": "Beam"}
     groups = {key: parser.add_argument_group(title) for key, title in titles.items()}
     for spec in fields(PipelineConfig):
         if not spec.metadata.get("cli", True):
@@ -34,10 +35,12 @@ def _component_of(name: str) -> str:
     """Which `--help` group a field's flag is shown in."""
     if name in TRANSFORM_FIELDS or name == "max_pixels":
         return "transform"
-    if (name in TRAINER_FIELDS or name == "train_steps") and name != "decision_threshold":
-        return "trainer"
-    if name in ("decision_threshold", "min_accuracy", "max_auc_drop"):
+    if name in ("decision_threshold", "threshold_policy", "min_accuracy", "max_auc_drop"):
         return "evaluator"
+    if name in TRAINER_FIELDS or name == "train_steps":
+        return "trainer"
+    if name.startswith("serving_check"):
+        return "serving check"
     if name.startswith(("direct_", "beam_")):
         return "beam"
     return "pipeline"
