@@ -22,17 +22,20 @@ import os
 import re
 from typing import Any
 
+import numpy as np
 import tensorflow_model_analysis as tfma
 from tfx import types
 from tfx.components.evaluator import constants
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.components.evaluator.component import Evaluator
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.dsl.io import fileio
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, path_utils
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+from tfx.utils import io_utils, json_utils, path_utils
 
 from masktfx import features
+from masktfx.components import intervals
 
 MODEL_KEY = standard_component_specs.MODEL_KEY
 BASELINE_KEY = standard_component_specs.BASELINE_MODEL_KEY
@@ -129,6 +132,7 @@ class Executor(evaluator_executor.Executor):
         own_baseline = is_own_baseline(input_dict)
         if input_dict.get(BASELINE_KEY) and not own_baseline:
             super().Do(input_dict, output_dict, exec_properties)  # candidate against baseline
+            self._maybe_intervals(input_dict, output_dict, exec_properties, threshold)
             return
         single = {key: value for key, value in input_dict.items() if key != BASELINE_KEY}
         output_uri = artifact_utils.get_single_uri(
@@ -151,8 +155,51 @@ class Executor(evaluator_executor.Executor):
                     constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
                 blessing.set_int_custom_property(
                     constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id)
+        self._maybe_intervals(single, output_dict, exec_properties, threshold)
         io_utils.write_string_file(os.path.join(output_uri, EVALUATION_RECORD),
                                    json.dumps(record, indent=1))
+
+    def _maybe_intervals(self, input_dict: dict[str, list[types.Artifact]],
+                         output_dict: dict[str, list[types.Artifact]],
+                         exec_properties: dict[str, Any], served: float | None) -> None:
+        settings = exec_properties.get(INTERVALS_KEY)
+        if settings:
+            self._intervals(input_dict, output_dict, json.loads(settings), served,
+                            artifact_utils.get_single_uri(
+                                output_dict[standard_component_specs.EVALUATION_KEY]))
+
+    @staticmethod
+    def _intervals(input_dict: dict[str, list[types.Artifact]],
+                   output_dict: dict[str, list[types.Artifact]], settings: dict[str, Any],
+                   served: float | None, output_uri: str) -> None:
+        """Bootstrap intervals of the candidate on the eval split, beside TFMA's files (copied
+        with a reused evaluation), then the gates on their lower bounds."""
+        path = os.path.join(output_uri, intervals.INTERVALS_FILE)
+        if fileio.exists(path):
+            found = json.loads(io_utils.read_string_file(path))
+        else:
+            threshold = settings["threshold"] if served is None else served
+            labels, scores, slices = eval_predictions(
+                input_dict[MODEL_KEY][0],
+                input_dict[standard_component_specs.EXAMPLES_KEY], settings["slice_columns"])
+            found = intervals.intervals(labels, scores, slices, threshold,
+                                        seed=int(settings["seed"]))
+            io_utils.write_string_file(path, json.dumps(found, indent=1))
+        failures = intervals.gate_failures(found, float(settings["min_slice_auc"]),
+                                           int(settings["min_slice_examples"]),
+                                           float(settings["min_auc_lower_bound"]))
+        for blessing in output_dict.get(standard_component_specs.BLESSING_KEY, []):
+            if not failures:
+                continue
+            logging.info("Not blessed by the interval gates: %s", "; ".join(failures))
+            blessing.set_string_custom_property(INTERVAL_GATE_PROPERTY, "; ".join(failures))
+            blessed_file = os.path.join(blessing.uri, constants.BLESSED_FILE_NAME)
+            if fileio.exists(blessed_file):
+                fileio.remove(blessed_file)
+            io_utils.write_string_file(
+                os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME), "")
+            blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                             constants.NOT_BLESSED_VALUE)
 
     @staticmethod
     def _bless_from_validation(input_dict: dict[str, list[types.Artifact]],
@@ -182,7 +229,61 @@ class Executor(evaluator_executor.Executor):
             constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE)
 
 
+def eval_predictions(model: types.Artifact, examples: list[types.Artifact],
+                     slice_columns: list[str]
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
+    """Labels, the candidate's probabilities (serving_default, as served) and each slice
+    column's values, over the eval split of every examples artifact."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path_utils.serving_model_path(model.uri))
+    serve = loaded.signatures[features.SERVING_SIGNATURE]
+    files = sorted(path for artifact in examples for path in fileio.glob(
+        os.path.join(artifact.uri, f"Split-{features.EVAL_SPLIT}", "*")))
+    labels, scores = [], []
+    slices: dict[str, list[str]] = {column: [] for column in slice_columns}
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(256)
+    for batch in records:
+        scores.append(serve(examples=batch)[features.PROBABILITY_OUTPUT].numpy().reshape(-1))
+        for serialized in batch.numpy():
+            feature = tf.train.Example.FromString(serialized).features.feature
+            labels.append(int(feature[features.LABEL_KEY].int64_list.value[0]))
+            for column in slice_columns:
+                values = feature[column]
+                found = (values.bytes_list.value or values.int64_list.value
+                         or values.float_list.value or [""])
+                value = found[0]
+                slices[column].append(value.decode("utf-8", "replace")
+                                      if isinstance(value, bytes) else str(value))
+    return (np.array(labels), np.concatenate(scores) if scores else np.zeros(0),
+            slices)
+
+
+INTERVALS_KEY = "intervals"  # JSON: interval_settings() of pipeline/pipeline.py
+INTERVAL_GATE_PROPERTY = "interval_gate"  # on the blessing: why the interval gates refused it
+
+
+class SingleBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):
+    """TFX's EvaluatorSpec, plus the settings of the bootstrap intervals and their gates."""
+
+    PARAMETERS = {**standard_component_specs.EvaluatorSpec.PARAMETERS,
+                  INTERVALS_KEY: ExecutionParameter(type=str, optional=True)}
+
+
 class SingleBaselineEvaluator(Evaluator):
     """Evaluator (spec, driver, outputs) with the executor above."""
 
+    SPEC_CLASS = SingleBaselineEvaluatorSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
+                 baseline_model: types.BaseChannel, eval_config: tfma.EvalConfig,
+                 intervals: dict[str, Any] | None = None):
+        spec = SingleBaselineEvaluatorSpec(
+            examples=examples, model=model, baseline_model=baseline_model,
+            eval_config=eval_config, example_splits=json_utils.dumps(None),
+            fairness_indicator_thresholds=json_utils.dumps(None),
+            intervals=json.dumps(intervals) if intervals else None,
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+        base_component.BaseComponent.__init__(self, spec=spec)

@@ -134,6 +134,16 @@ class PipelineConfig:
     max_auc_drop: float = field(
         default=0.01, metadata={"help": "largest AUC drop against the baseline to bless"}
     )
+    confidence_intervals: bool = field(
+        default=True, metadata={"help": "bootstrap 95% intervals of AUC, accuracy, sensitivity "
+                                        "and specificity, overall and per slice"})
+    min_slice_auc: float = field(
+        default=0.0, metadata={"help": "lowest AUC lower bound of any slice with at least "
+                                       "min_slice_examples regions to bless (0: no gate)"})
+    min_slice_examples: int = field(
+        default=20, metadata={"help": "slices smaller than this are reported, not gated"})
+    min_auc_lower_bound: float = field(
+        default=0.0, metadata={"help": "lowest overall AUC lower bound to bless (0: no gate)"})
     # Serving check (before the push)
     serving_check: bool = field(
         default=True, metadata={"help": "before the push, serve the candidate in a fresh model "
@@ -234,6 +244,13 @@ class PipelineConfig:
             parse_threshold_policy(self.threshold_policy)
         except ValueError as exc:
             raise ConfigError(f"threshold_policy: {exc}") from None
+        for name in ("min_slice_auc", "min_auc_lower_bound"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, name, f"must be between 0 and 1, got {value}")
+        _require(self.min_slice_examples >= 1, "min_slice_examples",
+                 f"must be >= 1, got {self.min_slice_examples}")
+        _require(self.confidence_intervals or not (self.min_slice_auc or self.min_auc_lower_bound),
+                 "min_slice_auc", "gates on interval lower bounds need confidence_intervals")
         _require(0.0 <= self.max_auc_drop <= 1.0, "max_auc_drop",
                  f"must be between 0 and 1, got {self.max_auc_drop}")
         for name in ("epochs", "batch_size", "span_window", "eval_buckets", "train_buckets"):

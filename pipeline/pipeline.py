@@ -88,6 +88,18 @@ def example_split_key(config: PipelineConfig) -> str:
     return split_key(configs["output_config"], custom)
 
 
+def interval_settings(config: PipelineConfig) -> dict[str, Any] | None:
+    """What the Evaluator's bootstrap intervals and their gates need (None: no intervals)."""
+    if not config.confidence_intervals:
+        return None
+    return {"slice_columns": list(config.slice_columns)
+            + ([features.SPAN_KEY] if config.windowed else []),
+            "threshold": config.decision_threshold, "seed": config.seed,
+            "min_slice_auc": config.min_slice_auc,
+            "min_slice_examples": config.min_slice_examples,
+            "min_auc_lower_bound": config.min_auc_lower_bound}
+
+
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     """Metrics overall and per metadata column; the gate: accuracy floor and bounded AUC drop."""
     # The gate looks at the whole eval split; per-slice figures are reported, not gated (a slice
@@ -196,7 +208,8 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         examples=examples,
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(config)).with_id("Evaluator")
+        eval_config=eval_config(config),
+        intervals=interval_settings(config)).with_id("Evaluator")
     # the candidate served in a fresh server process, through REST and gRPC, before the push
     serving_check = ServingCheck(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],

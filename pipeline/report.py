@@ -13,6 +13,7 @@ import datetime
 import glob
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from masktfx import features
+from masktfx.components.intervals import INTERVALS_FILE, METRICS
 from masktfx.config import PipelineConfig
 from masktfx.pipeline.lineage import Lineage, format_lineage, lineage
 from masktfx.pipeline.summary import (
@@ -54,6 +56,7 @@ class ReportData:
     confusion: dict[str, float] = field(default_factory=dict)  # at the decision threshold
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     baseline_uri: str = ""
+    intervals: dict[str, Any] = field(default_factory=dict)  # the Evaluator's bootstrap
     lineage: Lineage | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -162,6 +165,10 @@ def _read_evaluation(uri: str, data: ReportData) -> None:
     # a model that is its own baseline is evaluated once, under no name
     compared = "candidate" in _evaluated_models(uri)
     result = tfma.load_eval_result(uri, model_name="candidate" if compared else None)
+    intervals_path = os.path.join(uri, INTERVALS_FILE)
+    if os.path.exists(intervals_path):
+        with open(intervals_path, encoding="utf-8") as handle:
+            data.intervals = json.load(handle)
     for slice_key, by_output in result.slicing_metrics:
         metrics = by_output.get("", {}).get("", {})
         data.slices.append((_slice_label(slice_key), _doubles(metrics)))
@@ -410,7 +417,23 @@ def page_context(data: ReportData) -> dict[str, Any]:
         + [_number(metrics.get(m)) for m in ("auc", "binary_accuracy", "precision", "recall")]
         for name, metrics in data.slices]
     context["slice_attributes"] = [[{"data-slice": name}] for name, _ in data.slices]
+    entries = ([("overall", data.intervals["overall"])]
+               + sorted(data.intervals["slices"].items())) if data.intervals else []
+    context["interval_resamples"] = data.intervals.get("resamples", 0)
+    context["interval_rows"] = [
+        [name, str(entry["count"])] + [_interval(entry["metrics"][metric]) for metric in METRICS]
+        for name, entry in entries]
+    context["interval_attributes"] = [
+        [{}, {}] + [{"data-interval": metric, "data-interval-slice": name} for metric in METRICS]
+        for name, _ in entries]
     return context
+
+
+def _interval(metric: dict[str, float]) -> str:
+    """A value with its interval, as `0.9123 [0.8811, 0.9402]` (n/a when undefined)."""
+    if any(metric[key] is None or math.isnan(metric[key]) for key in ("value", "lower", "upper")):
+        return "n/a"
+    return f"{metric['value']:.4f} [{metric['lower']:.4f}, {metric['upper']:.4f}]"
 
 
 def render(data: ReportData) -> str:

@@ -14,6 +14,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from masktfx import features
+from masktfx.components.evaluator import INTERVAL_GATE_PROPERTY
 from masktfx.components.serving_check import REASON_PROPERTY
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
@@ -262,6 +263,9 @@ def _read_evaluation(outputs: dict[str, list], summary: RunSummary) -> None:
         blessed = artifact.custom_properties.get("blessed")
         if blessed is not None:
             summary.blessed = bool(blessed.int_value)
+        gate = artifact.custom_properties.get(INTERVAL_GATE_PROPERTY)
+        if gate is not None and gate.string_value:
+            summary.blessing_reasons.extend(gate.string_value.split("; "))
 
 
 def _slice_name(slice_key) -> str:

@@ -197,3 +197,36 @@ def test_the_report_loads_in_headless_chromium_without_console_errors(two_runs, 
     console = [line for line in result.stderr.splitlines() if re.search(r":CONSOLE", line)]
     assert not console, console
     assert "<h2>Evaluation</h2>" in result.stdout and "Lineage" in result.stdout
+
+
+def test_the_reports_intervals_are_a_bootstrap_of_the_eval_predictions(two_runs):
+    """The page's overall AUC interval, against a direct bootstrap of the pushed model's eval
+    predictions: sklearn's AUC over the same resamples of the eval regions."""
+    import glob
+
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.metrics import roc_auc_score
+
+    from masktfx.components.intervals import resample_indices
+
+    workdir, first, path = two_runs
+    config = PipelineConfig.for_workdir(workdir)
+    found = lineage(config, first.pushed_version)
+    files = sorted(glob.glob(os.path.join(found.examples_uri, f"Split-{features.EVAL_SPLIT}",
+                                          "*")))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    labels = np.array([tf.train.Example.FromString(r).features.feature[
+        features.LABEL_KEY].int64_list.value[0] for r in records])
+    serve = tf.saved_model.load(found.path).signatures[features.SERVING_SIGNATURE]
+    scores = serve(examples=tf.constant(records))[features.PROBABILITY_OUTPUT].numpy()
+    aucs = [roc_auc_score(labels[draw], scores[draw])
+            for draw in resample_indices(len(labels), 200, config.seed)
+            if len(set(labels[draw])) == 2]
+    expected = (f"{roc_auc_score(labels, scores):.4f} [{np.percentile(aucs, 2.5):.4f}, "
+                f"{np.percentile(aucs, 97.5):.4f}]")
+    page = _parse(path)
+    shown = page.cells[(("data-interval", "auc"), ("data-interval-slice", "overall"))]
+    assert shown == expected
+    assert any(dict(key).get("data-interval-slice", "").startswith("site=")
+               for key in page.cells)  # and a row per slice

@@ -35,7 +35,9 @@ def _component_of(name: str) -> str:
     """Which `--help` group a field's flag is shown in."""
     if name in TRANSFORM_FIELDS or name == "max_pixels":
         return "transform"
-    if name in ("decision_threshold", "threshold_policy", "min_accuracy", "max_auc_drop"):
+    if name in ("decision_threshold", "threshold_policy", "min_accuracy", "max_auc_drop",
+                "confidence_intervals", "min_slice_auc", "min_slice_examples",
+                "min_auc_lower_bound"):
         return "evaluator"
     if name in TRAINER_FIELDS or name == "train_steps":
         return "trainer"
