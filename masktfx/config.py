@@ -135,8 +135,9 @@ class PipelineConfig:
         default=0.01, metadata={"help": "largest AUC drop against the baseline to bless"}
     )
     confidence_intervals: bool = field(
-        default=True, metadata={"help": "bootstrap 95% intervals of AUC, accuracy, sensitivity "
-                                        "and specificity, overall and per slice"})
+        default=True, metadata={"help": "bootstrap intervals (2.5th-97.5th percentile) of AUC, "
+                                        "accuracy, sensitivity and specificity, overall and "
+                                        "per slice"})
     min_slice_auc: float = field(
         default=0.0, metadata={"help": "lowest AUC lower bound of any slice with at least "
                                        "min_slice_examples regions to bless (0: no gate)"})

@@ -27,8 +27,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         shown = f" (default: {default})" if default not in ("", []) else ""
         kind = ({"action": argparse.BooleanOptionalAction} if spec.type in ("bool", bool)
                 else {"metavar": "VALUE"})
-        group.add_argument(flag, dest=f"cfg_{spec.name}", default=None,
-                           help=f"{spec.metadata.get('help', '')}{shown}", **kind)
+        text = f"{spec.metadata.get('help', '')}{shown}".replace("%", "%%")  # argparse formats it
+        group.add_argument(flag, dest=f"cfg_{spec.name}", default=None, help=text, **kind)
 
 
 def _component_of(name: str) -> str:
