@@ -29,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--image-size", "16", "--epochs", "2", "--batch-size", "16", "--min-accuracy", "0",
          "--max-auc-drop", "1",  # the gate is tested elsewhere; here every model is pushed
          "--direct-running-mode", "in_memory",
-         "--no-serving-check"]  # tested in test_serving_check.py and the e2e run
+         # tested in test_serving_check.py, test_intervals.py and the e2e run
+         "--no-serving-check", "--no-confidence-intervals"]
 
 
 def _start_run(manifest: str, workdir: str) -> subprocess.Popen:

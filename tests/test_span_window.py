@@ -18,7 +18,8 @@ from masktfx.records import read_examples
 
 FAST = ["--image-size", "16", "--epochs", "2", "--batch-size", "16", "--min-accuracy", "0",
         "--max-auc-drop", "1", "--direct-running-mode", "in_memory", "--span-window", "2",
-        "--no-serving-check"]  # tested in test_serving_check.py and the e2e run
+        # tested in test_serving_check.py, test_intervals.py and the e2e run
+        "--no-serving-check", "--no-confidence-intervals"]
 
 
 def _examples(artifact_id: int, span: int, key: str = "k", version: int = 0):

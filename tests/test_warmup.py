@@ -59,7 +59,7 @@ def test_a_warmup_request_that_fails_fails_the_load(tiny_model, tmp_path):
     entry.predict_log.request.model_spec.signature_name = "removed_signature"
     base = tmp_path / "serving" / "tiny"
     shutil.copytree(model_dir, base / "1")
-    os.makedirs(base / "1" / "assets.extra")
+    os.makedirs(base / "1" / "assets.extra", exist_ok=True)  # the operating point is there
     (base / "1" / WARMUP_FILE).write_bytes(encode_warmup([entry]))
     manager = ModelManager("tiny", str(base))
     manager.poll_once()
