@@ -154,6 +154,7 @@ def _decode_tiff(data: bytes) -> np.ndarray:
 # TIFF photometric interpretations whose samples are what the image shows: MINISBLACK, RGB (others,
 # such as MINISWHITE, PALETTE, SEPARATED (CMYK) or YCBCR, would be read as the wrong colours)
 _TIFF_PHOTOMETRIC = (1, 2)
+_TIFF_ALPHA = (1, 2)  # ExtraSamples: associated and unassociated alpha
 
 
 def _tiff_header(data: bytes, max_bits: int = 16) -> ImageHeader:
@@ -170,6 +171,7 @@ def _tiff_header(data: bytes, max_bits: int = 16) -> ImageHeader:
             depth = int(getattr(page, "imagedepth", 1) or 1)
             photometric = int(page.photometric)
             photometric_name = getattr(page.photometric, "name", str(photometric))
+            extras = [int(kind) for kind in (page.extrasamples or ())]
     except Exception as exc:
         raise RegionInputError(f"cannot read TIFF header: {exc}") from None
     if samples > 4:
@@ -184,6 +186,13 @@ def _tiff_header(data: bytes, max_bits: int = 16) -> ImageHeader:
     if photometric not in _TIFF_PHOTOMETRIC:
         raise RegionInputError(f"TIFF colour space is {photometric_name}; only gray (black is 0) "
                                "and RGB are read as they are; convert it first")
+    if any(kind not in _TIFF_ALPHA for kind in extras):
+        # a 4-band RGB + near-infrared raster would otherwise be read as RGBA and its last band
+        # dropped as alpha, without a word
+        raise RegionInputError(f"TIFF has {samples} bands ({photometric_name} and "
+                               f"{len(extras)} extra band(s) that are not alpha): a multi-band "
+                               "raster; gray, RGB and RGBA are read, and no band is dropped "
+                               "silently")
     return ImageHeader("tiff", width, height, samples, -(-bits // 8))
 
 

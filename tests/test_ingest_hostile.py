@@ -70,9 +70,15 @@ def test_images_that_would_decode_to_more_than_their_pixels_or_to_what_tf_cannot
     tifffile.imwrite(tmp_path / "white0.tif", np.zeros((16, 16), np.uint8),
                      photometric="miniswhite")
     (tmp_path / "patched.jpg").write_bytes(patched_jpeg(16, 160))
+    # RGB + near-infrared, as GDAL writes it (the 4th band is no alpha), and a real RGBA
+    tifffile.imwrite(tmp_path / "rgbn.tif", np.zeros((16, 16, 4), np.uint16),
+                     photometric="rgb", extrasamples=["unspecified"])
+    tifffile.imwrite(tmp_path / "rgba.tif", np.full((16, 16, 4), 9, np.uint8),
+                     photometric="rgb", extrasamples=["unassalpha"])
     manifest = write_manifest(str(tmp_path / "m.csv"), ["image", "mask", "label"], [
         [name, "mask.png", "1"] for name in ("bands.tif", "deep.tif", "volume.tif", "cmyk.jpg",
-                                             "good.tif", "white0.tif", "patched.jpg")])
+                                             "good.tif", "white0.tif", "patched.jpg",
+                                             "rgbn.tif", "rgba.tif")])
     output = tmp_path / "out"
     assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress",
                      "--beam-args", *IN_PROCESS_BEAM]) == 0
@@ -85,6 +91,8 @@ def test_images_that_would_decode_to_more_than_their_pixels_or_to_what_tf_cannot
     assert "TIFF colour space is MINISWHITE" in reasons[6]
     # its header says 160x160, its data holds 16x16: TensorFlow and Pillow would fill the rest
     assert "cannot decode JPEG (truncated or corrupt)" in reasons[7], reasons[7]
+    assert "TIFF has 4 bands (RGB and 1 extra band(s) that are not alpha)" in reasons[8]
+    assert 9 not in reasons  # RGBA: the alpha is dropped, as documented
 
 
 def test_a_palette_mask_is_read_by_its_colours_as_tensorflow_decodes_it():
