@@ -23,8 +23,11 @@ BOOTSTRAP_RESAMPLES = 200
 
 def _rates(labels: np.ndarray, probabilities: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate thresholds (the distinct probabilities, descending) and, at each, the
-    sensitivity, specificity and precision of `probability >= threshold`."""
+    """Candidate thresholds, descending, and at each the sensitivity, specificity and precision
+    of `probability >= threshold`. Each candidate lies halfway between two adjacent distinct
+    probabilities (the lowest one at 0), not on one: the served graph's probabilities can
+    differ from the Trainer's in the last bits, and a threshold equal to a region's own score
+    would flip that region's label."""
     order = np.argsort(-probabilities, kind="stable")
     ranked, hits = probabilities[order], labels[order].astype(bool)
     last = np.r_[np.flatnonzero(np.diff(ranked) != 0), len(ranked) - 1]  # ties end together
@@ -34,7 +37,10 @@ def _rates(labels: np.ndarray, probabilities: np.ndarray
     sensitivity = true_pos / positives
     specificity = 1.0 - false_pos / negatives
     precision = true_pos / np.maximum(true_pos + false_pos, 1)
-    return ranked[last], sensitivity, specificity, precision
+    scores = ranked[last]
+    cuts = (scores + np.r_[scores[1:], 0.0]) / 2.0
+    cuts[-1] = 0.0  # every region positive
+    return cuts, sensitivity, specificity, precision
 
 
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, policy: str,
