@@ -92,12 +92,19 @@ _THRESHOLD_KEYS = {"BinaryAccuracy": "threshold", "Precision": "thresholds",
                    "Recall": "thresholds", "ConfusionMatrixAtThresholds": "thresholds"}
 
 
+def read_operating_point(saved_model_dir: str) -> dict[str, Any]:
+    """The threshold a SavedModel's `label` output uses and how it was chosen ({} for a model
+    without the file)."""
+    path = os.path.join(saved_model_dir, features.OPERATING_POINT_FILE)
+    if not fileio.exists(path):
+        return {}
+    return json.loads(io_utils.read_string_file(path))
+
+
 def served_threshold(model: types.Artifact) -> float | None:
     """The threshold the candidate's `label` output uses (its operating point file), if any."""
-    path = os.path.join(path_utils.serving_model_path(model.uri), features.OPERATING_POINT_FILE)
-    if not fileio.exists(path):
-        return None
-    return float(json.loads(io_utils.read_string_file(path))["threshold"])
+    point = read_operating_point(path_utils.serving_model_path(model.uri))
+    return float(point["threshold"]) if point else None
 
 
 def at_threshold(eval_config_json: str, threshold: float) -> str:

@@ -139,6 +139,19 @@ def _write_history(path: str, history: dict[str, list[int]]) -> None:
     _write_atomically(_history_path(path), json.dumps(history, indent=1, sort_keys=True))
 
 
+def _load_before_labelling(path: str, models: dict[str, ServedModel], current: ServedModel,
+                           version: int, wait_until_loaded: Callable[[int], None]) -> None:
+    """The first of the two writes: `version` served beside what is served now, the labels as
+    they are; then the wait for the server to load it."""
+    first_step = dict(models)
+    first_step[current.name] = ServedModel(
+        current.name, current.base_path,
+        tuple(sorted({version, *current.versions, *current.labels.values()})),
+        dict(current.labels))
+    write_config(path, first_step)
+    wait_until_loaded(version)
+
+
 def promote(path: str, name: str, base_path: str, version: int, label: str,
             wait_until_loaded: Callable[[int], None] | None = None) -> ServedModel:
     """Serve `version` as `label`. A canary is served beside stable; promoting it to stable
@@ -177,14 +190,8 @@ def promote(path: str, name: str, base_path: str, version: int, label: str,
     served = ServedModel(name, os.path.abspath(base_path), tuple(sorted(set(labels.values()))),
                          labels)
     if wait_until_loaded is not None:
-        before = current.versions if current and current.versions else ()
-        old_labels = current.labels if current else {}
-        first_step = dict(models)
-        first_step[name] = ServedModel(
-            name, served.base_path,
-            tuple(sorted({version, *before, *old_labels.values()})), dict(old_labels))
-        write_config(path, first_step)
-        wait_until_loaded(version)
+        _load_before_labelling(path, models, current or ServedModel(name, served.base_path),
+                               version, wait_until_loaded)
     models[name] = served
     _write_history(path, history)
     write_config(path, models)
@@ -217,12 +224,7 @@ def rollback(path: str, name: str, wait_until_loaded: Callable[[int], None] | No
             raise ModelConfigError(f"version {previous} is no longer in {current.base_path}")
         done = f"stable {labels['stable']} -> {previous}"
         if wait_until_loaded is not None:
-            first_step = dict(models)
-            first_step[name] = ServedModel(name, current.base_path,
-                                           tuple(sorted({previous, *current.versions})),
-                                           dict(current.labels))
-            write_config(path, first_step)
-            wait_until_loaded(previous)
+            _load_before_labelling(path, models, current, previous, wait_until_loaded)
         labels["stable"] = previous
     served = ServedModel(name, current.base_path, tuple(sorted(set(labels.values()))), labels)
     models[name] = served

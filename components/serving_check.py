@@ -250,8 +250,8 @@ class Executor(base_executor.BaseExecutor):
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         model_name = exec_properties[MODEL_NAME_KEY]
         examples = input_dict[EXAMPLES_KEY]
-        serialized = warmup.eval_regions(examples[-1].uri, int(exec_properties[REGIONS_KEY]))
-        logs = warmup.warmup_requests(serialized, model_name)
+        logs = warmup.warmup_requests_from(examples[-1].uri, int(exec_properties[REGIONS_KEY]),
+                                           model_name)
         try:
             done = check_serving(path_utils.serving_model_path(model.uri), model_name, logs,
                                  float(exec_properties[LATENCY_BUDGET_KEY]))

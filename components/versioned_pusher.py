@@ -294,10 +294,10 @@ class Executor(pusher_executor.Executor):
         count = int(exec_properties.get(WARMUP_REGIONS_KEY) or 0)
         if not examples or count <= 0:
             return {}
-        serialized = warmup.eval_regions(examples[-1].uri, count)  # the newest span's
         model_name = os.path.basename(base_directory.rstrip("/"))
-        logs = warmup.warmup_requests(serialized, model_name)
-        logging.info("warmup: %d requests of %d regions", len(logs), len(serialized))
+        # the newest span's regions
+        logs = warmup.warmup_requests_from(examples[-1].uri, count, model_name)
+        logging.info("warmup: %d requests of up to %d regions", len(logs), count)
         return {warmup.WARMUP_FILE: warmup.encode_warmup(logs)} if logs else {}
 
 

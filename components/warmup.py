@@ -59,6 +59,12 @@ def warmup_requests(serialized: list[bytes], model_name: str) -> list:
             log(features.RAW_SIGNATURE, {features.IMAGES_KEY: images, features.MASKS_KEY: masks})]
 
 
+def warmup_requests_from(examples_uri: str, count: int, model_name: str) -> list:
+    """The warmup requests of `count` eval regions of an Examples artifact (see
+    warmup_requests): what the Pusher stores and the serving check sends."""
+    return warmup_requests(eval_regions(examples_uri, count), model_name)
+
+
 def encode_warmup(logs: list) -> bytes:
     """The warmup file's bytes: PredictionLogs as uncompressed TFRecords."""
     import io

@@ -25,7 +25,7 @@ from masktfx.pipeline.summary import (
     format_operating_point,
     node_id,
     open_store,
-    read_operating_point,
+    operating_point_of,
     split_statistics,
 )
 
@@ -128,7 +128,7 @@ def lineage(config: PipelineConfig, version: str | None = None) -> Lineage:
                      pushed_ms=artifact.create_time_since_epoch,
                      pushed_by_run=_run_of(store, pusher.id) if pusher else "")
     result.labels = _labels_of(config, int(result.version))
-    result.operating_point = read_operating_point(result.path)
+    result.operating_point = operating_point_of(result.path)
     if pusher is None:
         return result
     pusher_inputs = execution_inputs(store, pusher.id)

@@ -5,16 +5,15 @@ Used by `masktfx run` for its closing summary (and by the reports).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from tfx.utils import path_utils
 
-from masktfx import features
-from masktfx.components.evaluator import INTERVAL_GATE_PROPERTY
+from masktfx.components.evaluator import INTERVAL_GATE_PROPERTY, read_operating_point
 from masktfx.components.serving_check import REASON_PROPERTY
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
@@ -164,8 +163,7 @@ def summarize_record(record: RunRecord) -> RunSummary:
     _read_statistics(outputs.get("StatisticsGen", {}), summary)
     _read_evaluation(outputs.get("Evaluator", {}), summary)
     for model in outputs.get("Trainer", {}).get("model", []):
-        summary.operating_point = read_operating_point(
-            os.path.join(model.uri, "Format-Serving"))
+        summary.operating_point = operating_point_of(path_utils.serving_model_path(model.uri))
     _read_serving_check(outputs.get("ServingCheck", {}), summary)
     _read_push(outputs.get("VersionedPusher", {}), summary)
     return summary
@@ -294,15 +292,12 @@ def _describe_failure(failure, where: str) -> str:
     return f"{name} {value:.4f} ({where}) fails {rule}"
 
 
-def read_operating_point(saved_model_dir: str) -> dict[str, Any]:
-    """The threshold a SavedModel's `label` output uses and how it was chosen ({} if unknown)."""
-    import tensorflow as tf
-
-    path = os.path.join(saved_model_dir, features.OPERATING_POINT_FILE)
+def operating_point_of(saved_model_dir: str) -> dict[str, Any]:
+    """The SavedModel's operating point for a report ({} when missing or unreadable: the rest
+    of the report is still worth showing)."""
     try:
-        with tf.io.gfile.GFile(path) as handle:
-            return json.load(handle)
-    except (tf.errors.NotFoundError, ValueError):
+        return read_operating_point(saved_model_dir)
+    except ValueError:
         return {}
 
 
