@@ -19,12 +19,6 @@ from masktfx.images import encode_png  # noqa: E402
 IN_PROCESS_BEAM = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
 
-# One test edits masktfx/config.py for the length of a run, to see the Transform's cache key follow
-# the code. Tests that expect a second run to be served from the cache join its xdist group, so
-# `make test`'s workers never run them during that edit.
-same_worker_as_the_source_edit = pytest.mark.xdist_group("edits-masktfx-source")
-
-
 def write_png(path: str, array: np.ndarray) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as handle:

@@ -55,3 +55,21 @@ def test_the_transform_fingerprint_covers_the_config_it_imports():
     assert any(path.endswith("masktfx/config.py") for path in transform_files)
     assert any(path.endswith("modules/model.py") for path in source_files([TRAINER_MODULE]))
     assert not any(path.endswith("modules/model.py") for path in transform_files)
+
+
+def test_transform_and_trainer_are_keyed_on_the_fingerprint_of_their_code(tmp_path):
+    """TFX keys its cache on `custom_config`: a Transform or Trainer whose code changed runs
+    again (a changed `custom_config` re-runs them in the e2e test)."""
+    import json
+
+    from masktfx.pipeline.pipeline import TRAINER_MODULE, TRANSFORM_MODULE, create_pipeline
+
+    config = PipelineConfig(workdir=str(tmp_path), data_root=str(tmp_path / "data"),
+                            num_views=1, num_masks=1, channels=1)
+    nodes = {node.id: node for node in create_pipeline(config).components}
+    for node_id, module in (("Transform", TRANSFORM_MODULE), ("Trainer", TRAINER_MODULE)):
+        custom = json.loads(nodes[node_id].exec_properties["custom_config"])
+        assert custom[CODE_FINGERPRINT_KEY] == code_fingerprint([module]), node_id
+        assert {k: v for k, v in custom.items() if k != CODE_FINGERPRINT_KEY} == \
+            config.component_config(TRANSFORM_FIELDS if node_id == "Transform"
+                                    else TRAINER_FIELDS)
