@@ -36,6 +36,7 @@ from tfx.utils import io_utils, json_utils, path_utils
 
 from masktfx import features
 from masktfx.components import intervals
+from masktfx.components.earlier_outputs import find_earlier
 
 MODEL_KEY = standard_component_specs.MODEL_KEY
 BASELINE_KEY = standard_component_specs.BASELINE_MODEL_KEY
@@ -69,22 +70,7 @@ def find_evaluation(output_uri: str, record: dict[str, Any]) -> str | None:
     Any match will do: the same model on the same examples with the same config gives the
     same evaluation.
     """
-    parent = os.path.dirname(output_uri.rstrip("/"))
-    if not fileio.isdir(parent):
-        return None
-    for name in sorted(fileio.listdir(parent)):
-        earlier = os.path.join(parent, name.rstrip("/"))
-        path = os.path.join(earlier, EVALUATION_RECORD)
-        if earlier == output_uri.rstrip("/") or not fileio.exists(path):
-            continue
-        with fileio.open(path, "r") as handle:
-            try:
-                saved = json.loads(handle.read())
-            except ValueError:  # a record cut short: that evaluation is not trusted
-                continue
-        if {key: saved.get(key) for key in record} == record:
-            return earlier
-    return None
+    return find_earlier(output_uri, EVALUATION_RECORD, record)
 
 
 # Metrics that count labels, and the key of their config that holds the threshold.

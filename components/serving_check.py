@@ -12,6 +12,7 @@ the tensorflow/serving image) and `masktfx serve` otherwise.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import socket
@@ -30,11 +31,13 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils, path_utils
 
 from masktfx.components import warmup
+from masktfx.components.earlier_outputs import find_earlier
 
 # TFX's InfraValidator marks its blessing with these files, and Pusher reads `blessed`.
 INFRA_BLESSED = "INFRA_BLESSED"
 INFRA_NOT_BLESSED = "INFRA_NOT_BLESSED"
 REASON_PROPERTY = "serving_check"  # what was checked, or why it failed, in words
+CHECK_RECORD = "masktfx-serving-check.json"  # what the check depended on, and its outcome
 DEFAULT_LATENCY_BUDGET_MS = 2000.0
 TF_SERVING_BINARY = "tensorflow_model_server"
 _START_TIMEOUT_S = 180.0
@@ -60,7 +63,6 @@ def _server_command(base_path: str, model_name: str, rest_port: int, grpc_port: 
 
 def _http(url: str, body: dict | None = None) -> tuple[int, str]:
     """GET (or POST `body` as JSON); the status and the text, whatever the status."""
-    import json
     import urllib.error
     import urllib.request
 
@@ -157,8 +159,6 @@ def check_serving(model_path: str, model_name: str, warmup_logs: list,
 
 def _wait_until_served(server: subprocess.Popen, log: Any, rest_port: int, model_name: str
                        ) -> None:
-    import json
-
     url = f"http://127.0.0.1:{rest_port}/v1/models/{model_name}/versions/1"
     deadline = time.monotonic() + _START_TIMEOUT_S
     while True:
@@ -185,8 +185,6 @@ def _call_both_apis(rest_port: int, grpc_port: int, model_name: str, warmup_logs
                     expected: list[dict[str, Any]]) -> dict[str, float]:
     """Each request, _REPEATS times over each API, compared with the in-process answers;
     returns the slowest call per API, in ms."""
-    import json
-
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -245,11 +243,23 @@ class Executor(base_executor.BaseExecutor):
         blessing = artifact_utils.get_single_instance(output_dict[BLESSING_KEY])
         model_blessing = artifact_utils.get_single_instance(input_dict[MODEL_BLESSING_KEY])
         if not model_utils.is_model_blessed(model_blessing):
-            _mark(blessing, False, "not checked: the Evaluator did not bless the model")
+            _mark(blessing, False, "not checked: the Evaluator did not bless the model", {})
             return
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         model_name = exec_properties[MODEL_NAME_KEY]
         examples = input_dict[EXAMPLES_KEY]
+        record = check_record(model, examples, exec_properties)
+        # a re-run with no new data: the Evaluator blessed the same model again, so the same
+        # requests would go to the same server; a check that passed is not repeated
+        earlier = find_earlier(blessing.uri, CHECK_RECORD, record,
+                               accept=lambda saved: saved.get("passed") is True)
+        if earlier:
+            reason = json.loads(io_utils.read_string_file(os.path.join(earlier, CHECK_RECORD)))[
+                "reason"]
+            logging.info("serving check of this model with these requests passed in %s; "
+                         "reusing it", earlier)
+            _mark(blessing, True, reason, {**record, "reused_from": earlier})
+            return
         logs = warmup.warmup_requests_from(examples[-1].uri, int(exec_properties[REGIONS_KEY]),
                                            model_name)
         try:
@@ -257,13 +267,27 @@ class Executor(base_executor.BaseExecutor):
                                  float(exec_properties[LATENCY_BUDGET_KEY]))
         except ServingCheckFailed as failed:
             logging.error("serving check failed: %s", failed)
-            _mark(blessing, False, str(failed))
+            _mark(blessing, False, str(failed), record)
             return
         logging.info("serving check passed: %s", done)
-        _mark(blessing, True, done)
+        _mark(blessing, True, done, record)
 
 
-def _mark(blessing: types.Artifact, blessed: bool, reason: str) -> None:
+def check_record(model: types.Artifact, examples: list[types.Artifact],
+                 exec_properties: dict[str, Any]) -> dict[str, Any]:
+    """What a check's outcome depends on: the model, the regions, the settings, the server."""
+    return {"model": model.uri, "examples": sorted(artifact.uri for artifact in examples),
+            "model_name": exec_properties[MODEL_NAME_KEY],
+            "latency_budget_ms": float(exec_properties[LATENCY_BUDGET_KEY]),
+            "regions": int(exec_properties[REGIONS_KEY]),
+            "server": shutil.which(TF_SERVING_BINARY) or "masktfx serve"}
+
+
+def _mark(blessing: types.Artifact, blessed: bool, reason: str, record: dict[str, Any]
+          ) -> None:
+    io_utils.write_string_file(
+        os.path.join(blessing.uri, CHECK_RECORD),
+        json.dumps({**record, "passed": blessed, "reason": reason}, indent=1))
     io_utils.write_string_file(
         os.path.join(blessing.uri, INFRA_BLESSED if blessed else INFRA_NOT_BLESSED), "")
     blessing.set_int_custom_property("blessed", int(blessed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import random
@@ -17,6 +18,7 @@ from conftest import load_bad_corpus
 
 from masktfx import cli, features
 from masktfx.components.evaluator import EVALUATION_RECORD
+from masktfx.components.serving_check import CHECK_RECORD
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
 from masktfx.fork_server import LOG_ENV
@@ -182,6 +184,10 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     blessing = outputs["blessing"][0].custom_properties
     assert blessing["baseline_model_id"].int_value == inputs["model"][0].id
     assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
+    # the serving check of that same model is reused too, not served again
+    checks = [json.loads(open(path, encoding="utf-8").read()) for path in glob.glob(
+        os.path.join(config.pipeline_root, "ServingCheck", "blessing", "*", CHECK_RECORD))]
+    assert sorted("reused_from" in check for check in checks) == [False, True], checks
 
     # a change of the gate and of Beam's worker count: Transform and Trainer are keyed on neither
     assert _run(manifest, workdir, "--min-accuracy", "0.01", "--direct-num-workers", "1") == 0
