@@ -24,7 +24,7 @@ DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
 
 # What each TFX component's `custom_config` holds: only the fields its code reads, because TFX
 # keys its cache on the whole custom_config (a gate threshold must not retrain the model).
-TRANSFORM_FIELDS = ("num_views", "num_masks", "channels", "image_size", "mask_mode",
+TRANSFORM_FIELDS = ("num_views", "num_masks", "channels", "bands", "image_size", "mask_mode",
                     "crop_margin", "keep_mask_channel", "normalization")
 TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "epochs", "batch_size",
                   "learning_rate", "early_stopping_patience", "augment", "augmentations",
@@ -32,6 +32,8 @@ TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "epochs", "ba
 # A component_config entry that is no config field: the fingerprint of the code the module
 # files run (pipeline/code_fingerprint.py), so editing that code invalidates the cache.
 CODE_FINGERPRINT_KEY = "code_fingerprint"
+# A raster's bands (masktfx.images.MAX_RASTER_BANDS; kept here so config stays at the bottom).
+MAX_CHANNELS = 64
 
 
 class ConfigError(ValueError):
@@ -75,8 +77,12 @@ class PipelineConfig:
     num_masks: int = field(
         default=0, metadata={"help": "masks per example: 1 (shared) or num_views; 0: from data"})
     channels: int = field(
-        default=1, metadata={"help": "image channels the model sees: 1 (gray), 3 (RGB) or 0 "
-                                     "(those of the data: 1 for gray, 3 for colour)"})
+        default=1, metadata={"help": "image channels the model sees: 1 (gray), 3 (RGB), a "
+                                     "raster's band count, or 0 (those of the data: 1 for "
+                                     "gray, 3 for colour, every band (or `bands`) of a raster)"})
+    bands: list[int] = field(
+        default_factory=list, metadata={"help": "a raster's bands the model sees, in order, "
+                                                "numbered from 1 (e.g. 4,3,2); empty: all"})
     image_size: int = field(default=64, metadata={"help": "side of the model's square input"})
     mask_mode: str = field(
         default="crop", metadata={"help": "crop | zero | channel | none (ablation: no mask)"})
@@ -225,8 +231,14 @@ class PipelineConfig:
                  f"must be one of {', '.join(MODEL_PRESETS)}, got {self.model_preset!r}")
         _require(8 <= self.image_size <= 1024, "image_size",
                  f"must be between 8 and 1024, got {self.image_size}")
-        _require(self.channels in (0, 1, 3), "channels",
-                 f"must be 0 (from the data), 1 or 3, got {self.channels}")
+        _require(0 <= self.channels <= MAX_CHANNELS, "channels",
+                 f"must be 0 (from the data), 1 or 3 (gray or colour pictures) or a raster's "
+                 f"band count up to {MAX_CHANNELS}, got {self.channels}")
+        _require(all(band >= 1 for band in self.bands), "bands",
+                 f"numbers bands from 1, got {self.bands}")
+        _require(not self.bands or self.channels in (0, len(self.bands)), "bands",
+                 f"selects {len(self.bands)} band(s) but channels is {self.channels}; set "
+                 f"channels to 0 (what bands selects) or {len(self.bands)}")
         _require(self.norm_layer in NORM_LAYERS, "norm_layer",
                  f"must be one of {', '.join(NORM_LAYERS)}, got {self.norm_layer!r}")
         unknown = sorted(set(self.augmentation_list) - set(AUGMENTATIONS))
@@ -391,6 +403,12 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
             return float(value)
         if kind == "str":
             return str(value)
+        if kind == "list[int]":
+            items = value.replace(",", " ").split() if isinstance(value, str) else value
+            if any(isinstance(item, bool) or (isinstance(item, float) and not item.is_integer())
+                   for item in items):
+                raise ValueError(value)
+            return [int(item) for item in items]
         if kind.startswith("list"):
             if isinstance(value, str):
                 return value.split()

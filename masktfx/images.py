@@ -1,22 +1,32 @@
 """Reading, checking and encoding the images and masks of one region, at ingest and in serving.
 
 Images keep the bytes they were read with (PNG, JPEG), so records stay small and Transform decodes
-exactly what the user gave; TIFF, which TensorFlow cannot decode, is re-encoded losslessly as PNG.
-Masks are always stored as canonical single-channel 8-bit PNGs, 0 outside and 255 inside.
+exactly what the user gave; TIFF, which TensorFlow cannot decode, is re-encoded losslessly as PNG
+when it is gray, RGB or RGBA at 8 or 16 bits. Masks are always stored as canonical single-channel
+8-bit PNGs, 0 outside and 255 inside.
 
 Channels: 1 (grayscale), 3 (RGB) and 4 (RGBA; the alpha channel is dropped when decoded) are
 accepted, at 8 or 16 bits; Transform converts them to `config.channels`.
+
+Rasters: a TIFF (GeoTIFF) with any other number of bands, or with 8/16-bit integer or float32
+samples that PNG cannot hold, is read with rasterio and stored as a raster record (RASTER_MAGIC,
+then a dtype code, then a TensorFlow TensorProto of [H, W, bands]): every band, in order, the
+samples exactly as read. Transform and both serving signatures parse it in the graph
+(`tf.io.parse_tensor`); `config.bands` selects and orders the bands.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import struct
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -34,6 +44,10 @@ VIEWS_DISAGREE = ("view {view} is {width}x{height} but view 1 is {first_width}x{
 MASK_SIZE_DIFFERS = ("mask is {width}x{height} but the image is {image_width}x{image_height} "
                      "(ingest resizes masks with nearest neighbour given --resize-masks)")
 MASK_EMPTY = "mask is empty (no nonzero pixel): there is no region"
+# The raster checks, made in the graph only (they depend on the model's `channels` and `bands`).
+NOT_A_RASTER = "is not a raster record; the model takes rasters of {channels} band(s)"
+RASTER_LACKS_BAND = "raster has {bands} band(s); the model takes band {band} (config bands)"
+RASTER_BANDS_DIFFER = "raster has {bands} band(s); the model takes {channels} (config channels)"
 # Where in a request: `part` is images or masks, `index` its position in the instance's list.
 REGION_AT = "instance {row}, {part}[{index}]: "
 
@@ -55,18 +69,29 @@ class ImageInfo:
 class ImageHeader:
     """What an image's header declares, read before anything is decoded."""
 
-    format: str  # png, jpeg or tiff
+    format: str  # png, jpeg, tiff or raster (a raster record)
     width: int
     height: int
-    samples: int  # per pixel, as decoded
+    samples: int  # per pixel, as decoded (bands, for a raster)
     bytes_per_sample: int
+    raster: bool = False  # read as a raster (every band kept), not as a gray/RGB(A) picture
 
     @property
     def decoded_bytes(self) -> int:
         return self.width * self.height * self.samples * self.bytes_per_sample
 
 
+# A raster record: this magic, a 3-byte dtype code, a serialized TensorProto of [H, W, bands].
+RASTER_MAGIC = b"MTFXR"
+RASTER_DTYPES = {b"u08": np.uint8, b"i08": np.int8, b"u16": np.uint16, b"i16": np.int16,
+                 b"f32": np.float32}
+RASTER_HEADER_BYTES = len(RASTER_MAGIC) + 3
+MAX_RASTER_BANDS = 64  # config.MAX_CHANNELS, the most channels a model may take
+
+
 def sniff_format(data: bytes) -> str | None:
+    if data.startswith(RASTER_MAGIC):
+        return "raster"
     if data.startswith(PNG_SIGNATURE):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -82,9 +107,15 @@ HEADER_BYTES = 64 * 1024
 
 
 def max_file_bytes(max_pixels: int) -> int:
-    """The largest file an image within `max_pixels` can be: 4 channels of 16 bits, stored
-    uncompressed, plus room for headers and metadata."""
-    return max_pixels * 4 * 2 + 2**20
+    """The largest file an image within `max_pixels` can be: its decoded bytes (at most
+    `max_decoded_image_bytes`), stored uncompressed, plus room for headers and metadata."""
+    return max_decoded_image_bytes(max_pixels) + 2**20
+
+
+def max_decoded_image_bytes(max_pixels: int) -> int:
+    """What one image may decode to: `max_pixels` pixels of 4 channels of 16 bits. A raster of
+    many bands or float samples gets the same bytes, so fewer pixels."""
+    return max_pixels * 4 * 2
 
 
 def read_file(path: str, max_bytes: int | None = None) -> bytes:
@@ -122,7 +153,8 @@ def _check_format(data: bytes) -> str:
         raise RegionInputError("empty file (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
-        raise RegionInputError("not a PNG, JPEG or TIFF image (unrecognised file signature)")
+        raise RegionInputError("not a PNG, JPEG or TIFF image nor a raster record "
+                               "(unrecognised file signature)")
     return fmt
 
 
@@ -157,10 +189,18 @@ _TIFF_PHOTOMETRIC = (1, 2)
 _TIFF_ALPHA = (1, 2)  # ExtraSamples: associated and unassociated alpha
 
 
-def _tiff_header(data: bytes, max_bits: int = 16) -> ImageHeader:
-    """The first page's header, after refusing, from the same header, what would decode to more
-    than the pixels suggest: more than 4 samples per pixel, more than `max_bits` per sample, a
-    volume (a few KB of such a TIFF decode to hundreds of MB)."""
+# TIFF SampleFormat and bits -> the dtype a raster's samples are stored as
+_RASTER_SAMPLES = {(1, 8): np.uint8, (2, 8): np.int8, (1, 16): np.uint16, (2, 16): np.int16,
+                   (3, 32): np.float32}
+_TIFF_SAMPLE_KINDS = {1: "unsigned integer", 2: "signed integer", 3: "float"}
+
+
+def _tiff_header(data: bytes, mask: bool = False) -> ImageHeader:
+    """The first page's header. Gray, RGB and RGBA (alpha as the only extra band) at 8 or 16
+    bits are pictures; any other band count, or integer and float samples PNG cannot hold, make
+    a raster, whose every band is kept. A mask is single-channel and read as a picture.
+    Refused from the header, before decoding: a volume, a colour space that is not gray or RGB,
+    samples that are neither, more bands than a raster may have."""
     import tifffile
 
     try:
@@ -172,28 +212,113 @@ def _tiff_header(data: bytes, max_bits: int = 16) -> ImageHeader:
             photometric = int(page.photometric)
             photometric_name = getattr(page.photometric, "name", str(photometric))
             extras = [int(kind) for kind in (page.extrasamples or ())]
+            sample_format = int(page.sampleformat)
     except Exception as exc:
         raise RegionInputError(f"cannot read TIFF header: {exc}") from None
-    if samples > 4:
-        raise RegionInputError(f"TIFF has {samples} samples per pixel; 1 (gray), 3 (RGB) or 4 "
-                               "(RGBA) are supported; refused before decoding")
-    if bits > max_bits:
-        raise RegionInputError(f"TIFF has {bits} bits per sample, more than {max_bits}; "
-                               "refused before decoding")
     if depth > 1:
         raise RegionInputError(f"TIFF page is a volume of depth {depth}; a 2-D image is "
                                "needed; refused before decoding")
     if photometric not in _TIFF_PHOTOMETRIC:
         raise RegionInputError(f"TIFF colour space is {photometric_name}; only gray (black is 0) "
                                "and RGB are read as they are; convert it first")
-    if any(kind not in _TIFF_ALPHA for kind in extras):
-        # a 4-band RGB + near-infrared raster would otherwise be read as RGBA and its last band
-        # dropped as alpha, without a word
-        raise RegionInputError(f"TIFF has {samples} bands ({photometric_name} and "
-                               f"{len(extras)} extra band(s) that are not alpha): a multi-band "
-                               "raster; gray, RGB and RGBA are read, and no band is dropped "
-                               "silently")
-    return ImageHeader("tiff", width, height, samples, -(-bits // 8))
+    if mask:
+        if samples > 4:
+            raise RegionInputError(f"mask TIFF has {samples} samples per pixel; masks must be "
+                                   "single-channel; refused before decoding")
+        return ImageHeader("tiff", width, height, samples, -(-bits // 8))
+    only_alpha = all(kind in _TIFF_ALPHA for kind in extras)
+    if sample_format == 1 and bits in (8, 16) and only_alpha and samples <= 4:
+        return ImageHeader("tiff", width, height, samples, bits // 8)
+    # a raster: RGB + near-infrared, Sentinel-2's 13 bands, a float elevation model
+    dtype = _RASTER_SAMPLES.get((sample_format, bits))
+    if dtype is None:
+        kind = _TIFF_SAMPLE_KINDS.get(sample_format, f"sample format {sample_format}")
+        raise RegionInputError(f"TIFF samples are {bits}-bit {kind}; images are read as 8- or "
+                               "16-bit integers or 32-bit floats; refused before decoding")
+    if samples > MAX_RASTER_BANDS:
+        raise RegionInputError(f"TIFF has {samples} bands, more than {MAX_RASTER_BANDS}; "
+                               "refused before decoding")
+    return ImageHeader("tiff", width, height, samples, np.dtype(dtype).itemsize, raster=True)
+
+
+def encode_raster(array: np.ndarray) -> bytes:
+    """A raster record of [H, W, bands] (or [H, W]) samples, kept exactly."""
+    import tensorflow as tf
+
+    codes = {np.dtype(dtype): code for code, dtype in RASTER_DTYPES.items()}
+    code = codes.get(array.dtype)
+    if code is None:
+        raise RegionInputError(f"cannot store {array.dtype} samples in a raster record")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    proto = tf.make_tensor_proto(np.ascontiguousarray(array))
+    return RASTER_MAGIC + code + proto.SerializeToString()
+
+
+def _raster_proto(data: bytes) -> tuple[Any, np.dtype]:
+    from tensorflow.core.framework import tensor_pb2
+
+    code = data[len(RASTER_MAGIC):RASTER_HEADER_BYTES]
+    if code not in RASTER_DTYPES:
+        raise RegionInputError(f"raster record has an unknown sample type {code!r}")
+    try:
+        proto = tensor_pb2.TensorProto.FromString(data[RASTER_HEADER_BYTES:])
+    except Exception as exc:  # protobuf's DecodeError
+        raise RegionInputError(f"cannot read raster record: {exc}") from None
+    return proto, np.dtype(RASTER_DTYPES[code])
+
+
+def _raster_record_header(data: bytes) -> ImageHeader:
+    proto, dtype = _raster_proto(data)
+    dims = [int(dim.size) for dim in proto.tensor_shape.dim]
+    if len(dims) != 3 or min(dims) < 1:
+        raise RegionInputError(f"raster record has shape {dims}; [height, width, bands] is "
+                               "needed")
+    height, width, bands = dims
+    if bands > MAX_RASTER_BANDS:
+        raise RegionInputError(f"raster record has {bands} bands, more than {MAX_RASTER_BANDS}")
+    return ImageHeader("raster", width, height, bands, dtype.itemsize, raster=True)
+
+
+def decode_raster(data: bytes) -> np.ndarray:
+    """A raster record's [H, W, bands] samples; a record whose samples do not fill its shape, or
+    whose type differs from its code, is an error."""
+    import tensorflow as tf
+
+    proto, dtype = _raster_proto(data)
+    try:
+        array = tf.make_ndarray(proto)
+    except Exception as exc:  # noqa: BLE001 - numpy and TF raise several types
+        raise RegionInputError(f"cannot decode raster record: {exc}") from None
+    if array.dtype != dtype or array.ndim != 3:
+        raise RegionInputError(f"raster record holds {array.dtype} of shape {list(array.shape)}, "
+                               f"not {dtype} [height, width, bands]")
+    return array
+
+
+def _read_raster_tiff(data: bytes, header: ImageHeader) -> np.ndarray:
+    """Every band of a (Geo)TIFF as [H, W, bands], read with rasterio (GDAL)."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    with warnings.catch_warnings():
+        # a plain TIFF has no geotransform; the pixels are what is read
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        try:
+            with MemoryFile(data) as memory, memory.open() as dataset:
+                shape = (dataset.width, dataset.height, dataset.count)
+                array = dataset.read() if shape == (header.width, header.height,
+                                                    header.samples) else None
+        except rasterio.errors.RasterioError as exc:
+            # GDAL's own words are on the cause; its in-memory file name means nothing here
+            detail = str(exc.__cause__ or exc).split(".tif, ", 1)[-1]
+            raise RegionInputError(f"cannot decode raster (truncated or corrupt): {detail}") \
+                from None
+    if array is None:
+        raise RegionInputError(f"raster is {shape[0]}x{shape[1]} with {shape[2]} bands but its "
+                               f"TIFF header says {header.width}x{header.height} with "
+                               f"{header.samples}")
+    return np.moveaxis(array, 0, -1)
 
 
 # PNG colour types -> samples per pixel as decoded (a palette decodes to its colours)
@@ -229,17 +354,26 @@ def _jpeg_header(data: bytes) -> ImageHeader:
     return ImageHeader("jpeg", width, height, _JPEG_SAMPLES[colour_space], 1)
 
 
-def read_header(data: bytes, max_pixels: int, max_tiff_bits: int = 16) -> ImageHeader:
+def read_header(data: bytes, max_pixels: int, mask: bool = False) -> ImageHeader:
     """What an image decodes to, from its header alone (nothing is decoded), refused when over
-    `max_pixels`. Masks pass max_tiff_bits=64: float or 64-bit TIFF masks are fine."""
+    `max_pixels` or, with its bands, over `max_decoded_image_bytes`. With `mask`, a TIFF of any
+    sample type (float, 64-bit) is fine: only nonzero matters."""
     fmt = _check_format(data)
     if fmt == "png":
         header = _png_header(data)
     elif fmt == "jpeg":
         header = _jpeg_header(data)
+    elif fmt == "raster":
+        header = _raster_record_header(data)
     else:
-        header = _tiff_header(data, max_tiff_bits)
+        header = _tiff_header(data, mask=mask)
     _check_pixels(header.width, header.height, max_pixels)
+    limit = max_decoded_image_bytes(max_pixels)
+    if header.decoded_bytes > limit:
+        raise RegionInputError(
+            f"image is {header.width}x{header.height} with {header.samples} bands of "
+            f"{header.bytes_per_sample} bytes = {header.decoded_bytes} bytes decoded, above the "
+            f"limit of {limit} (config max_pixels x 8 bytes); refused before decoding")
     return header
 
 
@@ -281,6 +415,14 @@ def load_image(path: str, max_pixels: int) -> ImageInfo:
 
 def check_image_bytes(data: bytes, max_pixels: int) -> ImageInfo:
     header = read_header(data, max_pixels)
+    if header.format == "raster":  # a raster record, as ingest stores one: kept as it is
+        decode_raster(data)
+        return ImageInfo(data, header.width, header.height, header.samples,
+                         header.bytes_per_sample * 8)
+    if header.raster:
+        array = _read_raster_tiff(data, header)
+        return ImageInfo(encode_raster(array), header.width, header.height, header.samples,
+                         header.bytes_per_sample * 8)
     if header.format == "tiff":
         array = _decode_tiff(data)
         if array.dtype not in (np.uint8, np.uint16):
@@ -311,8 +453,14 @@ def _check_channels(channels: int) -> None:
 def decode_mask_array(data: bytes, max_pixels: int) -> np.ndarray:
     """Any single-channel image; nonzero pixels are inside the region. Returns bool [H, W].
     A palette mask is read by its colours, as TensorFlow decodes it, not by its indices."""
-    header = read_header(data, max_pixels, max_tiff_bits=64)
-    if header.format == "tiff":
+    header = read_header(data, max_pixels, mask=True)
+    if header.format == "raster":
+        array = decode_raster(data)
+        if array.shape[-1] != 1:
+            raise RegionInputError(f"mask is a raster of {array.shape[-1]} bands; masks must be "
+                                   "single-channel")
+        array = array[:, :, 0]
+    elif header.format == "tiff":
         array = _decode_tiff(data)
     elif header.format == "jpeg":
         if header.samples != 1:
@@ -415,6 +563,57 @@ def check_region(images: Sequence[bytes], masks: Sequence[bytes], max_pixels: in
     return CheckedRegion(infos, encoded, coverages)
 
 
+# Polygon masks (GeoJSON; masktfx/manifest.py reads them from WKT too), rasterized onto view 1's
+# grid with its geotransform.
+def rasterize_geometry(geometry: dict, image: bytes, max_pixels: int, crs: str = "") -> bytes:
+    """The canonical mask PNG of `geometry` on `image`'s grid: in the image's CRS through its
+    geotransform (reprojected from `crs` when that names another), or, for an image without one,
+    in pixel coordinates (x to the right, y down, from the top-left corner)."""
+    import rasterio
+    import rasterio.features
+    import rasterio.io
+    import rasterio.warp
+    import shapely.geometry
+    from affine import Affine
+    from rasterio.transform import array_bounds
+
+    header = read_header(image, max_pixels)
+    transform, image_crs = Affine.identity(), None
+    if header.format == "tiff":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            try:
+                with rasterio.io.MemoryFile(image) as memory, memory.open() as dataset:
+                    transform, image_crs = dataset.transform, dataset.crs
+            except rasterio.errors.RasterioError as exc:
+                raise RegionInputError(f"cannot read the image's grid: {exc}") from None
+    if crs:
+        if image_crs is None:
+            raise RegionInputError(f"the polygon is in {crs} but the image has no CRS; give "
+                                   "its coordinates in pixels")
+        try:
+            geometry = rasterio.warp.transform_geom(crs, image_crs, geometry)
+        except Exception as exc:  # noqa: BLE001 - rasterio's CRSError and GDAL's errors
+            raise RegionInputError(f"cannot reproject the polygon from {crs}: {exc}") from None
+    shape = (header.height, header.width)
+    mask = rasterio.features.rasterize([(geometry, 1)], out_shape=shape, transform=transform,
+                                       fill=0, dtype="uint8")
+    if not mask.any():
+        footprint = shapely.geometry.box(*array_bounds(*shape, transform))
+        polygon = shapely.geometry.shape(geometry)
+        where = "in pixels" if image_crs is None else f"in {image_crs}"
+        if not polygon.intersects(footprint):
+            raise RegionInputError(
+                f"polygon lies outside the image: its bounds {_bounds(polygon.bounds)}, the "
+                f"image's {_bounds(footprint.bounds)} ({where})")
+        raise RegionInputError(MASK_EMPTY + " (the polygon covers no pixel centre)")
+    return encode_png(mask * np.uint8(255))
+
+
+def _bounds(bounds: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{value:.6g}" for value in bounds) + ")"
+
+
 class RegionFileError(RegionInputError):
     """A file of a region is unusable; `path` names it, `part` is "image" or "mask"."""
 
@@ -426,9 +625,12 @@ class RegionFileError(RegionInputError):
 
 
 def load_region(image_paths: Sequence[str], mask_paths: Sequence[str], max_pixels: int,
-                resize_masks: bool = False) -> CheckedRegion:
-    """Read a region's files and `check_region` them; errors name the file at fault."""
-    paths = {"image": list(image_paths), "mask": list(mask_paths)}
+                resize_masks: bool = False, geometry: str = "", geometry_crs: str = ""
+                ) -> CheckedRegion:
+    """Read a region's files and `check_region` them; errors name the file at fault. With
+    `geometry` (GeoJSON), the mask is that polygon on view 1's grid and `mask_paths` only
+    names where it came from."""
+    paths = {"image": list(image_paths), "mask": [] if geometry else list(mask_paths)}
     contents: dict[str, list[bytes]] = {part: [] for part in paths}
     for part, files in paths.items():
         for path in files:
@@ -436,6 +638,14 @@ def load_region(image_paths: Sequence[str], mask_paths: Sequence[str], max_pixel
                 contents[part].append(read_file(path, max_file_bytes(max_pixels)))
             except RegionInputError as exc:
                 raise RegionFileError(path, part, str(exc)) from None
+    if geometry:
+        source = mask_paths[0] if mask_paths else "geometry"
+        paths["mask"] = [source]
+        try:
+            contents["mask"] = [rasterize_geometry(json.loads(geometry), contents["image"][0],
+                                                   max_pixels, geometry_crs)]
+        except RegionInputError as exc:
+            raise RegionFileError(source, "mask", str(exc)) from None
     try:
         return check_region(contents["image"], contents["mask"], max_pixels, resize_masks)
     except RegionCheckError as exc:

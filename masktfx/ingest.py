@@ -79,7 +79,8 @@ def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
     from masktfx.records import make_example
 
     try:
-        region = imageio.load_region(row.images, row.masks, max_pixels, resize_masks)
+        region = imageio.load_region(row.images, row.masks, max_pixels, resize_masks,
+                                     row.geometry, row.geometry_crs)
     except imageio.RegionFileError as exc:
         raise _RowFailure(exc.path, f"{exc.part}: {exc.reason}") from None
     infos, masks, coverages = region.images, region.masks, region.coverages
@@ -314,13 +315,13 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
                max_pixels: int | None = None, allow_outside_paths: bool = False,
                strict: bool = False, overwrite: bool = False,
                progress: bool | None = None, fork_server: bool = True,
-               progress_stream: TextIO | None = None) -> IngestResult:
+               progress_stream: TextIO | None = None, id_field: str = "") -> IngestResult:
     """Ingest one manifest; shards are published only if at least one row is good (and, with
     `strict`, none is rejected). The report and rejected.csv are always written. The progress
     bar goes to `progress_stream` (default stderr), shown by default when that is a terminal."""
     if max_pixels is None:
         max_pixels = PipelineConfig().max_pixels
-    manifest = read_manifest(manifest_path, allow_outside=allow_outside_paths)
+    manifest = read_manifest(manifest_path, allow_outside=allow_outside_paths, id_field=id_field)
     rows_per_shard = min(MAX_ROWS_PER_SHARD,
                          max(MIN_ROWS_PER_SHARD, -(-len(manifest.rows) // 8)))
     final_dir = target_dir(output, span)

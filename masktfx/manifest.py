@@ -4,15 +4,26 @@ Whole-file problems (unreadable file, missing column) raise `ManifestError` befo
 written. Row problems that need no file access (bad label, duplicate id, a path outside the
 manifest's folder, an empty view) become `Rejection`s; the rows that pass go on to ingest, which
 opens their files.
+
+Polygon masks: a `geometry` column (WKT, or GeoJSON text) instead of `mask`, or a `mask` that
+names a GeoJSON file (`.geojson`, `.json`). A file of several polygons gives one region each: its
+id from the property `id_field` names (else the feature's own id, else the row's id and the
+polygon's number), its label from the row (or, when the row's label is empty, from the polygon's
+`label` property), its other properties as metadata columns. Ingest rasterizes each polygon onto
+the grid of the row's first view.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
+from typing import Any
 
 from masktfx import features
 
@@ -36,6 +47,53 @@ class ManifestRow:
     masks: tuple[str, ...]  # one shared mask, or one per view
     group: str
     metadata: tuple[tuple[str, str], ...]
+    geometry: str = ""  # a polygon mask as GeoJSON (masks then names where it came from)
+    geometry_crs: str = ""  # the CRS a GeoJSON file declares ("": the image's, or pixels)
+
+
+GEOMETRY_COLUMN = "geometry"
+GEOJSON_SUFFIXES = (".geojson", ".json")
+MAX_GEOJSON_BYTES = 256 * 2**20
+
+
+REGION_GEOMETRIES = ("Polygon", "MultiPolygon")
+
+
+def parse_geometry(text: str) -> dict:
+    """A GeoJSON geometry from GeoJSON (a geometry or a Feature) or WKT text; a region is a
+    Polygon or a MultiPolygon."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            geometry = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"geometry is not valid GeoJSON: {exc}") from None
+        if isinstance(geometry, dict) and geometry.get("type") == "Feature":
+            geometry = geometry.get("geometry")
+    else:
+        import shapely.geometry
+        import shapely.wkt
+
+        try:
+            geometry = shapely.geometry.mapping(shapely.wkt.loads(text))
+        except Exception as exc:  # noqa: BLE001 - shapely raises GEOSException and others
+            raise ValueError(f"geometry is not valid WKT: {exc}") from None
+    return check_geometry(geometry)
+
+
+def check_geometry(geometry: Any) -> dict:
+    import shapely.geometry
+
+    kind = geometry.get("type") if isinstance(geometry, dict) else type(geometry).__name__
+    if kind not in REGION_GEOMETRIES:
+        raise ValueError(f"geometry is a {kind}; a region needs a Polygon or MultiPolygon")
+    try:
+        shape = shapely.geometry.shape(geometry)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"geometry cannot be read: {exc}") from None
+    if shape.is_empty:
+        raise ValueError("geometry is an empty polygon")
+    return dict(shapely.geometry.mapping(shape))
 
 
 @dataclass(frozen=True)
@@ -89,6 +147,11 @@ def _layout(path: str, header: list[str]) -> tuple[list[tuple[str, str]], list[s
     else:
         raise ManifestError(f"{path}: missing required column 'image' (or 'image_<view>' columns)")
     per_view = _view_columns(header, "mask")
+    if GEOMETRY_COLUMN in header:
+        if "mask" in header or per_view:
+            raise ManifestError(f"{path}: use either a 'geometry' column or mask columns, not "
+                                "both")
+        return views, [], True
     if "mask" in header and per_view:
         raise ManifestError(f"{path}: use either one 'mask' column or 'mask_<view>' columns, "
                             f"not both")
@@ -118,8 +181,9 @@ def resolve_path(base: str, value: str, allow_outside: bool) -> str:
     return candidate
 
 
-def read_manifest(path: str, allow_outside: bool = False) -> Manifest:
-    """Parse and check the manifest; rows that cannot be used are listed in `rejected`."""
+def read_manifest(path: str, allow_outside: bool = False, id_field: str = "") -> Manifest:
+    """Parse and check the manifest; rows that cannot be used are listed in `rejected`.
+    `id_field` names the property that holds each polygon's id in GeoJSON mask files."""
     try:
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             lines = list(csv.reader(handle))
@@ -138,7 +202,7 @@ def read_manifest(path: str, allow_outside: bool = False) -> Manifest:
     if duplicated:
         raise ManifestError(f"{path}: duplicate column(s) {', '.join(duplicated)}")
     views, mask_columns, shared = _layout(path, header)
-    used = {features.LABEL_KEY, features.ID_KEY, features.GROUP_KEY}
+    used = {features.LABEL_KEY, features.ID_KEY, features.GROUP_KEY, GEOMETRY_COLUMN}
     used.update(column for column, _ in views)
     used.update(mask_columns)
     metadata_columns = [name for name in header if name not in used]
@@ -159,10 +223,25 @@ def read_manifest(path: str, allow_outside: bool = False) -> Manifest:
             continue
         values = dict(zip(header, cells))
         try:
-            manifest.rows.append(_parse_row(number, values, views, mask_columns, metadata_columns,
-                                            base, allow_outside, first_row_of_id))
+            manifest.rows.extend(_parse_row(number, values, views, mask_columns,
+                                            metadata_columns, base, allow_outside,
+                                            first_row_of_id, id_field))
         except _RowRejected as exc:
             manifest.rejected.append(Rejection(number, exc.path, exc.reason))
+    return _with_property_columns(manifest)
+
+
+def _with_property_columns(manifest: Manifest) -> Manifest:
+    """Every row gets every metadata column: the polygons' properties join the manifest's
+    columns, empty where a polygon lacks one."""
+    columns = list(manifest.metadata_columns)
+    for row in manifest.rows:
+        columns.extend(name for name, _ in row.metadata if name not in columns)
+    if columns == list(manifest.metadata_columns):
+        return manifest
+    manifest.metadata_columns = tuple(columns)
+    manifest.rows = [dataclasses.replace(row, metadata=tuple(
+        (name, dict(row.metadata).get(name, "")) for name in columns)) for row in manifest.rows]
     return manifest
 
 
@@ -175,11 +254,10 @@ class _RowRejected(Exception):
 
 def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]],
                mask_columns: list[str], metadata_columns: list[str], base: str,
-               allow_outside: bool, first_row_of_id: dict[str, int]) -> ManifestRow:
-    try:
-        label = parse_label(values[features.LABEL_KEY])
-    except ValueError as exc:
-        raise _RowRejected("", str(exc)) from None
+               allow_outside: bool, first_row_of_id: dict[str, int], id_field: str = ""
+               ) -> list[ManifestRow]:
+    """The row's region, or one region per polygon of the GeoJSON file its mask names."""
+    label_text = values[features.LABEL_KEY]
 
     def resolve(column: str) -> str:
         value = values[column].strip()
@@ -192,16 +270,108 @@ def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]]
 
     images = tuple(resolve(column) for column, _ in views)
     masks = tuple(resolve(column) for column in mask_columns)
-    example_id = values.get(features.ID_KEY, "").strip() or derive_id(images, masks)
-    if example_id in first_row_of_id:
-        raise _RowRejected("", f"duplicate id {example_id!r} (first used on row "
-                               f"{first_row_of_id[example_id]})")
-    if features.GROUP_KEY in values:
-        group = values[features.GROUP_KEY].strip()
-        if not group:
-            raise _RowRejected("", "column 'group' is empty")
-    else:
-        group = example_id
-    first_row_of_id[example_id] = number
     metadata = tuple((name, values[name].strip()) for name in metadata_columns)
-    return ManifestRow(number, example_id, label, images, masks, group, metadata)
+    polygons: list[tuple[str, dict, str, tuple[tuple[str, str], ...]]] = []  # id, geom, label
+    geometry_crs = ""
+    if GEOMETRY_COLUMN in values:
+        try:
+            geometry = parse_geometry(values[GEOMETRY_COLUMN])
+        except ValueError as exc:
+            raise _RowRejected("", f"column 'geometry': {exc}") from None
+        polygons.append(("", geometry, label_text, ()))
+    elif len(masks) == 1 and masks[0].lower().endswith(GEOJSON_SUFFIXES):
+        geometry_crs, found = _read_polygons(masks[0], id_field, label_text)
+        polygons.extend(found)
+    clashing = sorted({name for *_, properties in polygons for name, _ in properties}
+                      & set(metadata_columns))
+    if clashing:
+        raise _RowRejected(masks[0], f"mask: polygon property {clashing[0]!r} is also a column "
+                                     "of the manifest; rename one of them")
+
+    row_id = values.get(features.ID_KEY, "").strip() or derive_id(images, masks)
+    rows = []
+    for index, (polygon_id, geometry, polygon_label, properties) in enumerate(
+            polygons or [("", {}, label_text, ())]):
+        try:
+            label = parse_label(polygon_label)
+        except ValueError as exc:
+            raise _RowRejected(masks[0] if masks else "", str(exc)) from None
+        example_id = row_id
+        if len(polygons) > 1 or (polygons and polygon_id):
+            example_id = polygon_id or f"{row_id}-{index + 1}"
+        if example_id in first_row_of_id:
+            raise _RowRejected("", f"duplicate id {example_id!r} (first used on row "
+                                   f"{first_row_of_id[example_id]})")
+        if features.GROUP_KEY in values:
+            group = values[features.GROUP_KEY].strip()
+            if not group:
+                raise _RowRejected("", "column 'group' is empty")
+        else:
+            group = example_id
+        rows.append(ManifestRow(number, example_id, label, images, masks, group,
+                                metadata + properties,
+                                json.dumps(geometry, sort_keys=True) if geometry else "",
+                                geometry_crs))
+    for row in rows:  # only once the whole row is good
+        first_row_of_id[row.example_id] = number
+    return rows
+
+
+def _read_polygons(path: str, id_field: str, row_label: str
+                   ) -> tuple[str, list[tuple[str, dict, str, tuple[tuple[str, str], ...]]]]:
+    """The CRS a GeoJSON file declares, and (id, geometry, label, properties) per polygon."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise _RowRejected(path, "mask: not a regular file; refused without opening it")
+        if info.st_size > MAX_GEOJSON_BYTES:
+            raise _RowRejected(path, f"mask: GeoJSON of {info.st_size} bytes, more than "
+                                     f"{MAX_GEOJSON_BYTES}")
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        raise _RowRejected(path, "mask: file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _RowRejected(path, f"mask: not a readable GeoJSON file: {exc}") from None
+    if not isinstance(document, dict):
+        raise _RowRejected(path, "mask: not a GeoJSON object")
+    crs = ""
+    declared = document.get("crs")
+    if isinstance(declared, dict):  # the 2008 GeoJSON spec's named CRS, as GDAL writes it
+        crs = str((declared.get("properties") or {}).get("name", ""))
+    kind = document.get("type")
+    if kind == "FeatureCollection":
+        items = document.get("features") or []
+    elif kind == "Feature":
+        items = [document]
+    else:
+        items = [{"type": "Feature", "geometry": document, "properties": {}}]
+    if not items:
+        raise _RowRejected(path, "mask: the GeoJSON file holds no polygon")
+    polygons = []
+    for index, item in enumerate(items, start=1):
+        where = f"mask: polygon {index}"
+        properties = item.get("properties") or {} if isinstance(item, dict) else {}
+        try:
+            geometry = check_geometry(item.get("geometry") if isinstance(item, dict) else None)
+        except ValueError as exc:
+            raise _RowRejected(path, f"{where}: {exc}") from None
+        if id_field:
+            if properties.get(id_field) in (None, ""):
+                raise _RowRejected(path, f"{where} has no property {id_field!r} (id_field)")
+            polygon_id = str(properties[id_field])
+        else:
+            polygon_id = str(item.get("id", "")) if item.get("id") is not None else ""
+        label = row_label
+        if not label.strip() and features.LABEL_KEY in properties:
+            label = str(properties[features.LABEL_KEY])
+        kept = []
+        for name, value in properties.items():
+            if name == id_field or name in features.RESERVED_KEYS:
+                continue
+            if not _FEATURE_NAME.match(name):
+                raise _RowRejected(path, f"{where}: property {name!r} cannot be a metadata "
+                                         "feature name; use letters, digits and '_'")
+            kept.append((name, "" if value is None else str(value)))
+        polygons.append((polygon_id, geometry, label, tuple(sorted(kept))))
+    return crs, polygons

@@ -16,7 +16,11 @@ With `keep_mask_channel` (default on) `crop` and `zero` also append the mask as 
 Normalization (`config.normalization`):
 - `region` (default): per image, subtract the mean and divide by the standard deviation of the
   pixels inside the region (robust to site brightness and contrast).
-- `dataset`: z-score with the mean and variance of all training pixels (tft analyzers).
+- `dataset`: z-score each band with the mean and variance of its training pixels (tft
+  analyzers).
+
+Views are PNG, JPEG or raster records (masktfx/images.py; any number of bands, integer or float
+samples); `config.bands` picks and orders a raster's bands.
 """
 
 from __future__ import annotations
@@ -54,12 +58,70 @@ def _check(condition: tf.Tensor, row: tf.Tensor, part: str, index: int, template
                                                                             **values)])])
 
 
-def decode_views(encoded: tf.Tensor, channels: int, num_views: int, row: tf.Tensor
-                 ) -> tf.Tensor:
-    """[K] encoded images -> [K, H, W, channels] float32 in [0, 1], whatever the bit depth;
-    views of different sizes stop the graph with the region check's message."""
-    views = [tf.io.decode_image(encoded[k], channels=channels, dtype=tf.float32,
-                                expand_animations=False) for k in range(num_views)]
+# Integer samples are scaled by their type's maximum, as decode_image scales PNG and JPEG;
+# float samples are taken as they are.
+_RASTER_TYPES = {b"u08": (tf.uint8, 255.0), b"i08": (tf.int8, 127.0),
+                 b"u16": (tf.uint16, 65535.0), b"i16": (tf.int16, 32767.0)}
+
+
+def decode_raster(encoded: tf.Tensor) -> tf.Tensor:
+    """A raster record (masktfx.images.encode_raster) -> [H, W, bands] float32."""
+    start = len(images.RASTER_MAGIC)
+    code = tf.strings.substr(encoded, start, 3)
+    proto = tf.strings.substr(encoded, images.RASTER_HEADER_BYTES,
+                              tf.strings.length(encoded) - images.RASTER_HEADER_BYTES)
+
+    def parse(dtype: tf.DType, scale: float):
+        return lambda: tf.cast(tf.io.parse_tensor(proto, dtype), tf.float32) / scale
+
+    samples = tf.case([(tf.equal(code, name), parse(dtype, scale))
+                       for name, (dtype, scale) in _RASTER_TYPES.items()],
+                      default=parse(tf.float32, 1.0))
+    return tf.ensure_shape(samples, [None, None, None])
+
+
+def _raster_view(encoded: tf.Tensor, channels: int, bands: list[int], row: tf.Tensor,
+                 index: int) -> tf.Tensor:
+    """A raster view's bands (all, or `bands` in their order), checked against `channels`."""
+    is_raster = tf.equal(tf.strings.substr(encoded, 0, len(images.RASTER_MAGIC)),
+                         images.RASTER_MAGIC)
+    with tf.control_dependencies([_check(is_raster, row, "images", index, images.NOT_A_RASTER,
+                                         channels=str(channels))]):
+        samples = decode_raster(encoded)
+    count = tf.shape(samples)[-1]
+    if bands:
+        with tf.control_dependencies([_check(count >= max(bands), row, "images", index,
+                                             images.RASTER_LACKS_BAND, bands=count,
+                                             band=str(max(bands)))]):
+            samples = tf.gather(samples, [band - 1 for band in bands], axis=-1)
+        count = tf.shape(samples)[-1]
+    with tf.control_dependencies([_check(tf.equal(count, channels), row, "images", index,
+                                         images.RASTER_BANDS_DIFFER, bands=count,
+                                         channels=str(channels))]):
+        return tf.ensure_shape(tf.identity(samples), [None, None, channels])
+
+
+def decode_view(encoded: tf.Tensor, channels: int, bands: list[int], row: tf.Tensor,
+                index: int) -> tf.Tensor:
+    """One encoded view -> [H, W, channels] float32. PNG and JPEG (scaled to [0, 1], converted
+    to gray or RGB) when `channels` is 1 or 3; raster records always."""
+    if channels not in (1, 3):  # only a raster has other band counts
+        return _raster_view(encoded, channels, bands, row, index)
+    is_raster = tf.equal(tf.strings.substr(encoded, 0, len(images.RASTER_MAGIC)),
+                         images.RASTER_MAGIC)
+    return tf.cond(
+        is_raster, lambda: _raster_view(encoded, channels, bands, row, index),
+        lambda: tf.ensure_shape(tf.io.decode_image(encoded, channels=channels, dtype=tf.float32,
+                                                   expand_animations=False),
+                                [None, None, channels]))
+
+
+def decode_views(encoded: tf.Tensor, channels: int, num_views: int, row: tf.Tensor,
+                 bands: list[int] | None = None) -> tf.Tensor:
+    """[K] encoded images -> [K, H, W, channels] float32 (PNG and JPEG in [0, 1], whatever the
+    bit depth); views of different sizes stop the graph with the region check's message."""
+    views = [decode_view(encoded[k], channels, list(bands or []), row, k)
+             for k in range(num_views)]
     first = tf.shape(views[0])
     checks = []
     for k in range(1, num_views):
@@ -188,7 +250,7 @@ def transform_regions(encoded_images: tf.Tensor, encoded_masks: tf.Tensor,
                    tf.debugging.assert_equal(tf.shape(encoded_masks)[0], num_masks,
                                              message=f"expected {num_masks} mask(s) per example")]
         with tf.control_dependencies(counted):
-            views = decode_views(encoded_views, channels, num_views, row)
+            views = decode_views(encoded_views, channels, num_views, row, config.bands)
         shape = tf.shape(views)
         decoded_masks = decode_masks(encoded_masks, shape[1], shape[2], num_views, num_masks, row)
         return apply_mask(views, decoded_masks, config)
@@ -212,9 +274,10 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
     masks = _dense(inputs[features.MASKS_KEY])
     regions = transform_regions(images, masks, config)
     if config.normalization == "dataset":
-        pixels = regions[..., :config.channels]
-        scaled = tft.scale_to_z_score(pixels)
-        regions = tf.concat([scaled, regions[..., config.channels:]], axis=-1)
+        # per band: a raster's bands (near-infrared beside red, say) have ranges of their own
+        scaled = [tft.scale_to_z_score(regions[..., band:band + 1])
+                  for band in range(config.channels)]
+        regions = tf.concat([*scaled, regions[..., config.channels:]], axis=-1)
     outputs = {features.REGION_KEY: regions}
     if features.LABEL_KEY in inputs:
         label = _dense(inputs[features.LABEL_KEY])

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from masktfx import features
 from masktfx.config import PipelineConfig, model_channels
+from masktfx.images import RegionInputError, decode_raster, sniff_format
 
 _SPAN = re.compile(r"^span-(\d+)$")
 
@@ -29,6 +30,7 @@ class DataDescription:
     num_masks: int
     metadata_columns: tuple[str, ...]
     channels: int  # what `channels: 0` resolves to: 1 for gray images, 3 for colour ones
+    raster_bands: int = 0  # the bands of the first image, when it is a raster record
 
 
 def list_spans(data_root: str) -> list[int]:
@@ -74,16 +76,23 @@ def describe_data(data_root: str) -> DataDescription:
                                   "written by `masktfx ingest`")
     metadata = tuple(sorted(name for name in feature if name not in features.RESERVED_KEYS))
     first_image = feature[features.IMAGES_KEY].bytes_list.value[0]
+    raster_bands = 0
     try:
-        stored_channels = int(tf.io.decode_image(first_image, expand_animations=False).shape[-1])
-    except tf.errors.OpError as exc:
+        if sniff_format(first_image) == "raster":
+            raster_bands = decode_raster(first_image).shape[-1]
+            stored_channels = raster_bands
+        else:
+            stored_channels = int(tf.io.decode_image(first_image,
+                                                     expand_animations=False).shape[-1])
+    except (tf.errors.OpError, RegionInputError) as exc:
         raise DataLayoutError(f"{files[0]}: the first record's image cannot be decoded "
                               f"({getattr(exc, 'message', exc)})") from None
     return DataDescription(
         use_spans=bool(spans), spans=tuple(spans),
         num_views=len(feature[features.IMAGES_KEY].bytes_list.value),
         num_masks=len(feature[features.MASKS_KEY].bytes_list.value),
-        metadata_columns=metadata, channels=model_channels(stored_channels))
+        metadata_columns=metadata,
+        channels=raster_bands or model_channels(stored_channels), raster_bands=raster_bands)
 
 
 def shards_to_read(data_root: str, config: PipelineConfig) -> list[str]:
@@ -190,6 +199,35 @@ def resolve_config(config: PipelineConfig, description: DataDescription) -> Pipe
                               f"columns of the data ({', '.join(description.metadata_columns)})")
     return config.replace(
         num_views=views, num_masks=masks, use_spans=description.use_spans,
-        channels=config.channels or description.channels,
+        channels=_channels(config, description),
         metadata_columns=list(description.metadata_columns),
         slice_columns=list(config.slice_columns or description.metadata_columns)).validate()
+
+
+def _channels(config: PipelineConfig, description: DataDescription) -> int:
+    """The channels the model takes: what `channels` says, or (0) what the data holds; a raster's
+    bands (all, or those `bands` selects) must match it."""
+    bands = description.raster_bands
+    if not bands:
+        if config.bands:
+            raise DataLayoutError(f"config bands {config.bands} selects bands of rasters, but "
+                                  "the data's images are pictures (PNG, JPEG); leave bands "
+                                  "empty")
+        channels = config.channels or description.channels
+        if channels not in (1, 3):
+            raise DataLayoutError(f"config channels is {channels} but the data's images are "
+                                  "pictures (PNG, JPEG), read as 1 (gray) or 3 (RGB) channels")
+        return channels
+    missing = [band for band in config.bands if band > bands]
+    if missing:
+        raise DataLayoutError(f"config bands {config.bands} asks for band {max(missing)}, but "
+                              f"the data's rasters have {bands} band(s)")
+    selected = len(config.bands) or bands
+    channels = config.channels or selected
+    if channels != selected:
+        what = f"bands {config.bands} selects" if config.bands else "every band is"
+        raise DataLayoutError(f"the data's images are rasters of {bands} band(s) and {what} "
+                              f"{selected}, but config channels is {config.channels}; set "
+                              "channels to 0 (what the rasters give), or pick "
+                              f"{config.channels} band(s) with `bands`")
+    return channels

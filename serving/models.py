@@ -355,10 +355,11 @@ def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
     rows = signature_regions(arrays)
     total = 0
     for row, (images, masks) in enumerate(rows):
-        for part, items, bits in (("images", images, 16), ("masks", masks, 64)):
+        for part, items in (("images", images), ("masks", masks)):
             for index, data in enumerate(items):
                 try:
-                    total += read_header(bytes(data), max_pixels, bits).decoded_bytes
+                    total += read_header(bytes(data), max_pixels,
+                                         mask=part == "masks").decoded_bytes
                 except RegionInputError as exc:
                     raise ServingError("INVALID_ARGUMENT", REGION_AT.format(
                         row=row, part=part, index=index) + str(exc)) from None

@@ -117,9 +117,11 @@ def tiny_examples(rng: np.random.Generator, count: int) -> list[tuple[int, bytes
     return examples
 
 
-def train_tiny_model(tmp_path, **settings) -> tuple[str, list[tuple[int, bytes, bytes]]]:
+def train_tiny_model(tmp_path, examples: list[tuple[int, bytes, bytes]] | None = None,
+                     **settings) -> tuple[str, list[tuple[int, bytes, bytes]]]:
     """A real SavedModel made by run_fn on 24 tiny transformed examples (16 train, the last 8
-    eval); `settings` override the config. Returns its folder and the examples."""
+    eval), or on `examples` (label, image, mask; two thirds train); `settings` override the
+    config. Returns its folder and the examples."""
     import tensorflow as tf
     import tensorflow_transform as tft
     from tfx.components.trainer.fn_args_utils import FnArgs
@@ -130,7 +132,8 @@ def train_tiny_model(tmp_path, **settings) -> tuple[str, list[tuple[int, bytes, 
 
     config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=2, batch_size=8,
                             model_preset="seed").replace(**settings)
-    examples = tiny_examples(np.random.default_rng(7), 24)
+    examples = examples or tiny_examples(np.random.default_rng(7), 24)
+    train_count = len(examples) * 2 // 3
     instances = [{features.IMAGES_KEY: [img], features.MASKS_KEY: [mask],
                   features.LABEL_KEY: [label]} for label, img, mask in examples]
     transform_dir = str(tmp_path / "transform")
@@ -138,7 +141,8 @@ def train_tiny_model(tmp_path, **settings) -> tuple[str, list[tuple[int, bytes, 
     coder = tft.coders.ExampleProtoCoder(transformed_metadata.schema)
     data_dir = tmp_path / "transformed"
     data_dir.mkdir()
-    for split, rows in (("train", transformed[:16]), ("eval", transformed[16:])):
+    for split, rows in (("train", transformed[:train_count]),
+                        ("eval", transformed[train_count:])):
         options = tf.io.TFRecordOptions(compression_type="GZIP")
         with tf.io.TFRecordWriter(str(data_dir / f"{split}.gz"), options=options) as writer:
             for row in rows:

@@ -14,8 +14,9 @@ import pytest
 from conftest import IN_PROCESS_BEAM, patched_jpeg, square_mask, write_manifest, write_png
 
 from masktfx import cli, features
-from masktfx.images import max_file_bytes
+from masktfx.images import decode_raster, max_file_bytes, sniff_format
 from masktfx.ingest import WORK_PREFIX
+from masktfx.records import read_examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,9 +55,10 @@ def test_fifos_huge_files_and_non_images_are_refused_without_reading_them(tmp_pa
 
 
 def test_images_that_would_decode_to_more_than_their_pixels_or_to_what_tf_cannot_read(tmp_path):
-    """TIFF headers declaring many samples, deep samples or a volume are refused from the
-    header; a CMYK JPEG (TensorFlow's decoder, used in Transform and serving, cannot read it) is
-    refused at ingest rather than breaking the Transform."""
+    """TIFF headers declaring more bands than a raster may have, samples of a type no model
+    reads or a volume are refused from the header; a CMYK JPEG (TensorFlow's decoder, used in
+    Transform and serving, cannot read it) is refused at ingest rather than breaking the
+    Transform."""
     import tifffile
     from PIL import Image
 
@@ -83,16 +85,21 @@ def test_images_that_would_decode_to_more_than_their_pixels_or_to_what_tf_cannot
     assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress",
                      "--beam-args", *IN_PROCESS_BEAM]) == 0
     reasons = _rejected(output)
-    assert "TIFF has 200 samples per pixel" in reasons[1]
-    assert "TIFF has 32 bits per sample, more than 16" in reasons[2]
+    assert "TIFF has 200 bands, more than 64; refused before decoding" in reasons[1]
+    assert "TIFF samples are 32-bit unsigned integer; images are read as 8- or 16-bit " \
+        "integers or 32-bit floats" in reasons[2]
     assert "a volume of depth 5" in reasons[3]
     assert "JPEG is CMYK; convert it to RGB" in reasons[4]
     assert 5 not in reasons  # a 16-bit gray TIFF is fine
     assert "TIFF colour space is MINISWHITE" in reasons[6]
     # its header says 160x160, its data holds 16x16: TensorFlow and Pillow would fill the rest
     assert "cannot decode JPEG (truncated or corrupt)" in reasons[7], reasons[7]
-    assert "TIFF has 4 bands (RGB and 1 extra band(s) that are not alpha)" in reasons[8]
+    assert 8 not in reasons  # a raster of 4 bands: kept whole (tests/test_rasters.py)
     assert 9 not in reasons  # RGBA: the alpha is dropped, as documented
+    stored = [ex.features.feature[features.IMAGES_KEY].bytes_list.value[0]
+              for ex in read_examples(str(output / features.SHARD_GLOB))]
+    assert [decode_raster(data).shape for data in stored if sniff_format(data) == "raster"] \
+        == [(16, 16, 4)]
 
 
 def test_a_palette_mask_is_read_by_its_colours_as_tensorflow_decodes_it():

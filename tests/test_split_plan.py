@@ -83,7 +83,9 @@ def test_split_by_id_trains_and_evaluates_on_both_splits(tmp_path, capsys):
     workdir = str(tmp_path / "work")
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--split-by", "id",
                      "--image-size", "16", "--epochs", "2", "--model-preset", "seed",
-                     "--min-accuracy", "0", "--direct-running-mode", "in_memory"]) == 0
+                     "--min-accuracy", "0", "--direct-running-mode", "in_memory",
+                     # tested in test_serving_check.py, test_intervals.py and the e2e run
+                     "--no-serving-check", "--no-confidence-intervals"]) == 0
     captured = capsys.readouterr()
     assert "split_by: id" in captured.err and "both train and eval" in captured.err
     summary = summarize_run(PipelineConfig(workdir=workdir))

@@ -25,6 +25,9 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
                         help="refuse images with more pixels, before decoding them")
     parser.add_argument("--allow-outside-paths", action="store_true",
                         help="allow paths outside the manifest's folder")
+    parser.add_argument("--id-field", default="",
+                        help="GeoJSON mask files: the polygon property that holds each "
+                             "region's id (default: the feature's id, else ROW_ID-N)")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit 1) and publish no shards if any row is rejected")
     parser.add_argument("--overwrite", action="store_true",
@@ -61,7 +64,7 @@ def _ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
                             allow_outside_paths=args.allow_outside_paths, strict=args.strict,
                             overwrite=args.overwrite,
                             progress=False if args.no_progress else None,
-                            fork_server=not args.no_fork_server)
+                            fork_server=not args.no_fork_server, id_field=args.id_field)
     except (ManifestError, IngestError) as exc:
         raise CommandError(str(exc)) from None
     print(result.describe())
