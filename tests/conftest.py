@@ -160,3 +160,10 @@ def train_tiny_model(tmp_path, examples: list[tuple[int, bytes, bytes]] | None =
 def tiny_model(tmp_path_factory):
     """The tiny model of train_tiny_model with the default config (about 30 s, once)."""
     return train_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (whole pipeline runs) first, in their file order: `make test`'s two workers
+    start on them, and the quick tests fill in at the end, rather than one worker finishing a
+    pipeline run alone while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
