@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
-# Two pytest workers: the suite is mostly single-threaded, so they fill both cores. (xdist's
-# loadgroup cannot keep tests together under pytest 9: its group marks are silently ignored.)
+# Two pytest workers: the suite is mostly single-threaded, so they fill both cores. Whole files
+# go to a worker (a module's fixtures, such as test_reports' two runs, are made once), the
+# files of slow tests first (tests/conftest.py), so the long pipeline runs start at once.
+# (xdist's loadgroup cannot keep tests together under pytest 9: its marks are ignored.)
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint clean
@@ -21,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m masktfx.demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist load $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

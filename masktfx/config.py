@@ -24,8 +24,8 @@ DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
 
 # What each TFX component's `custom_config` holds: only the fields its code reads, because TFX
 # keys its cache on the whole custom_config (a gate threshold must not retrain the model).
-TRANSFORM_FIELDS = ("num_views", "num_masks", "channels", "bands", "image_size", "mask_mode",
-                    "crop_margin", "keep_mask_channel", "normalization")
+TRANSFORM_FIELDS = ("num_views", "num_masks", "channels", "bands", "window", "image_size",
+                    "mask_mode", "crop_margin", "keep_mask_channel", "normalization")
 TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "epochs", "batch_size",
                   "learning_rate", "early_stopping_patience", "augment", "augmentations",
                   "distribution_strategy", "seed", "decision_threshold", "threshold_policy")
@@ -83,6 +83,10 @@ class PipelineConfig:
     bands: list[int] = field(
         default_factory=list, metadata={"help": "a raster's bands the model sees, in order, "
                                                 "numbered from 1 (e.g. 4,3,2); empty: all"})
+    window: list[float] = field(
+        default_factory=list, metadata={"help": "intensity window CENTER,WIDTH in the images' "
+                                                "units (Hounsfield for CT: e.g. 40,400): values "
+                                                "clipped to it and scaled to [0, 1]; empty: none"})
     image_size: int = field(default=64, metadata={"help": "side of the model's square input"})
     mask_mode: str = field(
         default="crop", metadata={"help": "crop | zero | channel | none (ablation: no mask)"})
@@ -234,6 +238,8 @@ class PipelineConfig:
         _require(0 <= self.channels <= MAX_CHANNELS, "channels",
                  f"must be 0 (from the data), 1 or 3 (gray or colour pictures) or a raster's "
                  f"band count up to {MAX_CHANNELS}, got {self.channels}")
+        _require(not self.window or (len(self.window) == 2 and self.window[1] > 0), "window",
+                 f"is CENTER,WIDTH with a positive width, got {self.window}")
         _require(all(band >= 1 for band in self.bands), "bands",
                  f"numbers bands from 1, got {self.bands}")
         _require(not self.bands or self.channels in (0, len(self.bands)), "bands",
@@ -403,10 +409,13 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
             return float(value)
         if kind == "str":
             return str(value)
-        if kind == "list[int]":
+        if kind in ("list[int]", "list[float]"):
             items = value.replace(",", " ").split() if isinstance(value, str) else value
-            if any(isinstance(item, bool) or (isinstance(item, float) and not item.is_integer())
-                   for item in items):
+            if any(isinstance(item, bool) for item in items):
+                raise ValueError(value)
+            if kind == "list[float]":
+                return [float(item) for item in items]
+            if any(isinstance(item, float) and not item.is_integer() for item in items):
                 raise ValueError(value)
             return [int(item) for item in items]
         if kind.startswith("list"):

@@ -20,6 +20,13 @@ annotated crown boxes. Positive: the ellipse inscribed in a crown's box; negativ
 same size that overlaps no annotated crown. The group is a spatial block of the scene, so
 neighbouring crowns never straddle the split; `site` names the scene's region. Only these two
 scenes are read: the wheel's other images are kept for independent evaluation.
+
+`brain`: a real T1-weighted MR volume, `anatomical.nii` (33 x 41 x 25 voxels), as the `nibabel`
+package ships it, read as NIfTI with a NIfTI label map: regions are disks on its axial slices,
+each one value of `labels.nii.gz`; positive when most of the disk is bright tissue (above the
+volume's 75th percentile), negative when it holds none. The labels come from the image's own
+intensities: a demo of volumes, slices and label maps, not a clinical task. Groups are blocks of
+five slices, so neighbouring slices never straddle the split.
 """
 
 from __future__ import annotations
@@ -401,4 +408,61 @@ def write_trees(output: str, wheel_dir: str | None = None, context: float = 1.5,
                     group = f"{site}-block{int(y) // block}-{int(x) // block}"
                     writer.writerow([example_id, image_path, mask_path, int(kind == "pos"),
                                      group, site, scene_name])
+    return manifest_path
+
+
+BRAIN_VOLUME = ("nibabel", "tests", "data", "anatomical.nii")
+
+
+def write_brain(output: str, radius: int = 3, seed: int = 0) -> str:
+    """Copy the volume, write the label map and manifest.csv; returns the manifest path."""
+    import importlib
+    import shutil
+
+    import nibabel
+
+    package = importlib.import_module(BRAIN_VOLUME[0])
+    source = os.path.join(os.path.dirname(package.__file__), *BRAIN_VOLUME[1:])
+    if not os.path.isfile(source):
+        raise DemoDataError(f"{source}: not found; the installed {BRAIN_VOLUME[0]} package "
+                            "should ship it")
+    os.makedirs(output, exist_ok=True)
+    shutil.copy(source, os.path.join(output, "anatomical.nii"))
+    volume = nibabel.load(source)
+    voxels = np.asarray(volume.dataobj, dtype=np.float32)
+    bright = voxels > np.percentile(voxels, 75)
+    labels = np.zeros(voxels.shape, np.int16)
+    rng = np.random.default_rng(seed)
+    height, width, depth = voxels.shape
+    grid_y, grid_x = np.mgrid[:height, :width]
+    rows = []
+    value = 0
+    for plane in range(depth):
+        taken = np.zeros((height, width), bool)
+        wanted = {1: 4, 0: 4}
+        for _ in range(400):
+            if not any(wanted.values()):
+                break
+            cy = int(rng.integers(radius, height - radius))
+            cx = int(rng.integers(radius, width - radius))
+            disk = (grid_y - cy) ** 2 + (grid_x - cx) ** 2 <= radius ** 2
+            if (taken & _dilate(disk, 1)).any():
+                continue
+            share = float(bright[:, :, plane][disk].mean())
+            label = 1 if share >= 0.6 else 0 if share == 0.0 else None
+            if label is None or not wanted[label]:
+                continue
+            wanted[label] -= 1
+            taken |= disk
+            value += 1
+            labels[:, :, plane][disk] = value
+            rows.append([f"slice{plane:02d}-{value:03d}", "anatomical.nii", "labels.nii.gz",
+                         f"2:{plane}", value, label, f"slices{plane // 5 * 5:02d}"])
+    nibabel.save(nibabel.Nifti1Image(labels, volume.affine),
+                 os.path.join(output, "labels.nii.gz"))
+    manifest_path = os.path.join(output, "manifest.csv")
+    with open(manifest_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image", "mask", "slice", "mask_label", "label", "group"])
+        writer.writerows(rows)
     return manifest_path

@@ -92,6 +92,10 @@ MAX_RASTER_BANDS = 64  # config.MAX_CHANNELS, the most channels a model may take
 def sniff_format(data: bytes) -> str | None:
     if data.startswith(RASTER_MAGIC):
         return "raster"
+    if data[128:132] == b"DICM":
+        return "dicom"
+    if _is_nifti(data):
+        return "nifti"
     if data.startswith(PNG_SIGNATURE):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -321,6 +325,167 @@ def _read_raster_tiff(data: bytes, header: ImageHeader) -> np.ndarray:
     return np.moveaxis(array, 0, -1)
 
 
+def _is_nifti(data: bytes) -> bool:
+    """A single-file NIfTI-1 or NIfTI-2 header, plain or gzipped."""
+    head = data[:544]
+    if data[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 544)
+        except zlib.error:
+            return False
+    return head[344:348] == b"n+1\x00" or head[4:8] == b"n+2\x00"
+
+
+# A volume (NIfTI, multi-frame DICOM) may hold this many planes' worth of an image's bytes; one
+# plane (the `slice` column) is decoded from it.
+MAX_VOLUME_PLANES = 1024
+MEDICAL_BYTES_PER_SAMPLE = 4  # stored as float32, in the modality's units
+
+
+def parse_plane(spec: str, shape: tuple[int, ...], kind: str) -> tuple[int, int]:
+    """`slice` column text (`axis:index`, or `index` along the last axis) -> (axis, index)."""
+    text = spec.strip()
+    try:
+        axis_text, _, index_text = text.rpartition(":")
+        axis = int(axis_text) if axis_text else len(shape) - 1
+        index = int(index_text)
+    except ValueError:
+        raise RegionInputError(f"slice {spec!r} is not `axis:index` or `index`") from None
+    if not 0 <= axis < len(shape):
+        raise RegionInputError(f"slice {spec!r}: the {kind} has axes 0 to {len(shape) - 1}")
+    if not 0 <= index < shape[axis]:
+        raise RegionInputError(f"slice index {index} is out of range: axis {axis} of the "
+                               f"{kind} of shape {shape} has {shape[axis]} slices")
+    return axis, index
+
+
+def _dicom(data: bytes, pixels: bool) -> Any:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises InvalidDicomError and others
+        raise RegionInputError(f"cannot read DICOM: {exc}") from None
+
+
+# DICOM-SEG (Segmentation Storage): its frames are per segment, not planes of one image.
+_DICOM_SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _dicom_header(data: bytes) -> tuple[ImageHeader, int]:
+    dataset = _dicom(data, pixels=False)
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise RegionInputError(f"DICOM has no readable image size: {exc}") from None
+    if str(dataset.get("SOPClassUID", "")) == _DICOM_SEG:
+        raise RegionInputError("DICOM-SEG segmentations are not read; export the segment as a "
+                               "label map (NIfTI, or a DICOM image of labels)")
+    if samples != 1:
+        raise RegionInputError(f"DICOM has {samples} samples per pixel; gray (1) is read")
+    return ImageHeader("dicom", columns, rows, 1, MEDICAL_BYTES_PER_SAMPLE), frames
+
+
+def _nifti_image(data: bytes) -> Any:
+    import gzip
+
+    import nibabel
+
+    stream = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == b"\x1f\x8b" \
+        else io.BytesIO(data)
+    holder = nibabel.FileHolder(fileobj=stream)
+    try:
+        head = stream.read(8)
+        stream.seek(0)
+        kind = nibabel.Nifti2Image if head[4:8] == b"n+2\x00" else nibabel.Nifti1Image
+        return kind.from_file_map({"header": holder, "image": holder})
+    except Exception as exc:  # noqa: BLE001 - nibabel's HeaderDataError and others
+        raise RegionInputError(f"cannot read NIfTI: {exc}") from None
+
+
+def _nifti_shape(image: Any) -> tuple[int, ...]:
+    shape = tuple(int(size) for size in image.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 3:
+        raise RegionInputError(f"NIfTI is a {len(shape)}-D volume of shape {shape}; a 2-D image "
+                               "or a 3-D volume is read")
+    if len(shape) < 2:
+        raise RegionInputError(f"NIfTI has shape {shape}; at least 2-D is needed")
+    return shape
+
+
+def _medical_header(data: bytes, fmt: str, max_pixels: int) -> ImageHeader:
+    """The header of the largest plane; the whole volume is held to MAX_VOLUME_PLANES planes'
+    bytes, from the header, before anything is decoded."""
+    if fmt == "dicom":
+        header, frames = _dicom_header(data)
+        volume = header.decoded_bytes * frames
+    else:
+        shape = _nifti_shape(_nifti_image(data))
+        height, width = sorted(shape)[-2:]  # the largest plane a slice can be
+        header = ImageHeader("nifti", width, height, 1, MEDICAL_BYTES_PER_SAMPLE)
+        volume = int(np.prod(shape)) * MEDICAL_BYTES_PER_SAMPLE
+    limit = max_decoded_image_bytes(max_pixels) * MAX_VOLUME_PLANES
+    if volume > limit:
+        raise RegionInputError(f"{fmt.upper()} volume decodes to {volume} bytes, above the "
+                               f"limit of {limit} (max_pixels x 8 bytes a plane, "
+                               f"{MAX_VOLUME_PLANES} planes); refused before decoding")
+    return header
+
+
+def read_medical_plane(data: bytes, max_pixels: int, plane: str = "") -> np.ndarray:
+    """One 2-D plane of a DICOM or NIfTI file as float32 in the modality's units: DICOM through
+    its modality LUT (rescale slope and intercept: Hounsfield units for CT), NIfTI through its
+    scl_slope and scl_inter. A volume (multi-frame DICOM, 3-D NIfTI) needs `plane`."""
+    fmt = sniff_format(data)
+    if fmt == "dicom":
+        _header, frames = _dicom_header(data)
+        dataset = _dicom(data, pixels=True)
+        from pydicom.pixels import apply_modality_lut, pixel_array
+
+        index = None
+        if plane.strip():
+            _axis, index = parse_plane(plane, (frames,), "DICOM frames")
+        elif frames > 1:
+            raise RegionInputError(f"DICOM holds {frames} frames; give the slice column (the "
+                                   "frame's index)")
+        try:
+            pixels = pixel_array(dataset, index=index)
+            values = apply_modality_lut(pixels, dataset)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError and others
+            raise RegionInputError(f"cannot decode DICOM pixels (truncated or corrupt): "
+                                   f"{exc}") from None
+    elif fmt == "nifti":
+        image = _nifti_image(data)
+        shape = _nifti_shape(image)
+        if len(shape) == 3:
+            if not plane.strip():
+                raise RegionInputError(f"NIfTI is a volume of shape {shape}; give the slice "
+                                       "column (axis:index)")
+            axis, index = parse_plane(plane, shape, "volume")
+            where = tuple(index if position == axis else slice(None) for position in range(3))
+        else:
+            where = (slice(None), slice(None))
+        try:
+            values = np.asarray(image.dataobj[where + (0,) * (len(image.shape) - len(shape))],
+                                dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001 - a short file: nibabel, numpy, gzip errors
+            raise RegionInputError(f"cannot decode NIfTI voxels (truncated or corrupt): "
+                                   f"{exc}") from None
+    else:
+        raise RegionInputError("not a DICOM or NIfTI file")
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise RegionInputError(f"{fmt.upper()} plane has shape {values.shape}; 2-D is needed")
+    if not np.isfinite(values).all():
+        raise RegionInputError(f"{fmt.upper()} plane holds NaN or infinite values")
+    _check_pixels(values.shape[1], values.shape[0], max_pixels)
+    return values
+
+
 # PNG colour types -> samples per pixel as decoded (a palette decodes to its colours)
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
@@ -365,6 +530,8 @@ def read_header(data: bytes, max_pixels: int, mask: bool = False) -> ImageHeader
         header = _jpeg_header(data)
     elif fmt == "raster":
         header = _raster_record_header(data)
+    elif fmt in ("dicom", "nifti"):
+        header = _medical_header(data, fmt, max_pixels)
     else:
         header = _tiff_header(data, mask=mask)
     _check_pixels(header.width, header.height, max_pixels)
@@ -413,8 +580,15 @@ def load_image(path: str, max_pixels: int) -> ImageInfo:
     return check_image_bytes(data, max_pixels)
 
 
-def check_image_bytes(data: bytes, max_pixels: int) -> ImageInfo:
+def check_image_bytes(data: bytes, max_pixels: int, plane: str = "") -> ImageInfo:
+    """Read and fully check one image; `plane` picks a volume's slice (DICOM frames, NIfTI)."""
     header = read_header(data, max_pixels)
+    if header.format in ("dicom", "nifti"):
+        values = read_medical_plane(data, max_pixels, plane)
+        return ImageInfo(encode_raster(values), values.shape[1], values.shape[0], 1, 32)
+    if plane.strip():
+        raise RegionInputError(f"slice {plane!r} is given but the image is a "
+                               f"{header.format.upper()}, not a volume")
     if header.format == "raster":  # a raster record, as ingest stores one: kept as it is
         decode_raster(data)
         return ImageInfo(data, header.width, header.height, header.samples,
@@ -450,11 +624,18 @@ def _check_channels(channels: int) -> None:
             f"image has {channels} channels; 1 (gray), 3 (RGB) or 4 (RGBA) are supported")
 
 
-def decode_mask_array(data: bytes, max_pixels: int) -> np.ndarray:
-    """Any single-channel image; nonzero pixels are inside the region. Returns bool [H, W].
+def decode_mask_array(data: bytes, max_pixels: int, plane: str = "",
+                      mask_label: float | None = None) -> np.ndarray:
+    """Any single-channel image, or a plane of a DICOM or NIfTI label map; nonzero pixels are
+    inside the region, or, with `mask_label`, the pixels of that value. Returns bool [H, W].
     A palette mask is read by its colours, as TensorFlow decodes it, not by its indices."""
     header = read_header(data, max_pixels, mask=True)
-    if header.format == "raster":
+    if plane.strip() and header.format not in ("dicom", "nifti"):
+        raise RegionInputError(f"slice {plane!r} is given but the mask is a "
+                               f"{header.format.upper()}, not a volume")
+    if header.format in ("dicom", "nifti"):
+        array = read_medical_plane(data, max_pixels, plane)
+    elif header.format == "raster":
         array = decode_raster(data)
         if array.shape[-1] != 1:
             raise RegionInputError(f"mask is a raster of {array.shape[-1]} bands; masks must be "
@@ -480,6 +661,8 @@ def decode_mask_array(data: bytes, max_pixels: int) -> np.ndarray:
     if array.ndim != 2:
         raise RegionInputError(
             f"mask has {array.shape[-1]} channels; masks must be single-channel")
+    if mask_label is not None:
+        return array == mask_label
     return array != 0
 
 
@@ -535,14 +718,15 @@ class RegionCheckError(RegionInputError):
 
 
 def check_region(images: Sequence[bytes], masks: Sequence[bytes], max_pixels: int,
-                 resize_masks: bool = False) -> CheckedRegion:
+                 resize_masks: bool = False, plane: str = "",
+                 mask_label: float | None = None) -> CheckedRegion:
     """The one check of a region's views and masks, used by ingest, `masktfx predict` and the
     server: every image readable and under the pixel limit, the views co-registered, each mask
     single-channel, of its view's size (resized with `resize_masks`) and not empty."""
     infos: list[ImageInfo] = []
     for index, data in enumerate(images):
         try:
-            infos.append(check_image_bytes(bytes(data), max_pixels))
+            infos.append(check_image_bytes(bytes(data), max_pixels, plane))
         except RegionInputError as exc:
             raise RegionCheckError("image", index, str(exc)) from None
         first, last = infos[0], infos[-1]
@@ -554,8 +738,10 @@ def check_region(images: Sequence[bytes], masks: Sequence[bytes], max_pixels: in
     for index, data in enumerate(masks):
         target = infos[min(index, len(infos) - 1)]
         try:
-            mask, coverage = canonical_mask(decode_mask_array(bytes(data), max_pixels),
-                                            (target.width, target.height), resize_masks)
+            region = decode_mask_array(bytes(data), max_pixels, _mask_plane(data, plane),
+                                       mask_label)
+            mask, coverage = canonical_mask(region, (target.width, target.height),
+                                            resize_masks)
         except RegionInputError as exc:
             raise RegionCheckError("mask", index, str(exc)) from None
         encoded.append(mask)
@@ -614,6 +800,11 @@ def _bounds(bounds: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{value:.6g}" for value in bounds) + ")"
 
 
+def _mask_plane(data: bytes, plane: str) -> str:
+    """A volume's mask (a label map) is sliced as its images are; a 2-D mask is used whole."""
+    return plane if sniff_format(bytes(data[:65536])) in ("dicom", "nifti") else ""
+
+
 class RegionFileError(RegionInputError):
     """A file of a region is unusable; `path` names it, `part` is "image" or "mask"."""
 
@@ -625,8 +816,8 @@ class RegionFileError(RegionInputError):
 
 
 def load_region(image_paths: Sequence[str], mask_paths: Sequence[str], max_pixels: int,
-                resize_masks: bool = False, geometry: str = "", geometry_crs: str = ""
-                ) -> CheckedRegion:
+                resize_masks: bool = False, geometry: str = "", geometry_crs: str = "",
+                plane: str = "", mask_label: float | None = None) -> CheckedRegion:
     """Read a region's files and `check_region` them; errors name the file at fault. With
     `geometry` (GeoJSON), the mask is that polygon on view 1's grid and `mask_paths` only
     names where it came from."""
@@ -647,7 +838,8 @@ def load_region(image_paths: Sequence[str], mask_paths: Sequence[str], max_pixel
         except RegionInputError as exc:
             raise RegionFileError(source, "mask", str(exc)) from None
     try:
-        return check_region(contents["image"], contents["mask"], max_pixels, resize_masks)
+        return check_region(contents["image"], contents["mask"], max_pixels, resize_masks,
+                            plane, mask_label)
     except RegionCheckError as exc:
         raise RegionFileError(paths[exc.part][exc.index], exc.part, exc.reason) from None
 

@@ -80,7 +80,7 @@ def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
 
     try:
         region = imageio.load_region(row.images, row.masks, max_pixels, resize_masks,
-                                     row.geometry, row.geometry_crs)
+                                     row.geometry, row.geometry_crs, row.plane, row.mask_label)
     except imageio.RegionFileError as exc:
         raise _RowFailure(exc.path, f"{exc.part}: {exc.reason}") from None
     infos, masks, coverages = region.images, region.masks, region.coverages

@@ -49,9 +49,13 @@ class ManifestRow:
     metadata: tuple[tuple[str, str], ...]
     geometry: str = ""  # a polygon mask as GeoJSON (masks then names where it came from)
     geometry_crs: str = ""  # the CRS a GeoJSON file declares ("": the image's, or pixels)
+    plane: str = ""  # a volume's slice (`axis:index`, or a frame's index), for every view
+    mask_label: float | None = None  # the label map value that is the region (None: nonzero)
 
 
 GEOMETRY_COLUMN = "geometry"
+SLICE_COLUMN = "slice"  # NIfTI volumes and multi-frame DICOM: the 2-D plane of the region
+MASK_LABEL_COLUMN = "mask_label"  # label maps: the value inside the region
 GEOJSON_SUFFIXES = (".geojson", ".json")
 MAX_GEOJSON_BYTES = 256 * 2**20
 
@@ -146,7 +150,8 @@ def _layout(path: str, header: list[str]) -> tuple[list[tuple[str, str]], list[s
         views = multi
     else:
         raise ManifestError(f"{path}: missing required column 'image' (or 'image_<view>' columns)")
-    per_view = _view_columns(header, "mask")
+    per_view = [(name, view) for name, view in _view_columns(header, "mask")
+                if name != MASK_LABEL_COLUMN]
     if GEOMETRY_COLUMN in header:
         if "mask" in header or per_view:
             raise ManifestError(f"{path}: use either a 'geometry' column or mask columns, not "
@@ -202,7 +207,8 @@ def read_manifest(path: str, allow_outside: bool = False, id_field: str = "") ->
     if duplicated:
         raise ManifestError(f"{path}: duplicate column(s) {', '.join(duplicated)}")
     views, mask_columns, shared = _layout(path, header)
-    used = {features.LABEL_KEY, features.ID_KEY, features.GROUP_KEY, GEOMETRY_COLUMN}
+    used = {features.LABEL_KEY, features.ID_KEY, features.GROUP_KEY, GEOMETRY_COLUMN,
+            SLICE_COLUMN, MASK_LABEL_COLUMN}
     used.update(column for column, _ in views)
     used.update(mask_columns)
     metadata_columns = [name for name in header if name not in used]
@@ -288,7 +294,17 @@ def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]]
         raise _RowRejected(masks[0], f"mask: polygon property {clashing[0]!r} is also a column "
                                      "of the manifest; rename one of them")
 
-    row_id = values.get(features.ID_KEY, "").strip() or derive_id(images, masks)
+    plane = values.get(SLICE_COLUMN, "").strip()
+    mask_label = None
+    if values.get(MASK_LABEL_COLUMN, "").strip():
+        try:
+            mask_label = float(values[MASK_LABEL_COLUMN])
+        except ValueError:
+            raise _RowRejected("", f"column 'mask_label': {values[MASK_LABEL_COLUMN]!r} is not "
+                                   "a number") from None
+    row_id = values.get(features.ID_KEY, "").strip() or derive_id(
+        images + ((plane,) if plane else ()),
+        masks + ((str(mask_label),) if mask_label is not None else ()))
     rows = []
     for index, (polygon_id, geometry, polygon_label, properties) in enumerate(
             polygons or [("", {}, label_text, ())]):
@@ -311,7 +327,7 @@ def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]]
         rows.append(ManifestRow(number, example_id, label, images, masks, group,
                                 metadata + properties,
                                 json.dumps(geometry, sort_keys=True) if geometry else "",
-                                geometry_crs))
+                                geometry_crs, plane, mask_label))
     for row in rows:  # only once the whole row is good
         first_row_of_id[row.example_id] = number
     return rows

@@ -20,7 +20,8 @@ Normalization (`config.normalization`):
   analyzers).
 
 Views are PNG, JPEG or raster records (masktfx/images.py; any number of bands, integer or float
-samples); `config.bands` picks and orders a raster's bands.
+samples; DICOM and NIfTI planes in their modality's units); `config.bands` picks and orders a
+raster's bands, `config.window` (center, width) windows the intensities first.
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ def decode_masks(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor, num_vi
     return tf.broadcast_to(stacked, tf.stack([num_views, height, width, 1]))
 
 
+def apply_window(views: tf.Tensor, center: float, width: float) -> tf.Tensor:
+    """An intensity window, as a radiologist sets one: [center - width/2, center + width/2]
+    mapped to [0, 1], values outside clipped."""
+    return tf.clip_by_value((views - (center - width / 2.0)) / width, 0.0, 1.0)
+
+
 def region_box(mask: tf.Tensor, margin: float) -> tf.Tensor:
     """Normalized [y1, x1, y2, x2] of the square box around the region, widened by `margin`.
 
@@ -251,6 +258,8 @@ def transform_regions(encoded_images: tf.Tensor, encoded_masks: tf.Tensor,
                                              message=f"expected {num_masks} mask(s) per example")]
         with tf.control_dependencies(counted):
             views = decode_views(encoded_views, channels, num_views, row, config.bands)
+        if config.window:
+            views = apply_window(views, *config.window)
         shape = tf.shape(views)
         decoded_masks = decode_masks(encoded_masks, shape[1], shape[2], num_views, num_masks, row)
         return apply_mask(views, decoded_masks, config)

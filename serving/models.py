@@ -347,6 +347,13 @@ def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, tf.TensorSpec]
     return arrays
 
 
+# What the served graph decodes (modules/transform.py), as TF Serving would run it: TIFF, DICOM and
+# NIfTI files are converted by the client (`masktfx predict` sends raster records and PNG masks).
+GRAPH_FORMATS = {"images": ("png", "jpeg", "raster"), "masks": ("png", "jpeg")}
+GRAPH_CANNOT_DECODE = ("is a {format}, which the served graph cannot decode; {part} go as "
+                       "{formats} (`masktfx predict` converts files as ingest stores them)")
+
+
 def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
                             max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
     """The region check for any signature: images and masks as tensors (predict_raw), or inside
@@ -358,8 +365,12 @@ def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
         for part, items in (("images", images), ("masks", masks)):
             for index, data in enumerate(items):
                 try:
-                    total += read_header(bytes(data), max_pixels,
-                                         mask=part == "masks").decoded_bytes
+                    header = read_header(bytes(data), max_pixels, mask=part == "masks")
+                    if header.format not in GRAPH_FORMATS[part]:
+                        raise RegionInputError(GRAPH_CANNOT_DECODE.format(
+                            format=header.format.upper(), part=part,
+                            formats=", ".join(GRAPH_FORMATS[part])))
+                    total += header.decoded_bytes
                 except RegionInputError as exc:
                     raise ServingError("INVALID_ARGUMENT", REGION_AT.format(
                         row=row, part=part, index=index) + str(exc)) from None

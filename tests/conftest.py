@@ -162,8 +162,18 @@ def tiny_model(tmp_path_factory):
     return train_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
+# The files of whole pipeline runs, longest first (their order in `make test`'s durations).
+LONGEST_FILES = ("test_pipeline_e2e.py", "test_faults.py", "test_span_window.py",
+                 "test_reports.py", "test_medical.py", "test_serving_load.py",
+                 "test_split_plan.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests (whole pipeline runs) first, in their file order: `make test`'s two workers
-    start on them, and the quick tests fill in at the end, rather than one worker finishing a
-    pipeline run alone while the other idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest files first: `make test` hands whole files to its two workers in this order
+    (--dist loadfile), so the pipeline runs start at once and the quick files fill in at the
+    end, rather than one worker finishing a long run alone while the other idles."""
+    def rank(item) -> int:
+        name = os.path.basename(str(item.path))
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)

@@ -111,6 +111,12 @@ def add_demo_data(sub: argparse._SubParsersAction) -> None:
                        help="side in pixels of the spatial blocks that become groups")
     trees.add_argument("--seed", type=int, default=0)
     trees.set_defaults(handler=cmd_demo_trees)
+    brain = kinds.add_parser("brain", help="a real T1 MR volume (NIfTI, from the nibabel "
+                                           "package) with a NIfTI label map of disk regions")
+    brain.add_argument("--output", required=True)
+    brain.add_argument("--radius", type=int, default=3, help="disk radius in voxels")
+    brain.add_argument("--seed", type=int, default=0)
+    brain.set_defaults(handler=cmd_demo_brain)
 
 
 def _write_demo(write: Callable[..., str], *args: Any, **kwargs: Any) -> int:
@@ -144,3 +150,9 @@ def cmd_demo_trees(args: argparse.Namespace) -> int:
 
     return _write_demo(write_trees, args.output, wheel_dir=args.wheel_dir, context=args.context,
                        block=args.block, seed=args.seed)
+
+
+def cmd_demo_brain(args: argparse.Namespace) -> int:
+    from masktfx.demo_data import write_brain
+
+    return _write_demo(write_brain, args.output, radius=args.radius, seed=args.seed)

@@ -163,23 +163,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             manifest = read_manifest(args.manifest)
         except ManifestError as exc:
             raise CommandError(str(exc)) from None
-        regions = [(row.example_id, row.images, row.masks, row.geometry, row.geometry_crs)
+        regions = [(row.example_id, row.images, row.masks,
+                    {"geometry": row.geometry, "geometry_crs": row.geometry_crs,
+                     "plane": row.plane, "mask_label": row.mask_label})
                    for row in manifest.rows]
         failed = [{"row": r.row, "error": r.reason} for r in manifest.rejected]
     else:
         if not args.image or not args.mask:
             raise CommandError("give --image (one per view) and --mask, or --manifest")
-        regions = [(args.image[0], tuple(args.image), tuple(args.mask), "", "")]
+        regions = [(args.image[0], tuple(args.image), tuple(args.mask), {})]
         failed = []
     if args.batch_size < 1:
         raise CommandError("--batch-size must be >= 1")
 
-    def encoded(images, masks, geometry, geometry_crs):
-        """Files as the model wants them (TIFF re-encoded, masks canonical PNG, polygons
-        rasterized), checked as ingest and the server check them; the error names the file at
-        fault."""
-        region = load_region(images, masks, args.max_pixels, geometry=geometry,
-                             geometry_crs=geometry_crs)
+    def encoded(images, masks, where):
+        """Files as the model wants them (TIFF, DICOM and NIfTI as raster records, masks
+        canonical PNG, polygons rasterized), checked as ingest and the server check them; the
+        error names the file at fault."""
+        region = load_region(images, masks, args.max_pixels, **where)
         return [info.encoded for info in region.images], region.masks
 
     def predict_batch(ids, images, masks):
@@ -207,9 +208,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     status = 1 if failed else 0
     for start in range(0, len(regions), args.batch_size):
         batch, ids, images, masks = regions[start:start + args.batch_size], [], [], []
-        for example_id, image_paths, mask_paths, geometry, geometry_crs in batch:
+        for example_id, image_paths, mask_paths, where in batch:
             try:
-                views, region = encoded(image_paths, mask_paths, geometry, geometry_crs)
+                views, region = encoded(image_paths, mask_paths, where)
             except RegionInputError as exc:
                 print(json.dumps({"id": example_id, "error": str(exc)}), flush=True)
                 status = 1

@@ -1,0 +1,227 @@
+"""DICOM (pydicom's CT and MR test files) and NIfTI (nibabel's test volume, a label map written
+with nibabel): ingest stores each plane in its modality's units, exactly; a label map gives the
+mask of one label; bad volumes are rejected rows; the window is applied in the graph; a model
+trained on CT regions serves them through both signatures and `masktfx serve`."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import requests
+import tensorflow as tf
+from conftest import IN_PROCESS_BEAM, run_transform, square_mask, write_manifest, write_png
+
+from masktfx import cli, features
+from masktfx.config import PipelineConfig
+from masktfx.images import decode_mask_array, decode_raster
+from masktfx.records import make_example, read_examples
+
+
+def _package_file(package: str, *parts: str) -> str:
+    import importlib
+
+    return os.path.join(os.path.dirname(importlib.import_module(package).__file__), *parts)
+
+
+CT = _package_file("pydicom", "data", "test_files", "CT_small.dcm")
+MR = _package_file("pydicom", "data", "test_files", "MR_small.dcm")
+MR_TRUNCATED = _package_file("pydicom", "data", "test_files", "MR_truncated.dcm")
+BRAIN = _package_file("nibabel", "tests", "data", "anatomical.nii")
+
+
+def _hounsfield(path: str) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    dataset = pydicom.dcmread(path)
+    return apply_modality_lut(dataset.pixel_array, dataset).astype(np.float32)
+
+
+def _ingest(tmp_path, header: list[str], rows: list[list]) -> tuple[dict, dict]:
+    return _ingest_manifest(tmp_path, write_manifest(str(tmp_path / "m.csv"), header, rows))
+
+
+def _ingest_manifest(tmp_path, manifest: str) -> tuple[dict, dict]:
+    output = tmp_path / "out"
+    assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress",
+                     "--beam-args", *IN_PROCESS_BEAM]) == 0
+    records = {ex.features.feature[features.ID_KEY].bytes_list.value[0].decode():
+               ex.features.feature for ex in read_examples(str(output / features.SHARD_GLOB))}
+    with open(output / features.REJECTED_CSV, encoding="utf-8") as handle:
+        rejected = {int(r["row"]): r["reason"] for r in csv.DictReader(handle)}
+    return records, rejected
+
+
+def _image(feature) -> np.ndarray:
+    return decode_raster(feature[features.IMAGES_KEY].bytes_list.value[0])[:, :, 0]
+
+
+def test_dicom_ct_and_mr_and_a_nifti_slice_with_its_label_map(tmp_path):
+    import nibabel
+
+    for source in (CT, MR, MR_TRUNCATED, BRAIN):
+        shutil.copy(source, tmp_path)
+    write_png(str(tmp_path / "ct-mask.png"), square_mask(128, 40, 80))
+    write_png(str(tmp_path / "mr-mask.png"), square_mask(64, 20, 40))
+    brain = nibabel.load(BRAIN)
+    labels = np.zeros(brain.shape, np.int16)
+    labels[5:15, 10:20, 12] = 2  # the lesion, say
+    labels[20:30, 25:35, 12] = 1
+    nibabel.save(nibabel.Nifti1Image(labels, brain.affine), str(tmp_path / "labels.nii.gz"))
+    records, rejected = _ingest(tmp_path, ["id", "image", "mask", "slice", "mask_label",
+                                           "label"], [
+        ["ct", "CT_small.dcm", "ct-mask.png", "", "", "1"],
+        ["mr", "MR_small.dcm", "mr-mask.png", "", "", "0"],
+        ["brain", "anatomical.nii", "labels.nii.gz", "2:12", "2", "1"],
+        ["no-slice", "anatomical.nii", "labels.nii.gz", "", "2", "1"],
+        ["out-of-range", "anatomical.nii", "labels.nii.gz", "2:40", "2", "1"],
+        ["no-such-label", "anatomical.nii", "labels.nii.gz", "2:12", "7", "1"],
+        ["truncated", "MR_truncated.dcm", "mr-mask.png", "", "", "0"],
+        ["slice-of-2d", "CT_small.dcm", "ct-mask.png", "0:1", "", "1"]])
+    assert sorted(records) == ["brain", "ct", "mr"], rejected
+    # every plane in its modality's units, exactly: Hounsfield units for CT
+    np.testing.assert_array_equal(_image(records["ct"]), _hounsfield(CT))
+    assert _image(records["ct"]).min() < -800  # air, below water's 0
+    np.testing.assert_array_equal(_image(records["mr"]), _hounsfield(MR))
+    voxels = np.asarray(brain.dataobj, dtype=np.float32)[:, :, 12]
+    np.testing.assert_array_equal(_image(records["brain"]), voxels)
+    mask = decode_mask_array(records["brain"][features.MASKS_KEY].bytes_list.value[0], 10**6)
+    np.testing.assert_array_equal(mask, labels[:, :, 12] == 2)
+
+    assert "NIfTI is a volume of shape (33, 41, 25); give the slice column" in rejected[4]
+    assert "slice index 40 is out of range: axis 2 of the volume of shape (33, 41, 25) has " \
+        "25 slices" in rejected[5]
+    assert "mask is empty" in rejected[6]  # no voxel of label 7 on that slice
+    assert "cannot decode DICOM pixels (truncated or corrupt)" in rejected[7]
+    assert "slice index 1 is out of range: axis 0 of the DICOM frames of shape (1,) has 1 " \
+        "slices" in rejected[8], rejected[8]
+
+
+def _ct_regions(tmp_path) -> list[tuple[int, bytes, bytes]]:
+    """CT regions as ingest stores them: squares in the body (1) and in the air around it (0)."""
+    tmp_path.mkdir(parents=True)
+    shutil.copy(CT, tmp_path)
+    hounsfield = _hounsfield(CT)
+    rows = []
+    for index, (top, left) in enumerate([(y, x) for y in range(8, 112, 16)
+                                         for x in range(8, 112, 16)]):
+        mask = np.zeros((128, 128), np.uint8)
+        mask[top:top + 10, left:left + 10] = 255
+        write_png(str(tmp_path / f"m{index}.png"), mask)
+        inside = float(hounsfield[top:top + 10, left:left + 10].mean()) > -500
+        rows.append([f"r{index}", "CT_small.dcm", f"m{index}.png", int(inside)])
+    records, _ = _ingest(tmp_path, ["id", "image", "mask", "label"], rows)
+    return [(int(records[row[0]][features.LABEL_KEY].int64_list.value[0]),
+             records[row[0]][features.IMAGES_KEY].bytes_list.value[0],
+             records[row[0]][features.MASKS_KEY].bytes_list.value[0]) for row in rows]
+
+
+def test_the_window_is_applied_in_the_graph_in_hounsfield_units(tmp_path):
+    label, image, mask = _ct_regions(tmp_path / "ct")[27]
+    config = PipelineConfig(num_views=1, num_masks=1, channels=1, window=[40.0, 400.0],
+                            image_size=128, mask_mode="channel").validate()
+    instance = {features.IMAGES_KEY: [image], features.MASKS_KEY: [mask],
+                features.LABEL_KEY: [label]}
+    transformed, _ = run_transform([instance], config, tmp_path)
+    region = np.asarray(transformed[0][features.REGION_KEY]).reshape(128, 128, 2)
+    windowed = np.clip((_hounsfield(CT) - (40 - 200)) / 400, 0, 1)
+    inside = decode_mask_array(mask, 10**6)
+    values = windowed[inside]
+    expected = (windowed - values.mean()) / max(values.std(), 1e-3)
+    np.testing.assert_allclose(region[..., 0], expected, atol=1e-3)
+
+
+def test_a_model_trained_on_ct_regions_serves_them(tmp_path):
+    from conftest import train_tiny_model
+
+    from masktfx.serving.models import ModelManager, wait_for_version
+    from masktfx.serving.server import ModelServer
+
+    examples = _ct_regions(tmp_path / "ct")
+    assert {label for label, _, _ in examples} == {0, 1}
+    model_dir, _ = train_tiny_model(tmp_path, examples, window=[40.0, 400.0])
+    loaded = tf.saved_model.load(model_dir)
+    images = [image for _, image, _ in examples[:5]]
+    masks = [mask for _, _, mask in examples[:5]]
+    raw = loaded.signatures[features.RAW_SIGNATURE](
+        images=tf.constant([[i] for i in images]), masks=tf.constant([[m] for m in masks]))
+    expected = raw[features.PROBABILITY_OUTPUT].numpy().reshape(-1)
+    by_example = loaded.signatures[features.SERVING_SIGNATURE](examples=tf.constant(
+        [make_example([i], [m]).SerializeToString() for i, m in zip(images, masks)]))
+    np.testing.assert_allclose(by_example[features.PROBABILITY_OUTPUT].numpy().reshape(-1),
+                               expected, atol=1e-6)
+    base = tmp_path / "models" / "ct"
+    shutil.copytree(model_dir, base / "1")
+    manager = ModelManager("ct", str(base))
+    server = ModelServer({"ct": manager}, rest_port=0, grpc_port=0)
+    server.start()
+    try:
+        wait_for_version(manager)
+        def b64(data: bytes) -> dict:
+            return {"b64": base64.b64encode(data).decode("ascii")}
+
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/ct:predict"
+        answer = requests.post(url, timeout=60, json={
+            "signature_name": features.RAW_SIGNATURE,
+            "instances": [{"images": [b64(i)], "masks": [b64(m)]} for i, m in zip(images, masks)]})
+        assert answer.status_code == 200, answer.text
+        served = [row[features.PROBABILITY_OUTPUT] for row in answer.json()["predictions"]]
+        np.testing.assert_allclose(np.asarray(served).reshape(-1), expected, atol=1e-5)
+        # the DICOM file itself is refused, as the graph (and TF Serving) could not decode it
+        answer = requests.post(url, timeout=60, json={
+            "signature_name": features.RAW_SIGNATURE,
+            "instances": [{"images": [b64(open(CT, "rb").read())], "masks": [b64(masks[0])]}]})
+        assert answer.status_code == 400
+        assert "instance 0, images[0]: is a DICOM, which the served graph cannot decode" in \
+            answer.json()["error"]
+    finally:
+        server.stop()
+
+
+def test_the_brain_demo_trains_serves_and_masktfx_predict_converts_its_files(tmp_path, capsys):
+    """NIfTI slices and a NIfTI label map: ingested, a model trained on them (Transform and
+    run_fn, as the pipeline runs them), served by `masktfx serve`; `masktfx predict` sends the
+    manifest's regions, converted as ingest converts them, and gets the in-process answers."""
+    from conftest import train_tiny_model
+
+    from masktfx.demo_data import write_brain
+    from masktfx.serving.models import ModelManager, wait_for_version
+    from masktfx.serving.server import ModelServer
+
+    manifest = write_brain(str(tmp_path / "brain"))
+    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    assert {row["label"] for row in rows} == {"0", "1"} and len(rows) > 150
+    records, rejected = _ingest_manifest(tmp_path, manifest)
+    assert not rejected and len(records) == len(rows)
+    examples = [(int(records[row["id"]][features.LABEL_KEY].int64_list.value[0]),
+                 records[row["id"]][features.IMAGES_KEY].bytes_list.value[0],
+                 records[row["id"]][features.MASKS_KEY].bytes_list.value[0]) for row in rows]
+    model_dir, _ = train_tiny_model(tmp_path, examples[:48])
+    loaded = tf.saved_model.load(model_dir)
+    expected = loaded.signatures[features.RAW_SIGNATURE](
+        images=tf.constant([[image] for _, image, _ in examples[:6]]),
+        masks=tf.constant([[mask] for _, _, mask in examples[:6]]))[
+            features.PROBABILITY_OUTPUT].numpy().reshape(-1)
+
+    subset = write_manifest(str(tmp_path / "brain" / "first6.csv"), list(rows[0]),
+                            [list(row.values()) for row in rows[:6]])
+    base = tmp_path / "models" / "brain"
+    shutil.copytree(model_dir, base / "1")
+    manager = ModelManager("brain", str(base))
+    server = ModelServer({"brain": manager}, rest_port=0, grpc_port=0)
+    server.start()
+    try:
+        wait_for_version(manager)
+        capsys.readouterr()
+        assert cli.main(["predict", "--server", f"http://127.0.0.1:{server.rest_port}",
+                         "--model", "brain", "--manifest", subset]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    finally:
+        server.stop()
+    assert [line["id"] for line in lines] == [row["id"] for row in rows[:6]]
+    np.testing.assert_allclose([line["probability"] for line in lines], expected, atol=1e-5)
