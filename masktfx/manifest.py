@@ -229,9 +229,11 @@ def read_manifest(path: str, allow_outside: bool = False, id_field: str = "") ->
             continue
         values = dict(zip(header, cells))
         try:
-            manifest.rows.extend(_parse_row(number, values, views, mask_columns,
+            rows, bad_polygons = _parse_row(number, values, views, mask_columns,
                                             metadata_columns, base, allow_outside,
-                                            first_row_of_id, id_field))
+                                            first_row_of_id, id_field)
+            manifest.rows.extend(rows)
+            manifest.rejected.extend(bad_polygons)
         except _RowRejected as exc:
             manifest.rejected.append(Rejection(number, exc.path, exc.reason))
     return _with_property_columns(manifest)
@@ -261,8 +263,9 @@ class _RowRejected(Exception):
 def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]],
                mask_columns: list[str], metadata_columns: list[str], base: str,
                allow_outside: bool, first_row_of_id: dict[str, int], id_field: str = ""
-               ) -> list[ManifestRow]:
-    """The row's region, or one region per polygon of the GeoJSON file its mask names."""
+               ) -> tuple[list[ManifestRow], list[Rejection]]:
+    """The row's region, or one region per polygon of the GeoJSON file its mask names (and a
+    rejection for each polygon that cannot be a region: the others go on)."""
     label_text = values[features.LABEL_KEY]
 
     def resolve(column: str) -> str:
@@ -279,6 +282,7 @@ def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]]
     metadata = tuple((name, values[name].strip()) for name in metadata_columns)
     polygons: list[tuple[str, dict, str, tuple[tuple[str, str], ...]]] = []  # id, geom, label
     geometry_crs = ""
+    bad_polygons: list[Rejection] = []
     if GEOMETRY_COLUMN in values:
         try:
             geometry = parse_geometry(values[GEOMETRY_COLUMN])
@@ -286,8 +290,11 @@ def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]]
             raise _RowRejected("", f"column 'geometry': {exc}") from None
         polygons.append(("", geometry, label_text, ()))
     elif len(masks) == 1 and masks[0].lower().endswith(GEOJSON_SUFFIXES):
-        geometry_crs, found = _read_polygons(masks[0], id_field, label_text)
+        geometry_crs, found, refused = _read_polygons(masks[0], id_field, label_text)
         polygons.extend(found)
+        bad_polygons.extend(Rejection(number, masks[0], reason) for reason in refused)
+        if not polygons:
+            raise _RowRejected(masks[0], "; ".join(refused) or "mask: no polygon")
     clashing = sorted({name for *_, properties in polygons for name, _ in properties}
                       & set(metadata_columns))
     if clashing:
@@ -330,12 +337,14 @@ def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]]
                                 geometry_crs, plane, mask_label))
     for row in rows:  # only once the whole row is good
         first_row_of_id[row.example_id] = number
-    return rows
+    return rows, bad_polygons
 
 
 def _read_polygons(path: str, id_field: str, row_label: str
-                   ) -> tuple[str, list[tuple[str, dict, str, tuple[tuple[str, str], ...]]]]:
-    """The CRS a GeoJSON file declares, and (id, geometry, label, properties) per polygon."""
+                   ) -> tuple[str, list[tuple[str, dict, str, tuple[tuple[str, str], ...]]],
+                              list[str]]:
+    """The CRS a GeoJSON file declares, (id, geometry, label, properties) per polygon, and why
+    each polygon that cannot be a region is refused."""
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
@@ -364,17 +373,19 @@ def _read_polygons(path: str, id_field: str, row_label: str
         items = [{"type": "Feature", "geometry": document, "properties": {}}]
     if not items:
         raise _RowRejected(path, "mask: the GeoJSON file holds no polygon")
-    polygons = []
+    polygons, refused = [], []
     for index, item in enumerate(items, start=1):
         where = f"mask: polygon {index}"
         properties = item.get("properties") or {} if isinstance(item, dict) else {}
         try:
             geometry = check_geometry(item.get("geometry") if isinstance(item, dict) else None)
         except ValueError as exc:
-            raise _RowRejected(path, f"{where}: {exc}") from None
+            refused.append(f"{where}: {exc}")
+            continue
         if id_field:
             if properties.get(id_field) in (None, ""):
-                raise _RowRejected(path, f"{where} has no property {id_field!r} (id_field)")
+                refused.append(f"{where} has no property {id_field!r} (id_field)")
+                continue
             polygon_id = str(properties[id_field])
         else:
             polygon_id = str(item.get("id", "")) if item.get("id") is not None else ""
@@ -390,4 +401,4 @@ def _read_polygons(path: str, id_field: str, row_label: str
                                          "feature name; use letters, digits and '_'")
             kept.append((name, "" if value is None else str(value)))
         polygons.append((polygon_id, geometry, label, tuple(sorted(kept))))
-    return crs, polygons
+    return crs, polygons, refused

@@ -68,7 +68,9 @@ def test_a_geojson_of_parcels_gives_one_region_each_with_its_mask_and_properties
     parcels = {"type": "FeatureCollection", "features": [
         _feature(_square(5, 5, 5), parcel_id="P-1", crop="wheat", label=1),
         _feature(_square(20, 10, 8), parcel_id="P-2", crop="maize", label=0),
-        _feature(_square(30, 30, 6), parcel_id="P-3", crop="wheat", label=1)]}
+        _feature(_square(30, 30, 6), parcel_id="P-3", crop="wheat", label=1),
+        {"type": "Feature", "properties": {"parcel_id": "P-9"},  # a road: no region
+         "geometry": {"type": "LineString", "coordinates": _square(0, 0, 3)[:2]}}]}
     (tmp_path / "parcels.geojson").write_text(json.dumps(parcels))
     # the same parcel in longitude and latitude, in a file that says so
     import rasterio.warp
@@ -102,6 +104,8 @@ def test_a_geojson_of_parcels_gives_one_region_each_with_its_mask_and_properties
         assert feature[features.LABEL_KEY].int64_list.value[0] == label
         assert feature["crop"].bytes_list.value[0].decode() == crop
         assert feature["site"].bytes_list.value[0].decode() == "valley"
+    # the road is refused alone; the file's parcels go on
+    assert "mask: polygon 4: geometry is a LineString; a region needs a Polygon" in rejected[1]
     assert "polygon lies outside the image" in rejected[3], rejected
     assert "geometry is a Point; a region needs a Polygon or MultiPolygon" in rejected[4]
 
