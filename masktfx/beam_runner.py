@@ -33,6 +33,7 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
+from masktfx.config import beam_flags
 from masktfx.fork_server import BEAM_WORKER_MODULE, worker_command
 
 
@@ -79,12 +80,40 @@ def beam_args_in_environment(beam_args: Sequence[str]) -> Iterator[list[str]]:
     previous = os.environ.get(BEAM_ARGS_ENV)
     os.environ[BEAM_ARGS_ENV] = json.dumps(list(beam_args))
     try:
-        yield [ENVIRONMENT_ARGS_RUNNER_FLAG]
+        with no_tfx_package_for_local_workers(beam_args):
+            yield [ENVIRONMENT_ARGS_RUNNER_FLAG]
     finally:
         if previous is None:
             os.environ.pop(BEAM_ARGS_ENV, None)
         else:
             os.environ[BEAM_ARGS_ENV] = previous
+
+
+def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
+    """The args name DirectRunner (or ours, or none): Beam's workers run in this environment."""
+    runner = beam_flags(beam_args, {"runner": "DirectRunner"})["runner"] or "DirectRunner"
+    return runner.split(".")[-1] in ("DirectRunner", "SwitchingDirectRunner",
+                                     "BundleBasedDirectRunner", ForkServerDirectRunner.__name__)
+
+
+@contextlib.contextmanager
+def no_tfx_package_for_local_workers(beam_args: Sequence[str]) -> Iterator[None]:
+    """Every Beam executor of TFX 1.16 builds an sdist of TFX itself for remote Beam workers to
+    install (`tfx.utils.dependency_utils.make_beam_dependency_flags`) unless the args name a
+    package, and leaves it in the temp folder: seconds and tens of MB per Beam component and
+    run. DirectRunner's workers run in this environment, which holds TFX already; for them the
+    block skips it. Remote runners (Dataflow, Flink) still get the package."""
+    from tfx.utils import dependency_utils
+
+    if not runs_on_this_machine(beam_args):
+        yield
+        return
+    original = dependency_utils.make_beam_dependency_flags
+    dependency_utils.make_beam_dependency_flags = list
+    try:
+        yield
+    finally:
+        dependency_utils.make_beam_dependency_flags = original
 
 
 def merged_options(options: PipelineOptions, beam_args: Sequence[str]) -> PipelineOptions:

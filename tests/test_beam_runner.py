@@ -9,6 +9,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
+from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
 
 from masktfx.beam_runner import (
     BEAM_ARGS_ENV,
@@ -62,3 +63,32 @@ def test_without_the_environment_the_runner_says_what_is_missing(monkeypatch):
     monkeypatch.delenv(BEAM_ARGS_ENV, raising=False)
     with pytest.raises(RuntimeError, match=BEAM_ARGS_ENV):
         _run_squares([ENVIRONMENT_ARGS_RUNNER_FLAG])
+
+
+class NothingExecutor(BaseBeamExecutor):
+    """A TFX Beam executor that does nothing: its base class makes the Beam args."""
+
+    def Do(self, input_dict, output_dict, exec_properties):  # noqa: N802 (TFX's name)
+        pass
+
+
+def test_tfx_builds_no_package_of_itself_for_workers_that_run_here(tmp_path, monkeypatch):
+    """TFX's Beam executors would build an sdist of TFX for remote workers (and leave it in the
+    temp folder); DirectRunner's workers run here, so none is built. A remote runner's are."""
+    import tempfile
+
+    from tfx.utils import dependency_utils
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    original = dependency_utils.make_beam_dependency_flags
+    for args in (["--direct_running_mode=multi_processing"],
+                 ["--runner=masktfx.beam_runner.ForkServerDirectRunner"], []):
+        with beam_args_in_environment(args) as component_args:
+            executor = NothingExecutor(BaseBeamExecutor.Context(
+                beam_pipeline_args=component_args))
+            assert not [arg for arg in executor._beam_pipeline_args
+                        if arg.startswith("--extra_package")], executor._beam_pipeline_args
+        assert dependency_utils.make_beam_dependency_flags is original
+    assert not os.listdir(tmp_path)  # nothing built, nothing left behind
+    with beam_args_in_environment(["--runner=DataflowRunner", "--project=p"]):
+        assert dependency_utils.make_beam_dependency_flags is original
