@@ -372,7 +372,7 @@ def _dicom(data: bytes, pixels: bool) -> Any:
 _DICOM_SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-def _dicom_header(data: bytes) -> tuple[ImageHeader, int]:
+def _dicom_header(data: bytes, mask: bool = False) -> tuple[ImageHeader, int]:
     dataset = _dicom(data, pixels=False)
     try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
@@ -380,9 +380,9 @@ def _dicom_header(data: bytes) -> tuple[ImageHeader, int]:
         samples = int(dataset.get("SamplesPerPixel", 1))
     except (AttributeError, TypeError, ValueError) as exc:
         raise RegionInputError(f"DICOM has no readable image size: {exc}") from None
-    if str(dataset.get("SOPClassUID", "")) == _DICOM_SEG:
-        raise RegionInputError("DICOM-SEG segmentations are not read; export the segment as a "
-                               "label map (NIfTI, or a DICOM image of labels)")
+    if str(dataset.get("SOPClassUID", "")) == _DICOM_SEG and not mask:
+        raise RegionInputError("is a DICOM-SEG segmentation: give it as the mask, with "
+                               "mask_label naming the segment")
     if samples != 1:
         raise RegionInputError(f"DICOM has {samples} samples per pixel; gray (1) is read")
     return ImageHeader("dicom", columns, rows, 1, MEDICAL_BYTES_PER_SAMPLE), frames
@@ -417,11 +417,11 @@ def _nifti_shape(image: Any) -> tuple[int, ...]:
     return shape
 
 
-def _medical_header(data: bytes, fmt: str, max_pixels: int) -> ImageHeader:
+def _medical_header(data: bytes, fmt: str, max_pixels: int, mask: bool = False) -> ImageHeader:
     """The header of the largest plane; the whole volume is held to MAX_VOLUME_PLANES planes'
     bytes, from the header, before anything is decoded."""
     if fmt == "dicom":
-        header, frames = _dicom_header(data)
+        header, frames = _dicom_header(data, mask)
         volume = header.decoded_bytes * frames
     else:
         shape = _nifti_shape(_nifti_image(data))
@@ -531,7 +531,7 @@ def read_header(data: bytes, max_pixels: int, mask: bool = False) -> ImageHeader
     elif fmt == "raster":
         header = _raster_record_header(data)
     elif fmt in ("dicom", "nifti"):
-        header = _medical_header(data, fmt, max_pixels)
+        header = _medical_header(data, fmt, max_pixels, mask)
     else:
         header = _tiff_header(data, mask=mask)
     _check_pixels(header.width, header.height, max_pixels)
@@ -633,6 +633,8 @@ def decode_mask_array(data: bytes, max_pixels: int, plane: str = "",
     if plane.strip() and header.format not in ("dicom", "nifti"):
         raise RegionInputError(f"slice {plane!r} is given but the mask is a "
                                f"{header.format.upper()}, not a volume")
+    if header.format == "dicom" and _is_segmentation(data):
+        return _segment_mask(data, plane, mask_label)
     if header.format in ("dicom", "nifti"):
         array = read_medical_plane(data, max_pixels, plane)
     elif header.format == "raster":
@@ -664,6 +666,51 @@ def decode_mask_array(data: bytes, max_pixels: int, plane: str = "",
     if mask_label is not None:
         return array == mask_label
     return array != 0
+
+
+def _is_segmentation(data: bytes) -> bool:
+    return str(_dicom(data, pixels=False).get("SOPClassUID", "")) == _DICOM_SEG
+
+
+def _segment_mask(data: bytes, plane: str, mask_label: float | None) -> np.ndarray:
+    """One frame of a DICOM-SEG: of the segment `mask_label` numbers (the only one, if the file
+    holds one), the `plane`-th of its frames when it has several."""
+    from pydicom.pixels import pixel_array
+
+    dataset = _dicom(data, pixels=True)
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    groups = list(dataset.get("PerFrameFunctionalGroupsSequence") or [])[:frames]
+    try:
+        segment_of = [int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+                      for group in groups] if len(groups) == frames else [
+            int(dataset.SegmentSequence[0].SegmentNumber)] * frames
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        raise RegionInputError(f"DICOM-SEG frames name no segment: {exc}") from None
+    segments = sorted(set(segment_of))
+    if mask_label is None:
+        if len(segments) > 1:
+            raise RegionInputError(f"DICOM-SEG holds segments {segments}; give mask_label (the "
+                                   "segment's number)")
+        wanted = segments[0]
+    else:
+        wanted = int(mask_label)
+    candidates = [index for index, segment in enumerate(segment_of) if segment == wanted]
+    if not candidates:
+        raise RegionInputError(f"DICOM-SEG has no frame of segment {wanted} (segments "
+                               f"{segments})")
+    if plane.strip():
+        frame = candidates[parse_plane(plane, (len(candidates),), "segment's frames")[1]]
+    elif len(candidates) > 1:
+        raise RegionInputError(f"segment {wanted} has {len(candidates)} frames; give the slice "
+                               "column (the frame among them)")
+    else:
+        frame = candidates[0]
+    try:
+        pixels = pixel_array(dataset, index=frame if frames > 1 else None)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError and others
+        raise RegionInputError(f"cannot decode DICOM-SEG pixels (truncated or corrupt): "
+                               f"{exc}") from None
+    return np.asarray(pixels) != 0
 
 
 def _palette_gray(image: Image.Image) -> np.ndarray:

@@ -225,3 +225,24 @@ def test_the_brain_demo_trains_serves_and_masktfx_predict_converts_its_files(tmp
         server.stop()
     assert [line["id"] for line in lines] == [row["id"] for row in rows[:6]]
     np.testing.assert_allclose([line["probability"] for line in lines], expected, atol=1e-5)
+
+
+def test_a_dicom_seg_gives_the_mask_of_its_segment(tmp_path):
+    """pydicom's liver segmentation (DICOM-SEG, 512 x 512) as the mask of an image of its size."""
+    import pydicom
+
+    seg = _package_file("pydicom", "data", "test_files", "liver_1frame.dcm")
+    shutil.copy(seg, tmp_path / "liver.dcm")
+    write_png(str(tmp_path / "image.png"),
+              np.random.default_rng(0).integers(0, 255, (512, 512)).astype(np.uint8))
+    records, rejected = _ingest(tmp_path, ["id", "image", "mask", "mask_label", "label"], [
+        ["liver", "image.png", "liver.dcm", "1", "1"],
+        ["no-segment-2", "image.png", "liver.dcm", "2", "1"],
+        ["seg-as-image", "liver.dcm", "liver.dcm", "1", "1"]])
+    assert sorted(records) == ["liver"], rejected
+    expected = pydicom.dcmread(seg).pixel_array != 0
+    np.testing.assert_array_equal(
+        decode_mask_array(records["liver"][features.MASKS_KEY].bytes_list.value[0], 10**6),
+        expected)
+    assert "DICOM-SEG has no frame of segment 2 (segments [1])" in rejected[2]
+    assert "is a DICOM-SEG segmentation: give it as the mask" in rejected[3]
