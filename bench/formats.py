@@ -1,12 +1,12 @@
 """bench/formats: what reading rasters costs the 1-3 band data every user has.
 
-The Transform graph's decoding now checks each view for a raster record before it decodes a
-PNG (modules/transform.py, decode_view). Measured in one run, on the same N 1- and 3-channel PNG
-regions, through `transform_regions` (decode, checks, crop, normalize; eager TF, one batch at a
-time as Beam feeds Transform): ours, and the reference, the same graph with decode_view replaced
-by the plain `tf.io.decode_image` it used before. Then, for information, the cost per region of
-4- and 13-band uint16 raster records of the same size. Medians of --repeats timed passes, after
-one warm-up pass; prints JSON.
+The Transform graph decodes raster records or pictures, chosen when the graph is built
+(modules/transform.py, decode_view). Measured in one run, on the same N 1- and 3-channel PNG
+regions, through `transform_regions` (decode, checks, crop, normalize; a tf.function, one batch
+of 32 at a time as Beam feeds Transform): ours, and the reference, the same graph with
+decode_view replaced by the plain `tf.io.decode_image` it was before rasters. Then, for
+information, the cost per region of 4- and 13-band uint16 raster records of the same size.
+Medians of --repeats timed passes, after one warm-up pass; prints JSON.
 
     python bench/formats.py [--regions 256] [--size 128] [--repeats 5]
 """
@@ -81,7 +81,7 @@ def main() -> None:
                      "repeats": args.repeats, "targets": TARGET, "pictures": {}, "rasters": {}}
     ours_view = transform.decode_view
 
-    def reference_view(encoded, channels, bands, row, index):
+    def reference_view(encoded, channels, bands, row, index, rasters):
         return tf.ensure_shape(tf.io.decode_image(encoded, channels=channels, dtype=tf.float32,
                                                   expand_animations=False),
                                [None, None, channels])

@@ -24,8 +24,10 @@ DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
 
 # What each TFX component's `custom_config` holds: only the fields its code reads, because TFX
 # keys its cache on the whole custom_config (a gate threshold must not retrain the model).
-TRANSFORM_FIELDS = ("num_views", "num_masks", "channels", "bands", "window", "image_size",
-                    "mask_mode", "crop_margin", "keep_mask_channel", "normalization")
+TRANSFORM_FIELDS = ("num_views", "num_masks", "image_format", "channels", "bands", "window",
+                    "image_size", "mask_mode", "crop_margin", "keep_mask_channel",
+                    "normalization")
+IMAGE_FORMATS = ("", "pictures", "rasters")
 TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "epochs", "batch_size",
                   "learning_rate", "early_stopping_patience", "augment", "augmentations",
                   "distribution_strategy", "seed", "decision_threshold", "threshold_policy")
@@ -76,6 +78,10 @@ class PipelineConfig:
     num_views: int = field(default=0, metadata={"help": "views per example; 0: from the data"})
     num_masks: int = field(
         default=0, metadata={"help": "masks per example: 1 (shared) or num_views; 0: from data"})
+    image_format: str = field(
+        default="", metadata={"help": "what the model decodes: pictures (PNG, JPEG) or rasters "
+                                      "(raster records: multi-band TIFF, DICOM, NIfTI); '': "
+                                      "from the data"})
     channels: int = field(
         default=1, metadata={"help": "image channels the model sees: 1 (gray), 3 (RGB), a "
                                      "raster's band count, or 0 (those of the data: 1 for "
@@ -194,6 +200,14 @@ class PipelineConfig:
         return os.path.join(self.workdir, "metadata.sqlite")
 
     @property
+    def reads_rasters(self) -> bool:
+        """The model decodes raster records, not PNG/JPEG: so the data says (`image_format`),
+        or, left to the data, a band selection or a band count no picture has."""
+        if self.image_format:
+            return self.image_format == "rasters"
+        return bool(self.bands) or self.channels not in (0, 1, 3)
+
+    @property
     def input_channels(self) -> int:
         """Channels of the model input: the image channels, plus one when the mask rides along."""
         with_mask = self.mask_mode == "channel" or (
@@ -235,6 +249,8 @@ class PipelineConfig:
                  f"must be one of {', '.join(MODEL_PRESETS)}, got {self.model_preset!r}")
         _require(8 <= self.image_size <= 1024, "image_size",
                  f"must be between 8 and 1024, got {self.image_size}")
+        _require(self.image_format in IMAGE_FORMATS, "image_format",
+                 f"must be pictures, rasters or '' (from the data), got {self.image_format!r}")
         _require(0 <= self.channels <= MAX_CHANNELS, "channels",
                  f"must be 0 (from the data), 1 or 3 (gray or colour pictures) or a raster's "
                  f"band count up to {MAX_CHANNELS}, got {self.channels}")

@@ -103,25 +103,21 @@ def _raster_view(encoded: tf.Tensor, channels: int, bands: list[int], row: tf.Te
 
 
 def decode_view(encoded: tf.Tensor, channels: int, bands: list[int], row: tf.Tensor,
-                index: int) -> tf.Tensor:
-    """One encoded view -> [H, W, channels] float32. PNG and JPEG (scaled to [0, 1], converted
-    to gray or RGB) when `channels` is 1 or 3; raster records always."""
-    if channels not in (1, 3):  # only a raster has other band counts
+                index: int, rasters: bool) -> tf.Tensor:
+    """One encoded view -> [H, W, channels] float32: a raster record's bands, or a PNG or
+    JPEG scaled to [0, 1] and converted to gray or RGB. Which one is fixed when the graph is
+    built (`config.reads_rasters`, from the data), so a picture model decodes as it always has."""
+    if rasters:
         return _raster_view(encoded, channels, bands, row, index)
-    is_raster = tf.equal(tf.strings.substr(encoded, 0, len(images.RASTER_MAGIC)),
-                         images.RASTER_MAGIC)
-    return tf.cond(
-        is_raster, lambda: _raster_view(encoded, channels, bands, row, index),
-        lambda: tf.ensure_shape(tf.io.decode_image(encoded, channels=channels, dtype=tf.float32,
-                                                   expand_animations=False),
-                                [None, None, channels]))
+    return tf.ensure_shape(tf.io.decode_image(encoded, channels=channels, dtype=tf.float32,
+                                              expand_animations=False), [None, None, channels])
 
 
 def decode_views(encoded: tf.Tensor, channels: int, num_views: int, row: tf.Tensor,
-                 bands: list[int] | None = None) -> tf.Tensor:
+                 bands: list[int] | None = None, rasters: bool = False) -> tf.Tensor:
     """[K] encoded images -> [K, H, W, channels] float32 (PNG and JPEG in [0, 1], whatever the
     bit depth); views of different sizes stop the graph with the region check's message."""
-    views = [decode_view(encoded[k], channels, list(bands or []), row, k)
+    views = [decode_view(encoded[k], channels, list(bands or []), row, k, rasters)
              for k in range(num_views)]
     first = tf.shape(views[0])
     checks = []
@@ -257,7 +253,8 @@ def transform_regions(encoded_images: tf.Tensor, encoded_masks: tf.Tensor,
                    tf.debugging.assert_equal(tf.shape(encoded_masks)[0], num_masks,
                                              message=f"expected {num_masks} mask(s) per example")]
         with tf.control_dependencies(counted):
-            views = decode_views(encoded_views, channels, num_views, row, config.bands)
+            views = decode_views(encoded_views, channels, num_views, row, config.bands,
+                                 config.reads_rasters)
         if config.window:
             views = apply_window(views, *config.window)
         shape = tf.shape(views)

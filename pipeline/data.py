@@ -200,6 +200,7 @@ def resolve_config(config: PipelineConfig, description: DataDescription) -> Pipe
     return config.replace(
         num_views=views, num_masks=masks, use_spans=description.use_spans,
         channels=_channels(config, description),
+        image_format="rasters" if description.raster_bands else "pictures",
         metadata_columns=list(description.metadata_columns),
         slice_columns=list(config.slice_columns or description.metadata_columns)).validate()
 

@@ -162,16 +162,18 @@ def tiny_model(tmp_path_factory):
     return train_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
-# The files of whole pipeline runs, longest first (their order in `make test`'s durations).
-LONGEST_FILES = ("test_pipeline_e2e.py", "test_faults.py", "test_span_window.py",
-                 "test_reports.py", "test_medical.py", "test_serving_load.py",
-                 "test_split_plan.py")
+# The files of whole pipeline runs, in the order that balances `make test`'s two workers: xdist
+# starts each on two files (the 1st and 3rd, the 2nd and 4th), then hands out the rest as they
+# free up. The longest file (e2e) and a middling one on one worker, the next two on the other.
+LONGEST_FILES = ("test_pipeline_e2e.py", "test_span_window.py", "test_reports.py",
+                 "test_faults.py", "test_serving_load.py", "test_split_plan.py",
+                 "test_medical.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The longest files first: `make test` hands whole files to its two workers in this order
-    (--dist loadfile), so the pipeline runs start at once and the quick files fill in at the
-    end, rather than one worker finishing a long run alone while the other idles."""
+    """The pipeline runs' files first, in LONGEST_FILES' order: `make test` hands whole files to
+    its two workers in this order (--dist loadfile), so the long runs start at once and the
+    quick files fill in at the end, rather than one worker finishing a long run alone."""
     def rank(item) -> int:
         name = os.path.basename(str(item.path))
         return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)

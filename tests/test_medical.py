@@ -123,8 +123,8 @@ def _ct_regions(tmp_path) -> list[tuple[int, bytes, bytes]]:
 
 def test_the_window_is_applied_in_the_graph_in_hounsfield_units(tmp_path):
     label, image, mask = _ct_regions(tmp_path / "ct")[27]
-    config = PipelineConfig(num_views=1, num_masks=1, channels=1, window=[40.0, 400.0],
-                            image_size=128, mask_mode="channel").validate()
+    config = PipelineConfig(num_views=1, num_masks=1, image_format="rasters", channels=1,
+                            window=[40.0, 400.0], image_size=128, mask_mode="channel").validate()
     instance = {features.IMAGES_KEY: [image], features.MASKS_KEY: [mask],
                 features.LABEL_KEY: [label]}
     transformed, _ = run_transform([instance], config, tmp_path)
@@ -144,7 +144,8 @@ def test_a_model_trained_on_ct_regions_serves_them(tmp_path):
 
     examples = _ct_regions(tmp_path / "ct")
     assert {label for label, _, _ in examples} == {0, 1}
-    model_dir, _ = train_tiny_model(tmp_path, examples, window=[40.0, 400.0])
+    model_dir, _ = train_tiny_model(tmp_path, examples, image_format="rasters",
+                                    window=[40.0, 400.0])
     loaded = tf.saved_model.load(model_dir)
     images = [image for _, image, _ in examples[:5]]
     masks = [mask for _, _, mask in examples[:5]]
@@ -201,7 +202,7 @@ def test_the_brain_demo_trains_serves_and_masktfx_predict_converts_its_files(tmp
     examples = [(int(records[row["id"]][features.LABEL_KEY].int64_list.value[0]),
                  records[row["id"]][features.IMAGES_KEY].bytes_list.value[0],
                  records[row["id"]][features.MASKS_KEY].bytes_list.value[0]) for row in rows]
-    model_dir, _ = train_tiny_model(tmp_path, examples[:48])
+    model_dir, _ = train_tiny_model(tmp_path, examples[:48], image_format="rasters")
     loaded = tf.saved_model.load(model_dir)
     expected = loaded.signatures[features.RAW_SIGNATURE](
         images=tf.constant([[image] for _, image, _ in examples[:6]]),

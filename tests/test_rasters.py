@@ -182,7 +182,8 @@ def test_channels_must_match_what_the_rasters_give_before_any_component_runs():
 
     rasters = DataDescription(use_spans=False, spans=(), num_views=1, num_masks=1,
                               metadata_columns=(), channels=13, raster_bands=13)
-    assert resolve_config(PipelineConfig(channels=0), rasters).channels == 13
+    resolved = resolve_config(PipelineConfig(channels=0), rasters)
+    assert resolved.channels == 13 and resolved.image_format == "rasters"
     assert resolve_config(PipelineConfig(channels=0, bands=[4, 3, 2]), rasters).channels == 3
     with pytest.raises(DataLayoutError, match="rasters of 13 band.s. and every band is 13, but "
                                               "config channels is 1; set channels to 0"):
@@ -194,4 +195,5 @@ def test_channels_must_match_what_the_rasters_give_before_any_component_runs():
     with pytest.raises(DataLayoutError, match="selects bands of rasters, but the data's images "
                                               "are pictures"):
         resolve_config(PipelineConfig(channels=0, bands=[1]), pictures)
+    assert resolve_config(PipelineConfig(channels=0), pictures).image_format == "pictures"
     assert PipelineConfig.from_dict({"bands": "4,3,2", "channels": 0}).bands == [4, 3, 2]
