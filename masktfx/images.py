@@ -438,8 +438,9 @@ def _medical_header(data: bytes, fmt: str, max_pixels: int, mask: bool = False) 
 
 def read_medical_plane(data: bytes, max_pixels: int, plane: str = "") -> np.ndarray:
     """One 2-D plane of a DICOM or NIfTI file as float32 in the modality's units: DICOM through
-    its modality LUT (rescale slope and intercept: Hounsfield units for CT), NIfTI through its
-    scl_slope and scl_inter. A volume (multi-frame DICOM, 3-D NIfTI) needs `plane`."""
+    its modality LUT (rescale slope and intercept: Hounsfield units for CT; RT Dose's dose grid
+    scaling: Gy), NIfTI through its scl_slope and scl_inter. A volume (multi-frame DICOM, 3-D
+    NIfTI) needs `plane`."""
     fmt = sniff_format(data)
     if fmt == "dicom":
         _header, frames = _dicom_header(data)
@@ -455,6 +456,9 @@ def read_medical_plane(data: bytes, max_pixels: int, plane: str = "") -> np.ndar
         try:
             pixels = pixel_array(dataset, index=index)
             values = apply_modality_lut(pixels, dataset)
+            if dataset.get("Modality") == "RTDOSE" and "DoseGridScaling" in dataset:
+                # RT Dose keeps its scale apart from the modality LUT: the values in Gy
+                values = values * float(dataset.DoseGridScaling)
         except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError and others
             raise RegionInputError(f"cannot decode DICOM pixels (truncated or corrupt): "
                                    f"{exc}") from None

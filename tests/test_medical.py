@@ -247,3 +247,24 @@ def test_a_dicom_seg_gives_the_mask_of_its_segment(tmp_path):
         expected)
     assert "DICOM-SEG has no frame of segment 2 (segments [1])" in rejected[2]
     assert "is a DICOM-SEG segmentation: give it as the mask" in rejected[3]
+
+
+def test_a_multi_frame_dicom_gives_the_frame_the_slice_column_names(tmp_path):
+    """pydicom's RT Dose file: 15 frames of 10 x 10, stored in Gy (its dose grid scaling)."""
+    import pydicom
+    from pydicom.pixels import pixel_array
+
+    dose = _package_file("pydicom", "data", "test_files", "rtdose.dcm")
+    shutil.copy(dose, tmp_path / "dose.dcm")
+    write_png(str(tmp_path / "mask.png"), square_mask(10, 2, 8))
+    records, rejected = _ingest(tmp_path, ["id", "image", "mask", "slice", "label"], [
+        ["frame7", "dose.dcm", "mask.png", "7", "1"],
+        ["frame15", "dose.dcm", "mask.png", "15", "1"],
+        ["no-frame", "dose.dcm", "mask.png", "", "1"]])
+    assert sorted(records) == ["frame7"], rejected
+    dataset = pydicom.dcmread(dose)
+    expected = (pixel_array(dataset, index=7) * float(dataset.DoseGridScaling)).astype(np.float32)
+    np.testing.assert_array_equal(_image(records["frame7"]), expected)
+    assert "slice index 15 is out of range: axis 0 of the DICOM frames of shape (15,)" \
+        in rejected[2]
+    assert "DICOM holds 15 frames; give the slice column" in rejected[3]
