@@ -17,6 +17,7 @@ samples exactly as read. Transform and both serving signatures parse it in the g
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,7 +25,7 @@ import stat
 import struct
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ class ImageHeader:
     samples: int  # per pixel, as decoded (bands, for a raster)
     bytes_per_sample: int
     raster: bool = False  # read as a raster (every band kept), not as a gray/RGB(A) picture
+    segmentation: bool = False  # a DICOM-SEG: a mask whose frames belong to segments
 
     @property
     def decoded_bytes(self) -> int:
@@ -300,24 +302,33 @@ def decode_raster(data: bytes) -> np.ndarray:
     return array
 
 
-def _read_raster_tiff(data: bytes, header: ImageHeader) -> np.ndarray:
-    """Every band of a (Geo)TIFF as [H, W, bands], read with rasterio (GDAL)."""
+@contextlib.contextmanager
+def _raster_dataset(data: bytes) -> Iterator[Any]:
+    """A (Geo)TIFF in memory, opened with rasterio; a plain TIFF without a geotransform is fine
+    (its pixels are what is read), so rasterio's warning about it is silenced."""
     import rasterio
     from rasterio.io import MemoryFile
 
     with warnings.catch_warnings():
-        # a plain TIFF has no geotransform; the pixels are what is read
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        try:
-            with MemoryFile(data) as memory, memory.open() as dataset:
-                shape = (dataset.width, dataset.height, dataset.count)
-                array = dataset.read() if shape == (header.width, header.height,
-                                                    header.samples) else None
-        except rasterio.errors.RasterioError as exc:
-            # GDAL's own words are on the cause; its in-memory file name means nothing here
-            detail = str(exc.__cause__ or exc).split(".tif, ", 1)[-1]
-            raise RegionInputError(f"cannot decode raster (truncated or corrupt): {detail}") \
-                from None
+        with MemoryFile(data) as memory, memory.open() as dataset:
+            yield dataset
+
+
+def _read_raster_tiff(data: bytes, header: ImageHeader) -> np.ndarray:
+    """Every band of a (Geo)TIFF as [H, W, bands], read with rasterio (GDAL)."""
+    import rasterio
+
+    try:
+        with _raster_dataset(data) as dataset:
+            shape = (dataset.width, dataset.height, dataset.count)
+            array = dataset.read() if shape == (header.width, header.height,
+                                                header.samples) else None
+    except rasterio.errors.RasterioError as exc:
+        # GDAL's own words are on the cause; its in-memory file name means nothing here
+        detail = str(exc.__cause__ or exc).split(".tif, ", 1)[-1]
+        raise RegionInputError(f"cannot decode raster (truncated or corrupt): {detail}") \
+            from None
     if array is None:
         raise RegionInputError(f"raster is {shape[0]}x{shape[1]} with {shape[2]} bands but its "
                                f"TIFF header says {header.width}x{header.height} with "
@@ -380,12 +391,14 @@ def _dicom_header(data: bytes, mask: bool = False) -> tuple[ImageHeader, int]:
         samples = int(dataset.get("SamplesPerPixel", 1))
     except (AttributeError, TypeError, ValueError) as exc:
         raise RegionInputError(f"DICOM has no readable image size: {exc}") from None
-    if str(dataset.get("SOPClassUID", "")) == _DICOM_SEG and not mask:
+    segmentation = str(dataset.get("SOPClassUID", "")) == _DICOM_SEG
+    if segmentation and not mask:
         raise RegionInputError("is a DICOM-SEG segmentation: give it as the mask, with "
                                "mask_label naming the segment")
     if samples != 1:
         raise RegionInputError(f"DICOM has {samples} samples per pixel; gray (1) is read")
-    return ImageHeader("dicom", columns, rows, 1, MEDICAL_BYTES_PER_SAMPLE), frames
+    return ImageHeader("dicom", columns, rows, 1, MEDICAL_BYTES_PER_SAMPLE,
+                       segmentation=segmentation), frames
 
 
 def _nifti_image(data: bytes) -> Any:
@@ -440,11 +453,12 @@ def read_medical_plane(data: bytes, max_pixels: int, plane: str = "") -> np.ndar
     """One 2-D plane of a DICOM or NIfTI file as float32 in the modality's units: DICOM through
     its modality LUT (rescale slope and intercept: Hounsfield units for CT; RT Dose's dose grid
     scaling: Gy), NIfTI through its scl_slope and scl_inter. A volume (multi-frame DICOM, 3-D
-    NIfTI) needs `plane`."""
+    NIfTI) needs `plane`. Called after `read_header` has checked the file's header."""
     fmt = sniff_format(data)
     if fmt == "dicom":
-        _header, frames = _dicom_header(data)
+        # its header was read and checked by read_header, as every caller does first
         dataset = _dicom(data, pixels=True)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
         from pydicom.pixels import apply_modality_lut, pixel_array
 
         index = None
@@ -637,7 +651,7 @@ def decode_mask_array(data: bytes, max_pixels: int, plane: str = "",
     if plane.strip() and header.format not in ("dicom", "nifti"):
         raise RegionInputError(f"slice {plane!r} is given but the mask is a "
                                f"{header.format.upper()}, not a volume")
-    if header.format == "dicom" and _is_segmentation(data):
+    if header.segmentation:
         return _segment_mask(data, plane, mask_label)
     if header.format in ("dicom", "nifti"):
         array = read_medical_plane(data, max_pixels, plane)
@@ -670,10 +684,6 @@ def decode_mask_array(data: bytes, max_pixels: int, plane: str = "",
     if mask_label is not None:
         return array == mask_label
     return array != 0
-
-
-def _is_segmentation(data: bytes) -> bool:
-    return str(_dicom(data, pixels=False).get("SOPClassUID", "")) == _DICOM_SEG
 
 
 def _segment_mask(data: bytes, plane: str, mask_label: float | None) -> np.ndarray:
@@ -808,7 +818,6 @@ def rasterize_geometry(geometry: dict, image: bytes, max_pixels: int, crs: str =
     in pixel coordinates (x to the right, y down, from the top-left corner)."""
     import rasterio
     import rasterio.features
-    import rasterio.io
     import rasterio.warp
     import shapely.geometry
     from affine import Affine
@@ -817,13 +826,11 @@ def rasterize_geometry(geometry: dict, image: bytes, max_pixels: int, crs: str =
     header = read_header(image, max_pixels)
     transform, image_crs = Affine.identity(), None
     if header.format == "tiff":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            try:
-                with rasterio.io.MemoryFile(image) as memory, memory.open() as dataset:
-                    transform, image_crs = dataset.transform, dataset.crs
-            except rasterio.errors.RasterioError as exc:
-                raise RegionInputError(f"cannot read the image's grid: {exc}") from None
+        try:
+            with _raster_dataset(image) as dataset:
+                transform, image_crs = dataset.transform, dataset.crs
+        except rasterio.errors.RasterioError as exc:
+            raise RegionInputError(f"cannot read the image's grid: {exc}") from None
     if crs:
         if image_crs is None:
             raise RegionInputError(f"the polygon is in {crs} but the image has no CRS; give "

@@ -80,10 +80,10 @@ def describe_data(data_root: str) -> DataDescription:
     try:
         if sniff_format(first_image) == "raster":
             raster_bands = decode_raster(first_image).shape[-1]
-            stored_channels = raster_bands
+            channels = raster_bands
         else:
-            stored_channels = int(tf.io.decode_image(first_image,
-                                                     expand_animations=False).shape[-1])
+            channels = model_channels(int(tf.io.decode_image(
+                first_image, expand_animations=False).shape[-1]))
     except (tf.errors.OpError, RegionInputError) as exc:
         raise DataLayoutError(f"{files[0]}: the first record's image cannot be decoded "
                               f"({getattr(exc, 'message', exc)})") from None
@@ -92,7 +92,7 @@ def describe_data(data_root: str) -> DataDescription:
         num_views=len(feature[features.IMAGES_KEY].bytes_list.value),
         num_masks=len(feature[features.MASKS_KEY].bytes_list.value),
         metadata_columns=metadata,
-        channels=raster_bands or model_channels(stored_channels), raster_bands=raster_bands)
+        channels=channels, raster_bands=raster_bands)
 
 
 def shards_to_read(data_root: str, config: PipelineConfig) -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import csv
 import io
 import os
+import shutil
 import struct
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -62,6 +65,44 @@ def write_manifest(path: str, header: list[str], rows: list[list[object]]) -> st
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def ingest_manifest(manifest: str, output: str, *extra: str) -> tuple[dict, dict[int, str]]:
+    """`masktfx ingest` in process; (the records' features by id, rejected rows' reasons)."""
+    from masktfx import cli, features
+    from masktfx.records import read_examples
+
+    assert cli.main(["ingest", manifest, "--output", output, "--no-progress", *extra,
+                     "--beam-args", *IN_PROCESS_BEAM]) == 0
+    records = {ex.features.feature[features.ID_KEY].bytes_list.value[0].decode():
+               ex.features.feature
+               for ex in read_examples(os.path.join(output, features.SHARD_GLOB))}
+    with open(os.path.join(output, features.REJECTED_CSV), encoding="utf-8") as handle:
+        rejected = {int(r["row"]): r["reason"] for r in csv.DictReader(handle)}
+    return records, rejected
+
+
+def b64(data: bytes) -> dict:
+    """A bytes value as TF Serving's REST API takes it."""
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+@contextlib.contextmanager
+def serving(model_dir: str, base: str, name: str, version: int = 1):
+    """`masktfx serve` (in process, loopback ports) of `model_dir` as version `version` of
+    model `name` under `base`; yields the server once the version is available."""
+    from masktfx.serving.models import ModelManager, wait_for_version
+    from masktfx.serving.server import ModelServer
+
+    shutil.copytree(model_dir, os.path.join(base, str(version)))
+    manager = ModelManager(name, base)
+    server = ModelServer({name: manager}, rest_port=0, grpc_port=0)
+    server.start()
+    try:
+        wait_for_version(manager)
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ trained on CT regions serves them through both signatures and `masktfx serve`.""
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import os
@@ -14,12 +13,20 @@ import shutil
 import numpy as np
 import requests
 import tensorflow as tf
-from conftest import IN_PROCESS_BEAM, run_transform, square_mask, write_manifest, write_png
+from conftest import (
+    b64,
+    ingest_manifest,
+    run_transform,
+    serving,
+    square_mask,
+    write_manifest,
+    write_png,
+)
 
 from masktfx import cli, features
 from masktfx.config import PipelineConfig
 from masktfx.images import decode_mask_array, decode_raster
-from masktfx.records import make_example, read_examples
+from masktfx.records import make_example
 
 
 def _package_file(package: str, *parts: str) -> str:
@@ -43,18 +50,8 @@ def _hounsfield(path: str) -> np.ndarray:
 
 
 def _ingest(tmp_path, header: list[str], rows: list[list]) -> tuple[dict, dict]:
-    return _ingest_manifest(tmp_path, write_manifest(str(tmp_path / "m.csv"), header, rows))
-
-
-def _ingest_manifest(tmp_path, manifest: str) -> tuple[dict, dict]:
-    output = tmp_path / "out"
-    assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress",
-                     "--beam-args", *IN_PROCESS_BEAM]) == 0
-    records = {ex.features.feature[features.ID_KEY].bytes_list.value[0].decode():
-               ex.features.feature for ex in read_examples(str(output / features.SHARD_GLOB))}
-    with open(output / features.REJECTED_CSV, encoding="utf-8") as handle:
-        rejected = {int(r["row"]): r["reason"] for r in csv.DictReader(handle)}
-    return records, rejected
+    return ingest_manifest(write_manifest(str(tmp_path / "m.csv"), header, rows),
+                           str(tmp_path / "out"))
 
 
 def _image(feature) -> np.ndarray:
@@ -139,9 +136,6 @@ def test_the_window_is_applied_in_the_graph_in_hounsfield_units(tmp_path):
 def test_a_model_trained_on_ct_regions_serves_them(tmp_path):
     from conftest import train_tiny_model
 
-    from masktfx.serving.models import ModelManager, wait_for_version
-    from masktfx.serving.server import ModelServer
-
     examples = _ct_regions(tmp_path / "ct")
     assert {label for label, _, _ in examples} == {0, 1}
     model_dir, _ = train_tiny_model(tmp_path, examples, image_format="rasters",
@@ -156,16 +150,7 @@ def test_a_model_trained_on_ct_regions_serves_them(tmp_path):
         [make_example([i], [m]).SerializeToString() for i, m in zip(images, masks)]))
     np.testing.assert_allclose(by_example[features.PROBABILITY_OUTPUT].numpy().reshape(-1),
                                expected, atol=1e-6)
-    base = tmp_path / "models" / "ct"
-    shutil.copytree(model_dir, base / "1")
-    manager = ModelManager("ct", str(base))
-    server = ModelServer({"ct": manager}, rest_port=0, grpc_port=0)
-    server.start()
-    try:
-        wait_for_version(manager)
-        def b64(data: bytes) -> dict:
-            return {"b64": base64.b64encode(data).decode("ascii")}
-
+    with serving(model_dir, str(tmp_path / "models" / "ct"), "ct") as server:
         url = f"http://127.0.0.1:{server.rest_port}/v1/models/ct:predict"
         answer = requests.post(url, timeout=60, json={
             "signature_name": features.RAW_SIGNATURE,
@@ -180,8 +165,6 @@ def test_a_model_trained_on_ct_regions_serves_them(tmp_path):
         assert answer.status_code == 400
         assert "instance 0, images[0]: is a DICOM, which the served graph cannot decode" in \
             answer.json()["error"]
-    finally:
-        server.stop()
 
 
 def test_the_brain_demo_trains_serves_and_masktfx_predict_converts_its_files(tmp_path, capsys):
@@ -191,13 +174,10 @@ def test_the_brain_demo_trains_serves_and_masktfx_predict_converts_its_files(tmp
     from conftest import train_tiny_model
 
     from masktfx.demo_data import write_brain
-    from masktfx.serving.models import ModelManager, wait_for_version
-    from masktfx.serving.server import ModelServer
-
     manifest = write_brain(str(tmp_path / "brain"))
     rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
     assert {row["label"] for row in rows} == {"0", "1"} and len(rows) > 150
-    records, rejected = _ingest_manifest(tmp_path, manifest)
+    records, rejected = ingest_manifest(manifest, str(tmp_path / "out"))
     assert not rejected and len(records) == len(rows)
     examples = [(int(records[row["id"]][features.LABEL_KEY].int64_list.value[0]),
                  records[row["id"]][features.IMAGES_KEY].bytes_list.value[0],
@@ -211,19 +191,11 @@ def test_the_brain_demo_trains_serves_and_masktfx_predict_converts_its_files(tmp
 
     subset = write_manifest(str(tmp_path / "brain" / "first6.csv"), list(rows[0]),
                             [list(row.values()) for row in rows[:6]])
-    base = tmp_path / "models" / "brain"
-    shutil.copytree(model_dir, base / "1")
-    manager = ModelManager("brain", str(base))
-    server = ModelServer({"brain": manager}, rest_port=0, grpc_port=0)
-    server.start()
-    try:
-        wait_for_version(manager)
+    with serving(model_dir, str(tmp_path / "models" / "brain"), "brain") as server:
         capsys.readouterr()
         assert cli.main(["predict", "--server", f"http://127.0.0.1:{server.rest_port}",
                          "--model", "brain", "--manifest", subset]) == 0
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    finally:
-        server.stop()
     assert [line["id"] for line in lines] == [row["id"] for row in rows[:6]]
     np.testing.assert_allclose([line["probability"] for line in lines], expected, atol=1e-5)
 

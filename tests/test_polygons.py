@@ -3,16 +3,14 @@ and a `geometry` column (WKT, pixel coordinates), rasterized onto the image's gr
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 
 import numpy as np
-from conftest import IN_PROCESS_BEAM, write_manifest, write_png
+from conftest import ingest_manifest, write_manifest, write_png
 
-from masktfx import cli, features
+from masktfx import features
 from masktfx.images import decode_mask_array
-from masktfx.records import read_examples
 
 ORIGIN_X, ORIGIN_Y, PIXEL = 500000.0, 4000000.0, 10.0  # UTM 11N, 10 m pixels
 
@@ -49,14 +47,7 @@ def _feature(ring, **properties) -> dict:
 
 
 def _ingest(tmp_path, manifest: str, *extra: str) -> tuple[dict, dict]:
-    output = tmp_path / "out"
-    assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress", *extra,
-                     "--beam-args", *IN_PROCESS_BEAM]) == 0
-    records = {ex.features.feature[features.ID_KEY].bytes_list.value[0].decode():
-               ex.features.feature for ex in read_examples(str(output / features.SHARD_GLOB))}
-    with open(output / features.REJECTED_CSV, encoding="utf-8") as handle:
-        rejected = {int(r["row"]): r["reason"] for r in csv.DictReader(handle)}
-    return records, rejected
+    return ingest_manifest(manifest, str(tmp_path / "out"), *extra)
 
 
 def _mask(feature) -> np.ndarray:

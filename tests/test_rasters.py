@@ -4,20 +4,24 @@ serving signatures, in process and through `masktfx serve`."""
 
 from __future__ import annotations
 
-import base64
-import os
-import shutil
-
 import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from conftest import IN_PROCESS_BEAM, run_transform, square_mask, write_manifest, write_png
+from conftest import (
+    b64,
+    ingest_manifest,
+    run_transform,
+    serving,
+    square_mask,
+    write_manifest,
+    write_png,
+)
 
-from masktfx import cli, features
+from masktfx import features
 from masktfx.config import PipelineConfig
 from masktfx.images import decode_raster, encode_png, read_header, sniff_format
-from masktfx.records import make_example, read_examples
+from masktfx.records import make_example
 
 
 def write_geotiff(path: str, bands: np.ndarray) -> str:
@@ -51,11 +55,7 @@ def _ingest(tmp_path, arrays: list[np.ndarray], labels: list[int]) -> list:
         rows.append([f"r{index}", f"r{index}.tif", "mask.png", label, f"g{index % 3}"])
     manifest = write_manifest(str(tmp_path / "m.csv"), ["id", "image", "mask", "label", "group"],
                               rows)
-    output = tmp_path / "out"
-    assert cli.main(["ingest", manifest, "--output", str(output), "--no-progress",
-                     "--beam-args", *IN_PROCESS_BEAM]) == 0
-    by_id = {ex.features.feature[features.ID_KEY].bytes_list.value[0].decode(): ex
-             for ex in read_examples(str(output / features.SHARD_GLOB))}
+    by_id, _ = ingest_manifest(manifest, str(tmp_path / "out"))
     return [by_id[f"r{index}"] for index in range(len(arrays))]
 
 
@@ -65,7 +65,7 @@ def test_4_and_13_band_geotiffs_are_stored_with_every_band_exactly(tmp_path):
               _bands(rng, 2, "int16")]
     records = _ingest(tmp_path, arrays, [0, 1, 0, 1])
     for array, record in zip(arrays, records):
-        (stored,) = record.features.feature[features.IMAGES_KEY].bytes_list.value
+        (stored,) = record[features.IMAGES_KEY].bytes_list.value
         assert sniff_format(stored) == "raster"
         back = decode_raster(stored)
         assert back.dtype == array.dtype and back.shape == (20, 20, array.shape[0])
@@ -76,8 +76,7 @@ def test_4_and_13_band_geotiffs_are_stored_with_every_band_exactly(tmp_path):
 
 def test_transform_keeps_every_band_and_bands_picks_and_orders_them(tmp_path):
     array = _bands(np.random.default_rng(4), 13, "uint16", label=1)
-    (record,) = _ingest(tmp_path, [array], [1])
-    feature = record.features.feature
+    (feature,) = _ingest(tmp_path, [array], [1])
     instance = {features.IMAGES_KEY: list(feature[features.IMAGES_KEY].bytes_list.value),
                 features.MASKS_KEY: list(feature[features.MASKS_KEY].bytes_list.value),
                 features.LABEL_KEY: [1]}
@@ -106,17 +105,14 @@ def raster_model(tmp_path_factory):
     rng = np.random.default_rng(5)
     labels = [index % 2 for index in range(18)]
     records = _ingest(tmp_path, [_bands(rng, 4, "uint16", label) for label in labels], labels)
-    examples = [(label, record.features.feature[features.IMAGES_KEY].bytes_list.value[0],
-                 record.features.feature[features.MASKS_KEY].bytes_list.value[0])
+    examples = [(label, record[features.IMAGES_KEY].bytes_list.value[0],
+                 record[features.MASKS_KEY].bytes_list.value[0])
                 for label, record in zip(labels, records)]
     model_dir, _ = train_tiny_model(tmp_path, examples, channels=4)
     return model_dir, examples
 
 
 def test_both_signatures_and_the_server_take_rasters(raster_model, tmp_path):
-    from masktfx.serving.models import ModelManager, wait_for_version
-    from masktfx.serving.server import ModelServer
-
     model_dir, examples = raster_model
     loaded = tf.saved_model.load(model_dir)
     images = [image for _, image, _ in examples[:6]]
@@ -135,29 +131,15 @@ def test_both_signatures_and_the_server_take_rasters(raster_model, tmp_path):
         loaded.signatures[features.RAW_SIGNATURE](images=tf.constant([[picture]]),
                                                   masks=tf.constant([[masks[0]]]))
 
-    base = tmp_path / "models" / "rasters"
-    shutil.copytree(model_dir, base / "1")
-    manager = ModelManager("rasters", str(base))
-    server = ModelServer({"rasters": manager}, rest_port=0, grpc_port=0)
-    server.start()
-    try:
-        wait_for_version(manager)
-
-        def b64(data: bytes) -> dict:
-            return {"b64": base64.b64encode(data).decode("ascii")}
-
+    with serving(model_dir, str(tmp_path / "models" / "rasters"), "rasters") as server:
         answer = requests.post(
             f"http://127.0.0.1:{server.rest_port}/v1/models/rasters:predict", timeout=60,
             json={"signature_name": features.RAW_SIGNATURE,
                   "instances": [{"images": [b64(i)], "masks": [b64(m)]}
                                 for i, m in zip(images, masks)]})
-        assert answer.status_code == 200, answer.text
-        served = [row[features.PROBABILITY_OUTPUT] for row in answer.json()["predictions"]]
-        np.testing.assert_allclose(np.asarray(served).reshape(-1), expected.reshape(-1),
-                                   atol=1e-5)
-    finally:
-        server.stop()
-    assert os.path.isdir(base / "1")
+    assert answer.status_code == 200, answer.text
+    served = [row[features.PROBABILITY_OUTPUT] for row in answer.json()["predictions"]]
+    np.testing.assert_allclose(np.asarray(served).reshape(-1), expected.reshape(-1), atol=1e-5)
 
 
 def test_a_truncated_raster_and_a_raster_too_big_for_its_header_are_refused(tmp_path):

@@ -3,21 +3,16 @@ signature and API, read back through Prometheus' own text parser."""
 
 from __future__ import annotations
 
-import base64
-import shutil
-
 import numpy as np
 import pytest
 import requests
-from conftest import square_mask
+from conftest import b64, serving, square_mask
 from prometheus_client.parser import text_string_to_metric_families
 
 from masktfx import features
 from masktfx.images import encode_png
 from masktfx.serving.client import GrpcClient, ServingClientError
 from masktfx.serving.metrics import METRICS_PATH
-from masktfx.serving.models import ModelManager, wait_for_version
-from masktfx.serving.server import ModelServer
 
 
 def _samples(url: str) -> dict[tuple, float]:
@@ -34,13 +29,7 @@ def _samples(url: str) -> dict[tuple, float]:
 def test_requests_latencies_and_errors_per_model_version_signature_and_api(tiny_model,
                                                                             tmp_path):
     model_dir, _ = tiny_model
-    base = tmp_path / "tiny"
-    shutil.copytree(model_dir, base / "7")
-    manager = ModelManager("tiny", str(base))
-    server = ModelServer({"tiny": manager}, rest_port=0, grpc_port=0)
-    server.start()
-    try:
-        wait_for_version(manager)
+    with serving(model_dir, str(tmp_path / "tiny"), "tiny", version=7) as server:
         image = encode_png(np.random.default_rng(0).integers(0, 200, (20, 20)).astype(np.uint8))
         mask = encode_png(square_mask(20, 5, 15))
         empty = encode_png(np.zeros((20, 20), np.uint8))
@@ -48,8 +37,8 @@ def test_requests_latencies_and_errors_per_model_version_signature_and_api(tiny_
 
         def raw(mask_bytes: bytes) -> int:
             body = {"signature_name": features.RAW_SIGNATURE, "instances": [
-                {features.IMAGES_KEY: [{"b64": base64.b64encode(image).decode()}],
-                 features.MASKS_KEY: [{"b64": base64.b64encode(mask_bytes).decode()}]}]}
+                {features.IMAGES_KEY: [b64(image)],
+                 features.MASKS_KEY: [b64(mask_bytes)]}]}
             return requests.post(f"{rest}/v1/models/tiny:predict", json=body,
                                  timeout=30).status_code
 
@@ -59,8 +48,6 @@ def test_requests_latencies_and_errors_per_model_version_signature_and_api(tiny_
         with pytest.raises(ServingClientError):
             grpc.predict_regions([[image]], [[empty]])
         samples = _samples(rest + METRICS_PATH)
-    finally:
-        server.stop()
 
     def count(api: str, code: str) -> float:
         labels = (("api", api), ("code", code), ("model", "tiny"),
