@@ -179,3 +179,26 @@ def test_channels_must_match_what_the_rasters_give_before_any_component_runs():
         resolve_config(PipelineConfig(channels=0, bands=[1]), pictures)
     assert resolve_config(PipelineConfig(channels=0), pictures).image_format == "pictures"
     assert PipelineConfig.from_dict({"bands": "4,3,2", "channels": 0}).bands == [4, 3, 2]
+
+
+def test_dataset_normalization_z_scores_each_band_with_its_own_statistics(tmp_path):
+    """Two bands of different ranges (red beside near-infrared, say): each comes out with mean
+    0 and deviation 1 over the training pixels, which one z-score over both would not give."""
+    from masktfx.images import encode_raster
+
+    rng = np.random.default_rng(8)
+    mask = encode_png(square_mask(20, 5, 15))
+    instances = []
+    for _ in range(4):
+        bands = np.stack([rng.integers(0, 1000, (20, 20)), rng.integers(30000, 60000, (20, 20))],
+                         axis=-1).astype(np.uint16)
+        instances.append({features.IMAGES_KEY: [encode_raster(bands)],
+                          features.MASKS_KEY: [mask], features.LABEL_KEY: [0]})
+    config = PipelineConfig(num_views=1, num_masks=1, channels=2, image_size=20,
+                            mask_mode="none", normalization="dataset").validate()
+    transformed, _ = run_transform(instances, config, tmp_path)
+    pixels = np.stack([np.asarray(row[features.REGION_KEY]).reshape(20, 20, 2)
+                       for row in transformed])
+    for band in range(2):
+        assert abs(pixels[..., band].mean()) < 1e-3, band
+        assert abs(pixels[..., band].std() - 1) < 1e-2, band
