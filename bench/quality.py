@@ -60,6 +60,7 @@ METHODS: dict[str, dict] = {
     "batch_norm": {"norm_layer": "batch"},
     "layer_norm": {"norm_layer": "layer"},
     "no_norm": {"norm_layer": "none"},
+    "stem_norm": {"stem_norm": True},
     "flip_intensity_only": {"augmentations": "flip,intensity"},
     "no_augmentation": {"augment": False},
     "color": {"channels": 0},
@@ -256,7 +257,7 @@ def main() -> None:
         "benchmark": "quality",
         "seeds": args.seeds,
         "default_config": {k: v for k, v in base.to_custom_config().items() if k in (
-            "model_preset", "norm_layer", "channels", "image_size", "mask_mode",
+            "model_preset", "norm_layer", "stem_norm", "channels", "image_size", "mask_mode",
             "keep_mask_channel", "crop_margin", "normalization", "augmentations", "epochs",
             "batch_size", "learning_rate")},
         "methods": {name: METHODS[name] for name in [*args.methods, *args.ablations]},

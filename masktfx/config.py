@@ -28,8 +28,9 @@ TRANSFORM_FIELDS = ("num_views", "num_masks", "image_format", "channels", "bands
                     "image_size", "mask_mode", "crop_margin", "keep_mask_channel",
                     "normalization")
 IMAGE_FORMATS = ("", "pictures", "rasters")
-TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "epochs", "batch_size",
-                  "learning_rate", "early_stopping_patience", "augment", "augmentations",
+TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "stem_norm", "epochs",
+                  "batch_size", "learning_rate", "early_stopping_patience", "augment",
+                  "augmentations",
                   "distribution_strategy", "seed", "decision_threshold", "threshold_policy")
 # A component_config entry that is no config field: the fingerprint of the code the module
 # files run (pipeline/code_fingerprint.py), so editing that code invalidates the cache.
@@ -112,6 +113,9 @@ class PipelineConfig:
         default="group", metadata={"help": "resnet's normalization: group | layer | batch | none "
                                            "(batch carries the training sites' statistics into "
                                            "serving)"})
+    stem_norm: bool = field(
+        default=False, metadata={"help": "resnet: normalize the first convolution's output too "
+                                         "(its input is already normalized per region)"})
     epochs: int = field(default=30, metadata={"help": "training epochs (upper bound)"})
     train_steps: int = field(
         default=0, metadata={"help": "total training steps; 0: whole epochs over the data"}

@@ -100,6 +100,40 @@ def test_resnet_normalization_layers(norm):
         PipelineConfig(norm_layer="instance").validate()
 
 
+def test_group_normalization_is_keras_group_normalization_in_value_and_gradient(rng):
+    from masktfx.modules.model import GroupNormalization
+
+    features_in = tf.constant(rng.normal(3.0, 2.0, (4, 8, 8, 32)), tf.float32)
+    ours, theirs = GroupNormalization(groups=8), tf.keras.layers.GroupNormalization(groups=8)
+    ours.build(features_in.shape)
+    theirs.build(features_in.shape)
+    scale, offset = rng.normal(1.0, 0.3, 32), rng.normal(0.0, 0.3, 32)
+    for layer in (ours, theirs):
+        layer.set_weights([scale, offset])
+    outputs, gradients = [], []
+    for layer in (ours, theirs):
+        with tf.GradientTape() as tape:
+            tape.watch(features_in)
+            result = layer(features_in)
+            loss = tf.reduce_sum(result * tf.sin(features_in))
+        outputs.append(result.numpy())
+        gradients.append(tape.gradient(loss, [features_in, *layer.trainable_weights]))
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+    for mine, keras_own in zip(*gradients):
+        np.testing.assert_allclose(mine.numpy(), keras_own.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="30 channels do not split into 8 groups"):
+        GroupNormalization(groups=8).build(tf.TensorShape([None, 4, 4, 30]))
+
+
+def test_stem_norm_adds_a_normalization_after_the_first_convolution():
+    def normalizations(stem_norm: bool) -> int:
+        config = PipelineConfig(num_views=1, num_masks=1, image_size=16, stem_norm=stem_norm)
+        tower = build_model(config).get_layer("views").layer
+        return sum(type(layer).__name__ == "GroupNormalization" for layer in tower.layers)
+
+    assert normalizations(True) == normalizations(False) + 1
+
+
 def test_every_augmentation_keeps_the_mask_binary_and_the_labels_apart(rng):
     from masktfx.modules.trainer import augment
 
