@@ -33,6 +33,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, proto_utils
 
+from masktfx import features
 from masktfx.components import warmup
 from masktfx.config import OBJECT_STORE_SCHEMES, uri_scheme
 
@@ -273,9 +274,9 @@ class Executor(pusher_executor.Executor):
         proto_utils.json_to_proto(
             exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         base_directory = destination.filesystem.base_directory
-        version, serving_path, published = publish(
-            model_path, base_directory, self._warmup(input_dict, exec_properties,
-                                                     base_directory))
+        extra_files = self._warmup(input_dict, exec_properties, base_directory)
+        extra_files.update(self._descriptors(input_dict, exec_properties))
+        version, serving_path, published = publish(model_path, base_directory, extra_files)
         logging.info("Model version %d %s at %s", version,
                      "published" if published else "was already serving this model",
                      serving_path)
@@ -301,22 +302,44 @@ class Executor(pusher_executor.Executor):
         return {warmup.WARMUP_FILE: warmup.encode_warmup(logs)} if logs else {}
 
 
+    @staticmethod
+    def _descriptors(input_dict: dict[str, list[types.Artifact]],
+                     exec_properties: dict[str, Any]) -> dict[str, bytes]:
+        """The region descriptors' statistics of the training split of the examples input (the
+        whole window), which the next runs' drift checks compare new data with."""
+        examples = input_dict.get(EXAMPLES_KEY) or []
+        if not examples or not exec_properties.get(DESCRIPTORS_KEY):
+            return {}
+        from masktfx.components import drift
+
+        columns = drift.describe_records(drift.examples_records(
+            [artifact.uri for artifact in examples], [features.TRAIN_SPLIT]))
+        if not columns:
+            return {}
+        logging.info("region descriptors of %d training regions",
+                     len(next(iter(columns.values()))))
+        return {drift.DESCRIPTORS_FILE: drift.descriptor_statistics(columns).SerializeToString()}
+
+
 EXAMPLES_KEY = "examples"  # eval regions the warmup requests are built from
 WARMUP_REGIONS_KEY = "warmup_regions"
+DESCRIPTORS_KEY = "region_descriptors"  # 1: store the training regions' descriptors
 
 
 class VersionedPusherSpec(standard_component_specs.PusherSpec):
     """TFX's PusherSpec, plus the examples the warmup requests come from."""
 
     PARAMETERS = {**standard_component_specs.PusherSpec.PARAMETERS,
-                  WARMUP_REGIONS_KEY: ExecutionParameter(type=int, optional=True)}
+                  WARMUP_REGIONS_KEY: ExecutionParameter(type=int, optional=True),
+                  DESCRIPTORS_KEY: ExecutionParameter(type=int, optional=True)}
     INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
               EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True)}
 
 
 class VersionedPusher(Pusher):
     """TFX Pusher with atomic, strictly increasing versions, each with TF Serving's warmup
-    requests (from `examples`' eval split) when `examples` is given."""
+    requests (from `examples`' eval split) when `examples` is given, and with
+    `region_descriptors` the descriptors of its training split (components/drift.py)."""
 
     SPEC_CLASS = VersionedPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
@@ -325,10 +348,12 @@ class VersionedPusher(Pusher):
                  push_destination: pusher_pb2.PushDestination,
                  examples: types.BaseChannel | None = None,
                  warmup_regions: int = warmup.DEFAULT_WARMUP_REGIONS,
-                 infra_blessing: types.BaseChannel | None = None):
+                 infra_blessing: types.BaseChannel | None = None,
+                 region_descriptors: bool = False):
         spec = VersionedPusherSpec(
             model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
             push_destination=push_destination,
             examples=examples, warmup_regions=warmup_regions,
+            region_descriptors=int(region_descriptors),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         base_component.BaseComponent.__init__(self, spec=spec)

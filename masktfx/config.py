@@ -28,6 +28,7 @@ TRANSFORM_FIELDS = ("num_views", "num_masks", "image_format", "channels", "bands
                     "image_size", "mask_mode", "crop_margin", "keep_mask_channel",
                     "normalization")
 IMAGE_FORMATS = ("", "pictures", "rasters")
+DRIFT_ACTIONS = ("warn", "stop")
 TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "stem_norm", "epochs",
                   "batch_size", "learning_rate", "early_stopping_patience", "augment",
                   "augmentations",
@@ -165,6 +166,15 @@ class PipelineConfig:
         default=20, metadata={"help": "slices smaller than this are reported, not gated"})
     min_auc_lower_bound: float = field(
         default=0.0, metadata={"help": "lowest overall AUC lower bound to bless (0: no gate)"})
+    # Drift of new data (after ImportExampleGen)
+    drift_threshold: float = field(
+        default=0.4, metadata={"help": "Jensen-Shannon divergence of a region descriptor's "
+                                       "histogram, against the data the newest pushed version "
+                                       "was trained on, past which the span has drifted "
+                                       "(0: no drift check)"})
+    drift_action: str = field(
+        default="warn", metadata={"help": "when a span has drifted: warn (the run goes on and "
+                                          "says so) or stop (before Transform)"})
     # Serving check (before the push)
     serving_check: bool = field(
         default=True, metadata={"help": "before the push, serve the candidate in a fresh model "
@@ -290,6 +300,10 @@ class PipelineConfig:
                  f"must be >= 1, got {self.min_slice_examples}")
         _require(self.confidence_intervals or not (self.min_slice_auc or self.min_auc_lower_bound),
                  "min_slice_auc", "gates on interval lower bounds need confidence_intervals")
+        _require(0.0 <= self.drift_threshold <= 1.0, "drift_threshold",
+                 f"must be between 0 (off) and 1, got {self.drift_threshold}")
+        _require(self.drift_action in DRIFT_ACTIONS, "drift_action",
+                 f"must be warn or stop, got {self.drift_action!r}")
         _require(0.0 <= self.max_auc_drop <= 1.0, "max_auc_drop",
                  f"must be between 0 and 1, got {self.max_auc_drop}")
         for name in ("epochs", "batch_size", "span_window", "eval_buckets", "train_buckets"):

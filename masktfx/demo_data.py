@@ -32,6 +32,7 @@ five slices, so neighbouring slices never straddle the split.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import os
 import sys
@@ -64,6 +65,7 @@ class Site:
     contrast: float
     noise: float
     scale: float
+    region_scale: float = 1.0  # the regions' size (1 for every generated site)
 
 
 def make_sites(count: int, rng: np.random.Generator) -> list[Site]:
@@ -88,7 +90,8 @@ def synthesize_region(rng: np.random.Generator, size: int, views: int, positive:
     """K co-registered uint8 images and a bool mask for one region."""
     grid_y, grid_x = np.mgrid[0:size, 0:size].astype(np.float32)
     # The region: an ellipse away from the border.
-    ry, rx = rng.uniform(0.16, 0.28, size=2) * size
+    ry, rx = np.minimum(rng.uniform(0.16, 0.28, size=2) * size * site.region_scale,
+                        0.45 * size - 2)
     cy = rng.uniform(ry + 2, size - ry - 2)
     cx = rng.uniform(rx + 2, size - rx - 2)
     inside = ((grid_y - cy) / ry) ** 2 + ((grid_x - cx) / rx) ** 2 <= 1.0
@@ -138,16 +141,24 @@ def synthesize_region(rng: np.random.Generator, size: int, views: int, positive:
 
 
 def write_synthetic(output: str, num_examples: int = 400, views: int = 1, size: int = 64,
-                    num_sites: int = 4, regions_per_subject: int = 4, seed: int = 0) -> str:
-    """Write images, masks and manifest.csv under `output`; returns the manifest's path."""
+                    num_sites: int = 4, regions_per_subject: int = 4, seed: int = 0,
+                    brightness_shift: float = 0.0, scale: float = 1.0) -> str:
+    """Write images, masks and manifest.csv under `output`; returns the manifest's path.
+
+    `brightness_shift` and `scale` move every site (its brightness, and the size of its regions
+    and spots), e.g. beyond the range of the generated sites to make data that has drifted."""
     if num_examples < 2:
         raise DemoDataError("--num-examples must be at least 2")
     if not 1 <= views <= 16:
         raise DemoDataError("--views must be between 1 and 16")
     if not 16 <= size <= 1024:
         raise DemoDataError("--size must be between 16 and 1024")
+    if not 0.25 <= scale <= 4.0:
+        raise DemoDataError("--scale must be between 0.25 and 4")
     rng = np.random.default_rng(seed)
-    sites = make_sites(num_sites, rng)
+    sites = [dataclasses.replace(site, brightness=site.brightness + brightness_shift,
+                                 scale=site.scale * scale, region_scale=scale)
+             for site in make_sites(num_sites, rng)]
     os.makedirs(os.path.join(output, "images"), exist_ok=True)
     os.makedirs(os.path.join(output, "masks"), exist_ok=True)
     view_names = ["image"] if views == 1 else [f"image_t{v + 1}" for v in range(views)]

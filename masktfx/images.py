@@ -636,6 +636,26 @@ def check_image_bytes(data: bytes, max_pixels: int, plane: str = "") -> ImageInf
     return ImageInfo(data, image.width, image.height, channels, depth)
 
 
+def decode_pixels(data: bytes, max_pixels: int) -> np.ndarray:
+    """A stored image's samples as [H, W, C] in their own type: what ingest writes (PNG, JPEG or
+    a raster record) decoded as the model's graph decodes it (palette PNGs by their colours,
+    alpha kept as a channel)."""
+    header = read_header(data, max_pixels)
+    if header.format == "raster":
+        return decode_raster(data)
+    if header.format == "jpeg":
+        array = _decode_jpeg(data, gray=header.samples == 1)
+    elif header.format == "png":
+        image = _open_pil(data, header.format)
+        if image.mode == "P":
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        array = np.asarray(image)
+    else:
+        raise RegionInputError(f"a stored image is PNG, JPEG or a raster record, not "
+                               f"{header.format.upper()}")
+    return array.reshape(array.shape[0], array.shape[1], -1)
+
+
 def _check_channels(channels: int) -> None:
     if channels not in (1, 3, 4):
         raise RegionInputError(

@@ -87,11 +87,14 @@ def serving_dir_in_cluster(config: PipelineConfig) -> PipelineConfig:
 
 
 PUSHER_TASK = "VersionedPusher"
+# The DriftCheck reads the newest pushed version's descriptors from the same serving dir.
+SERVING_DIR_TASKS = (PUSHER_TASK, "DriftCheck")
 
 
 def add_pusher_volume(spec_path: str, claim: str, mount_path: str) -> None:
     """Append KFP's Kubernetes platform spec (a second YAML document, read by kfp.Client and the
-    KFP backend) that mounts `claim` at `mount_path` in the Pusher's pod."""
+    KFP backend) that mounts `claim` at `mount_path` in the pods of the Pusher and of the
+    DriftCheck (when the pipeline has one)."""
     from google.protobuf import json_format
     from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -99,13 +102,17 @@ def add_pusher_volume(spec_path: str, claim: str, mount_path: str) -> None:
     with open(spec_path, encoding="utf-8") as handle:
         documents = list(yaml.safe_load_all(handle))
     pipeline_spec = documents[0]
-    component = pipeline_spec["root"]["dag"]["tasks"][PUSHER_TASK]["componentRef"]["name"]
-    executor = pipeline_spec["components"][component]["executorLabel"]
+    tasks = pipeline_spec["root"]["dag"]["tasks"]
     volume = k8s.KubernetesExecutorConfig(
         pvc_mount=[k8s.PvcMount(constant=claim, mount_path=mount_path)])
     platform = pipeline_spec_pb2.PlatformSpec()
-    platform.platforms["kubernetes"].deployment_spec.executors[executor].update(
-        json_format.MessageToDict(volume))
+    for task in SERVING_DIR_TASKS:
+        if task not in tasks:
+            continue
+        component = tasks[task]["componentRef"]["name"]
+        executor = pipeline_spec["components"][component]["executorLabel"]
+        platform.platforms["kubernetes"].deployment_spec.executors[executor].update(
+            json_format.MessageToDict(volume))
     with open(spec_path, "w", encoding="utf-8") as handle:
         yaml.safe_dump_all([pipeline_spec, json_format.MessageToDict(platform)], handle,
                            sort_keys=False)

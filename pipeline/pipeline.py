@@ -26,6 +26,7 @@ from tfx.types import Channel, standard_artifacts
 
 from masktfx import features, modules
 from masktfx.components.anomaly_gate import AnomalyGate
+from masktfx.components.drift_check import DriftCheck
 from masktfx.components.evaluator import SingleBaselineEvaluator
 from masktfx.components.serving_check import ServingCheck
 from masktfx.components.span_window import SpanWindowStrategy, split_key
@@ -189,6 +190,14 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         disable_statistics=True)
     # Transform must not run on data the validator flagged.
     transform.add_upstream_node(anomaly_gate)
+    model_base_dir = os.path.join(config.resolved_serving_dir, config.model_name)
+    # the span against the data the newest pushed version was trained on
+    drift_check = DriftCheck(
+        examples=example_gen.outputs["examples"], model_base_dir=model_base_dir,
+        threshold=config.drift_threshold, action=config.drift_action,
+    ).with_id("DriftCheck") if config.drift_threshold else None
+    if drift_check and config.drift_action == "stop":
+        transform.add_upstream_node(drift_check)
     trainer = Trainer(
         module_file=TRAINER_MODULE,
         examples=transform.outputs["transformed_examples"],
@@ -220,13 +229,14 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         model_blessing=evaluator.outputs["blessing"],
         infra_blessing=serving_check.outputs["blessing"] if serving_check else None,
         examples=examples,  # the warmup requests are built from its eval regions
+        region_descriptors=bool(config.drift_threshold),  # what later drift checks compare with
         push_destination=pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(
-                base_directory=os.path.join(config.resolved_serving_dir, config.model_name))))
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=model_base_dir)))
     return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate,
+                    *([drift_check] if drift_check else []),
                     *([span_window] if span_window else []), transform,
                     trainer, model_resolver, evaluator,
                     *([serving_check] if serving_check else []), pusher],

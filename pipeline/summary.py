@@ -13,6 +13,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.utils import path_utils
 
+from masktfx.components.drift import DRIFT_PROPERTY
 from masktfx.components.evaluator import INTERVAL_GATE_PROPERTY, read_operating_point
 from masktfx.components.serving_check import REASON_PROPERTY
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
@@ -40,6 +41,7 @@ class RunSummary:
     operating_point: dict[str, Any] = field(default_factory=dict)  # the served threshold
     served_ok: bool | None = None  # the serving check's verdict (None: no check in this run)
     serving_check: str = ""  # what it checked, or why it failed
+    drift: str = ""  # the region descriptors that moved against the served model's data
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -165,6 +167,9 @@ def summarize_record(record: RunRecord) -> RunSummary:
     for model in outputs.get("Trainer", {}).get("model", []):
         summary.operating_point = operating_point_of(path_utils.serving_model_path(model.uri))
     _read_serving_check(outputs.get("ServingCheck", {}), summary)
+    for report in outputs.get("DriftCheck", {}).get("drift_report", []):
+        if DRIFT_PROPERTY in report.custom_properties:
+            summary.drift = report.custom_properties[DRIFT_PROPERTY].string_value
     _read_push(outputs.get("VersionedPusher", {}), summary)
     return summary
 
@@ -345,6 +350,8 @@ def format_summary(summary: RunSummary) -> str:
         where = f" (span {', '.join(str(s) for s in summary.spans)})" if window else ""
         lines.append(f"  examples{where}: " + ", ".join(
             f"{split} {count}" for split, count in sorted(summary.examples.items())))
+    if summary.drift:
+        lines.append(f"  DRIFT: {summary.drift}")
     wanted = ("auc", "binary_accuracy", "precision", "recall", "auc_pr", "calibration",
               "example_count")
     shown = [f"{name} {summary.metrics[name]:.4f}" for name in wanted if name in summary.metrics]

@@ -88,14 +88,22 @@ def _push_destination(spec: dict) -> str:
     return destination["filesystem"]["base_directory"]
 
 
+def _executor(spec: dict, task: str) -> str:
+    return spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]][
+        "executorLabel"]
+
+
 def test_the_pusher_pod_mounts_the_claim_tf_serving_reads(compiled):
     spec, platform = _documents(compiled)
-    executor = spec["components"][spec["root"]["dag"]["tasks"]["VersionedPusher"]
-                                  ["componentRef"]["name"]]["executorLabel"]
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert list(executors) == [executor]  # only the Pusher's pod gets the volume
-    assert executors[executor] == {"pvcMount": [{"constant": "masktfx-models",
-                                                 "mountPath": "/models"}]}
+    # only the pods of the Pusher and of the DriftCheck (which reads the pushed versions'
+    # descriptors) get the volume
+    assert sorted(executors) == sorted([_executor(spec, "VersionedPusher"),
+                                        _executor(spec, "DriftCheck")])
+    for mount in executors.values():
+        assert mount == {"pvcMount": [{"constant": "masktfx-models", "mountPath": "/models"}]}
+    drift_parameters = spec["root"]["dag"]["tasks"]["DriftCheck"]["inputs"]["parameters"]
+    assert drift_parameters["model_base_dir"]["runtimeValue"]["constant"] == "/models/masktfx"
     # the defaults are the claim and mount path of kubernetes/ (TF Serving reads /models/NAME)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     deployment = _documents(os.path.join(root, "kubernetes", "base",
@@ -125,7 +133,7 @@ def test_serving_dirs_on_an_object_store_or_another_claim_compile(tmp_path, caps
     spec, platform = _documents(output)
     mount = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert list(mount.values()) == [{"pvcMount": [{"constant": "team-models",
-                                                   "mountPath": "/srv/tf"}]}]
+                                                   "mountPath": "/srv/tf"}]}] * 2
     assert _push_destination(spec) == "/srv/tf/prod/masktfx"
 
     for flags, message in (

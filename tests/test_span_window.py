@@ -40,10 +40,12 @@ def test_the_window_keeps_the_newest_read_of_each_of_the_last_spans_split_this_w
     assert window(artifacts, 2, "unknown") == []
 
 
-def _ingest(tmp_path, data_root: str, span: int) -> None:
-    manifest = write_synthetic(str(tmp_path / f"raw{span}"), num_examples=40, size=16, seed=span)
+def _ingest(tmp_path, data_root: str, span: int, **shift: float) -> str:
+    manifest = write_synthetic(str(tmp_path / f"raw{span}"), num_examples=40, size=16, seed=span,
+                               **shift)
     assert cli.main(["ingest", manifest, "--output", data_root, "--span", str(span),
                      "--no-progress", "--beam-args", "--runner=DirectRunner"]) == 0
+    return manifest
 
 
 @pytest.mark.slow
@@ -73,12 +75,35 @@ def test_a_window_of_two_spans_reads_each_span_once_and_slices_the_evaluation(tm
     slices = {key for key, _ in tfma.load_eval_result(first.evaluation_uri).slicing_metrics}
     assert {((features.SPAN_KEY, 1),), ((features.SPAN_KEY, 2),)} <= slices
 
-    # a third span: only it is read; span 2 comes from MLMD, as it was
-    _ingest(tmp_path, data_root, 3)
-    assert cli.main(["run", "--data", data_root, "--workdir", workdir, *FAST]) == 0
+    # A third span from a site unlike the first two (brighter, regions and spots larger than any
+    # site of theirs): `masktfx drift` sees it before it is ingested, against what version 1
+    # was trained on, and does not flag new data of the old sites.
+    capsys.readouterr()
+    drifted = _ingest(tmp_path, data_root, 3, brightness_shift=0.3, scale=1.8)
+    assert cli.main(["drift", "--workdir", workdir, "--manifest", drifted]) == 1
+    out = capsys.readouterr().out
+    assert "against the training data of version 1" in out and "drift: " in out
+    moved = out.rsplit("drift: ", 1)[1].split(", ")
+    assert {"inside_mean", "mask_area"} <= {name.strip() for name in moved}
+    alike = write_synthetic(str(tmp_path / "alike"), num_examples=40, size=16, seed=4)
+    assert cli.main(["drift", "--workdir", workdir, "--manifest", alike]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("no drift")
+    # with drift_action stop, the run stops before Transform, naming the descriptors
+    assert cli.main(["run", "--data", data_root, "--workdir", workdir, *FAST,
+                     "--drift-action", "stop"]) == 1
+    captured = capsys.readouterr()
+    assert "DriftCheck" in captured.out + captured.err
+    assert "inside_mean (divergence" in captured.out + captured.err
     runs = list_runs(config)
-    assert [run.spans for run in runs] == [[1], [2], [3]]
+    assert runs[-1].spans == [3] and "Transform" not in runs[-1].components
+    # with drift_action warn (the default) it trains and pushes, and says the span drifted;
+    # only the span (3) is read again, span 2 comes from MLMD, as it was
+    assert cli.main(["run", "--data", data_root, "--workdir", workdir, *FAST]) == 0
+    assert "DRIFT: " in capsys.readouterr().out
+    runs = list_runs(config)
+    assert [run.spans for run in runs] == [[1], [2], [3], [3]]
     assert runs[-1].trained_spans == [2, 3] and runs[-1].pushed
+    assert "mask_area" in runs[-1].drift
     second = lineage(config)
     assert second.spans == [2, 3] and second.examples_uri.split(", ")[0] == uris[1]
 

@@ -18,8 +18,8 @@ from masktfx.config import ConfigError
 __all__ = ["CommandError", "build_parser", "main", "print_json", "run_and_summarize"]
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
-    data.add_ingest, data.add_demo_data, run.add_run, serving.add_serve, serving.add_predict,
-    labels.add_labels, kubeflow.add_kubeflow, reports.add_reports]
+    data.add_ingest, data.add_demo_data, data.add_drift, run.add_run, serving.add_serve,
+    serving.add_predict, labels.add_labels, kubeflow.add_kubeflow, reports.add_reports]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,6 +76,83 @@ def _ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def add_drift(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "drift", help="is new data like the data the served model was trained on?",
+        description="Describe each region of a manifest (mask area, intensity and colour inside "
+                    "and around it, texture) and compare the descriptors' histograms with those "
+                    "of the data the newest pushed version was trained on (TFDV's "
+                    "Jensen-Shannon drift comparator). Exit status 1 when a descriptor moved "
+                    "beyond the threshold or a row could not be read.")
+    parser.add_argument("--workdir", required=True, help="the workdir of `masktfx run`")
+    parser.add_argument("--manifest", required=True, help="the new data's manifest CSV")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="largest divergence that is not drift (default: the workdir's "
+                             "drift_threshold, else 0.4)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    parser.add_argument("--json", action="store_true", help="JSON instead of text")
+    parser.set_defaults(handler=cmd_drift)
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from masktfx.components import drift
+    from masktfx.config import PipelineConfig
+    from masktfx.images import RegionInputError, load_region
+    from masktfx.manifest import ManifestError, read_manifest
+
+    if not os.path.isdir(args.workdir):
+        raise CommandError(f"{args.workdir}: no such workdir")
+    config = PipelineConfig.for_workdir(args.workdir)
+    threshold = args.threshold if args.threshold is not None else (
+        config.drift_threshold or PipelineConfig.drift_threshold)
+    if not 0.0 < threshold <= 1.0:
+        raise CommandError(f"--threshold must be in (0, 1], got {threshold}")
+    try:
+        manifest = read_manifest(args.manifest)
+    except ManifestError as exc:
+        raise CommandError(str(exc)) from None
+    failed = [{"row": r.row, "error": r.reason} for r in manifest.rejected]
+    columns: dict[str, list[float]] = {}
+    for row in manifest.rows:
+        try:
+            region = load_region(row.images, row.masks, args.max_pixels, geometry=row.geometry,
+                                 geometry_crs=row.geometry_crs, plane=row.plane,
+                                 mask_label=row.mask_label)
+        except RegionInputError as exc:
+            failed.append({"row": row.row, "id": row.example_id, "error": str(exc)})
+            continue
+        found = drift.region_descriptors([info.encoded for info in region.images],
+                                         region.masks, args.max_pixels)
+        for name, value in found.items():
+            columns.setdefault(name, []).append(value)
+    if not columns:
+        raise CommandError(f"{args.manifest}: no row could be read ({len(failed)} refused)")
+    model_base_dir = os.path.join(config.resolved_serving_dir, config.model_name)
+    report = drift.drift_report(columns, model_base_dir, threshold)
+    if report["reference_version"] is None:
+        raise CommandError(f"no version under {model_base_dir} holds the region descriptors of "
+                           "its training data (pushed by `masktfx run` with drift_threshold > 0)")
+    report["refused_rows"] = failed
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for item in failed:
+            print(f"refused: {json.dumps(item)}")
+        print(f"{report['regions']} regions of {args.manifest} against the training data of "
+              f"version {report['reference_version']} ({model_base_dir}), threshold "
+              f"{threshold:g}:")
+        print(f"  {'descriptor':<22} {'divergence':>10}  {'mean (trained -> new)':<26}")
+        for entry in report["descriptors"]:
+            flag = "  MOVED" if entry["moved"] else ""
+            means = f"{entry['reference_mean']:.4g} -> {entry['current_mean']:.4g}"
+            print(f"  {entry['name']:<22} {entry['divergence']:>10.3f}  {means:<26}{flag}")
+        print(f"drift: {', '.join(report['moved'])}" if report["moved"] else "no drift")
+    return 1 if report["moved"] or failed else 0
+
+
 def add_demo_data(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo-data", help="write built-in demo data with its manifest")
     kinds = parser.add_subparsers(dest="kind", required=True)
@@ -87,6 +164,10 @@ def add_demo_data(sub: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--size", type=int, default=64)
     synthetic.add_argument("--sites", type=int, default=4, help="sites (scanner-like groups)")
     synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--brightness-shift", type=float, default=0.0,
+                           help="added to every site's brightness (the sites span -0.12..0.12)")
+    synthetic.add_argument("--scale", type=float, default=1.0,
+                           help="every site's regions and spots this many times larger")
     synthetic.set_defaults(handler=cmd_demo_synthetic)
     nuclei = kinds.add_parser("nuclei", help="real fluorescence nuclei (BBBC038) from the "
                                              "stardist==0.9.2 wheel")
@@ -135,7 +216,8 @@ def cmd_demo_synthetic(args: argparse.Namespace) -> int:
     from masktfx.demo_data import write_synthetic
 
     return _write_demo(write_synthetic, args.output, num_examples=args.num_examples,
-                       views=args.views, size=args.size, num_sites=args.sites, seed=args.seed)
+                       views=args.views, size=args.size, num_sites=args.sites, seed=args.seed,
+                       brightness_shift=args.brightness_shift, scale=args.scale)
 
 
 def cmd_demo_nuclei(args: argparse.Namespace) -> int:

@@ -1,0 +1,238 @@
+"""Drift of new data: is a span (or a manifest not yet ingested) like the data the served model
+was trained on?
+
+Each region gets descriptors a reader of the images would look at: the mask's area, the
+intensity inside the region and in a ring around it, their contrast, the texture energy inside,
+and each channel's share of the brightness (colour, bands). The Pusher stores the descriptors'
+statistics (TFDV's DatasetFeatureStatisticsList) of the examples a model was trained on with the
+version it pushes; the DriftCheck component and `masktfx drift` compare new regions' statistics
+with those of the newest pushed version, through TFDV's drift comparator (Jensen-Shannon
+divergence of each descriptor's histogram).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from masktfx import features
+from masktfx.images import decode_mask_array, decode_pixels
+
+# Stored with each pushed version, beside TF Serving's warmup file (which TF Serving ignores).
+DESCRIPTORS_FILE = os.path.join("assets.extra", "masktfx_region_descriptors.pb")
+DRIFT_FILE = "drift.json"  # the comparison, in the DriftCheck's output artifact
+CURRENT_STATISTICS_FILE = "region_descriptors.pb"  # the new data's descriptor statistics
+DRIFT_PROPERTY = "drift"  # on the DriftCheck's artifact: the descriptors that moved, if any
+# How far the ring around a region reaches, as a share of the region's box.
+AROUND_MARGIN = 0.25
+
+
+class DataDriftError(RuntimeError):
+    """New data is unlike the data the served model was trained on; the message says how."""
+
+
+def _scaled(pixels: np.ndarray) -> np.ndarray:
+    """Integer samples on [0, 1] by their type's range; float samples (rasters in physical
+    units, medical images in HU) as they are."""
+    values = pixels.astype(np.float64)
+    if pixels.dtype.kind in "ui":
+        top = 255.0 if pixels.dtype.itemsize == 1 else 65535.0  # 16-bit PNGs decode as int32
+        values /= top
+    return values
+
+
+def _ring(mask: np.ndarray) -> np.ndarray:
+    """Pixels outside the mask within its box grown by AROUND_MARGIN (at least 2 pixels)."""
+    rows, columns = np.nonzero(mask)
+    height, width = mask.shape
+    pad = max(2, int(round(AROUND_MARGIN * max(np.ptp(rows) + 1, np.ptp(columns) + 1))))
+    window = np.zeros_like(mask)
+    window[max(0, rows.min() - pad):min(height, rows.max() + pad + 1),
+           max(0, columns.min() - pad):min(width, columns.max() + pad + 1)] = True
+    return window & ~mask
+
+
+def _view_descriptors(pixels: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    values = _scaled(pixels)
+    grey = values.mean(axis=-1)
+    inside = grey[mask]
+    ring = _ring(mask)
+    around = grey[ring] if ring.any() else grey[~mask] if (~mask).any() else inside
+    padded = np.pad(grey, 1, mode="edge")
+    laplacian = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+                 - 4.0 * grey)
+    found = {"mask_area": float(mask.mean()),
+             "inside_mean": float(inside.mean()), "inside_std": float(inside.std()),
+             "around_mean": float(around.mean()), "around_std": float(around.std()),
+             "contrast": float(inside.mean() - around.mean()),
+             "texture_energy": float(np.mean(laplacian[mask] ** 2))}
+    if values.shape[-1] > 1:
+        brightness = abs(float(inside.mean())) + 1e-6
+        for channel in range(values.shape[-1]):
+            found[f"channel{channel + 1}_share"] = float(
+                values[..., channel][mask].mean() / brightness)
+    return found
+
+
+def region_descriptors(images: Sequence[bytes], masks: Sequence[bytes],
+                       max_pixels: int = 10**9) -> dict[str, float]:
+    """The descriptors of one region's stored views and masks (as ingest writes them). Views
+    after the first add their own, suffixed `_view2`, `_view3`, ..."""
+    found: dict[str, float] = {}
+    for view, image in enumerate(images):
+        mask = decode_mask_array(bytes(masks[min(view, len(masks) - 1)]), max_pixels)
+        suffix = "" if view == 0 else f"_view{view + 1}"
+        for name, value in _view_descriptors(decode_pixels(bytes(image), max_pixels),
+                                             mask).items():
+            found[name + suffix] = value
+    return found
+
+
+def describe_records(serialized: Iterable[bytes]) -> dict[str, list[float]]:
+    """Each descriptor's values over serialized raw examples (what ImportExampleGen reads)."""
+    from tensorflow.core.example import example_pb2
+
+    columns: dict[str, list[float]] = {}
+    for record in serialized:
+        feature = example_pb2.Example.FromString(record).features.feature
+        found = region_descriptors(feature[features.IMAGES_KEY].bytes_list.value,
+                                   feature[features.MASKS_KEY].bytes_list.value)
+        for name, value in found.items():
+            columns.setdefault(name, []).append(value)
+    return columns
+
+
+def examples_records(examples_uris: Sequence[str], splits: Sequence[str] | None = None
+                     ) -> Iterable[bytes]:
+    """The serialized examples of Examples artifacts (gzipped TFRecords under Split-*/), every
+    split unless `splits` names some."""
+    import tensorflow as tf
+
+    for uri in examples_uris:
+        patterns = ([os.path.join(uri, f"Split-{split}", "*") for split in splits] if splits
+                    else [os.path.join(uri, "Split-*", "*")])
+        files = sorted(path for pattern in patterns for path in tf.io.gfile.glob(pattern))
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            yield bytes(record.numpy())
+
+
+def descriptor_statistics(columns: dict[str, list[float]]) -> Any:
+    """TFDV statistics (DatasetFeatureStatisticsList) of descriptor columns."""
+    import pandas as pd
+    import tensorflow_data_validation as tfdv
+
+    return tfdv.generate_statistics_from_dataframe(pd.DataFrame(columns))
+
+
+@dataclass
+class DescriptorShift:
+    name: str
+    divergence: float  # Jensen-Shannon divergence of the two histograms
+    reference_mean: float
+    current_mean: float
+    moved: bool
+
+
+def _means(statistics: Any) -> dict[str, float]:
+    return {feature.path.step[0] if feature.path.step else feature.name:
+            feature.num_stats.mean for feature in statistics.datasets[0].features}
+
+
+def compare(current: Any, reference: Any, threshold: float) -> list[DescriptorShift]:
+    """Each descriptor of `current` against `reference` with TFDV's drift comparator; those
+    whose divergence exceeds `threshold` moved. A descriptor missing from one side (another
+    number of views or channels) moves by definition."""
+    import tensorflow_data_validation as tfdv
+
+    schema = tfdv.infer_schema(reference)
+    for feature in schema.feature:
+        feature.drift_comparator.jensen_shannon_divergence.threshold = threshold
+    anomalies = tfdv.validate_statistics(current, schema, previous_statistics=reference)
+    divergences = {info.path.step[0]: measurement.value
+                   for info in anomalies.drift_skew_info
+                   for measurement in info.drift_measurements}
+    before, after = _means(reference), _means(current)
+    shifts = []
+    for name in sorted(set(before) | set(after)):
+        divergence = divergences.get(name, 1.0 if (name in before) != (name in after) else 0.0)
+        shifts.append(DescriptorShift(name, round(float(divergence), 4),
+                                      round(before.get(name, float("nan")), 4),
+                                      round(after.get(name, float("nan")), 4),
+                                      divergence > threshold))
+    return shifts
+
+
+def newest_reference(model_base_dir: str) -> tuple[int, Any] | None:
+    """(version, descriptor statistics) of the newest pushed version that stored them."""
+    import tensorflow as tf
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    if not tf.io.gfile.isdir(model_base_dir):
+        return None
+    versions = sorted((int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_base_dir)
+                       if name.rstrip("/").isdigit()), reverse=True)
+    for version in versions:
+        path = os.path.join(model_base_dir, str(version), DESCRIPTORS_FILE)
+        if tf.io.gfile.exists(path):
+            statistics = statistics_pb2.DatasetFeatureStatisticsList()
+            with tf.io.gfile.GFile(path, "rb") as handle:
+                statistics.ParseFromString(handle.read())
+            return version, statistics
+    return None
+
+
+def drift_report(columns: dict[str, list[float]], model_base_dir: str, threshold: float
+                 ) -> dict[str, Any]:
+    """The new regions' descriptors against the newest pushed version's: which moved."""
+    report: dict[str, Any] = {"model_base_dir": model_base_dir, "threshold": threshold,
+                              "regions": len(next(iter(columns.values()), [])),
+                              "reference_version": None, "descriptors": [], "moved": []}
+    found = newest_reference(model_base_dir)
+    if found is None or not report["regions"]:
+        return report
+    version, reference = found
+    shifts = compare(descriptor_statistics(columns), reference, threshold)
+    report.update(reference_version=version,
+                  descriptors=[shift.__dict__ for shift in shifts],
+                  moved=[shift.name for shift in shifts if shift.moved])
+    return report
+
+
+def describe_moved(report: dict[str, Any]) -> str:
+    """One line: which descriptors moved, by how much, against which version."""
+    shifts = {entry["name"]: entry for entry in report["descriptors"]}
+    parts = [f"{name} (divergence {shifts[name]['divergence']:.2f}; mean "
+             f"{shifts[name]['reference_mean']:.3g} -> {shifts[name]['current_mean']:.3g})"
+             for name in report["moved"]]
+    return (f"{len(parts)} of {len(shifts)} region descriptors moved beyond "
+            f"{report['threshold']:g} against the data version {report['reference_version']} "
+            f"was trained on: " + ", ".join(parts))
+
+
+def check_drift(examples_uri: str, output_uri: str, model_base_dir: str, threshold: float,
+                action: str) -> dict[str, Any]:
+    """The DriftCheck: describe every split of the new examples, compare with the newest pushed
+    version, write both into `output_uri`, and with `action` "stop" raise DataDriftError."""
+    import tensorflow as tf
+
+    columns = describe_records(examples_records([examples_uri]))
+    report = drift_report(columns, model_base_dir, threshold)
+    tf.io.gfile.makedirs(output_uri)
+    if columns:
+        with tf.io.gfile.GFile(os.path.join(output_uri, CURRENT_STATISTICS_FILE), "wb") as out:
+            out.write(descriptor_statistics(columns).SerializeToString())
+    with tf.io.gfile.GFile(os.path.join(output_uri, DRIFT_FILE), "w") as out:
+        out.write(json.dumps(report, indent=1))
+    if report["moved"]:
+        message = describe_moved(report)
+        if action == "stop":
+            raise DataDriftError(f"{message}. The run stops before Transform (drift_action "
+                                 f"stop; drift_threshold {threshold:g})")
+        logging.warning("%s", message)
+    return report

@@ -1,0 +1,89 @@
+"""Region descriptors and the drift comparison, on regions written as ingest stores them. The
+pipeline's DriftCheck and the Pusher's stored descriptors are run in test_span_window.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import ingest_manifest
+
+from masktfx import cli, features
+from masktfx.components import drift
+from masktfx.demo_data import write_synthetic
+from masktfx.images import encode_png, encode_raster
+from masktfx.records import read_examples
+
+
+def test_descriptors_measure_the_region_and_the_ring_around_it():
+    image = np.full((40, 40), 50, np.uint8)
+    image[10:20, 10:20] = 200  # the region: bright and flat
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:20, 10:20] = 255
+    found = drift.region_descriptors([encode_png(image)], [encode_png(mask)])
+    assert found["mask_area"] == pytest.approx(100 / 1600)
+    assert found["inside_mean"] == pytest.approx(200 / 255)
+    assert found["around_mean"] == pytest.approx(50 / 255)
+    assert found["contrast"] == pytest.approx(150 / 255)
+    assert found["inside_std"] == pytest.approx(0.0)
+    # the Laplacian is nonzero only on the region's edge pixels
+    edge = 36 / 100 * (150 / 255) ** 2
+    assert found["texture_energy"] == pytest.approx(edge, rel=0.5)
+    assert not any(name.startswith("channel") for name in found)
+
+
+def test_colour_bands_and_views_get_their_own_descriptors():
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 255, (16, 16, 3)).astype(np.uint8)
+    colour[..., 0] = 0  # no red
+    bands = rng.normal(100.0, 5.0, (16, 16, 4)).astype(np.float32)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    found = drift.region_descriptors([encode_png(colour), encode_raster(bands)],
+                                     [encode_png(mask)])
+    assert found["channel1_share"] == 0.0 and found["channel2_share"] > 0.5
+    # a float raster is described in its own units
+    assert found["inside_mean_view2"] == pytest.approx(bands[4:12, 4:12].mean(), rel=1e-5)
+    assert {f"channel{band}_share_view2" for band in (1, 2, 3, 4)} <= set(found)
+
+
+def _version_with_descriptors(tmp_path, manifest: str) -> str:
+    """A serving dir whose version 1 holds the descriptors of `manifest`'s regions, as the
+    Pusher stores them; returns the workdir."""
+    ingest_manifest(manifest, str(tmp_path / "shards"))
+    columns = drift.describe_records(example.SerializeToString() for example in read_examples(
+        str(tmp_path / "shards" / features.SHARD_GLOB)))
+    workdir = tmp_path / "work"
+    version = workdir / "serving" / "masktfx" / "1"
+    (version / "assets.extra").mkdir(parents=True)
+    (version / drift.DESCRIPTORS_FILE).write_bytes(
+        drift.descriptor_statistics(columns).SerializeToString())
+    return str(workdir)
+
+
+def test_drift_names_what_moved_and_refuses_unreadable_rows(tmp_path, capsys):
+    workdir = _version_with_descriptors(
+        tmp_path, write_synthetic(str(tmp_path / "train"), num_examples=60, size=16, seed=1))
+    darker = write_synthetic(str(tmp_path / "darker"), num_examples=40, size=16, seed=2,
+                             brightness_shift=-0.3)
+    capsys.readouterr()
+    assert cli.main(["drift", "--workdir", workdir, "--manifest", darker, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference_version"] == 1 and report["regions"] == 40
+    assert "inside_mean" in report["moved"] and "mask_area" not in report["moved"]
+    shifts = {entry["name"]: entry for entry in report["descriptors"]}
+    assert shifts["inside_mean"]["current_mean"] < shifts["inside_mean"]["reference_mean"] - 0.2
+
+    # a row whose image is gone is refused by row, the others still compared
+    with open(darker, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    first_image = lines[1].split(",")[1]
+    (tmp_path / "darker" / first_image).unlink()
+    assert cli.main(["drift", "--workdir", workdir, "--manifest", darker]) == 1
+    out = capsys.readouterr().out
+    assert '"row": 1' in out and first_image in out and "39 regions" in out
+
+    # no pushed version with descriptors: a clear error
+    assert cli.main(["drift", "--workdir", str(tmp_path / "train"), "--manifest", darker]) == 2
+    assert "holds the region descriptors" in capsys.readouterr().err
