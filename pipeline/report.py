@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from masktfx import features
+from masktfx.components.drift import DRIFT_FILE
 from masktfx.components.intervals import INTERVALS_FILE, METRICS
 from masktfx.config import PipelineConfig
 from masktfx.pipeline.lineage import Lineage, format_lineage, lineage
@@ -57,6 +58,7 @@ class ReportData:
     baseline_metrics: dict[str, float] = field(default_factory=dict)
     baseline_uri: str = ""
     intervals: dict[str, Any] = field(default_factory=dict)  # the Evaluator's bootstrap
+    drift: dict[str, Any] = field(default_factory=dict)  # the DriftCheck's drift.json
     lineage: Lineage | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -70,6 +72,11 @@ def collect(config: PipelineConfig, run_id: str | None = None) -> ReportData:
         data.label_counts = _label_counts(statistics.uri)
     for examples in record.outputs("ImportExampleGen", "examples"):
         _read_sample(examples.uri, data)
+    for report in record.outputs("DriftCheck", "drift_report"):
+        path = os.path.join(report.uri, DRIFT_FILE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                data.drift = json.load(handle)
     for model_run in record.outputs("Trainer", "model_run"):
         data.history = read_training_history(model_run.uri)
     for baseline in record.inputs("Evaluator", "baseline_model"):
@@ -426,6 +433,15 @@ def page_context(data: ReportData) -> dict[str, Any]:
     context["interval_attributes"] = [
         [{}, {}] + [{"data-interval": metric, "data-interval-slice": name} for metric in METRICS]
         for name, _ in entries]
+    shifts = data.drift.get("descriptors", [])
+    context["drift"] = data.drift
+    context["drift_rows"] = [
+        [entry["name"], f"{entry['divergence']:.3f}", _number(entry["reference_mean"]),
+         _number(entry["current_mean"]), "moved" if entry["moved"] else ""]
+        for entry in shifts]
+    context["drift_attributes"] = [[{"data-descriptor": entry["name"]}, {}, {}, {},
+                                    {"data-moved": str(entry["moved"]).lower()}]
+                                   for entry in shifts]
     return context
 
 

@@ -4,6 +4,7 @@ sliced by span; and the strategy that picks the window, on real TFX artifacts.""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from tfx.types import standard_artifacts
@@ -104,6 +105,13 @@ def test_a_window_of_two_spans_reads_each_span_once_and_slices_the_evaluation(tm
     assert [run.spans for run in runs] == [[1], [2], [3], [3]]
     assert runs[-1].trained_spans == [2, 3] and runs[-1].pushed
     assert "mask_area" in runs[-1].drift
+    # the report shows which descriptors moved, against which version
+    page = str(tmp_path / "report.html")
+    assert cli.main(["report", "--workdir", workdir, "--output", page]) == 0
+    with open(page, encoding="utf-8") as handle:
+        html = handle.read()
+    assert "against the training data of version 1" in html
+    assert re.search(r'data-descriptor="mask_area">mask_area</td>.*?data-moved="true"', html)
     second = lineage(config)
     assert second.spans == [2, 3] and second.examples_uri.split(", ")[0] == uris[1]
 
