@@ -35,7 +35,7 @@ from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import io_utils, json_utils, path_utils
 
 from masktfx import features
-from masktfx.components import intervals
+from masktfx.components import attribution, intervals
 from masktfx.components.earlier_outputs import find_earlier
 
 MODEL_KEY = standard_component_specs.MODEL_KEY
@@ -126,6 +126,7 @@ class Executor(evaluator_executor.Executor):
         if input_dict.get(BASELINE_KEY) and not own_baseline:
             super().Do(input_dict, output_dict, exec_properties)  # candidate against baseline
             self._maybe_intervals(input_dict, output_dict, exec_properties, threshold)
+            self._maybe_attribution(input_dict, output_dict, exec_properties)
             return
         single = {key: value for key, value in input_dict.items() if key != BASELINE_KEY}
         output_uri = artifact_utils.get_single_uri(
@@ -149,6 +150,7 @@ class Executor(evaluator_executor.Executor):
                 blessing.set_int_custom_property(
                     constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id)
         self._maybe_intervals(single, output_dict, exec_properties, threshold)
+        self._maybe_attribution(single, output_dict, exec_properties)
         io_utils.write_string_file(os.path.join(output_uri, EVALUATION_RECORD),
                                    json.dumps(record, indent=1))
 
@@ -181,18 +183,32 @@ class Executor(evaluator_executor.Executor):
         failures = intervals.gate_failures(found, float(settings["min_slice_auc"]),
                                            int(settings["min_slice_examples"]),
                                            float(settings["min_auc_lower_bound"]))
-        for blessing in output_dict.get(standard_component_specs.BLESSING_KEY, []):
-            if not failures:
-                continue
+        if failures:
             logging.info("Not blessed by the interval gates: %s", "; ".join(failures))
-            blessing.set_string_custom_property(INTERVAL_GATE_PROPERTY, "; ".join(failures))
-            blessed_file = os.path.join(blessing.uri, constants.BLESSED_FILE_NAME)
-            if fileio.exists(blessed_file):
-                fileio.remove(blessed_file)
-            io_utils.write_string_file(
-                os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME), "")
-            blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
-                                             constants.NOT_BLESSED_VALUE)
+            refuse_blessing(output_dict, INTERVAL_GATE_PROPERTY, failures)
+
+    def _maybe_attribution(self, input_dict: dict[str, list[types.Artifact]],
+                           output_dict: dict[str, list[types.Artifact]],
+                           exec_properties: dict[str, Any]) -> None:
+        """Where the candidate looked on the eval regions (its `attribution` signature), beside
+        TFMA's files (copied with a reused evaluation); then the gate on the median share."""
+        settings = json.loads(exec_properties.get(ATTRIBUTION_KEY) or "{}")
+        if not settings:
+            return
+        output_uri = artifact_utils.get_single_uri(
+            output_dict[standard_component_specs.EVALUATION_KEY])
+        path = os.path.join(output_uri, attribution.ATTRIBUTION_FILE)
+        if fileio.exists(path):
+            found = json.loads(io_utils.read_string_file(path))
+        else:
+            found = attribution.attribute_eval_regions(
+                path_utils.serving_model_path(input_dict[MODEL_KEY][0].uri),
+                [artifact.uri for artifact in input_dict[standard_component_specs.EXAMPLES_KEY]],
+                int(settings["regions"]), output_uri)
+        failure = attribution.gate_failure(found, float(settings["min_inside"]))
+        if failure:
+            logging.info("Not blessed by the attribution gate: %s", failure)
+            refuse_blessing(output_dict, ATTRIBUTION_GATE_PROPERTY, [failure])
 
     @staticmethod
     def _bless_from_validation(input_dict: dict[str, list[types.Artifact]],
@@ -220,6 +236,21 @@ class Executor(evaluator_executor.Executor):
         blessing.set_int_custom_property(
             constants.ARTIFACT_PROPERTY_BLESSED_KEY,
             constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE)
+
+
+def refuse_blessing(output_dict: dict[str, list[types.Artifact]], reason_property: str,
+                    reasons: list[str]) -> None:
+    """Turn the blessing TFMA's validation gave into NOT_BLESSED, recording why under
+    `reason_property` (the summary lists the reasons)."""
+    for blessing in output_dict.get(standard_component_specs.BLESSING_KEY, []):
+        blessing.set_string_custom_property(reason_property, "; ".join(reasons))
+        blessed_file = os.path.join(blessing.uri, constants.BLESSED_FILE_NAME)
+        if fileio.exists(blessed_file):
+            fileio.remove(blessed_file)
+        io_utils.write_string_file(
+            os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME), "")
+        blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                         constants.NOT_BLESSED_VALUE)
 
 
 def eval_predictions(model: types.Artifact, examples: list[types.Artifact],
@@ -254,13 +285,17 @@ def eval_predictions(model: types.Artifact, examples: list[types.Artifact],
 
 INTERVALS_KEY = "intervals"  # JSON: interval_settings() of pipeline/pipeline.py
 INTERVAL_GATE_PROPERTY = "interval_gate"  # on the blessing: why the interval gates refused it
+ATTRIBUTION_KEY = "attribution"  # JSON: attribution_settings() of pipeline/pipeline.py
+ATTRIBUTION_GATE_PROPERTY = "attribution_gate"  # on the blessing: why the attribution gate refused
 
 
 class SingleBaselineEvaluatorSpec(standard_component_specs.EvaluatorSpec):
-    """TFX's EvaluatorSpec, plus the settings of the bootstrap intervals and their gates."""
+    """TFX's EvaluatorSpec, plus the settings of the bootstrap intervals, the attribution check
+    and their gates."""
 
     PARAMETERS = {**standard_component_specs.EvaluatorSpec.PARAMETERS,
-                  INTERVALS_KEY: ExecutionParameter(type=str, optional=True)}
+                  INTERVALS_KEY: ExecutionParameter(type=str, optional=True),
+                  ATTRIBUTION_KEY: ExecutionParameter(type=str, optional=True)}
 
 
 class SingleBaselineEvaluator(Evaluator):
@@ -271,12 +306,14 @@ class SingleBaselineEvaluator(Evaluator):
 
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
                  baseline_model: types.BaseChannel, eval_config: tfma.EvalConfig,
-                 intervals: dict[str, Any] | None = None):
+                 intervals: dict[str, Any] | None = None,
+                 attribution: dict[str, Any] | None = None):
         spec = SingleBaselineEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model,
             eval_config=eval_config, example_splits=json_utils.dumps(None),
             fairness_indicator_thresholds=json_utils.dumps(None),
             intervals=json.dumps(intervals) if intervals else None,
+            attribution=json.dumps(attribution) if attribution else None,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         base_component.BaseComponent.__init__(self, spec=spec)

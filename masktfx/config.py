@@ -166,6 +166,13 @@ class PipelineConfig:
         default=20, metadata={"help": "slices smaller than this are reported, not gated"})
     min_auc_lower_bound: float = field(
         default=0.0, metadata={"help": "lowest overall AUC lower bound to bless (0: no gate)"})
+    attribution_regions: int = field(
+        default=128, metadata={"help": "eval regions the Evaluator attributes (integrated "
+                                       "gradients on the model's input) to measure the share "
+                                       "inside the mask (0: none)"})
+    min_attribution_inside: float = field(
+        default=0.0, metadata={"help": "lowest median share of the attribution inside the mask "
+                                       "to bless (0: no gate)"})
     # Drift of new data (after ImportExampleGen)
     drift_threshold: float = field(
         default=0.4, metadata={"help": "Jensen-Shannon divergence of a region descriptor's "
@@ -300,6 +307,12 @@ class PipelineConfig:
                  f"must be >= 1, got {self.min_slice_examples}")
         _require(self.confidence_intervals or not (self.min_slice_auc or self.min_auc_lower_bound),
                  "min_slice_auc", "gates on interval lower bounds need confidence_intervals")
+        _require(self.attribution_regions >= 0, "attribution_regions",
+                 f"must be >= 0, got {self.attribution_regions}")
+        _require(0.0 <= self.min_attribution_inside <= 1.0, "min_attribution_inside",
+                 f"must be between 0 and 1, got {self.min_attribution_inside}")
+        _require(self.attribution_regions or not self.min_attribution_inside,
+                 "min_attribution_inside", "the gate needs attribution_regions > 0")
         _require(0.0 <= self.drift_threshold <= 1.0, "drift_threshold",
                  f"must be between 0 (off) and 1, got {self.drift_threshold}")
         _require(self.drift_action in DRIFT_ACTIONS, "drift_action",

@@ -38,6 +38,13 @@ REJECTED_CSV = "rejected.csv"
 SERVING_SIGNATURE = "serving_default"
 RAW_SIGNATURE = "predict_raw"
 TRANSFORM_SIGNATURE = "transform_features"
+# examples -> integrated gradients of the probability on the model's input, against the mask
+ATTRIBUTION_SIGNATURE = "attribution"
+INSIDE_SHARE_OUTPUT = "inside_share"  # [B]: the share of the attribution inside the mask
+HEAT_OUTPUT = "heat"  # [B, K, S, S]: |attribution| summed over the image channels
+REGION_MASK_OUTPUT = "region_mask"  # [B, K, S, S]: the mask on the model's grid
+MODEL_INPUT_OUTPUT = "model_input"  # [B, K, S, S]: the first image channel the model sees
+ATTRIBUTION_STEPS = 16  # integrated gradients: points on the path from the baseline
 EXAMPLES_INPUT = "examples"
 PROBABILITY_OUTPUT = "probability"
 PREDICTED_LABEL_OUTPUT = "label"

@@ -6,6 +6,9 @@ Signatures of the SavedModel:
   `label`.
 - `predict_raw`: `images` (string [batch, K]) and `masks` (string [batch, 1 or K]) -> the same.
 - `transform_features`: `examples` -> the transformed features (for TFMA on transformed features).
+- `attribution`: `examples` -> where the model looked: integrated gradients of `probability` on
+  the model's input, their share inside the region's mask, the heat map and the mask on the
+  model's grid (the Evaluator's attribution check and the report's heat maps).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from masktfx import features
 from masktfx.config import PipelineConfig
 from masktfx.modules.model import build_model
 from masktfx.modules.operating_point import operating_point
+from masktfx.modules.transform import transform_regions
 
 TRAINING_SUMMARY = "training_summary.json"
 
@@ -193,11 +197,50 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
     def transform_features(examples):
         return model.tft_layer(tf.io.parse_example(examples, raw_spec))
 
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
+    def attribution(examples):
+        raw = tf.io.parse_example(examples, serving_spec)
+        regions = model.tft_layer(raw)[features.REGION_KEY]
+        masks = transform_regions(raw[features.IMAGES_KEY], raw[features.MASKS_KEY], config,
+                                  masks_only=True)
+        heat = integrated_gradients(model, regions, config.channels)
+        inside = tf.reduce_sum(heat * masks, axis=[1, 2, 3])
+        total = tf.reduce_sum(heat, axis=[1, 2, 3])
+        return {features.INSIDE_SHARE_OUTPUT: inside / tf.maximum(total, 1e-12),
+                features.HEAT_OUTPUT: heat, features.REGION_MASK_OUTPUT: masks,
+                features.MODEL_INPUT_OUTPUT: regions[..., 0],
+                features.PROBABILITY_OUTPUT: tf.reshape(model(regions, training=False), [-1])}
+
     return {
         features.SERVING_SIGNATURE: serve_examples.get_concrete_function(),
         features.RAW_SIGNATURE: predict_raw.get_concrete_function(),
         features.TRANSFORM_SIGNATURE: transform_features.get_concrete_function(),
+        features.ATTRIBUTION_SIGNATURE: attribution.get_concrete_function(),
     }
+
+
+def integrated_gradients(model: tf.keras.Model, regions: tf.Tensor, channels: int,
+                         steps: int = features.ATTRIBUTION_STEPS) -> tf.Tensor:
+    """|Integrated gradients| (Sundararajan et al., 2017) of the probability on each pixel of
+    the image channels of `regions` [B, K, S, S, C'], summed over them: [B, K, S, S].
+
+    The baseline is 0 in the image channels, the region's mean after the Transform's region
+    normalization (an image without contrast); a mask channel keeps its values, because where
+    the region is is given, not decided. Midpoint rule over `steps` points of the path.
+    """
+    is_image = tf.range(tf.shape(regions)[-1]) < channels
+    baseline = tf.where(is_image, tf.zeros_like(regions), regions)
+    total = tf.zeros_like(regions)
+    for step in tf.range(steps):
+        alpha = (tf.cast(step, tf.float32) + 0.5) / steps
+        point = baseline + alpha * (regions - baseline)
+        with tf.GradientTape() as tape:
+            tape.watch(point)
+            probability = model(point, training=False)
+        total += tape.gradient(probability, point)
+    attributions = (regions - baseline) * total / steps
+    return tf.reduce_sum(tf.abs(attributions[..., :channels]), axis=-1)
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:

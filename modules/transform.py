@@ -205,14 +205,19 @@ def crop_to_region(views: tf.Tensor, masks: tf.Tensor, size: int, margin: float
     return cropped, cropped_masks
 
 
-def apply_mask(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig) -> tf.Tensor:
-    """[K, H, W, C] views + [K, H, W, 1] masks -> [K, S, S, C'] model input for one example."""
+def to_input_grid(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Views and masks on the model's [S, S] grid: cropped to the region (`crop`) or resized."""
     size = config.image_size
     if config.mask_mode == "crop":
-        views, masks = crop_to_region(views, masks, size, config.crop_margin)
-    else:
-        views = tf.image.resize(views, [size, size], method="bilinear")
-        masks = tf.image.resize(masks, [size, size], method="nearest")
+        return crop_to_region(views, masks, size, config.crop_margin)
+    return (tf.image.resize(views, [size, size], method="bilinear"),
+            tf.image.resize(masks, [size, size], method="nearest"))
+
+
+def apply_mask(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig) -> tf.Tensor:
+    """[K, H, W, C] views + [K, H, W, 1] masks -> [K, S, S, C'] model input for one example."""
+    views, masks = to_input_grid(views, masks, config)
     if config.mask_mode == "none":
         masks = tf.ones_like(masks)  # the region is the whole image: the mask is not used
     if config.normalization == "region":
@@ -238,8 +243,10 @@ def standardize_over_region(views: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
 
 
 def transform_regions(encoded_images: tf.Tensor, encoded_masks: tf.Tensor,
-                      config: PipelineConfig) -> tf.Tensor:
-    """[B, K] encoded images and [B, 1 or K] masks -> [B, K, S, S, C'] float32."""
+                      config: PipelineConfig, masks_only: bool = False) -> tf.Tensor:
+    """[B, K] encoded images and [B, 1 or K] masks -> [B, K, S, S, C'] float32. With
+    `masks_only`, each view's region mask on the model's grid instead, [B, K, S, S] in {0, 1}
+    (whatever the mask mode: `none` ignores the mask, but the region is still there)."""
     num_views = config.num_views
     channels = config.channels
     size = config.image_size
@@ -259,13 +266,15 @@ def transform_regions(encoded_images: tf.Tensor, encoded_masks: tf.Tensor,
             views = apply_window(views, *config.window)
         shape = tf.shape(views)
         decoded_masks = decode_masks(encoded_masks, shape[1], shape[2], num_views, num_masks, row)
+        if masks_only:
+            return to_input_grid(views, decoded_masks, config)[1][..., 0]
         return apply_mask(views, decoded_masks, config)
 
+    shape = [num_views, size, size] + ([] if masks_only else [config.input_channels])
     regions = tf.map_fn(
         one_example, (tf.range(tf.shape(encoded_images)[0]), encoded_images, encoded_masks),
-        fn_output_signature=tf.TensorSpec([num_views, size, size, config.input_channels],
-                                          tf.float32))
-    regions.set_shape([None, num_views, size, size, config.input_channels])
+        fn_output_signature=tf.TensorSpec(shape, tf.float32))
+    regions.set_shape([None, *shape])
     return regions
 
 

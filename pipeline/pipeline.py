@@ -101,6 +101,13 @@ def interval_settings(config: PipelineConfig) -> dict[str, Any] | None:
             "min_auc_lower_bound": config.min_auc_lower_bound}
 
 
+def attribution_settings(config: PipelineConfig) -> dict[str, Any] | None:
+    """What the Evaluator's attribution check and its gate need (None: no check)."""
+    if not config.attribution_regions:
+        return None
+    return {"regions": config.attribution_regions, "min_inside": config.min_attribution_inside}
+
+
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     """Metrics overall and per metadata column; the gate: accuracy floor and bounded AUC drop."""
     # The gate looks at the whole eval split; per-slice figures are reported, not gated (a slice
@@ -218,7 +225,8 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         eval_config=eval_config(config),
-        intervals=interval_settings(config)).with_id("Evaluator")
+        intervals=interval_settings(config),
+        attribution=attribution_settings(config)).with_id("Evaluator")
     # the candidate served in a fresh server process, through REST and gRPC, before the push
     serving_check = ServingCheck(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],

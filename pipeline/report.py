@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from masktfx import features
+from masktfx.components.attribution import read_maps
 from masktfx.components.drift import DRIFT_FILE
 from masktfx.components.intervals import INTERVALS_FILE, METRICS
 from masktfx.config import PipelineConfig
 from masktfx.pipeline.lineage import Lineage, format_lineage, lineage
 from masktfx.pipeline.summary import (
     RunSummary,
+    format_attribution,
     format_operating_point,
     read_run,
     split_statistics,
@@ -59,6 +61,7 @@ class ReportData:
     baseline_uri: str = ""
     intervals: dict[str, Any] = field(default_factory=dict)  # the Evaluator's bootstrap
     drift: dict[str, Any] = field(default_factory=dict)  # the DriftCheck's drift.json
+    attribution_maps: dict[str, np.ndarray] = field(default_factory=dict)  # a few heat maps
     lineage: Lineage | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -83,6 +86,7 @@ def collect(config: PipelineConfig, run_id: str | None = None) -> ReportData:
         data.baseline_uri = baseline.uri
     for evaluation in record.outputs("Evaluator", "evaluation"):
         _read_evaluation(evaluation.uri, data)
+        data.attribution_maps = read_maps(evaluation.uri)
     if summary.pushed and summary.pushed_version:
         data.lineage = lineage(config, summary.pushed_version)
     return data
@@ -271,6 +275,37 @@ def grid_figure(samples: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> str:
     return _png(figure)
 
 
+def attribution_figure(found: dict[str, Any], maps: dict[str, np.ndarray]) -> str:
+    """The share of the attribution inside the mask per class, and the heat maps kept: the
+    model's input in grey, the attribution over it, the mask outlined."""
+    plt = _pyplot()
+    shown = len(maps.get("labels", []))
+    figure = plt.figure(figsize=(max(5.0, 1.6 * min(shown, 8)), 3.0 + (1.9 if shown else 0)))
+    grid = figure.add_gridspec(2 if shown else 1, max(1, min(shown, 8)),
+                               height_ratios=[1.6, 1.0] if shown else [1])
+    axis = figure.add_subplot(grid[0, :])
+    labels, shares = np.array(found["labels"]), np.array(found["shares"])
+    bins = np.linspace(0, 1, 21)
+    for label in (0, 1):
+        chosen = shares[labels == label]
+        axis.hist(chosen, bins=bins, alpha=0.6, label=f"label {label} (n={chosen.size})")
+    axis.set_xlabel("share of the attribution inside the mask")
+    axis.set_ylabel("eval regions")
+    axis.legend()
+    for index in range(min(shown, 8)):
+        cell = figure.add_subplot(grid[1, index])
+        cell.axis("off")
+        image = maps["model_input"][index]
+        low, high = np.percentile(image, [1, 99])
+        cell.imshow(np.clip((image - low) / max(high - low, 1e-6), 0, 1), cmap="gray")
+        heat = maps["heat"][index]
+        cell.imshow(heat / max(float(heat.max()), 1e-12), cmap="inferno", alpha=0.5)
+        cell.contour(maps["mask"][index].astype(float), levels=[0.5], colors="cyan",
+                     linewidths=1)
+        cell.set_title(f"label {maps['labels'][index]}: {maps['share'][index]:.2f}", fontsize=8)
+    return _png(figure)
+
+
 def training_figure(history: dict[str, dict[str, list[float]]]) -> str:
     plt = _pyplot()
     names = [name for name in ("loss", "auc") if any(name in h for h in history.values())]
@@ -433,6 +468,10 @@ def page_context(data: ReportData) -> dict[str, Any]:
     context["interval_attributes"] = [
         [{}, {}] + [{"data-interval": metric, "data-interval-slice": name} for metric in METRICS]
         for name, _ in entries]
+    found = summary.attribution
+    context["attribution_text"] = format_attribution(found) if found.get("regions") else ""
+    context["attribution_figure"] = (attribution_figure(found, data.attribution_maps)
+                                     if found.get("regions") else "")
     shifts = data.drift.get("descriptors", [])
     context["drift"] = data.drift
     context["drift_rows"] = [

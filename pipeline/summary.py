@@ -5,6 +5,7 @@ Used by `masktfx run` for its closing summary (and by the reports).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +14,13 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.utils import path_utils
 
+from masktfx.components.attribution import ATTRIBUTION_FILE
 from masktfx.components.drift import DRIFT_PROPERTY
-from masktfx.components.evaluator import INTERVAL_GATE_PROPERTY, read_operating_point
+from masktfx.components.evaluator import (
+    ATTRIBUTION_GATE_PROPERTY,
+    INTERVAL_GATE_PROPERTY,
+    read_operating_point,
+)
 from masktfx.components.serving_check import REASON_PROPERTY
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
@@ -42,6 +48,7 @@ class RunSummary:
     served_ok: bool | None = None  # the serving check's verdict (None: no check in this run)
     serving_check: str = ""  # what it checked, or why it failed
     drift: str = ""  # the region descriptors that moved against the served model's data
+    attribution: dict[str, Any] = field(default_factory=dict)  # the Evaluator's attribution file
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -247,6 +254,10 @@ def _read_evaluation(outputs: dict[str, list], summary: RunSummary) -> None:
     import tensorflow_model_analysis as tfma
 
     for artifact in outputs.get("evaluation", []):
+        attribution_path = os.path.join(artifact.uri, ATTRIBUTION_FILE)
+        if os.path.exists(attribution_path):
+            with open(attribution_path, encoding="utf-8") as handle:
+                summary.attribution = json.load(handle)
         result = tfma.load_eval_result(artifact.uri)
         for slice_key, metrics in result.slicing_metrics:
             if slice_key:
@@ -266,9 +277,10 @@ def _read_evaluation(outputs: dict[str, list], summary: RunSummary) -> None:
         blessed = artifact.custom_properties.get("blessed")
         if blessed is not None:
             summary.blessed = bool(blessed.int_value)
-        gate = artifact.custom_properties.get(INTERVAL_GATE_PROPERTY)
-        if gate is not None and gate.string_value:
-            summary.blessing_reasons.extend(gate.string_value.split("; "))
+        for gate_property in (INTERVAL_GATE_PROPERTY, ATTRIBUTION_GATE_PROPERTY):
+            gate = artifact.custom_properties.get(gate_property)
+            if gate is not None and gate.string_value:
+                summary.blessing_reasons.extend(gate.string_value.split("; "))
 
 
 def _slice_name(slice_key) -> str:
@@ -335,6 +347,14 @@ def _read_push(outputs: dict[str, list], summary: RunSummary) -> None:
             summary.pushed_new = bool(new.int_value) if new is not None else True
 
 
+def format_attribution(found: dict[str, Any]) -> str:
+    """One line: the median share of the attribution inside the mask, overall and per class."""
+    by_class = found["by_class"]
+    return (f"attribution inside the mask: median {found['overall']['median']:.3f} over "
+            f"{found['regions']} eval regions (label 0: {by_class['0']['median']:.3f}, "
+            f"label 1: {by_class['1']['median']:.3f})")
+
+
 def format_summary(summary: RunSummary) -> str:
     lines = [f"run {summary.run_id}"]
     cached = [node for node, state in summary.components.items() if state == "CACHED"]
@@ -357,6 +377,8 @@ def format_summary(summary: RunSummary) -> str:
     shown = [f"{name} {summary.metrics[name]:.4f}" for name in wanted if name in summary.metrics]
     if shown:
         lines.append("  eval: " + ", ".join(shown))
+    if summary.attribution.get("regions"):
+        lines.append("  " + format_attribution(summary.attribution))
     if summary.blessed is None:
         lines.append("  blessed: unknown (no evaluation)")
     elif summary.blessed:
