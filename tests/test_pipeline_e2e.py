@@ -200,11 +200,14 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     # gated here; the new image size re-runs Transform
     capsys.readouterr()
     assert _run(manifest, workdir, "--epochs", "1", "--learning-rate", "1e-7",
-                "--min-accuracy", "0", "--image-size", "24", "--min-auc-lower-bound", "0.9") == 0
+                "--min-accuracy", "0", "--image-size", "24", "--min-auc-lower-bound", "0.9",
+                "--min-attribution-inside", "0.99") == 0
     out = capsys.readouterr().out
     assert "blessed: NO - auc changed by" in out and "pushed: nothing" in out, out
-    # and the gate on the bootstrap interval's lower bound says so too
+    # and the gates on the bootstrap interval's lower bound and on the attribution say so too
     assert "is below min_auc_lower_bound 0.9000" in out, out
+    assert "is below min_attribution_inside 0.99" in out, out
+    assert "attribution inside the mask: median" in out, out
     worse = summarize_run(config)
     assert worse.components["Transform"] == "COMPLETE", worse.components
     assert worse.components["Trainer"] == "COMPLETE" and not worse.blessed

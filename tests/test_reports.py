@@ -11,15 +11,17 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 import tensorflow_model_analysis as tfma
 from PIL import Image
 
 from masktfx import cli, features
+from masktfx.components import attribution
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
 from masktfx.pipeline.lineage import lineage
-from masktfx.pipeline.summary import summarize_run
+from masktfx.pipeline.summary import format_attribution, summarize_run
 from masktfx.records import read_examples
 
 pytestmark = pytest.mark.slow
@@ -120,8 +122,18 @@ def test_the_report_holds_the_runs_own_numbers(two_runs):
     assert sum(int(page.cells[(("data-cell", c),)]) for c in ("tp", "fp", "tn", "fn")) == \
         eval_count
 
-    # every figure is an embedded PNG that decodes (histogram, grid, training, curves, calib.)
-    assert len(page.images) == 5
+    # where the model looked: the Evaluator's attribution of every eval region (fewer than
+    # attribution_regions here), as the summary line says it
+    with open(os.path.join(uri, attribution.ATTRIBUTION_FILE), encoding="utf-8") as handle:
+        found = json.load(handle)
+    assert found["regions"] == eval_count == len(found["shares"])
+    assert found["overall"]["median"] == pytest.approx(float(np.median(found["shares"])),
+                                                       abs=1e-4)
+    assert format_attribution(found) in open(path, encoding="utf-8").read()
+
+    # every figure is an embedded PNG that decodes (histogram, grid, training, curves, calib.,
+    # attribution)
+    assert len(page.images) == 6
     for source in page.images:
         assert source.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).verify()
