@@ -18,7 +18,8 @@ training are the pipeline's own functions (`modules.transform.transform_regions`
 
     python bench/quality.py [--seeds 0 1 2] [--datasets trees nuclei_hard synthetic]
                             [--methods default seed ...] [--ablations batch_norm ...]
-                            [--ablation-seeds 0] [--output bench/results/quality.json]
+                            [--ablation-seeds 0] [--attribution]
+                            [--output bench/results/quality.json]
 
 Prints JSON (and writes it to --output).
 """
@@ -116,7 +117,8 @@ def resolve(config: PipelineConfig, rows: Rows) -> PipelineConfig:
                           channels=config.channels or model_channels(rows.channels)).validate()
 
 
-def transform(rows: Rows, config: PipelineConfig) -> np.ndarray:
+def transform(rows: Rows, config: PipelineConfig, masks_only: bool = False) -> np.ndarray:
+    """The model's input of each region (or, with `masks_only`, its mask on the model's grid)."""
     import tensorflow as tf
 
     from masktfx.modules.transform import transform_regions
@@ -124,12 +126,36 @@ def transform(rows: Rows, config: PipelineConfig) -> np.ndarray:
     out = []
     for start in range(0, len(rows.images), 256):
         out.append(transform_regions(tf.constant(rows.images[start:start + 256]),
-                                     tf.constant(rows.masks[start:start + 256]), config).numpy())
+                                     tf.constant(rows.masks[start:start + 256]), config,
+                                     masks_only=masks_only).numpy())
     return np.concatenate(out)
 
 
-def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test: tuple) -> dict:
-    """Train on `train`, stop early on `validation`, score AUC on `test` (x, y pairs)."""
+ATTRIBUTION_REGIONS = 256  # test regions attributed per trained model (the first ones)
+
+
+def attribution_inside(model, config: PipelineConfig, x_test: np.ndarray,
+                       masks: np.ndarray) -> float:
+    """Median share of the integrated gradients inside the mask over the first test regions,
+    with the function the served `attribution` signature runs."""
+    import tensorflow as tf
+
+    from masktfx.modules.trainer import integrated_gradients
+
+    shares = []
+    for start in range(0, min(len(x_test), ATTRIBUTION_REGIONS), 32):
+        stop = min(start + 32, ATTRIBUTION_REGIONS)
+        heat = integrated_gradients(model, tf.constant(x_test[start:stop]),
+                                    config.channels).numpy()
+        inside = (heat * masks[start:stop]).sum(axis=(1, 2, 3))
+        shares.extend(inside / np.maximum(heat.sum(axis=(1, 2, 3)), 1e-12))
+    return float(np.median(shares))
+
+
+def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test: tuple,
+                  test_masks: np.ndarray | None = None) -> dict:
+    """Train on `train`, stop early on `validation`, score AUC on `test` (x, y pairs); with
+    `test_masks`, also the median share of the attribution inside the mask on `test`."""
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 
@@ -149,8 +175,11 @@ def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test:
                                  weights, verbose=0)
     seconds = time.perf_counter() - start
     probability = model.predict(test[0], verbose=0).reshape(-1)
-    return {"auc": float(roc_auc_score(test[1], probability)),
-            "epochs": len(history.history["loss"]), "train_seconds": seconds}
+    found = {"auc": float(roc_auc_score(test[1], probability)),
+             "epochs": len(history.history["loss"]), "train_seconds": seconds}
+    if test_masks is not None:
+        found["attribution_inside"] = attribution_inside(model, config, test[0], test_masks)
+    return found
 
 
 def region_statistics(rows: Rows) -> np.ndarray:
@@ -197,8 +226,8 @@ def logistic_score(train: Rows, test: Rows) -> dict:
     return {"auc": float(roc_auc_score(test.labels, probability))}
 
 
-def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: list[int]
-               ) -> dict:
+def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: list[int],
+               attribution: bool = False) -> dict:
     """One method on one train/test pair: AUC per seed and the median."""
     if name == "logistic":
         auc = round(logistic_score(train, test)["auc"], 4)
@@ -211,22 +240,34 @@ def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: 
     x_train, x_test = transform(train, config), transform(test, config)
     fit = (x_train[~is_validation], train.labels[~is_validation])
     validation = (x_train[is_validation], train.labels[is_validation])
-    runs = [fit_and_score(config.replace(seed=seed), fit, validation, (x_test, test.labels))
+    test_masks = (transform(test, config, masks_only=True)[:ATTRIBUTION_REGIONS]
+                  if attribution else None)
+    runs = [fit_and_score(config.replace(seed=seed), fit, validation, (x_test, test.labels),
+                          test_masks)
             for seed in seeds]
-    return {"auc_median": round(statistics.median(r["auc"] for r in runs), 4),
-            "auc_per_seed": [round(r["auc"], 4) for r in runs],
-            "epochs": [r["epochs"] for r in runs],
-            "train_seconds_median": round(statistics.median(r["train_seconds"] for r in runs), 1)}
+    found = {"auc_median": round(statistics.median(r["auc"] for r in runs), 4),
+             "auc_per_seed": [round(r["auc"], 4) for r in runs],
+             "epochs": [r["epochs"] for r in runs],
+             "train_seconds_median": round(statistics.median(r["train_seconds"] for r in runs),
+                                           1)}
+    if attribution:
+        found["attribution_inside_median"] = round(
+            statistics.median(r["attribution_inside"] for r in runs), 4)
+        found["attribution_inside_per_seed"] = [round(r["attribution_inside"], 4) for r in runs]
+        # the share of the model's input the masks cover: what a model blind to the region
+        # would put inside them
+        found["mask_share_of_input"] = round(float(test_masks.mean()), 4)
+    return found
 
 
 def evaluate_pair(label: str, base: PipelineConfig, train: Rows, test: Rows,
-                  runs: list[tuple[str, list[int]]]) -> dict:
+                  runs: list[tuple[str, list[int]]], attribution: bool = False) -> dict:
     """Each (method, seeds) of `runs` trained on `train` and scored on `test`."""
     result: dict = {"train": len(train.labels), "test": len(test.labels),
                     "test_positive_fraction": round(float(test.labels.mean()), 3)}
     for name, seeds in runs:
         started = time.perf_counter()
-        result[name] = run_method(name, base, train, test, seeds)
+        result[name] = run_method(name, base, train, test, seeds, attribution)
         print(f"{label} {name}: {json.dumps(result[name])} "
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     return result
@@ -248,6 +289,10 @@ def main() -> None:
     parser.add_argument("--ablation-datasets", nargs="*", default=["trees"],
                         choices=["trees", "nuclei_hard", "synthetic"])
     parser.add_argument("--synthetic-examples", type=int, default=1000)
+    parser.add_argument("--attribution", action="store_true",
+                        help="also the median share of each trained model's integrated "
+                             f"gradients inside the mask, on the first {ATTRIBUTION_REGIONS} "
+                             "test regions")
     parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-quality-")
@@ -278,7 +323,7 @@ def main() -> None:
         for train_site, test_site in (("wyoming", "california"), ("california", "wyoming")):
             result["trees"][f"{train_site}_to_{test_site}"] = evaluate_pair(
                 f"trees {train_site}->{test_site}", base, rows.take(sites == train_site),
-                rows.take(sites == test_site), runs("trees"))
+                rows.take(sites == test_site), runs("trees"), args.attribution)
     for name in ("nuclei_hard", "synthetic"):
         if name not in args.datasets:
             continue
@@ -290,7 +335,7 @@ def main() -> None:
         rows = load_rows(manifest, None)
         is_eval = group_split(rows.groups)
         result[name] = evaluate_pair(name, base, rows.take(~is_eval), rows.take(is_eval),
-                                     runs(name))
+                                     runs(name), args.attribution)
     result["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)
     print(text)
