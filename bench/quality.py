@@ -57,7 +57,9 @@ METHODS: dict[str, dict] = {
     "seed": {"model_preset": "seed"},
     "logistic": {},
     "mask_off": {"mask_mode": "none"},
-    "previous_default": {"norm_layer": "batch", "augmentations": "flip,intensity"},
+    # the default when issue #16 was filed: the reference of its training-time target
+    "previous_default": {"norm_layer": "batch", "augmentations": "flip,intensity",
+                         "stem_norm": True},
     "batch_norm": {"norm_layer": "batch"},
     "layer_norm": {"norm_layer": "layer"},
     "no_norm": {"norm_layer": "none"},
