@@ -301,7 +301,6 @@ class Executor(pusher_executor.Executor):
         logging.info("warmup: %d requests of up to %d regions", len(logs), count)
         return {warmup.WARMUP_FILE: warmup.encode_warmup(logs)} if logs else {}
 
-
     @staticmethod
     def _descriptors(input_dict: dict[str, list[types.Artifact]],
                      exec_properties: dict[str, Any]) -> dict[str, bytes]:

@@ -31,8 +31,8 @@ IMAGE_FORMATS = ("", "pictures", "rasters")
 DRIFT_ACTIONS = ("warn", "stop")
 TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "stem_norm", "epochs",
                   "batch_size", "learning_rate", "early_stopping_patience", "augment",
-                  "augmentations",
-                  "distribution_strategy", "seed", "decision_threshold", "threshold_policy")
+                  "augmentations", "distribution_strategy", "seed", "decision_threshold",
+                  "threshold_policy")
 # A component_config entry that is no config field: the fingerprint of the code the module
 # files run (pipeline/code_fingerprint.py), so editing that code invalidates the cache.
 CODE_FINGERPRINT_KEY = "code_fingerprint"

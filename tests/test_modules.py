@@ -232,7 +232,8 @@ def test_run_fn_saves_a_model_whose_signatures_agree(tiny_model):
     assert os.listdir(os.path.join(os.path.dirname(serving_dir), "run"))  # TensorBoard, summary
     loaded = tf.saved_model.load(serving_dir)
     assert set(loaded.signatures) == {features.SERVING_SIGNATURE, features.RAW_SIGNATURE,
-                                      features.TRANSFORM_SIGNATURE}
+                                      features.TRANSFORM_SIGNATURE,
+                                      features.ATTRIBUTION_SIGNATURE}
     serialized = tf.constant([make_example([img], [mask]).SerializeToString()
                               for _, img, mask in examples])
     by_example = loaded.signatures[features.SERVING_SIGNATURE](examples=serialized)
@@ -245,6 +246,43 @@ def test_run_fn_saves_a_model_whose_signatures_agree(tiny_model):
                                atol=1e-6)
     np.testing.assert_array_equal(by_example[features.PREDICTED_LABEL_OUTPUT].numpy(),
                                   (probability >= 0.5).astype(np.int64))
+    # attribution: the same probability; its mask is the region on the model's grid, the very
+    # mask channel the model is fed; each share is the heat map's part inside that mask
+    attributed = loaded.signatures[features.ATTRIBUTION_SIGNATURE](examples=serialized)
+    np.testing.assert_allclose(attributed[features.PROBABILITY_OUTPUT].numpy(), probability,
+                               atol=1e-6)
+    labelled = tf.constant([make_example([img], [mask], label).SerializeToString()
+                            for label, img, mask in examples])
+    fed = loaded.signatures[features.TRANSFORM_SIGNATURE](examples=labelled)[
+        features.REGION_KEY].numpy()
+    masks = attributed[features.REGION_MASK_OUTPUT].numpy()
+    np.testing.assert_array_equal(masks, fed[..., -1])
+    np.testing.assert_array_equal(attributed[features.MODEL_INPUT_OUTPUT].numpy(), fed[..., 0])
+    heat = attributed[features.HEAT_OUTPUT].numpy()
+    assert heat.shape == masks.shape == (24, 1, 16, 16) and (heat >= 0).all()
+    np.testing.assert_allclose(attributed[features.INSIDE_SHARE_OUTPUT].numpy(),
+                               (heat * masks).sum(axis=(1, 2, 3)) / heat.sum(axis=(1, 2, 3)),
+                               rtol=1e-5)
+
+
+def test_integrated_gradients_add_up_to_the_change_of_the_probability(rng):
+    from masktfx.modules.trainer import integrated_gradients
+
+    # every pixel pushes the probability the same way, so |IG| summed is IG summed, which the
+    # completeness axiom makes f(input) - f(baseline); the mask channel is not attributed
+    inputs = tf.keras.Input((1, 8, 8, 2))
+    weights = np.concatenate([rng.uniform(0.01, 0.05, (64, 1)), np.full((64, 1), 5.0)])
+    flat = tf.keras.layers.Reshape((128,))(tf.keras.layers.Permute((1, 4, 2, 3))(inputs))
+    dense = tf.keras.layers.Dense(1, activation="sigmoid")
+    model = tf.keras.Model(inputs, dense(flat))
+    dense.set_weights([weights.astype(np.float32), np.zeros(1, np.float32)])
+    regions = np.concatenate([rng.uniform(0.5, 2.0, (3, 1, 8, 8, 1)),
+                              np.ones((3, 1, 8, 8, 1))], axis=-1).astype(np.float32)
+    heat = integrated_gradients(model, tf.constant(regions), channels=1).numpy()
+    baseline = regions.copy()
+    baseline[..., 0] = 0.0
+    change = (model(regions) - model(baseline)).numpy().reshape(-1)
+    np.testing.assert_allclose(heat.sum(axis=(1, 2, 3)), change, rtol=1e-3)
 
 
 def test_training_under_a_mirrored_strategy(rng):
