@@ -63,7 +63,7 @@ METHODS: dict[str, dict] = {
     "batch_norm": {"norm_layer": "batch"},
     "layer_norm": {"norm_layer": "layer"},
     "no_norm": {"norm_layer": "none"},
-    "stem_norm": {"stem_norm": True},
+    "no_stem_norm": {"stem_norm": False},
     "flip_intensity_only": {"augmentations": "flip,intensity"},
     "no_augmentation": {"augment": False},
     "color": {"channels": 0},

@@ -115,8 +115,9 @@ class PipelineConfig:
                                            "(batch carries the training sites' statistics into "
                                            "serving)"})
     stem_norm: bool = field(
-        default=False, metadata={"help": "resnet: normalize the first convolution's output too "
-                                         "(its input is already normalized per region)"})
+        default=True, metadata={"help": "resnet: normalize the first convolution's output as "
+                                        "every other's (false: about a third faster to train "
+                                        "on CPU, and less accurate across sites)"})
     epochs: int = field(default=30, metadata={"help": "training epochs (upper bound)"})
     train_steps: int = field(
         default=0, metadata={"help": "total training steps; 0: whole epochs over the data"}
