@@ -237,7 +237,7 @@ def _dilate(mask: np.ndarray, pad: int) -> np.ndarray:
 # A hard negative's shift, as a fraction of the nucleus's size, and the share of its own
 # nucleus it must still cover. With shifts of 35-65% (covering 25-75%) intensity statistics
 # told them apart as well as the CNNs (logistic regression 0.99 AUC); with these they do less
-# well (0.95 against the default model's 0.97, bench/results/quality-nuclei-hard.json).
+# well (0.95 against the default model's 0.97, bench/results/quality-stem.json).
 SHIFT_FRACTION = (0.15, 0.35)
 OWN_COVERAGE = (0.55, 0.9)
 

@@ -55,7 +55,7 @@ class GroupNormalization(keras.layers.Layer):
     The same function as Keras' GroupNormalization, computed in one pass over the features (the
     group means of x and of x squared) and applied as one multiply-add: on CPU, training is
     bound by the passes over the full-resolution activations, and Keras' layer makes several
-    more, forward and backward (bench/results/quality-train-time.json).
+    more, forward and backward (README, Quality across sites).
     """
 
     def __init__(self, groups: int, epsilon: float = 1e-3, **kwargs):
