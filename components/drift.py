@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from masktfx import features
-from masktfx.images import decode_mask_array, decode_pixels
+from masktfx.images import RegionInputError, decode_mask_array, decode_pixels
 
 # Stored with each pushed version, beside TF Serving's warmup file (which TF Serving ignores).
 DESCRIPTORS_FILE = os.path.join("assets.extra", "masktfx_region_descriptors.pb")
@@ -94,15 +94,28 @@ def region_descriptors(images: Sequence[bytes], masks: Sequence[bytes],
     return found
 
 
-def describe_records(serialized: Iterable[bytes]) -> dict[str, list[float]]:
-    """Each descriptor's values over serialized raw examples (what ImportExampleGen reads)."""
+def describe_records(serialized: Iterable[bytes], undescribed: list[str] | None = None
+                     ) -> dict[str, list[float]]:
+    """Each descriptor's values over serialized raw examples (what ImportExampleGen reads). A
+    record without images or masks, or whose images do not decode, is left out, with its id and
+    reason appended to `undescribed` (ExampleValidator's contract check reports such data)."""
     from tensorflow.core.example import example_pb2
 
     columns: dict[str, list[float]] = {}
-    for record in serialized:
+    for index, record in enumerate(serialized):
         feature = example_pb2.Example.FromString(record).features.feature
-        found = region_descriptors(feature[features.IMAGES_KEY].bytes_list.value,
-                                   feature[features.MASKS_KEY].bytes_list.value)
+        ids = feature[features.ID_KEY].bytes_list.value if features.ID_KEY in feature else []
+        where = ids[0].decode("utf-8", "replace") if ids else f"record {index}"
+        images = feature[features.IMAGES_KEY].bytes_list.value
+        masks = feature[features.MASKS_KEY].bytes_list.value
+        try:
+            if not images or not masks:
+                raise RegionInputError("no images or no masks")
+            found = region_descriptors(images, masks)
+        except RegionInputError as exc:
+            if undescribed is not None:
+                undescribed.append(f"{where}: {exc}")
+            continue
         for name, value in found.items():
             columns.setdefault(name, []).append(value)
     return columns
@@ -221,8 +234,10 @@ def check_drift(examples_uri: str, output_uri: str, model_base_dir: str, thresho
     version, write both into `output_uri`, and with `action` "stop" raise DataDriftError."""
     import tensorflow as tf
 
-    columns = describe_records(examples_records([examples_uri]))
+    undescribed: list[str] = []
+    columns = describe_records(examples_records([examples_uri]), undescribed)
     report = drift_report(columns, model_base_dir, threshold)
+    report["undescribed"] = undescribed
     tf.io.gfile.makedirs(output_uri)
     if columns:
         with tf.io.gfile.GFile(os.path.join(output_uri, CURRENT_STATISTICS_FILE), "wb") as out:

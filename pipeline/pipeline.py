@@ -203,8 +203,11 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         examples=example_gen.outputs["examples"], model_base_dir=model_base_dir,
         threshold=config.drift_threshold, action=config.drift_action,
     ).with_id("DriftCheck") if config.drift_threshold else None
-    if drift_check and config.drift_action == "stop":
-        transform.add_upstream_node(drift_check)
+    if drift_check:
+        # data that breaks the contract is reported as such, not described
+        drift_check.add_upstream_node(anomaly_gate)
+        if config.drift_action == "stop":
+            transform.add_upstream_node(drift_check)
     trainer = Trainer(
         module_file=TRAINER_MODULE,
         examples=transform.outputs["transformed_examples"],

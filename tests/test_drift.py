@@ -13,7 +13,7 @@ from masktfx import cli, features
 from masktfx.components import drift
 from masktfx.demo_data import write_synthetic
 from masktfx.images import encode_png, encode_raster
-from masktfx.records import read_examples
+from masktfx.records import make_example, read_examples
 
 
 def test_descriptors_measure_the_region_and_the_ring_around_it():
@@ -87,3 +87,17 @@ def test_drift_names_what_moved_and_refuses_unreadable_rows(tmp_path, capsys):
     # no pushed version with descriptors: a clear error
     assert cli.main(["drift", "--workdir", str(tmp_path / "train"), "--manifest", darker]) == 2
     assert "holds the region descriptors" in capsys.readouterr().err
+
+
+def test_records_that_cannot_be_described_are_left_out_with_their_id():
+    image = np.full((16, 16), 90, np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    good = make_example([encode_png(image)], [encode_png(mask)], 1, "good").SerializeToString()
+    maskless = make_example([encode_png(image)], [], 0, "maskless").SerializeToString()
+    broken = make_example([b"not an image"], [encode_png(mask)], 0, "broken").SerializeToString()
+    undescribed: list[str] = []
+    columns = drift.describe_records([good, maskless, broken], undescribed)
+    assert columns["inside_mean"] == [pytest.approx(90 / 255)]
+    assert undescribed[0] == "maskless: no images or no masks"
+    assert undescribed[1].startswith("broken: ")
