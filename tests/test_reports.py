@@ -235,10 +235,14 @@ def test_the_reports_intervals_are_a_bootstrap_of_the_eval_predictions(two_runs)
     aucs = [roc_auc_score(labels[draw], scores[draw])
             for draw in resample_indices(len(labels), 200, config.seed)
             if len(set(labels[draw])) == 2]
-    expected = (f"{roc_auc_score(labels, scores):.4f} [{np.percentile(aucs, 2.5):.4f}, "
-                f"{np.percentile(aucs, 97.5):.4f}]")
+    expected = [roc_auc_score(labels, scores), np.percentile(aucs, 2.5),
+                np.percentile(aucs, 97.5)]
     page = _parse(path)
     shown = page.cells[(("data-interval", "auc"), ("data-interval-slice", "overall"))]
-    assert shown == expected
+    assert re.fullmatch(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", shown), shown
+    # the page rounds to 4 decimals; an AUC of a few dozen regions can sit on a rounding edge
+    # (0.65625), where the two sums round apart
+    assert [float(value) for value in re.findall(r"\d\.\d{4}", shown)] == pytest.approx(
+        expected, abs=6e-5)
     assert any(dict(key).get("data-interval-slice", "").startswith("site=")
                for key in page.cells)  # and a row per slice
