@@ -11,6 +11,7 @@ attribution inside the mask; the optional gate `min_attribution_inside` refuses 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from masktfx import features
+from masktfx.records import split_records
 
 ATTRIBUTION_FILE = "masktfx-attribution.json"
 MAPS_FILE = "masktfx-attribution-maps.npz"  # model input, heat map and mask of a few regions
@@ -39,19 +41,14 @@ def attribute_eval_regions(saved_model_dir: str, examples_uris: Sequence[str], r
     examples; writes ATTRIBUTION_FILE and MAPS_FILE into `output_uri` and returns the first."""
     import tensorflow as tf
 
-    from masktfx.components.drift import examples_records
-
     loaded = tf.saved_model.load(saved_model_dir)
     if features.ATTRIBUTION_SIGNATURE not in loaded.signatures:
         found: dict[str, Any] = {"regions": 0, "note": "the model has no attribution signature "
                                                        "(trained before it existed)"}
     else:
         attribute = loaded.signatures[features.ATTRIBUTION_SIGNATURE]
-        records = []
-        for record in examples_records(examples_uris, [features.EVAL_SPLIT]):
-            records.append(record)
-            if len(records) >= regions:
-                break
+        records = list(itertools.islice(split_records(examples_uris, [features.EVAL_SPLIT]),
+                                        regions))
         labels, shares, maps = [], [], {0: [], 1: []}
         for start in range(0, len(records), BATCH):
             batch = records[start:start + BATCH]

@@ -23,6 +23,7 @@ import numpy as np
 
 from masktfx import features
 from masktfx.images import RegionInputError, decode_mask_array, decode_pixels
+from masktfx.records import split_records
 
 # Stored with each pushed version, beside TF Serving's warmup file (which TF Serving ignores).
 DESCRIPTORS_FILE = os.path.join("assets.extra", "masktfx_region_descriptors.pb")
@@ -119,20 +120,6 @@ def describe_records(serialized: Iterable[bytes], undescribed: list[str] | None 
         for name, value in found.items():
             columns.setdefault(name, []).append(value)
     return columns
-
-
-def examples_records(examples_uris: Sequence[str], splits: Sequence[str] | None = None
-                     ) -> Iterable[bytes]:
-    """The serialized examples of Examples artifacts (gzipped TFRecords under Split-*/), every
-    split unless `splits` names some."""
-    import tensorflow as tf
-
-    for uri in examples_uris:
-        patterns = ([os.path.join(uri, f"Split-{split}", "*") for split in splits] if splits
-                    else [os.path.join(uri, "Split-*", "*")])
-        files = sorted(path for pattern in patterns for path in tf.io.gfile.glob(pattern))
-        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-            yield bytes(record.numpy())
 
 
 def descriptor_statistics(columns: dict[str, list[float]]) -> Any:
@@ -235,7 +222,7 @@ def check_drift(examples_uri: str, output_uri: str, model_base_dir: str, thresho
     import tensorflow as tf
 
     undescribed: list[str] = []
-    columns = describe_records(examples_records([examples_uri]), undescribed)
+    columns = describe_records(split_records([examples_uri]), undescribed)
     report = drift_report(columns, model_base_dir, threshold)
     report["undescribed"] = undescribed
     tf.io.gfile.makedirs(output_uri)

@@ -36,6 +36,7 @@ from tfx.utils import io_utils, proto_utils
 from masktfx import features
 from masktfx.components import warmup
 from masktfx.config import OBJECT_STORE_SCHEMES, uri_scheme
+from masktfx.records import split_records
 
 PARTIAL_PREFIX = ".partial-"
 SOURCES_FILE = ".masktfx-versions.json"  # version -> the Trainer model it was copied from
@@ -311,7 +312,7 @@ class Executor(pusher_executor.Executor):
             return {}
         from masktfx.components import drift
 
-        columns = drift.describe_records(drift.examples_records(
+        columns = drift.describe_records(split_records(
             [artifact.uri for artifact in examples], [features.TRAIN_SPLIT]))
         if not columns:
             return {}

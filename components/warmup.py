@@ -7,6 +7,7 @@ regions, for both signatures.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from masktfx import features
@@ -17,17 +18,10 @@ DEFAULT_WARMUP_REGIONS = 4
 
 def eval_regions(examples_uri: str, count: int) -> list[bytes]:
     """The first `count` serialized raw examples of an Examples artifact's eval split."""
-    import tensorflow as tf
+    from masktfx.records import split_records
 
-    pattern = os.path.join(examples_uri, f"Split-{features.EVAL_SPLIT}", "*")
-    files = sorted(tf.io.gfile.glob(pattern))
-    found: list[bytes] = []
-    for records in (tf.data.TFRecordDataset(path, compression_type="GZIP") for path in files):
-        for record in records.take(count - len(found)):
-            found.append(bytes(record.numpy()))
-        if len(found) >= count:
-            break
-    return found
+    return list(itertools.islice(split_records([examples_uri], [features.EVAL_SPLIT]),
+                                 max(count, 0)))
 
 
 def warmup_requests(serialized: list[bytes], model_name: str) -> list:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import google_crc32c
 
@@ -63,3 +64,17 @@ def read_examples(pattern: str) -> list["tf.train.Example"]:  # noqa: F821
         raise FileNotFoundError(f"no TFRecord shards match {pattern}")
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
     return [tf.train.Example.FromString(record.numpy()) for record in dataset]
+
+
+def split_records(examples_uris: Sequence[str], splits: Sequence[str] | None = None
+                  ) -> Iterator[bytes]:
+    """The serialized records of TFX Examples artifacts (gzipped TFRecords under Split-*/), in
+    file order, every split unless `splits` names some."""
+    import tensorflow as tf
+
+    for uri in examples_uris:
+        patterns = ([os.path.join(uri, f"Split-{split}", "*") for split in splits] if splits
+                    else [os.path.join(uri, "Split-*", "*")])
+        files = sorted(path for pattern in patterns for path in tf.io.gfile.glob(pattern))
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            yield bytes(record.numpy())
