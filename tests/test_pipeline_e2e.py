@@ -36,6 +36,9 @@ pytestmark = pytest.mark.slow
 
 FLAGS = ["--image-size", "32", "--epochs", "40", "--early-stopping-patience", "12",
          "--batch-size", "16"]
+# Median share of the attribution inside the mask needed to bless: measured on this test's data,
+# the default model put 0.69 inside, one with `mask_mode: none` 0.19 (the masks' share of it).
+ATTRIBUTION_GATE = "0.4"
 
 
 def _run(manifest: str, workdir: str, *extra: str) -> int:
@@ -189,25 +192,30 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
         os.path.join(config.pipeline_root, "ServingCheck", "blessing", "*", CHECK_RECORD))]
     assert sorted("reused_from" in check for check in checks) == [False, True], checks
 
-    # a change of the gate and of Beam's worker count: Transform and Trainer are keyed on neither
-    assert _run(manifest, workdir, "--min-accuracy", "0.01", "--direct-num-workers", "1") == 0
+    # a change of the gates and of Beam's worker count: Transform and Trainer are keyed on none
+    # of them; the default model looks inside the region enough to pass the attribution gate
+    capsys.readouterr()
+    assert _run(manifest, workdir, "--min-accuracy", "0.01", "--direct-num-workers", "1",
+                "--min-attribution-inside", ATTRIBUTION_GATE) == 0
+    out = capsys.readouterr().out
+    assert "blessed: yes" in out and "attribution inside the mask: median" in out, out
     gate_only = summarize_run(config)
     assert gate_only.components["Transform"] == "CACHED", gate_only.components
     assert gate_only.components["Trainer"] == "CACHED", gate_only.components
 
-    # a worse model (barely trained, on smaller crops) against the blessed one: its AUC drops by
+    # a worse model, trained with the mask ignored, against the blessed one: its AUC drops by
     # more than max_auc_drop, so it is not blessed and nothing is pushed, though accuracy is not
-    # gated here; the new image size re-runs Transform
-    capsys.readouterr()
-    assert _run(manifest, workdir, "--epochs", "1", "--learning-rate", "1e-7",
-                "--min-accuracy", "0", "--image-size", "24", "--min-auc-lower-bound", "0.9",
-                "--min-attribution-inside", "0.99") == 0
+    # gated here; the new mask mode re-runs Transform
+    assert _run(manifest, workdir, "--mask-mode", "none", "--epochs", "8", "--min-accuracy",
+                "0", "--min-auc-lower-bound", "0.9",
+                "--min-attribution-inside", ATTRIBUTION_GATE) == 0
     out = capsys.readouterr().out
     assert "blessed: NO - auc changed by" in out and "pushed: nothing" in out, out
-    # and the gates on the bootstrap interval's lower bound and on the attribution say so too
+    # and the gates on the bootstrap interval's lower bound and on the attribution say so too:
+    # blind to the region, it spreads its attribution over the whole picture
     assert "is below min_auc_lower_bound 0.9000" in out, out
-    assert "is below min_attribution_inside 0.99" in out, out
-    assert "attribution inside the mask: median" in out, out
+    assert f"is below min_attribution_inside {ATTRIBUTION_GATE} (the model decides from " \
+        "outside the region)" in out, out
     worse = summarize_run(config)
     assert worse.components["Transform"] == "COMPLETE", worse.components
     assert worse.components["Trainer"] == "COMPLETE" and not worse.blessed
