@@ -1,7 +1,7 @@
 """DICOM (pydicom's CT and MR test files) and NIfTI (nibabel's test volume, a label map written
 with nibabel): ingest stores each plane in its modality's units, exactly; a label map gives the
-mask of one label; bad volumes are rejected rows; the window is applied in the graph; a model
-trained on CT regions serves them through both signatures and `masktfx serve`."""
+mask of one label; bad volumes are rejected rows; the window is applied in the graph; NIfTI,
+CT and MR regions in one manifest go through `masktfx run` and are served by `masktfx serve`."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 import requests
 import tensorflow as tf
 from conftest import (
     b64,
     ingest_manifest,
     run_transform,
-    serving,
     square_mask,
     write_manifest,
     write_png,
@@ -26,7 +26,6 @@ from conftest import (
 from masktfx import cli, features
 from masktfx.config import PipelineConfig
 from masktfx.images import decode_mask_array, decode_raster
-from masktfx.records import make_example
 
 
 def _package_file(package: str, *parts: str) -> str:
@@ -133,71 +132,90 @@ def test_the_window_is_applied_in_the_graph_in_hounsfield_units(tmp_path):
     np.testing.assert_allclose(region[..., 0], expected, atol=1e-3)
 
 
-def test_a_model_trained_on_ct_regions_serves_them(tmp_path):
-    from conftest import train_tiny_model
+def _square_rows(folder, source: str, name: str, size: int, step: int, side: int,
+                 groups: int) -> list[list]:
+    """Rows of square regions tiling a DICOM image: 1 where they lie in the body (above -500 in
+    its modality's units), else 0; `groups` groups, so both splits get some."""
+    shutil.copy(source, folder / name)
+    units = _hounsfield(source)
+    rows = []
+    for index, (top, left) in enumerate([(y, x) for y in range(step // 2, size - side, step)
+                                         for x in range(step // 2, size - side, step)]):
+        mask = np.zeros((size, size), np.uint8)
+        mask[top:top + side, left:left + side] = 255
+        write_png(str(folder / f"{name}-{index}.png"), mask)
+        inside = float(units[top:top + side, left:left + side].mean()) > -500
+        rows.append([f"{name}-{index}", name, f"{name}-{index}.png", "", "", int(inside),
+                     f"{name}-{index % groups}"])
+    return rows
 
-    examples = _ct_regions(tmp_path / "ct")
-    assert {label for label, _, _ in examples} == {0, 1}
-    model_dir, _ = train_tiny_model(tmp_path, examples, image_format="rasters",
-                                    window=[40.0, 400.0])
-    loaded = tf.saved_model.load(model_dir)
-    images = [image for _, image, _ in examples[:5]]
-    masks = [mask for _, _, mask in examples[:5]]
-    raw = loaded.signatures[features.RAW_SIGNATURE](
-        images=tf.constant([[i] for i in images]), masks=tf.constant([[m] for m in masks]))
-    expected = raw[features.PROBABILITY_OUTPUT].numpy().reshape(-1)
-    by_example = loaded.signatures[features.SERVING_SIGNATURE](examples=tf.constant(
-        [make_example([i], [m]).SerializeToString() for i, m in zip(images, masks)]))
-    np.testing.assert_allclose(by_example[features.PROBABILITY_OUTPUT].numpy().reshape(-1),
-                               expected, atol=1e-6)
-    with serving(model_dir, str(tmp_path / "models" / "ct"), "ct") as server:
-        url = f"http://127.0.0.1:{server.rest_port}/v1/models/ct:predict"
-        answer = requests.post(url, timeout=60, json={
-            "signature_name": features.RAW_SIGNATURE,
-            "instances": [{"images": [b64(i)], "masks": [b64(m)]} for i, m in zip(images, masks)]})
-        assert answer.status_code == 200, answer.text
-        served = [row[features.PROBABILITY_OUTPUT] for row in answer.json()["predictions"]]
-        np.testing.assert_allclose(np.asarray(served).reshape(-1), expected, atol=1e-5)
+
+@pytest.mark.slow
+def test_dicom_ct_and_mr_and_nifti_regions_go_through_ingest_run_and_serve(tmp_path, capsys):
+    """One manifest of the brain demo's NIfTI slices with their label map, and square regions
+    of pydicom's CT and MR files: `masktfx run` ingests, trains, blesses and pushes; the pushed
+    model, served by `masktfx serve`, answers `masktfx predict` on rows of each format (their
+    files converted as ingest converts them) as the model answers in process."""
+    from masktfx.demo_data import write_brain
+    from masktfx.serving.models import ModelManager, wait_for_version
+    from masktfx.serving.server import ModelServer
+
+    folder = tmp_path / "data"
+    manifest = write_brain(str(folder))
+    header, *rows = list(csv.reader(open(manifest, encoding="utf-8")))
+    assert header == ["id", "image", "mask", "slice", "mask_label", "label", "group"]
+    dicom_rows = (_square_rows(folder, CT, "ct.dcm", 128, 16, 10, 4)
+                  + _square_rows(folder, MR, "mr.dcm", 64, 12, 8, 2))
+    assert {row[5] for row in dicom_rows} == {0, 1}
+    write_manifest(manifest, header, rows + dicom_rows)
+    workdir = str(tmp_path / "work")
+    # the gates' extras (intervals, attributions, the serving check) have their own tests
+    assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
+                     "--epochs", "10", "--batch-size", "16", "--min-accuracy", "0.5",
+                     "--no-confidence-intervals", "--attribution-regions", "0",
+                     "--no-serving-check"]) == 0
+    out = capsys.readouterr().out
+    total = len(rows) + len(dicom_rows)
+    assert f"ingested {total} of {total} rows" in out, out
+    assert "blessed: yes" in out and "pushed: version" in out, out
+
+    config = PipelineConfig(workdir=workdir)
+    model_dir = os.path.join(config.resolved_serving_dir, config.model_name)
+    version = max(name for name in os.listdir(model_dir) if name.isdigit())
+    chosen = [*rows[:3], *[row for row in dicom_rows if row[1] == "ct.dcm"][:3],
+              *[row for row in dicom_rows if row[1] == "mr.dcm"][:3]]
+    subset = write_manifest(str(folder / "chosen.csv"), header, chosen)
+    records, rejected = ingest_manifest(subset, str(tmp_path / "chosen"))
+    assert not rejected and len(records) == len(chosen)
+    images = [records[row[0]][features.IMAGES_KEY].bytes_list.value[0] for row in chosen]
+    masks = [records[row[0]][features.MASKS_KEY].bytes_list.value[0] for row in chosen]
+    loaded = tf.saved_model.load(os.path.join(model_dir, version))
+    expected = loaded.signatures[features.RAW_SIGNATURE](
+        images=tf.constant([[i] for i in images]), masks=tf.constant([[m] for m in masks]))[
+            features.PROBABILITY_OUTPUT].numpy().reshape(-1)
+
+    manager = ModelManager(config.model_name, model_dir)
+    server = ModelServer({config.model_name: manager}, rest_port=0, grpc_port=0)
+    server.start()
+    try:
+        wait_for_version(manager)
+        capsys.readouterr()
+        assert cli.main(["predict", "--server", f"http://127.0.0.1:{server.rest_port}",
+                         "--model", config.model_name, "--manifest", subset]) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [line["id"] for line in lines] == [row[0] for row in chosen]
+        np.testing.assert_allclose([line["probability"] for line in lines], expected,
+                                   atol=1e-5)
         # the DICOM file itself is refused, as the graph (and TF Serving) could not decode it
-        answer = requests.post(url, timeout=60, json={
-            "signature_name": features.RAW_SIGNATURE,
-            "instances": [{"images": [b64(open(CT, "rb").read())], "masks": [b64(masks[0])]}]})
+        answer = requests.post(
+            f"http://127.0.0.1:{server.rest_port}/v1/models/{config.model_name}:predict",
+            timeout=60, json={"signature_name": features.RAW_SIGNATURE, "instances": [
+                {"images": [b64(open(CT, "rb").read())], "masks": [b64(masks[3])]}]})
         assert answer.status_code == 400
         assert "instance 0, images[0]: is a DICOM, which the served graph cannot decode" in \
             answer.json()["error"]
-
-
-def test_the_brain_demo_trains_serves_and_masktfx_predict_converts_its_files(tmp_path, capsys):
-    """NIfTI slices and a NIfTI label map: ingested, a model trained on them (Transform and
-    run_fn, as the pipeline runs them), served by `masktfx serve`; `masktfx predict` sends the
-    manifest's regions, converted as ingest converts them, and gets the in-process answers."""
-    from conftest import train_tiny_model
-
-    from masktfx.demo_data import write_brain
-    manifest = write_brain(str(tmp_path / "brain"))
-    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
-    assert {row["label"] for row in rows} == {"0", "1"} and len(rows) > 150
-    records, rejected = ingest_manifest(manifest, str(tmp_path / "out"))
-    assert not rejected and len(records) == len(rows)
-    examples = [(int(records[row["id"]][features.LABEL_KEY].int64_list.value[0]),
-                 records[row["id"]][features.IMAGES_KEY].bytes_list.value[0],
-                 records[row["id"]][features.MASKS_KEY].bytes_list.value[0]) for row in rows]
-    model_dir, _ = train_tiny_model(tmp_path, examples[:48], image_format="rasters")
-    loaded = tf.saved_model.load(model_dir)
-    expected = loaded.signatures[features.RAW_SIGNATURE](
-        images=tf.constant([[image] for _, image, _ in examples[:6]]),
-        masks=tf.constant([[mask] for _, _, mask in examples[:6]]))[
-            features.PROBABILITY_OUTPUT].numpy().reshape(-1)
-
-    subset = write_manifest(str(tmp_path / "brain" / "first6.csv"), list(rows[0]),
-                            [list(row.values()) for row in rows[:6]])
-    with serving(model_dir, str(tmp_path / "models" / "brain"), "brain") as server:
-        capsys.readouterr()
-        assert cli.main(["predict", "--server", f"http://127.0.0.1:{server.rest_port}",
-                         "--model", "brain", "--manifest", subset]) == 0
-        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["id"] for line in lines] == [row["id"] for row in rows[:6]]
-    np.testing.assert_allclose([line["probability"] for line in lines], expected, atol=1e-5)
+    finally:
+        server.stop()
 
 
 def test_a_dicom_seg_gives_the_mask_of_its_segment(tmp_path):
