@@ -162,7 +162,8 @@ def test_dicom_ct_and_mr_and_nifti_regions_go_through_ingest_run_and_serve(tmp_p
 
     folder = tmp_path / "data"
     manifest = write_brain(str(folder))
-    header, *rows = list(csv.reader(open(manifest, encoding="utf-8")))
+    with open(manifest, encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
     assert header == ["id", "image", "mask", "slice", "mask_label", "label", "group"]
     dicom_rows = (_square_rows(folder, CT, "ct.dcm", 128, 16, 10, 4)
                   + _square_rows(folder, MR, "mr.dcm", 64, 12, 8, 2))
