@@ -18,7 +18,7 @@ training are the pipeline's own functions (`modules.transform.transform_regions`
 
     python bench/quality.py [--seeds 0 1 2] [--datasets trees nuclei_hard synthetic]
                             [--methods default seed ...] [--ablations batch_norm ...]
-                            [--ablation-seeds 0] [--attribution]
+                            [--ablation-seeds 0] [--attribution] [--time-rounds 8]
                             [--output bench/results/quality.json]
 
 Prints JSON (and writes it to --output).
@@ -154,6 +154,14 @@ def attribution_inside(model, config: PipelineConfig, x_test: np.ndarray,
     return float(np.median(shares))
 
 
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """Transformed feature batches, as Transform's output reaches `training_pairs`."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(
+        {features.REGION_KEY: x, features.TRANSFORMED_LABEL_KEY: y}).batch(batch_size)
+
+
 def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test: tuple,
                   test_masks: np.ndarray | None = None) -> dict:
     """Train on `train`, stop early on `validation`, score AUC on `test` (x, y pairs); with
@@ -161,26 +169,68 @@ def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test:
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 
-    from masktfx.modules.trainer import train_model, training_pairs
+    from masktfx.modules.trainer import class_weights, train_model, training_pairs
 
     tf.keras.utils.set_random_seed(config.seed)
-
-    def batches(x, y):
-        return tf.data.Dataset.from_tensor_slices(
-            {features.REGION_KEY: x, features.TRANSFORMED_LABEL_KEY: y}).batch(config.batch_size)
-
-    counts = np.bincount(train[1], minlength=2)
-    weights = {c: len(train[1]) / (2.0 * counts[c]) for c in (0, 1)}
     start = time.perf_counter()
-    model, history = train_model(config, training_pairs(batches(*train), config, True),
-                                 training_pairs(batches(*validation), config, False),
-                                 weights, verbose=0)
+    model, history = train_model(
+        config, training_pairs(batches(*train, config.batch_size), config, True),
+        training_pairs(batches(*validation, config.batch_size), config, False),
+        class_weights(np.bincount(train[1], minlength=2).tolist()), verbose=0)
     seconds = time.perf_counter() - start
     probability = model.predict(test[0], verbose=0).reshape(-1)
     found = {"auc": float(roc_auc_score(test[1], probability)),
              "epochs": len(history.history["loss"]), "train_seconds": seconds}
     if test_masks is not None:
         found["attribution_inside"] = attribution_inside(model, config, test[0], test_masks)
+    return found
+
+
+def epoch_seconds(names: list[str], base: PipelineConfig, train: Rows, rounds: int) -> dict:
+    """Seconds per training epoch of each method on `train`, the methods taking turns.
+
+    Each round trains every method for one epoch (with its validation pass, as `train_model`
+    does), one after the other, after one epoch of warm-up each. The wall time of an epoch on
+    these machines jumps between two levels, one twice the other, from minute to minute, so
+    whole trainings run one after the other are not comparable; epochs run in turn are, and
+    each round gives a ratio to the first method, of wall time and of the process's CPU time
+    (which the jumps move less).
+    """
+    from masktfx.modules.model import build_model
+    from masktfx.modules.trainer import class_weights, training_pairs
+
+    fits = {}
+    for name in names:
+        config, fit, validation = prepare(name, base, train)
+        model = build_model(config)
+        pairs = (training_pairs(batches(*fit, config.batch_size), config, True),
+                 training_pairs(batches(*validation, config.batch_size), config, False))
+        weights = class_weights(np.bincount(fit[1], minlength=2).tolist())
+        fits[name] = (model, pairs, weights)
+
+    def one_epoch(name: str) -> tuple[float, float]:
+        model, (fit, validation), weights = fits[name]
+        start, cpu_start = time.perf_counter(), time.process_time()
+        model.fit(fit, validation_data=validation, epochs=1, class_weight=weights, verbose=0)
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+    for name in names:
+        one_epoch(name)  # tracing and the first pass over the data
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            measured[name].append(one_epoch(name))
+    found = {}
+    for name, pairs in measured.items():
+        found[name] = {}
+        for index, kind in enumerate(("seconds", "cpu_seconds")):
+            values = [pair[index] for pair in pairs]
+            reference = [pair[index] for pair in measured[names[0]]]
+            found[name].update({
+                f"epoch_{kind}": [round(value, 2) for value in values],
+                f"epoch_{kind}_median": round(statistics.median(values), 2),
+                f"epoch_{kind}_ratio_to_{names[0]}": round(statistics.median(
+                    value / base for value, base in zip(values, reference)), 3)})
     return found
 
 
@@ -228,20 +278,27 @@ def logistic_score(train: Rows, test: Rows) -> dict:
     return {"auc": float(roc_auc_score(test.labels, probability))}
 
 
+def prepare(name: str, base: PipelineConfig, train: Rows) -> tuple[PipelineConfig, tuple, tuple]:
+    """The method's config, and its transformed training rows split into fit and validation
+    (early stopping's) pairs by group."""
+    config = resolve(base.replace(**METHODS[name]), train)
+    is_validation = group_split(train.groups)
+    if is_validation.all() or not is_validation.any() or len(
+            set(train.labels[is_validation])) < 2:
+        is_validation = np.arange(len(train.labels)) % 5 == 0  # too few groups to split by
+    x_train = transform(train, config)
+    return (config, (x_train[~is_validation], train.labels[~is_validation]),
+            (x_train[is_validation], train.labels[is_validation]))
+
+
 def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: list[int],
                attribution: bool = False) -> dict:
     """One method on one train/test pair: AUC per seed and the median."""
     if name == "logistic":
         auc = round(logistic_score(train, test)["auc"], 4)
         return {"auc_median": auc, "auc_per_seed": [auc]}
-    config = resolve(base.replace(**METHODS[name]), train)
-    is_validation = group_split(train.groups)
-    if is_validation.all() or not is_validation.any() or len(
-            set(train.labels[is_validation])) < 2:
-        is_validation = np.arange(len(train.labels)) % 5 == 0  # too few groups to split by
-    x_train, x_test = transform(train, config), transform(test, config)
-    fit = (x_train[~is_validation], train.labels[~is_validation])
-    validation = (x_train[is_validation], train.labels[is_validation])
+    config, fit, validation = prepare(name, base, train)
+    x_test = transform(test, config)
     test_masks = (transform(test, config, masks_only=True)[:ATTRIBUTION_REGIONS]
                   if attribution else None)
     runs = [fit_and_score(config.replace(seed=seed), fit, validation, (x_test, test.labels),
@@ -262,9 +319,33 @@ def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: 
     return found
 
 
+# The reference of issue #16's training-time target, and the method held to it.
+TIME_REFERENCE, TIMED = "previous_default", "default"
+
+
+def training_time(result: dict, base: PipelineConfig, train: Rows, rounds: int) -> dict:
+    """The default's training time against the reference's on `train`: seconds per epoch taken
+    in turns (`epoch_seconds`), and, where this run trained both with early stopping, the
+    estimates (per-epoch ratio) x (median epochs of the default / of the reference), of wall
+    and of CPU time."""
+    timing = epoch_seconds([TIME_REFERENCE, TIMED], base, train, rounds)
+    found: dict = {"rounds": rounds, **timing}
+    if TIME_REFERENCE in result and TIMED in result:
+        epochs = {name: statistics.median(result[name]["epochs"])
+                  for name in (TIME_REFERENCE, TIMED)}
+        found["epochs_median"] = epochs
+        for kind in ("seconds", "cpu_seconds"):
+            found[f"train_{kind}_ratio_estimate"] = round(
+                timing[TIMED][f"epoch_{kind}_ratio_to_{TIME_REFERENCE}"] * epochs[TIMED]
+                / epochs[TIME_REFERENCE], 3)
+    return found
+
+
 def evaluate_pair(label: str, base: PipelineConfig, train: Rows, test: Rows,
-                  runs: list[tuple[str, list[int]]], attribution: bool = False) -> dict:
-    """Each (method, seeds) of `runs` trained on `train` and scored on `test`."""
+                  runs: list[tuple[str, list[int]]], attribution: bool = False,
+                  time_rounds: int = 0) -> dict:
+    """Each (method, seeds) of `runs` trained on `train` and scored on `test`; with
+    `time_rounds`, also the default's training time against the reference's."""
     result: dict = {"train": len(train.labels), "test": len(test.labels),
                     "test_positive_fraction": round(float(test.labels.mean()), 3)}
     for name, seeds in runs:
@@ -272,6 +353,10 @@ def evaluate_pair(label: str, base: PipelineConfig, train: Rows, test: Rows,
         result[name] = run_method(name, base, train, test, seeds, attribution)
         print(f"{label} {name}: {json.dumps(result[name])} "
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    if time_rounds:
+        result["training_time"] = training_time(result, base, train, time_rounds)
+        print(f"{label} training_time: {json.dumps(result['training_time'])}",
+              file=sys.stderr, flush=True)
     return result
 
 
@@ -295,6 +380,9 @@ def main() -> None:
                         help="also the median share of each trained model's integrated "
                              f"gradients inside the mask, on the first {ATTRIBUTION_REGIONS} "
                              "test regions")
+    parser.add_argument("--time-rounds", type=int, default=0,
+                        help=f"also time {TIMED} against {TIME_REFERENCE} (#16's reference), "
+                             "epoch by epoch in turns, for this many rounds per dataset")
     parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-quality-")
@@ -325,7 +413,8 @@ def main() -> None:
         for train_site, test_site in (("wyoming", "california"), ("california", "wyoming")):
             result["trees"][f"{train_site}_to_{test_site}"] = evaluate_pair(
                 f"trees {train_site}->{test_site}", base, rows.take(sites == train_site),
-                rows.take(sites == test_site), runs("trees"), args.attribution)
+                rows.take(sites == test_site), runs("trees"), args.attribution,
+                args.time_rounds)
     for name in ("nuclei_hard", "synthetic"):
         if name not in args.datasets:
             continue
@@ -337,7 +426,7 @@ def main() -> None:
         rows = load_rows(manifest, None)
         is_eval = group_split(rows.groups)
         result[name] = evaluate_pair(name, base, rows.take(~is_eval), rows.take(is_eval),
-                                     runs(name), args.attribution)
+                                     runs(name), args.attribution, args.time_rounds)
     result["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)
     print(text)
