@@ -98,38 +98,8 @@ def test_dicom_ct_and_mr_and_a_nifti_slice_with_its_label_map(tmp_path):
         "slices" in rejected[8], rejected[8]
 
 
-def _ct_regions(tmp_path) -> list[tuple[int, bytes, bytes]]:
-    """CT regions as ingest stores them: squares in the body (1) and in the air around it (0)."""
-    tmp_path.mkdir(parents=True)
-    shutil.copy(CT, tmp_path)
-    hounsfield = _hounsfield(CT)
-    rows = []
-    for index, (top, left) in enumerate([(y, x) for y in range(8, 112, 16)
-                                         for x in range(8, 112, 16)]):
-        mask = np.zeros((128, 128), np.uint8)
-        mask[top:top + 10, left:left + 10] = 255
-        write_png(str(tmp_path / f"m{index}.png"), mask)
-        inside = float(hounsfield[top:top + 10, left:left + 10].mean()) > -500
-        rows.append([f"r{index}", "CT_small.dcm", f"m{index}.png", int(inside)])
-    records, _ = _ingest(tmp_path, ["id", "image", "mask", "label"], rows)
-    return [(int(records[row[0]][features.LABEL_KEY].int64_list.value[0]),
-             records[row[0]][features.IMAGES_KEY].bytes_list.value[0],
-             records[row[0]][features.MASKS_KEY].bytes_list.value[0]) for row in rows]
-
-
-def test_the_window_is_applied_in_the_graph_in_hounsfield_units(tmp_path):
-    label, image, mask = _ct_regions(tmp_path / "ct")[27]
-    config = PipelineConfig(num_views=1, num_masks=1, image_format="rasters", channels=1,
-                            window=[40.0, 400.0], image_size=128, mask_mode="channel").validate()
-    instance = {features.IMAGES_KEY: [image], features.MASKS_KEY: [mask],
-                features.LABEL_KEY: [label]}
-    transformed, _ = run_transform([instance], config, tmp_path)
-    region = np.asarray(transformed[0][features.REGION_KEY]).reshape(128, 128, 2)
-    windowed = np.clip((_hounsfield(CT) - (40 - 200)) / 400, 0, 1)
-    inside = decode_mask_array(mask, 10**6)
-    values = windowed[inside]
-    expected = (windowed - values.mean()) / max(values.std(), 1e-3)
-    np.testing.assert_allclose(region[..., 0], expected, atol=1e-3)
+# the columns of _square_rows' rows, and of the brain demo's manifest
+SQUARE_HEADER = ["id", "image", "mask", "slice", "mask_label", "label", "group"]
 
 
 def _square_rows(folder, source: str, name: str, size: int, step: int, side: int,
@@ -150,6 +120,27 @@ def _square_rows(folder, source: str, name: str, size: int, step: int, side: int
     return rows
 
 
+def test_the_window_is_applied_in_the_graph_in_hounsfield_units(tmp_path):
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    row = _square_rows(folder, CT, "ct.dcm", 128, 16, 10, 4)[27]  # in the body
+    record = _ingest(folder, SQUARE_HEADER, [row])[0][row[0]]
+    label = int(record[features.LABEL_KEY].int64_list.value[0])
+    image = record[features.IMAGES_KEY].bytes_list.value[0]
+    mask = record[features.MASKS_KEY].bytes_list.value[0]
+    config = PipelineConfig(num_views=1, num_masks=1, image_format="rasters", channels=1,
+                            window=[40.0, 400.0], image_size=128, mask_mode="channel").validate()
+    instance = {features.IMAGES_KEY: [image], features.MASKS_KEY: [mask],
+                features.LABEL_KEY: [label]}
+    transformed, _ = run_transform([instance], config, tmp_path)
+    region = np.asarray(transformed[0][features.REGION_KEY]).reshape(128, 128, 2)
+    windowed = np.clip((_hounsfield(CT) - (40 - 200)) / 400, 0, 1)
+    inside = decode_mask_array(mask, 10**6)
+    values = windowed[inside]
+    expected = (windowed - values.mean()) / max(values.std(), 1e-3)
+    np.testing.assert_allclose(region[..., 0], expected, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_dicom_ct_and_mr_and_nifti_regions_go_through_ingest_run_and_serve(tmp_path, capsys):
     """One manifest of the brain demo's NIfTI slices with their label map, and square regions
@@ -164,7 +155,7 @@ def test_dicom_ct_and_mr_and_nifti_regions_go_through_ingest_run_and_serve(tmp_p
     manifest = write_brain(str(folder))
     with open(manifest, encoding="utf-8") as handle:
         header, *rows = list(csv.reader(handle))
-    assert header == ["id", "image", "mask", "slice", "mask_label", "label", "group"]
+    assert header == SQUARE_HEADER
     dicom_rows = (_square_rows(folder, CT, "ct.dcm", 128, 16, 10, 4)
                   + _square_rows(folder, MR, "mr.dcm", 64, 12, 8, 2))
     assert {row[5] for row in dicom_rows} == {0, 1}
