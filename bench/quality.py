@@ -172,15 +172,16 @@ def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test:
     from masktfx.modules.trainer import class_weights, train_model, training_pairs
 
     tf.keras.utils.set_random_seed(config.seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model, history = train_model(
         config, training_pairs(batches(*train, config.batch_size), config, True),
         training_pairs(batches(*validation, config.batch_size), config, False),
         class_weights(np.bincount(train[1], minlength=2).tolist()), verbose=0)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     probability = model.predict(test[0], verbose=0).reshape(-1)
     found = {"auc": float(roc_auc_score(test[1], probability)),
-             "epochs": len(history.history["loss"]), "train_seconds": seconds}
+             "epochs": len(history.history["loss"]), "train_seconds": seconds,
+             "train_cpu_seconds": cpu_seconds}
     if test_masks is not None:
         found["attribution_inside"] = attribution_inside(model, config, test[0], test_masks)
     return found
@@ -308,7 +309,8 @@ def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: 
              "auc_per_seed": [round(r["auc"], 4) for r in runs],
              "epochs": [r["epochs"] for r in runs],
              "train_seconds_median": round(statistics.median(r["train_seconds"] for r in runs),
-                                           1)}
+                                           1),
+             "train_cpu_seconds_per_seed": [round(r["train_cpu_seconds"], 1) for r in runs]}
     if attribution:
         found["attribution_inside_median"] = round(
             statistics.median(r["attribution_inside"] for r in runs), 4)
@@ -327,7 +329,7 @@ def training_time(result: dict, base: PipelineConfig, train: Rows, rounds: int) 
     """The default's training time against the reference's on `train`: seconds per epoch taken
     in turns (`epoch_seconds`), and, where this run trained both with early stopping, the
     estimates (per-epoch ratio) x (median epochs of the default / of the reference), of wall
-    and of CPU time."""
+    and of CPU time, beside the ratio of the two whole trainings' median CPU time."""
     timing = epoch_seconds([TIME_REFERENCE, TIMED], base, train, rounds)
     found: dict = {"rounds": rounds, **timing}
     if TIME_REFERENCE in result and TIMED in result:
@@ -338,6 +340,9 @@ def training_time(result: dict, base: PipelineConfig, train: Rows, rounds: int) 
             found[f"train_{kind}_ratio_estimate"] = round(
                 timing[TIMED][f"epoch_{kind}_ratio_to_{TIME_REFERENCE}"] * epochs[TIMED]
                 / epochs[TIME_REFERENCE], 3)
+        found["train_cpu_seconds_ratio"] = round(
+            statistics.median(result[TIMED]["train_cpu_seconds_per_seed"])
+            / statistics.median(result[TIME_REFERENCE]["train_cpu_seconds_per_seed"]), 3)
     return found
 
 

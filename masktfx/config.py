@@ -116,8 +116,8 @@ class PipelineConfig:
                                            "serving)"})
     stem_norm: bool = field(
         default=True, metadata={"help": "resnet: normalize the first convolution's output as "
-                                        "every other's (false: about a third faster to train "
-                                        "on CPU, and less accurate across sites)"})
+                                        "every other's (false: faster to train on CPU, and "
+                                        "less accurate across sites)"})
     epochs: int = field(default=30, metadata={"help": "training epochs (upper bound)"})
     train_steps: int = field(
         default=0, metadata={"help": "total training steps; 0: whole epochs over the data"}
