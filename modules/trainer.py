@@ -332,7 +332,11 @@ def run_fn(fn_args: Any) -> None:
     logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
     point = choose_operating_point(model, evaluation, config)
     signatures = make_signatures(model, tf_transform_output, config, point["threshold"])
-    model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
+    # The signatures' gradients (attribution) are traced into their graphs here; saving the
+    # custom gradient of GroupNormalization as well would only serve differentiating the
+    # loaded model again, and makes every save and load of it several seconds slower.
+    model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures,
+               options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
     point_path = os.path.join(fn_args.serving_model_dir, features.OPERATING_POINT_FILE)
     tf.io.gfile.makedirs(os.path.dirname(point_path))
     with tf.io.gfile.GFile(point_path, "w") as out:
