@@ -162,6 +162,16 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int):
         {features.REGION_KEY: x, features.TRANSFORMED_LABEL_KEY: y}).batch(batch_size)
 
 
+def training_inputs(config: PipelineConfig, fit: tuple, validation: tuple) -> tuple:
+    """What `train_model` takes for transformed (x, y) fit and validation rows: the augmented
+    training pairs, the validation pairs and the class weights."""
+    from masktfx.modules.trainer import class_weights, training_pairs
+
+    return (training_pairs(batches(*fit, config.batch_size), config, True),
+            training_pairs(batches(*validation, config.batch_size), config, False),
+            class_weights(np.bincount(fit[1], minlength=2).tolist()))
+
+
 def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test: tuple,
                   test_masks: np.ndarray | None = None) -> dict:
     """Train on `train`, stop early on `validation`, score AUC on `test` (x, y pairs); with
@@ -169,14 +179,11 @@ def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test:
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 
-    from masktfx.modules.trainer import class_weights, train_model, training_pairs
+    from masktfx.modules.trainer import train_model
 
     tf.keras.utils.set_random_seed(config.seed)
     start, cpu_start = time.perf_counter(), time.process_time()
-    model, history = train_model(
-        config, training_pairs(batches(*train, config.batch_size), config, True),
-        training_pairs(batches(*validation, config.batch_size), config, False),
-        class_weights(np.bincount(train[1], minlength=2).tolist()), verbose=0)
+    model, history = train_model(config, *training_inputs(config, train, validation), verbose=0)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     probability = model.predict(test[0], verbose=0).reshape(-1)
     found = {"auc": float(roc_auc_score(test[1], probability)),
@@ -187,8 +194,9 @@ def fit_and_score(config: PipelineConfig, train: tuple, validation: tuple, test:
     return found
 
 
-def epoch_seconds(names: list[str], base: PipelineConfig, train: Rows, rounds: int) -> dict:
-    """Seconds per training epoch of each method on `train`, the methods taking turns.
+def epoch_seconds(prepared: dict[str, tuple], rounds: int) -> dict:
+    """Seconds per training epoch of each method of `prepared` (`prepare`'s result by method
+    name), the methods taking turns.
 
     Each round trains every method for one epoch (with its validation pass, as `train_model`
     does), one after the other, after one epoch of warm-up each. The wall time of an epoch on
@@ -198,19 +206,13 @@ def epoch_seconds(names: list[str], base: PipelineConfig, train: Rows, rounds: i
     (which the jumps move less).
     """
     from masktfx.modules.model import build_model
-    from masktfx.modules.trainer import class_weights, training_pairs
 
-    fits = {}
-    for name in names:
-        config, fit, validation = prepare(name, base, train)
-        model = build_model(config)
-        pairs = (training_pairs(batches(*fit, config.batch_size), config, True),
-                 training_pairs(batches(*validation, config.batch_size), config, False))
-        weights = class_weights(np.bincount(fit[1], minlength=2).tolist())
-        fits[name] = (model, pairs, weights)
+    names = list(prepared)
+    fits = {name: (build_model(config), *training_inputs(config, fit, validation))
+            for name, (config, fit, validation) in prepared.items()}
 
     def one_epoch(name: str) -> tuple[float, float]:
-        model, (fit, validation), weights = fits[name]
+        model, fit, validation, weights = fits[name]
         start, cpu_start = time.perf_counter(), time.process_time()
         model.fit(fit, validation_data=validation, epochs=1, class_weight=weights, verbose=0)
         return time.perf_counter() - start, time.process_time() - cpu_start
@@ -292,13 +294,14 @@ def prepare(name: str, base: PipelineConfig, train: Rows) -> tuple[PipelineConfi
             (x_train[is_validation], train.labels[is_validation]))
 
 
-def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: list[int],
+def run_method(name: str, prepared: tuple | None, train: Rows, test: Rows, seeds: list[int],
                attribution: bool = False) -> dict:
-    """One method on one train/test pair: AUC per seed and the median."""
+    """One method on one train/test pair: AUC per seed and the median. `prepared` is
+    `prepare`'s result for a trained method (None for the logistic regression)."""
     if name == "logistic":
         auc = round(logistic_score(train, test)["auc"], 4)
         return {"auc_median": auc, "auc_per_seed": [auc]}
-    config, fit, validation = prepare(name, base, train)
+    config, fit, validation = prepared
     x_test = transform(test, config)
     test_masks = (transform(test, config, masks_only=True)[:ATTRIBUTION_REGIONS]
                   if attribution else None)
@@ -325,12 +328,13 @@ def run_method(name: str, base: PipelineConfig, train: Rows, test: Rows, seeds: 
 TIME_REFERENCE, TIMED = "previous_default", "default"
 
 
-def training_time(result: dict, base: PipelineConfig, train: Rows, rounds: int) -> dict:
-    """The default's training time against the reference's on `train`: seconds per epoch taken
-    in turns (`epoch_seconds`), and, where this run trained both with early stopping, the
-    estimates (per-epoch ratio) x (median epochs of the default / of the reference), of wall
-    and of CPU time, beside the ratio of the two whole trainings' median CPU time."""
-    timing = epoch_seconds([TIME_REFERENCE, TIMED], base, train, rounds)
+def training_time(result: dict, prepared: dict[str, tuple], rounds: int) -> dict:
+    """The default's training time against the reference's (`prepared`: `prepare`'s result for
+    both, the reference first): seconds per epoch taken in turns (`epoch_seconds`), and, where
+    this run trained both with early stopping, the estimates (per-epoch ratio) x (median epochs
+    of the default / of the reference), of wall and of CPU time, beside the ratio of the two
+    whole trainings' median CPU time."""
+    timing = epoch_seconds(prepared, rounds)
     found: dict = {"rounds": rounds, **timing}
     if TIME_REFERENCE in result and TIMED in result:
         epochs = {name: statistics.median(result[name]["epochs"])
@@ -353,13 +357,19 @@ def evaluate_pair(label: str, base: PipelineConfig, train: Rows, test: Rows,
     `time_rounds`, also the default's training time against the reference's."""
     result: dict = {"train": len(train.labels), "test": len(test.labels),
                     "test_positive_fraction": round(float(test.labels.mean()), 3)}
+    timed: dict[str, tuple] = {}  # kept for the timing, which trains them again
     for name, seeds in runs:
         started = time.perf_counter()
-        result[name] = run_method(name, base, train, test, seeds, attribution)
+        prepared = None if name == "logistic" else prepare(name, base, train)
+        if time_rounds and name in (TIME_REFERENCE, TIMED):
+            timed[name] = prepared
+        result[name] = run_method(name, prepared, train, test, seeds, attribution)
         print(f"{label} {name}: {json.dumps(result[name])} "
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     if time_rounds:
-        result["training_time"] = training_time(result, base, train, time_rounds)
+        prepared = {name: timed[name] if name in timed else prepare(name, base, train)
+                    for name in (TIME_REFERENCE, TIMED)}
+        result["training_time"] = training_time(result, prepared, time_rounds)
         print(f"{label} training_time: {json.dumps(result['training_time'])}",
               file=sys.stderr, flush=True)
     return result
