@@ -88,21 +88,29 @@ def b64(data: bytes) -> dict:
 
 
 @contextlib.contextmanager
-def serving(model_dir: str, base: str, name: str, version: int = 1):
-    """`masktfx serve` (in process, loopback ports) of `model_dir` as version `version` of
-    model `name` under `base`; yields the server once the version is available."""
+def serving_folder(base: str, name: str):
+    """`masktfx serve` (in process, loopback ports) of the numbered versions under `base` as
+    model `name`; yields (server, its model manager) once a version is available."""
     from masktfx.serving.models import ModelManager, wait_for_version
     from masktfx.serving.server import ModelServer
 
-    shutil.copytree(model_dir, os.path.join(base, str(version)))
     manager = ModelManager(name, base)
     server = ModelServer({name: manager}, rest_port=0, grpc_port=0)
     server.start()
     try:
         wait_for_version(manager)
-        yield server
+        yield server, manager
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def serving(model_dir: str, base: str, name: str, version: int = 1):
+    """`serving_folder` of `model_dir` copied as version `version` of model `name` under
+    `base`; yields the server."""
+    shutil.copytree(model_dir, os.path.join(base, str(version)))
+    with serving_folder(base, name) as (server, _):
+        yield server
 
 
 @pytest.fixture

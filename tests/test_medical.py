@@ -18,6 +18,7 @@ from conftest import (
     b64,
     ingest_manifest,
     run_transform,
+    serving_folder,
     square_mask,
     write_manifest,
     write_png,
@@ -148,8 +149,6 @@ def test_dicom_ct_and_mr_and_nifti_regions_go_through_ingest_run_and_serve(tmp_p
     model, served by `masktfx serve`, answers `masktfx predict` on rows of each format (their
     files converted as ingest converts them) as the model answers in process."""
     from masktfx.demo_data import write_brain
-    from masktfx.serving.models import ModelManager, wait_for_version
-    from masktfx.serving.server import ModelServer
 
     folder = tmp_path / "data"
     manifest = write_brain(str(folder))
@@ -186,11 +185,7 @@ def test_dicom_ct_and_mr_and_nifti_regions_go_through_ingest_run_and_serve(tmp_p
         images=tf.constant([[i] for i in images]), masks=tf.constant([[m] for m in masks]))[
             features.PROBABILITY_OUTPUT].numpy().reshape(-1)
 
-    manager = ModelManager(config.model_name, model_dir)
-    server = ModelServer({config.model_name: manager}, rest_port=0, grpc_port=0)
-    server.start()
-    try:
-        wait_for_version(manager)
+    with serving_folder(model_dir, config.model_name) as (server, _):
         capsys.readouterr()
         assert cli.main(["predict", "--server", f"http://127.0.0.1:{server.rest_port}",
                          "--model", config.model_name, "--manifest", subset]) == 0
@@ -206,8 +201,6 @@ def test_dicom_ct_and_mr_and_nifti_regions_go_through_ingest_run_and_serve(tmp_p
         assert answer.status_code == 400
         assert "instance 0, images[0]: is a DICOM, which the served graph cannot decode" in \
             answer.json()["error"]
-    finally:
-        server.stop()
 
 
 def test_a_dicom_seg_gives_the_mask_of_its_segment(tmp_path):

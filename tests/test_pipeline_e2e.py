@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import load_bad_corpus
+from conftest import load_bad_corpus, serving_folder
 
 from masktfx import cli, features
 from masktfx.components.evaluator import EVALUATION_RECORD
@@ -137,14 +137,7 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
                                by_raw[features.PROBABILITY_OUTPUT].numpy(), atol=1e-6)
 
     # the pushed folder served by `masktfx serve`, called by `masktfx predict` over REST and gRPC
-    from masktfx.serving.models import ModelManager, wait_for_version
-    from masktfx.serving.server import ModelServer
-
-    manager = ModelManager(config.model_name, model_dir)
-    server = ModelServer({config.model_name: manager}, rest_port=0, grpc_port=0)
-    server.start()
-    try:
-        wait_for_version(manager)
+    with serving_folder(model_dir, config.model_name) as (server, manager):
         # the push stored TF Serving's warmup requests (both signatures); the server replayed them
         assert manager.status()[0].warmup_requests == 2
         expected = by_raw[features.PROBABILITY_OUTPUT].numpy()
@@ -162,8 +155,6 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
             np.testing.assert_allclose([line["probability"] for line in lines], expected,
                                        atol=1e-5)
             assert {line["model_version"] for line in lines} == {int(versions[0])}
-    finally:
-        server.stop()
 
     # a second run with no new data is served from the cache up to the Trainer; the Evaluator
     # gets the same model back as its baseline and, as the first run evaluated that model alone
