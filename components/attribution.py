@@ -37,7 +37,7 @@ def _summary(shares: np.ndarray) -> dict[str, float]:
 
 def attribute_eval_regions(saved_model_dir: str, examples_uris: Sequence[str], regions: int,
                            output_uri: str) -> dict[str, Any]:
-    """Calls the model's `attribution` signature on the first `regions` eval regions of the
+    """Calls the model's `attribution` signature on the first `regions` test regions of the
     examples; writes ATTRIBUTION_FILE and MAPS_FILE into `output_uri` and returns the first."""
     import tensorflow as tf
 
@@ -47,7 +47,7 @@ def attribute_eval_regions(saved_model_dir: str, examples_uris: Sequence[str], r
                                                        "(trained before it existed)"}
     else:
         attribute = loaded.signatures[features.ATTRIBUTION_SIGNATURE]
-        records = list(itertools.islice(split_records(examples_uris, [features.EVAL_SPLIT]),
+        records = list(itertools.islice(split_records(examples_uris, [features.TEST_SPLIT]),
                                         regions))
         labels, shares, maps = [], [], {0: [], 1: []}
         for start in range(0, len(records), BATCH):

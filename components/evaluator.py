@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,12 +57,15 @@ def is_own_baseline(input_dict: dict[str, list[types.Artifact]]) -> bool:
 
 def evaluation_record(input_dict: dict[str, list[types.Artifact]],
                       exec_properties: dict[str, Any]) -> dict[str, Any]:
-    """What a single-model evaluation depends on: model, examples, splits, eval config."""
+    """What a single-model evaluation depends on: model, examples, splits, eval config, and the
+    settings of the intervals and the attribution check written beside it."""
     return {"model": [artifact.uri for artifact in input_dict[MODEL_KEY]],
             "examples": sorted(artifact.uri for artifact in
                                input_dict[standard_component_specs.EXAMPLES_KEY]),
             "example_splits": exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY),
-            "eval_config": exec_properties.get(standard_component_specs.EVAL_CONFIG_KEY)}
+            "eval_config": exec_properties.get(standard_component_specs.EVAL_CONFIG_KEY),
+            "intervals": exec_properties.get(INTERVALS_KEY),
+            "attribution": exec_properties.get(ATTRIBUTION_KEY)}
 
 
 def find_evaluation(output_uri: str, record: dict[str, Any]) -> str | None:
@@ -167,18 +171,21 @@ class Executor(evaluator_executor.Executor):
     def _intervals(input_dict: dict[str, list[types.Artifact]],
                    output_dict: dict[str, list[types.Artifact]], settings: dict[str, Any],
                    served: float | None, output_uri: str) -> None:
-        """Bootstrap intervals of the candidate on the eval split, beside TFMA's files (copied
-        with a reused evaluation), then the gates on their lower bounds."""
+        """Cluster-bootstrap intervals of the candidate on the test split, beside TFMA's files
+        (copied with a reused evaluation), then the gates on their lower bounds."""
         path = os.path.join(output_uri, intervals.INTERVALS_FILE)
         if fileio.exists(path):
             found = json.loads(io_utils.read_string_file(path))
         else:
             threshold = settings["threshold"] if served is None else served
-            labels, scores, slices = eval_predictions(
+            found_predictions = test_predictions(
                 input_dict[MODEL_KEY][0],
                 input_dict[standard_component_specs.EXAMPLES_KEY], settings["slice_columns"])
-            found = intervals.intervals(labels, scores, slices, threshold,
-                                        seed=int(settings["seed"]))
+            found = intervals.intervals(
+                found_predictions.labels, found_predictions.scores, found_predictions.slices,
+                threshold, groups=found_predictions.groups, seed=int(settings["seed"]))
+            found["risk_coverage"] = risk_coverage(
+                found_predictions.labels, found_predictions.scores, found_predictions.ood_scores)
             io_utils.write_string_file(path, json.dumps(found, indent=1))
         failures = intervals.gate_failures(found, float(settings["min_slice_auc"]),
                                            int(settings["min_slice_examples"]),
@@ -253,34 +260,66 @@ def refuse_blessing(output_dict: dict[str, list[types.Artifact]], reason_propert
                                          constants.NOT_BLESSED_VALUE)
 
 
-def eval_predictions(model: types.Artifact, examples: list[types.Artifact],
-                     slice_columns: list[str]
-                     ) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]]]:
-    """Labels, the candidate's probabilities (serving_default, as served) and each slice
-    column's values, over the eval split of every examples artifact."""
+@dataclass
+class TestPredictions:
+    labels: np.ndarray
+    scores: np.ndarray  # the candidate's probability
+    ood_scores: np.ndarray | None  # its out-of-distribution score (None: a model without one)
+    groups: list[str]
+    slices: dict[str, list[str]]
+
+
+def test_predictions(model: types.Artifact, examples: list[types.Artifact],
+                     slice_columns: list[str]) -> TestPredictions:
+    """Labels, groups, the candidate's answers (serving_default, as served) and each slice
+    column's values, over the test split of every examples artifact."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(path_utils.serving_model_path(model.uri))
     serve = loaded.signatures[features.SERVING_SIGNATURE]
     files = sorted(path for artifact in examples for path in fileio.glob(
-        os.path.join(artifact.uri, f"Split-{features.EVAL_SPLIT}", "*")))
-    labels, scores = [], []
+        os.path.join(artifact.uri, f"Split-{features.TEST_SPLIT}", "*")))
+    labels, scores, ood, groups = [], [], [], []
     slices: dict[str, list[str]] = {column: [] for column in slice_columns}
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(256)
     for batch in records:
-        scores.append(serve(examples=batch)[features.PROBABILITY_OUTPUT].numpy().reshape(-1))
+        answers = serve(examples=batch)
+        scores.append(answers[features.PROBABILITY_OUTPUT].numpy().reshape(-1))
+        if features.OOD_SCORE_OUTPUT in answers:
+            ood.append(answers[features.OOD_SCORE_OUTPUT].numpy().reshape(-1))
         for serialized in batch.numpy():
             feature = tf.train.Example.FromString(serialized).features.feature
             labels.append(int(feature[features.LABEL_KEY].int64_list.value[0]))
+            groups.append(_first_value(feature[features.GROUP_KEY]))
             for column in slice_columns:
-                values = feature[column]
-                found = (values.bytes_list.value or values.int64_list.value
-                         or values.float_list.value or [""])
-                value = found[0]
-                slices[column].append(value.decode("utf-8", "replace")
-                                      if isinstance(value, bytes) else str(value))
-    return (np.array(labels), np.concatenate(scores) if scores else np.zeros(0),
-            slices)
+                slices[column].append(_first_value(feature[column]))
+    return TestPredictions(np.array(labels), np.concatenate(scores) if scores else np.zeros(0),
+                           np.concatenate(ood) if ood else None, groups, slices)
+
+
+def _first_value(values: Any) -> str:
+    found = values.bytes_list.value or values.int64_list.value or values.float_list.value or [""]
+    value = found[0]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+RISK_COVERAGE_POINTS = 20
+
+
+def risk_coverage(labels: np.ndarray, scores: np.ndarray, ood_scores: np.ndarray | None
+                  ) -> list[dict[str, float]]:
+    """The test split's AUC of the regions the OOD score accepts, against the share accepted:
+    the regions most like the training data first ([] for a model without an OOD score)."""
+    if ood_scores is None or not len(labels):
+        return []
+    order = np.argsort(ood_scores, kind="stable")
+    curve = []
+    for step in range(1, RISK_COVERAGE_POINTS + 1):
+        kept = order[:max(1, int(round(len(order) * step / RISK_COVERAGE_POINTS)))]
+        curve.append({"coverage": len(kept) / len(order),
+                      "auc": intervals.auc(labels[kept], scores[kept]),
+                      "ood_threshold": float(ood_scores[kept[-1]])})
+    return curve
 
 
 INTERVALS_KEY = "intervals"  # JSON: interval_settings() of pipeline/pipeline.py
@@ -310,7 +349,8 @@ class SingleBaselineEvaluator(Evaluator):
                  attribution: dict[str, Any] | None = None):
         spec = SingleBaselineEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model,
-            eval_config=eval_config, example_splits=json_utils.dumps(None),
+            # the Evaluator reads the test split only: nothing before it has seen that
+            eval_config=eval_config, example_splits=json_utils.dumps([features.TEST_SPLIT]),
             fairness_indicator_thresholds=json_utils.dumps(None),
             intervals=json.dumps(intervals) if intervals else None,
             attribution=json.dumps(attribution) if attribution else None,

@@ -17,10 +17,10 @@ DEFAULT_WARMUP_REGIONS = 4
 
 
 def eval_regions(examples_uri: str, count: int) -> list[bytes]:
-    """The first `count` serialized raw examples of an Examples artifact's eval split."""
+    """The first `count` serialized raw examples of an Examples artifact's test split."""
     from masktfx.records import split_records
 
-    return list(itertools.islice(split_records([examples_uri], [features.EVAL_SPLIT]),
+    return list(itertools.islice(split_records([examples_uri], [features.TEST_SPLIT]),
                                  max(count, 0)))
 
 

@@ -72,10 +72,15 @@ class PipelineConfig:
         default=True, metadata={"help": "data root holds span-N/ folders (false: shards at top)"})
     split_by: str = field(
         default="group", metadata={"help": "group | id: the feature ImportExampleGen hashes to "
-                                           "split train from eval (id: by example, so regions "
-                                           "of one group may leak across the split)"})
-    eval_buckets: int = field(default=1, metadata={"help": "hash buckets of `group` for eval"})
-    train_buckets: int = field(default=4, metadata={"help": "hash buckets of `group` for train"})
+                                           "split train, validation and test (id: by example, "
+                                           "so regions of one group may leak across them)"})
+    train_buckets: int = field(default=14, metadata={"help": "hash buckets of `group` for train"})
+    validation_buckets: int = field(
+        default=3, metadata={"help": "hash buckets of `group` for validation (early stopping, "
+                                     "operating point, calibration, OOD threshold)"})
+    test_buckets: int = field(
+        default=3, metadata={"help": "hash buckets of `group` for test (the Evaluator's gates "
+                                     "and intervals, the serving check; nothing else reads it)"})
     # Transform
     num_views: int = field(default=0, metadata={"help": "views per example; 0: from the data"})
     num_masks: int = field(
@@ -151,7 +156,7 @@ class PipelineConfig:
     threshold_policy: str = field(
         default="fixed", metadata={"help": "how the served label's threshold is chosen: fixed "
                                            "(decision_threshold), youden, min_sensitivity:X or "
-                                           "min_precision:X (chosen on the eval split)"})
+                                           "min_precision:X (chosen on the validation split)"})
     min_accuracy: float = field(default=0.7, metadata={"help": "lowest BinaryAccuracy to bless"})
     max_auc_drop: float = field(
         default=0.01, metadata={"help": "largest AUC drop against the baseline to bless"}
@@ -320,7 +325,8 @@ class PipelineConfig:
                  f"must be warn or stop, got {self.drift_action!r}")
         _require(0.0 <= self.max_auc_drop <= 1.0, "max_auc_drop",
                  f"must be between 0 and 1, got {self.max_auc_drop}")
-        for name in ("epochs", "batch_size", "span_window", "eval_buckets", "train_buckets"):
+        for name in ("epochs", "batch_size", "span_window", "train_buckets", "validation_buckets",
+                     "test_buckets"):
             value = getattr(self, name)
             _require(value >= 1, name, f"must be >= 1, got {value}")
         _require(self.use_spans or self.span_window == 1, "span_window",
@@ -359,6 +365,9 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "PipelineConfig":
         known = {f.name: f for f in fields(cls)}
+        for name, replacement in REPLACED_FIELDS.items():
+            if name in values:
+                raise ConfigError(f"{source}: field {name!r} was replaced: {replacement}")
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; "
@@ -367,7 +376,9 @@ class PipelineConfig:
         return cls(**converted)
 
     @classmethod
-    def from_yaml(cls, path: str) -> "PipelineConfig":
+    def from_yaml(cls, path: str, saved_run: bool = False) -> "PipelineConfig":
+        """The config in `path`; with `saved_run` (a run's own RUN_CONFIG, written by an earlier
+        release perhaps) fields since replaced are dropped rather than refused."""
         import yaml
 
         try:
@@ -379,6 +390,9 @@ class PipelineConfig:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+        if saved_run:
+            values = {name: value for name, value in values.items()
+                      if name not in REPLACED_FIELDS}
         return cls.from_dict(values, source=path)
 
     def replace(self, **changes: Any) -> "PipelineConfig":
@@ -399,7 +413,7 @@ class PipelineConfig:
         """The configuration the last `masktfx run` in `workdir` used (defaults if none)."""
         workdir = os.path.abspath(workdir)
         saved = os.path.join(workdir, RUN_CONFIG)
-        config = cls.from_yaml(saved) if os.path.exists(saved) else cls()
+        config = cls.from_yaml(saved, saved_run=True) if os.path.exists(saved) else cls()
         return config.replace(workdir=workdir)
 
 
@@ -421,6 +435,9 @@ def parse_threshold_policy(policy: str) -> tuple[str, float | None]:
 
 
 RUN_CONFIG = "masktfx-config.yaml"
+# Fields a config of an earlier release may still hold, and what to write instead.
+REPLACED_FIELDS = {"eval_buckets": "the data is split three ways now; set validation_buckets "
+                                   "and test_buckets (train_buckets stays)"}
 # Object stores TF Serving reads model base paths from (tensorflow_serving's file systems).
 OBJECT_STORE_SCHEMES = ("gs", "s3")
 

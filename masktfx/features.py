@@ -24,6 +24,9 @@ NON_INPUT_KEYS = (LABEL_KEY, ID_KEY, GROUP_KEY, SPAN_KEY)
 # Transformed features produced by `preprocessing_fn` and consumed by the Trainer.
 REGION_KEY = "region"  # float32 [K, S, S, C'] crops (C' = channels, +1 with the mask channel)
 TRANSFORMED_LABEL_KEY = "label_xf"
+# float32 [4 C + 1]: the region's intensity statistics before normalization (inside and around
+# the mask, per channel), which the out-of-distribution score looks at beside the network
+REGION_STATISTICS_KEY = "region_statistics"
 
 # Files written by `masktfx ingest`.
 SPAN_DIR_TEMPLATE = "span-{span}"
@@ -48,6 +51,14 @@ ATTRIBUTION_STEPS = 16  # integrated gradients: points on the path from the base
 EXAMPLES_INPUT = "examples"
 PROBABILITY_OUTPUT = "probability"
 PREDICTED_LABEL_OUTPUT = "label"
+# How unlike the training regions a region is (a Mahalanobis distance of the network's features
+# and the region's statistics, fitted by the Trainer), and whether it is under the threshold that
+# 95% of the validation regions pass.
+OOD_SCORE_OUTPUT = "ood_score"
+IN_DISTRIBUTION_OUTPUT = "in_distribution"
+# The calibration of the probability and the OOD threshold, fitted on the validation split:
+# what `masktfx drift` and the DriftCheck estimate a span's performance with.
+RELIABILITY_FILE = "assets.extra/masktfx_reliability.json"
 # The served label's threshold and how it was chosen (modules/operating_point.py), stored inside
 # the SavedModel, so a pushed version carries the threshold it serves with.
 OPERATING_POINT_FILE = "assets.extra/masktfx_operating_point.json"
@@ -56,6 +67,11 @@ OPERATING_POINT_FILE = "assets.extra/masktfx_operating_point.json"
 # `masktfx run` shows live.
 TRAINER_PROGRESS_LOGGER = "masktfx.trainer"
 
-# Split names written by ImportExampleGen.
+# Split names written by ImportExampleGen, by group. The Trainer fits on `train` and uses
+# `validation` for early stopping, the operating point, the calibration and the out-of-distribution
+# threshold; the Evaluator (gates, intervals, attribution) and the ServingCheck read only `test`,
+# which nothing before them has seen.
 TRAIN_SPLIT = "train"
-EVAL_SPLIT = "eval"
+VALIDATION_SPLIT = "validation"
+TEST_SPLIT = "test"
+SPLITS = (TRAIN_SPLIT, VALIDATION_SPLIT, TEST_SPLIT)

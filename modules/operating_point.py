@@ -1,5 +1,5 @@
 """The operating point: the probability threshold the served `label` output uses, chosen on the
-eval split by `threshold_policy`, with a bootstrap interval.
+validation split by `threshold_policy`, with a bootstrap interval.
 
 - `fixed`: `decision_threshold`, whatever the data.
 - `youden`: the threshold that maximizes sensitivity + specificity - 1.
@@ -51,7 +51,7 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, policy: str,
         return float(fixed), True
     labels = np.asarray(labels).reshape(-1)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    if labels.min(initial=0) == labels.max(initial=0):
+    if len(np.unique(labels)) < 2:
         return float(fixed), False  # one class only: no operating point to choose
     thresholds, sensitivity, specificity, precision = _rates(labels, probabilities)
     if kind == "youden":
@@ -68,17 +68,19 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, policy: str,
 def operating_point(labels: np.ndarray, probabilities: np.ndarray, policy: str, fixed: float,
                     seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
     """The chosen threshold, its bootstrap interval (2.5th-97.5th percentile over resamples of
-    the eval regions) and the rates it gives on the eval split."""
+    the validation regions that hold both classes: a resample of one class has no threshold to
+    choose) and the rates it gives on the validation split."""
     labels = np.asarray(labels).reshape(-1).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     threshold, met = choose_threshold(labels, probabilities, policy, fixed)
     interval = [threshold, threshold]
     if parse_threshold_policy(policy)[0] != "fixed" and len(labels) > 1:
         rng = np.random.default_rng(seed)
+        picks = (rng.integers(0, len(labels), len(labels)) for _ in range(resamples))
         draws = [choose_threshold(labels[pick], probabilities[pick], policy, fixed)[0]
-                 for pick in (rng.integers(0, len(labels), len(labels))
-                              for _ in range(resamples))]
-        interval = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+                 for pick in picks if len(np.unique(labels[pick])) == 2]
+        if draws:
+            interval = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
     called = probabilities >= threshold
     positives, negatives = labels == 1, labels == 0
     return {
@@ -86,7 +88,7 @@ def operating_point(labels: np.ndarray, probabilities: np.ndarray, policy: str, 
         "threshold": threshold,
         "interval": interval,
         "met": met,
-        "eval_examples": int(len(labels)),
+        "validation_examples": int(len(labels)),
         "sensitivity": float(called[positives].mean()) if positives.any() else None,
         "specificity": float((~called[negatives]).mean()) if negatives.any() else None,
         "precision": float(labels[called].mean()) if called.any() else None,

@@ -3,7 +3,7 @@ the Transform graph attached, so serving decodes, masks and crops exactly as tra
 
 Signatures of the SavedModel:
 - `serving_default`: `examples` (serialized tf.Example without the label) -> `probability`,
-  `label`.
+  `label`, `ood_score` and `in_distribution` (modules/reliability.py).
 - `predict_raw`: `images` (string [batch, K]) and `masks` (string [batch, 1 or K]) -> the same.
 - `transform_features`: `examples` -> the transformed features (for TFMA on transformed features).
 - `attribution`: `examples` -> where the model looked: integrated gradients of `probability` on
@@ -23,8 +23,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from masktfx import features
+from masktfx import features, performance
 from masktfx.config import PipelineConfig
+from masktfx.modules import reliability
 from masktfx.modules.model import build_model
 from masktfx.modules.operating_point import operating_point
 from masktfx.modules.transform import transform_regions
@@ -165,11 +166,19 @@ def class_weights(counts: list[int]) -> dict[int, float]:
     return {label: total / (2.0 * count) for label, count in enumerate(counts)}
 
 
+def with_embedding(model: tf.keras.Model) -> tf.keras.Model:
+    """The model with a second output: the fused features its last layer decides on."""
+    return tf.keras.Model(model.inputs, [model.output, model.get_layer("fuse_views").output])
+
+
 def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
-                    config: PipelineConfig, threshold: float | None = None) -> dict[str, Any]:
+                    config: PipelineConfig, threshold: float | None = None,
+                    ood: reliability.OodScore | None = None) -> dict[str, Any]:
     """The serving signatures; `label` is probability >= `threshold` (default: the config's
-    decision_threshold)."""
+    decision_threshold); with `ood`, `ood_score` and `in_distribution` too."""
     model.tft_layer = tf_transform_output.transform_features_layer()
+    model.ood = ood
+    scorer = with_embedding(model)
     raw_spec = tf_transform_output.raw_feature_spec()
     serving_spec = {key: raw_spec[key] for key in (features.IMAGES_KEY, features.MASKS_KEY)}
     num_masks = serving_spec[features.MASKS_KEY].shape[0]
@@ -177,9 +186,15 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
 
     def predict(raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         transformed = model.tft_layer(raw)
-        probability = tf.reshape(model(transformed[features.REGION_KEY], training=False), [-1])
-        return {features.PROBABILITY_OUTPUT: probability,
-                features.PREDICTED_LABEL_OUTPUT: tf.cast(probability >= threshold, tf.int64)}
+        output, embedding = scorer(transformed[features.REGION_KEY], training=False)
+        probability = tf.reshape(output, [-1])
+        answers = {features.PROBABILITY_OUTPUT: probability,
+                   features.PREDICTED_LABEL_OUTPUT: tf.cast(probability >= threshold, tf.int64)}
+        if ood is not None:
+            found = ood(embedding, transformed[features.REGION_STATISTICS_KEY])
+            answers[features.OOD_SCORE_OUTPUT] = found["ood_score"]
+            answers[features.IN_DISTRIBUTION_OUTPUT] = found["in_distribution"]
+        return answers
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
@@ -274,7 +289,8 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
                 weights: dict[int, float], log_dir: str | None = None,
                 steps_per_epoch: int | None = None, verbose: int = 2
                 ) -> tuple[tf.keras.Model, tf.keras.callbacks.History]:
-    """Fit with early stopping on eval AUC (best weights kept); shared by run_fn and bench."""
+    """Fit with early stopping on the validation split's AUC (best weights kept); shared by
+    run_fn and bench."""
     with distribution_strategy(config.distribution_strategy).scope():
         model = build_model(config)
     callbacks = [
@@ -296,20 +312,53 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
     return model, history
 
 
-def choose_operating_point(model: tf.keras.Model, evaluation: tf.data.Dataset,
-                           config: PipelineConfig) -> dict:
-    """The served threshold, chosen by `threshold_policy` on the eval split's predictions (no
-    pass over them for `fixed`)."""
-    if config.threshold_policy == "fixed":
-        return operating_point(np.zeros(0), np.zeros(0), "fixed", config.decision_threshold)
-    labels, probabilities = [], []
-    for regions, batch_labels in evaluation:
-        probabilities.append(tf.reshape(model(regions, training=False), [-1]).numpy())
-        labels.append(tf.reshape(batch_labels, [-1]).numpy())
-    point = operating_point(np.concatenate(labels), np.concatenate(probabilities),
+def region_outputs(model: tf.keras.Model, file_pattern: list[str] | str,
+                   tf_transform_output: tft.TFTransformOutput, config: PipelineConfig,
+                   limit: int | None = None) -> dict[str, np.ndarray]:
+    """Labels, probabilities, fused features and region statistics of the transformed examples
+    (the first `limit` of them), without augmentation."""
+    scorer = with_embedding(model)
+    found: dict[str, list[np.ndarray]] = {"labels": [], "probabilities": [], "embeddings": [],
+                                          "statistics": []}
+    seen = 0
+    for batch in _transformed_dataset(file_pattern, tf_transform_output, 256):
+        output, embedding = scorer(batch[features.REGION_KEY], training=False)
+        found["probabilities"].append(tf.reshape(output, [-1]).numpy())
+        found["embeddings"].append(embedding.numpy())
+        found["statistics"].append(batch[features.REGION_STATISTICS_KEY].numpy())
+        found["labels"].append(batch[features.TRANSFORMED_LABEL_KEY].numpy().reshape(-1))
+        seen += len(found["labels"][-1])
+        if limit is not None and seen >= limit:
+            break
+    return {name: np.concatenate(values)[:limit] for name, values in found.items()}
+
+
+def choose_operating_point(validation: dict[str, np.ndarray], config: PipelineConfig) -> dict:
+    """The served threshold, chosen by `threshold_policy` on the validation split's
+    predictions."""
+    point = operating_point(validation["labels"], validation["probabilities"],
                             config.threshold_policy, config.decision_threshold, seed=config.seed)
     logging.info("operating point: %s", point)
     return point
+
+
+def fit_reliability(train: dict[str, np.ndarray], validation: dict[str, np.ndarray],
+                    threshold: float) -> tuple[reliability.OodScore, dict[str, Any]]:
+    """The OOD score (fitted on `train`, its threshold on `validation`) and the reliability
+    file: the calibration on `validation` and what the validation split gave."""
+    ood = reliability.fit_ood(train["embeddings"], train["statistics"])
+    validation_scores = reliability.ood_scores(ood, validation["embeddings"],
+                                               validation["statistics"])
+    ood_threshold = reliability.ood_threshold(validation_scores)
+    calibration = performance.fit_calibration(validation["labels"], validation["probabilities"])
+    labels, probabilities = validation["labels"], validation["probabilities"]
+    measured = {"regions": int(len(labels)), "auc": performance.auc(labels, probabilities),
+                "accuracy": float(np.mean((probabilities >= threshold) == (labels == 1)))
+                if len(labels) else float("nan"),
+                "in_distribution": float(np.mean(validation_scores <= ood_threshold))
+                if len(labels) else float("nan")}
+    return (reliability.OodScore(ood, ood_threshold),
+            reliability.summary(calibration, ood_threshold, measured))
 
 
 def run_fn(fn_args: Any) -> None:
@@ -330,17 +379,23 @@ def run_fn(fn_args: Any) -> None:
     model, history = train_model(config, train, evaluation, weights, fn_args.model_run_dir,
                                  steps_per_epoch)
     logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
-    point = choose_operating_point(model, evaluation, config)
-    signatures = make_signatures(model, tf_transform_output, config, point["threshold"])
+    validation = region_outputs(model, fn_args.eval_files, tf_transform_output, config)
+    point = choose_operating_point(validation, config)
+    ood, reliability_found = fit_reliability(
+        region_outputs(model, fn_args.train_files, tf_transform_output, config,
+                       limit=reliability.MAX_FIT_REGIONS), validation, point["threshold"])
+    signatures = make_signatures(model, tf_transform_output, config, point["threshold"], ood)
     # The signatures' gradients (attribution) are traced into their graphs here; saving the
     # custom gradient of GroupNormalization as well would only serve differentiating the
     # loaded model again, and makes every save and load of it several seconds slower.
     model.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures,
                options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-    point_path = os.path.join(fn_args.serving_model_dir, features.OPERATING_POINT_FILE)
-    tf.io.gfile.makedirs(os.path.dirname(point_path))
-    with tf.io.gfile.GFile(point_path, "w") as out:
-        out.write(json.dumps(point, indent=1))
+    for name, found in ((features.OPERATING_POINT_FILE, point),
+                        (features.RELIABILITY_FILE, reliability_found)):
+        path = os.path.join(fn_args.serving_model_dir, name)
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        with tf.io.gfile.GFile(path, "w") as out:
+            out.write(json.dumps(found, indent=1))
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY), "w") as out:
         out.write(json.dumps({"class_weights": weights, "history": {

@@ -215,9 +215,12 @@ def to_input_grid(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig
             tf.image.resize(masks, [size, size], method="nearest"))
 
 
-def apply_mask(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig) -> tf.Tensor:
-    """[K, H, W, C] views + [K, H, W, 1] masks -> [K, S, S, C'] model input for one example."""
+def apply_mask(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig,
+               with_statistics: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+    """[K, H, W, C] views + [K, H, W, 1] masks -> [K, S, S, C'] model input for one example
+    (with `with_statistics`, and its `region_statistics`)."""
     views, masks = to_input_grid(views, masks, config)
+    statistics = region_statistics(views, masks) if with_statistics else None
     if config.mask_mode == "none":
         masks = tf.ones_like(masks)  # the region is the whole image: the mask is not used
     if config.normalization == "region":
@@ -226,7 +229,29 @@ def apply_mask(views: tf.Tensor, masks: tf.Tensor, config: PipelineConfig) -> tf
         views = views * masks
     if config.input_channels > config.channels:
         views = tf.concat([views, masks], axis=-1)
-    return views
+    return (views, statistics) if with_statistics else views
+
+
+def region_statistics(views: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
+    """[K, S, S, C] views on the model's grid (before any normalization) and [K, S, S, 1] masks
+    -> [4 C + 1]: per channel, the mean and standard deviation inside the region and in the
+    rest of the crop around it (0 when there is none), averaged over the views, then the
+    region's share of the crop. What the region normalization removes from the model's input
+    (brightness, contrast, colour of a site), kept for the out-of-distribution score."""
+    def moments(weights: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        count = tf.reduce_sum(weights, axis=[1, 2])  # [K, 1]
+        safe = tf.maximum(count, 1.0)
+        mean = tf.reduce_sum(views * weights, axis=[1, 2]) / safe  # [K, C]
+        variance = tf.reduce_sum(tf.square(views - mean[:, None, None]) * weights,
+                                 axis=[1, 2]) / safe
+        present = tf.cast(count > 0, views.dtype)
+        return (tf.reduce_mean(mean * present, axis=0),
+                tf.reduce_mean(tf.sqrt(variance) * present, axis=0))
+
+    inside_mean, inside_std = moments(masks)
+    around_mean, around_std = moments(1.0 - masks)
+    share = tf.reshape(tf.reduce_mean(masks), [1])
+    return tf.concat([inside_mean, inside_std, around_mean, around_std, share], axis=0)
 
 
 def standardize_over_region(views: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
@@ -243,10 +268,12 @@ def standardize_over_region(views: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
 
 
 def transform_regions(encoded_images: tf.Tensor, encoded_masks: tf.Tensor,
-                      config: PipelineConfig, masks_only: bool = False) -> tf.Tensor:
+                      config: PipelineConfig, masks_only: bool = False,
+                      with_statistics: bool = False) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
     """[B, K] encoded images and [B, 1 or K] masks -> [B, K, S, S, C'] float32. With
     `masks_only`, each view's region mask on the model's grid instead, [B, K, S, S] in {0, 1}
-    (whatever the mask mode: `none` ignores the mask, but the region is still there)."""
+    (whatever the mask mode: `none` ignores the mask, but the region is still there). With
+    `with_statistics`, also each region's `region_statistics`, [B, 4 C + 1]."""
     num_views = config.num_views
     channels = config.channels
     size = config.image_size
@@ -268,14 +295,23 @@ def transform_regions(encoded_images: tf.Tensor, encoded_masks: tf.Tensor,
         decoded_masks = decode_masks(encoded_masks, shape[1], shape[2], num_views, num_masks, row)
         if masks_only:
             return to_input_grid(views, decoded_masks, config)[1][..., 0]
-        return apply_mask(views, decoded_masks, config)
+        return apply_mask(views, decoded_masks, config, with_statistics)
 
     shape = [num_views, size, size] + ([] if masks_only else [config.input_channels])
-    regions = tf.map_fn(
+    signature = tf.TensorSpec(shape, tf.float32)
+    if with_statistics:
+        signature = (signature, tf.TensorSpec([statistics_size(config)], tf.float32))
+    found = tf.map_fn(
         one_example, (tf.range(tf.shape(encoded_images)[0]), encoded_images, encoded_masks),
-        fn_output_signature=tf.TensorSpec(shape, tf.float32))
+        fn_output_signature=signature)
+    regions = found[0] if with_statistics else found
     regions.set_shape([None, *shape])
-    return regions
+    return (regions, found[1]) if with_statistics else regions
+
+
+def statistics_size(config: PipelineConfig) -> int:
+    """The length of `region_statistics` for this config's channels."""
+    return 4 * config.channels + 1
 
 
 def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
@@ -287,13 +323,13 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
                          "data before Transform runs")
     images = _dense(inputs[features.IMAGES_KEY])
     masks = _dense(inputs[features.MASKS_KEY])
-    regions = transform_regions(images, masks, config)
+    regions, statistics = transform_regions(images, masks, config, with_statistics=True)
     if config.normalization == "dataset":
         # per band: a raster's bands (near-infrared beside red, say) have ranges of their own
         scaled = [tft.scale_to_z_score(regions[..., band:band + 1])
                   for band in range(config.channels)]
         regions = tf.concat([*scaled, regions[..., config.channels:]], axis=-1)
-    outputs = {features.REGION_KEY: regions}
+    outputs = {features.REGION_KEY: regions, features.REGION_STATISTICS_KEY: statistics}
     if features.LABEL_KEY in inputs:
         label = _dense(inputs[features.LABEL_KEY])
         outputs[features.TRANSFORMED_LABEL_KEY] = tf.cast(tf.reshape(label, [-1]), tf.int64)

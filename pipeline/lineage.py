@@ -44,7 +44,8 @@ class Lineage:
     spans: list[int] = field(default_factory=list)
     examples_uri: str = ""
     train_examples: int | None = None
-    eval_examples: int | None = None  # the Evaluator's eval split
+    validation_examples: int | None = None  # the Trainer's validation split
+    test_examples: int | None = None  # the Evaluator's test split
     evaluated_spans: list[int] = field(default_factory=list)
     schema_uri: str = ""
     transform_graph_uri: str = ""
@@ -149,9 +150,9 @@ def lineage(config: PipelineConfig, version: str | None = None) -> Lineage:
         result.baseline_model_uri = baseline.uri if baseline is not None else ""
         examples = evaluator_inputs.get("examples", [])
         result.evaluated_spans = sorted({artifact_span(a) for a in examples})
-        counts = [split_counts(store, a).get(features.EVAL_SPLIT) for a in examples]
+        counts = [split_counts(store, a).get(features.TEST_SPLIT) for a in examples]
         if counts and None not in counts:
-            result.eval_examples = sum(counts)
+            result.test_examples = sum(counts)
     return result
 
 
@@ -169,9 +170,11 @@ def _follow_trainer(store: Store, trainer_inputs: dict[str, list[Artifact]],
     raw = execution_inputs(store, transform.id).get("examples", [])
     result.spans = sorted({artifact_span(a) for a in raw})
     result.examples_uri = ", ".join(a.uri for a in raw)
-    counts = [split_counts(store, a).get(features.TRAIN_SPLIT) for a in raw]
-    if counts and None not in counts:
-        result.train_examples = sum(counts)
+    for split, name in ((features.TRAIN_SPLIT, "train_examples"),
+                        (features.VALIDATION_SPLIT, "validation_examples")):
+        counts = [split_counts(store, a).get(split) for a in raw]
+        if counts and None not in counts:
+            setattr(result, name, sum(counts))
 
 
 def _labels_of(config: PipelineConfig, version: int) -> list[str]:
@@ -200,10 +203,10 @@ def format_lineage(item: Lineage) -> str:
         cached = "" if item.trained_in_run == item.pushed_by_run else " (reused from cache)"
         lines.append(f"  trained in run {item.trained_in_run}{cached}: model {item.model_uri}")
     spans = ", ".join(str(s) for s in item.spans) or "?"
-    lines.append(f"  trained on span(s) {spans}: {_count(item.train_examples)} train examples "
-                 f"({item.examples_uri})")
+    lines.append(f"  trained on span(s) {spans}: {_count(item.train_examples)} train and "
+                 f"{_count(item.validation_examples)} validation examples ({item.examples_uri})")
     evaluated = ", ".join(str(s) for s in item.evaluated_spans) or "?"
-    lines.append(f"  evaluated on span(s) {evaluated}: {_count(item.eval_examples)} eval "
+    lines.append(f"  evaluated on span(s) {evaluated}: {_count(item.test_examples)} test "
                  f"examples ({item.evaluation_uri})")
     lines.append(f"  baseline: {item.baseline_model_uri or 'none (first blessed model)'}")
     if item.operating_point:

@@ -40,7 +40,12 @@ from masktfx.pipeline.pipeline import (
     schema_path,
 )
 from masktfx.pipeline.run_output import new_run_id
-from masktfx.pipeline.split_plan import SplitPlanError, check_split, partition_feature_name
+from masktfx.pipeline.split_plan import (
+    SplitPlanError,
+    check_split,
+    few_groups_warning,
+    partition_feature_name,
+)
 from masktfx.pipeline.summary import RunSummary, artifact_span, open_store, summarize_run
 
 VERIFIED_SHARDS = "verified-shards.json"  # in the workdir: shards already read through once
@@ -103,14 +108,18 @@ def prepare(config: PipelineConfig, data: str, progress_stream: TextIO | None = 
     verified = verify_shards(shards_to_read(data_root, config),
                              os.path.join(config.workdir, VERIFIED_SHARDS))
     try:
-        check_split(labels_by_partition(verified, partition_feature_name(config)), config)
+        plan = check_split(labels_by_partition(verified, partition_feature_name(config)), config)
     except SplitPlanError as exc:
         raise DataLayoutError(f"{data_root}: {exc}") from None
     warnings = []
     if config.split_by == "id":
         warnings.append("split_by: id: examples are split one by one, so neighbouring regions "
-                        "of one group (patient, scene, site) can fall in both train and eval; "
-                        "the eval figures may then be optimistic")
+                        "of one group (patient, scene, site) can fall in train, validation and "
+                        "test; the test figures may then be optimistic")
+    elif config.confidence_intervals:
+        few = few_groups_warning(plan)
+        if few:
+            warnings.append(few)
     write_schema(config, schema_path(config))
     config.save_yaml(os.path.join(config.workdir, RUN_CONFIG))
     return PreparedRun(config, ingested, tuple(warnings))

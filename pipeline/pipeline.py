@@ -21,7 +21,7 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
     LatestBlessedModelStrategy,
 )
 from tfx.orchestration.pipeline import Pipeline
-from tfx.proto import example_gen_pb2, pusher_pb2, range_config_pb2, trainer_pb2
+from tfx.proto import example_gen_pb2, pusher_pb2, range_config_pb2, trainer_pb2, transform_pb2
 from tfx.types import Channel, standard_artifacts
 
 from masktfx import features, modules
@@ -38,7 +38,7 @@ from masktfx.components.versioned_pusher import VersionedPusher
 from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
 from masktfx.modules.schema import schema_digest
 from masktfx.pipeline.code_fingerprint import code_fingerprint
-from masktfx.pipeline.split_plan import partition_feature_name
+from masktfx.pipeline.split_plan import partition_feature_name, split_buckets
 
 MODULES_DIR = os.path.dirname(os.path.abspath(modules.__file__))
 TRANSFORM_MODULE = os.path.join(MODULES_DIR, "transform.py")
@@ -68,12 +68,8 @@ def example_gen_configs(config: PipelineConfig, span: int | None = None) -> dict
         "input_config": example_gen_pb2.Input(splits=[
             example_gen_pb2.Input.Split(name="single_split", pattern=pattern)]),
         "output_config": example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-            splits=[
-                example_gen_pb2.SplitConfig.Split(name=features.TRAIN_SPLIT,
-                                                  hash_buckets=config.train_buckets),
-                example_gen_pb2.SplitConfig.Split(name=features.EVAL_SPLIT,
-                                                  hash_buckets=config.eval_buckets),
-            ],
+            splits=[example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=buckets)
+                    for name, buckets in split_buckets(config).items()],
             # Hash of the group, so a patient, subject or site never straddles the splits
             # (`split_by: id`: of the example; pipeline/split_plan.py checks the plan first).
             partition_feature_name=partition_feature_name(config))),
@@ -110,7 +106,7 @@ def attribution_settings(config: PipelineConfig) -> dict[str, Any] | None:
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     """Metrics overall and per metadata column; the gate: accuracy floor and bounded AUC drop."""
-    # The gate looks at the whole eval split; per-slice figures are reported, not gated (a slice
+    # The gate looks at the whole test split; per-slice figures are reported, not gated (a slice
     # of a dozen examples would make the decision a coin toss).
     overall = [tfma.SlicingSpec()]
     accuracy = tfma.MetricConfig(
@@ -190,6 +186,11 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     transform = Transform(
         examples=examples, schema=schema_gen.outputs["schema"],
         module_file=TRANSFORM_MODULE,
+        # The test split is never transformed: the Trainer cannot read what does not exist, and
+        # the Evaluator and the ServingCheck read raw examples through the serving signature.
+        splits_config=transform_pb2.SplitsConfig(
+            analyze=[features.TRAIN_SPLIT],
+            transform=[features.TRAIN_SPLIT, features.VALIDATION_SPLIT]),
         custom_config=config.component_config(TRANSFORM_FIELDS,
                                               code_fingerprint([TRANSFORM_MODULE])),
         # StatisticsGen already describes the raw data, and nothing reads statistics of the
@@ -215,7 +216,8 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         schema=schema_gen.outputs["schema"],
         train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps)
         if train_args is None else train_args,
-        eval_args=trainer_pb2.EvalArgs(num_steps=0),
+        # `validation` for early stopping, the operating point, calibration and the OOD threshold
+        eval_args=trainer_pb2.EvalArgs(num_steps=0, splits=[features.VALIDATION_SPLIT]),
         custom_config=config.component_config(TRAINER_FIELDS, code_fingerprint([TRAINER_MODULE])))
     model_resolver = Resolver(
         strategy_class=LatestBlessedModelStrategy,

@@ -115,7 +115,7 @@ def _read_sample(examples_uri: str, data: ReportData) -> None:
     """Mask coverage and a few regions per class, from the first records of each split."""
     import tensorflow as tf
 
-    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+    for split in features.SPLITS:
         files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
         if not files:
             continue
@@ -127,7 +127,7 @@ def _read_sample(examples_uri: str, data: ReportData) -> None:
             mask = _decode_array(feature[features.MASKS_KEY].bytes_list.value[0]) > 0
             fractions.append(float(mask.mean()))
             label = int(feature[features.LABEL_KEY].int64_list.value[0])
-            if split != features.EVAL_SPLIT:
+            if split != features.TEST_SPLIT:
                 continue
             chosen = data.samples.setdefault(label, [])
             if len(chosen) < GRID_PER_CLASS:
@@ -463,11 +463,19 @@ def page_context(data: ReportData) -> dict[str, Any]:
                + sorted(data.intervals["slices"].items())) if data.intervals else []
     context["interval_resamples"] = data.intervals.get("resamples", 0)
     context["interval_rows"] = [
-        [name, str(entry["count"])] + [_interval(entry["metrics"][metric]) for metric in METRICS]
+        [name, str(entry["count"]), str(entry.get("groups", "?"))]
+        + [_interval(entry["metrics"][metric]) if entry.get("meaningful", True)
+           else f"{_number(entry['metrics'][metric]['value'])} (no interval: too few groups)"
+           for metric in METRICS]
         for name, entry in entries]
     context["interval_attributes"] = [
-        [{}, {}] + [{"data-interval": metric, "data-interval-slice": name} for metric in METRICS]
+        [{}, {}, {}] + [{"data-interval": metric, "data-interval-slice": name}
+                        for metric in METRICS]
         for name, _ in entries]
+    context["interval_min_groups"] = data.intervals.get("min_groups", 0)
+    context["risk_coverage_rows"] = [
+        [f"{point['coverage']:.2f}", _number(point["auc"]), f"{point['ood_threshold']:.3f}"]
+        for point in data.intervals.get("risk_coverage", [])]
     found = summary.attribution
     context["attribution_text"] = format_attribution(found) if found.get("regions") else ""
     context["attribution_figure"] = (attribution_figure(found, data.attribution_maps)

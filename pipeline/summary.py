@@ -14,6 +14,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.utils import path_utils
 
+from masktfx import features
 from masktfx.components.attribution import ATTRIBUTION_FILE
 from masktfx.components.drift import DRIFT_PROPERTY
 from masktfx.components.evaluator import (
@@ -213,15 +214,15 @@ def format_runs(runs: list[RunSummary]) -> str:
     """A fixed-width table, one run per line, oldest first."""
     import datetime
 
-    header = ("run", "started (UTC)", "span", "train", "eval", "auc", "accuracy", "blessed",
-              "pushed")
+    header = ("run", "started (UTC)", "span", *features.SPLITS, "test auc", "test accuracy",
+              "blessed", "pushed")
     rows = [header]
     for run in runs:
         started = datetime.datetime.fromtimestamp(run.started_ms / 1000, datetime.timezone.utc)
         rows.append((
             run.run_id, started.strftime("%Y-%m-%d %H:%M:%S"),
             ",".join(str(s) for s in run.spans) or "-",
-            str(run.examples.get("train", "-")), str(run.examples.get("eval", "-")),
+            *(str(run.examples.get(split, "-")) for split in features.SPLITS),
             f"{run.metrics['auc']:.4f}" if "auc" in run.metrics else "-",
             f"{run.metrics['binary_accuracy']:.4f}" if "binary_accuracy" in run.metrics else "-",
             {None: "-", True: "yes", False: "no"}[run.blessed],
@@ -322,9 +323,10 @@ def format_operating_point(point: dict[str, Any]) -> str:
     low, high = point.get("interval", [point["threshold"]] * 2)
     rates = ", ".join(f"{name} {point[name]:.3f}" for name in
                       ("sensitivity", "specificity", "precision") if point.get(name) is not None)
-    missed = "" if point.get("met", True) else " (target not reached on the eval split)"
+    missed = ("" if point.get("met", True)
+              else " (target not reached on the validation split)")
     return (f"{point['policy']} -> threshold {point['threshold']:.4f} (95% interval "
-            f"{low:.4f}-{high:.4f}){missed}; on the eval split: {rates}")
+            f"{low:.4f}-{high:.4f}){missed}; on the validation split: {rates}")
 
 
 def _read_serving_check(outputs: dict[str, list], summary: RunSummary) -> None:
@@ -351,7 +353,7 @@ def format_attribution(found: dict[str, Any]) -> str:
     """One line: the median share of the attribution inside the mask, overall and per class."""
     by_class = found["by_class"]
     return (f"attribution inside the mask: median {found['overall']['median']:.3f} over "
-            f"{found['regions']} eval regions (label 0: {by_class['0']['median']:.3f}, "
+            f"{found['regions']} test regions (label 0: {by_class['0']['median']:.3f}, "
             f"label 1: {by_class['1']['median']:.3f})")
 
 
@@ -369,14 +371,15 @@ def format_summary(summary: RunSummary) -> str:
     if summary.examples:
         where = f" (span {', '.join(str(s) for s in summary.spans)})" if window else ""
         lines.append(f"  examples{where}: " + ", ".join(
-            f"{split} {count}" for split, count in sorted(summary.examples.items())))
+            f"{split} {summary.examples[split]}" for split in features.SPLITS
+            if split in summary.examples))
     if summary.drift:
         lines.append(f"  DRIFT: {summary.drift}")
     wanted = ("auc", "binary_accuracy", "precision", "recall", "auc_pr", "calibration",
               "example_count")
     shown = [f"{name} {summary.metrics[name]:.4f}" for name in wanted if name in summary.metrics]
     if shown:
-        lines.append("  eval: " + ", ".join(shown))
+        lines.append("  test split: " + ", ".join(shown))
     if summary.attribution.get("regions"):
         lines.append("  " + format_attribution(summary.attribution))
     if summary.blessed is None:

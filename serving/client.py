@@ -37,6 +37,12 @@ class Prediction:
     probability: float
     label: int
     model_version: int
+    ood_score: float | None = None  # None: a model trained before it had one
+    in_distribution: bool | None = None
+
+
+def _optional(value: Any, kind: type) -> Any:
+    return None if value is None else kind(value)
 
 
 def _with_retries(call: Callable[[], Any], retries: int, backoff: float) -> Any:
@@ -178,7 +184,10 @@ class RestClient:
                 if version is not None or error.code != "404" or attempt == 2:
                     raise
         return [Prediction(float(p[features.PROBABILITY_OUTPUT]),
-                           int(p[features.PREDICTED_LABEL_OUTPUT]), chosen) for p in predictions]
+                           int(p[features.PREDICTED_LABEL_OUTPUT]), chosen,
+                           _optional(p.get(features.OOD_SCORE_OUTPUT), float),
+                           _optional(p.get(features.IN_DISTRIBUTION_OUTPUT), bool))
+                for p in predictions]
 
 
 class GrpcClient:
@@ -253,7 +262,11 @@ class GrpcClient:
         request.inputs[features.MASKS_KEY].CopyFrom(
             tf.make_tensor_proto(np.array([list(m) for m in masks], dtype=object)))
         response = self._call(self._predict.Predict, request)
-        probability = tf.make_ndarray(response.outputs[features.PROBABILITY_OUTPUT])
-        label = tf.make_ndarray(response.outputs[features.PREDICTED_LABEL_OUTPUT])
+        outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        probability = outputs[features.PROBABILITY_OUTPUT]
+        label = outputs[features.PREDICTED_LABEL_OUTPUT]
+        ood = outputs.get(features.OOD_SCORE_OUTPUT, [None] * len(probability))
+        inside = outputs.get(features.IN_DISTRIBUTION_OUTPUT, [None] * len(probability))
         served = response.model_spec.version.value
-        return [Prediction(float(p), int(v), served) for p, v in zip(probability, label)]
+        return [Prediction(float(p), int(v), served, _optional(o, float), _optional(i, bool))
+                for p, v, o, i in zip(probability, label, ood, inside)]

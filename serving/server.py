@@ -260,6 +260,8 @@ class RestHandler(BaseHTTPRequestHandler):
             input_names = sorted(resolved[2].structured_input_signature[1])
             inputs, rows = parse_predict_body(body, input_names, manager.max_regions)
             _, _, outputs = manager.call(resolved, inputs)
+            if self.metrics is not None:
+                self.metrics.count_regions(labels, outputs)
             self._send(200, format_predict_response(outputs, rows))
         except ServingError as error:
             labels["code"] = error.code
@@ -348,6 +350,7 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
                 except Exception as exc:
                     raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {exc}") from None
             served, signature, outputs = manager.call(resolved, inputs)
+            metrics.count_regions(labels, outputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = manager.name
             response.model_spec.version.value = served

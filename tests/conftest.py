@@ -169,7 +169,7 @@ def tiny_examples(rng: np.random.Generator, count: int) -> list[tuple[int, bytes
 def train_tiny_model(tmp_path, examples: list[tuple[int, bytes, bytes]] | None = None,
                      **settings) -> tuple[str, list[tuple[int, bytes, bytes]]]:
     """A real SavedModel made by run_fn on 24 tiny transformed examples (16 train, the last 8
-    eval), or on `examples` (label, image, mask; two thirds train); `settings` override the
+    validation), or on `examples` (label, image, mask; two thirds train); `settings` override the
     config. Returns its folder and the examples."""
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -191,13 +191,14 @@ def train_tiny_model(tmp_path, examples: list[tuple[int, bytes, bytes]] | None =
     data_dir = tmp_path / "transformed"
     data_dir.mkdir()
     for split, rows in (("train", transformed[:train_count]),
-                        ("eval", transformed[train_count:])):
+                        ("validation", transformed[train_count:])):
         options = tf.io.TFRecordOptions(compression_type="GZIP")
         with tf.io.TFRecordWriter(str(data_dir / f"{split}.gz"), options=options) as writer:
             for row in rows:
                 writer.write(coder.encode(row))
     serving_dir = str(tmp_path / "serving_model")
-    run_fn(FnArgs(train_files=[str(data_dir / "train.gz")], eval_files=[str(data_dir / "eval.gz")],
+    run_fn(FnArgs(train_files=[str(data_dir / "train.gz")],
+                  eval_files=[str(data_dir / "validation.gz")],
                   transform_output=transform_dir, serving_model_dir=serving_dir,
                   model_run_dir=str(tmp_path / "run"),
                   custom_config=config.component_config(TRAINER_FIELDS),

@@ -1,4 +1,4 @@
-"""The operating point: the served label's threshold, chosen on the eval split by
+"""The operating point: the served label's threshold, chosen on the validation split by
 `threshold_policy`, written into the SavedModel and followed by its `label` output, in process and
 over REST."""
 
@@ -78,10 +78,10 @@ def test_the_served_label_follows_the_threshold_chosen_for_min_sensitivity(tmp_p
                                              epochs=3)
     with open(os.path.join(serving_dir, features.OPERATING_POINT_FILE), encoding="utf-8") as f:
         point = json.load(f)
-    assert point["policy"] == "min_sensitivity:0.9" and point["eval_examples"] == 8
+    assert point["policy"] == "min_sensitivity:0.9" and point["validation_examples"] == 8
     threshold = point["threshold"]
 
-    evaluation = examples[16:]  # the eval split run_fn chose the threshold on
+    evaluation = examples[16:]  # the validation split run_fn chose the threshold on
     loaded = tf.saved_model.load(serving_dir)
     images = [[image] for _, image, _ in evaluation]
     masks = [[mask] for _, _, mask in evaluation]
@@ -91,7 +91,7 @@ def test_the_served_label_follows_the_threshold_chosen_for_min_sensitivity(tmp_p
     label = outputs[features.PREDICTED_LABEL_OUTPUT].numpy()
     np.testing.assert_array_equal(label, (probability >= threshold).astype(np.int64))
     truth = np.array([example[0] for example in evaluation])
-    assert label[truth == 1].mean() >= 0.9  # the eval sensitivity the policy asked for
+    assert label[truth == 1].mean() >= 0.9  # the sensitivity the policy asked for
     assert point["sensitivity"] == pytest.approx(label[truth == 1].mean())
 
     base = tmp_path / "served" / "tiny"
@@ -113,3 +113,17 @@ def test_the_served_label_follows_the_threshold_chosen_for_min_sensitivity(tmp_p
     finally:
         server.stop()
     assert [p[features.PREDICTED_LABEL_OUTPUT] for p in served] == label.tolist()
+
+
+def test_one_class_labels_choose_no_threshold_and_leave_one_class_resamples_out():
+    # all positive: one class, whatever its value, has no operating point
+    for labels in (np.ones(30, int), np.zeros(30, int)):
+        threshold, met = choose_threshold(labels, np.linspace(0.1, 0.9, 30), "youden", 0.5)
+        assert (threshold, met) == (0.5, False)
+    # two regions of label 0 among 40: many resamples hold label 1 only; they must not put the
+    # fixed threshold (0.5) into the interval, which the two-class resamples never choose
+    labels = np.r_[np.zeros(2, int), np.ones(38, int)]
+    probabilities = np.r_[[0.05, 0.1], np.linspace(0.8, 0.99, 38)]
+    point = operating_point(labels, probabilities, "youden", 0.5, seed=1, resamples=300)
+    low, high = point["interval"]
+    assert 0.1 < low <= point["threshold"] <= high < 0.8

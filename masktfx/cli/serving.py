@@ -225,7 +225,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(json.dumps({"id": example_id, "error": prediction.message}), flush=True)
                 status = 1
                 continue
-            print(json.dumps({"id": example_id, "probability": prediction.probability,
-                              "label": prediction.label,
-                              "model_version": prediction.model_version}), flush=True)
+            answer = {"id": example_id, "probability": prediction.probability,
+                      "label": prediction.label, "model_version": prediction.model_version}
+            if prediction.ood_score is not None:
+                answer.update(ood_score=prediction.ood_score,
+                              in_distribution=prediction.in_distribution)
+            print(json.dumps(answer), flush=True)
     return status
