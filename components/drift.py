@@ -8,6 +8,13 @@ statistics (TFDV's DatasetFeatureStatisticsList) of the examples a model was tra
 version it pushes; the DriftCheck component and `masktfx drift` compare new regions' statistics
 with those of the newest pushed version, through TFDV's drift comparator (Jensen-Shannon
 divergence of each descriptor's histogram).
+
+Descriptors say that data differs, not that the model will do worse on it. For that, the same
+regions go through the newest pushed version's `serving_default`, and its AUC and accuracy on them
+are estimated from its own probabilities, calibrated on its validation split
+(`masktfx.performance.estimate`, CBPE), beside the AUC its test split measured. A span is called
+worse only on that estimate: when its interval lies wholly under the test split's AUC, or under
+`min_estimated_auc`.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from masktfx import features
+from masktfx import features, performance
 from masktfx.images import RegionInputError, decode_mask_array, decode_pixels
 from masktfx.records import split_records
 
@@ -30,6 +37,9 @@ DESCRIPTORS_FILE = os.path.join("assets.extra", "masktfx_region_descriptors.pb")
 DRIFT_FILE = "drift.json"  # the comparison, in the DriftCheck's output artifact
 CURRENT_STATISTICS_FILE = "region_descriptors.pb"  # the new data's descriptor statistics
 DRIFT_PROPERTY = "drift"  # on the DriftCheck's artifact: the descriptors that moved, if any
+ESTIMATE_PROPERTY = "estimate"  # on the DriftCheck's artifact: the estimate's line
+# The Evaluator's test-split figures of a pushed version, stored with it by the Pusher.
+TEST_METRICS_FILE = os.path.join("assets.extra", "masktfx_test_metrics.json")
 # How far the ring around a region reaches, as a share of the region's box.
 AROUND_MARGIN = 0.25
 
@@ -215,22 +225,146 @@ def describe_moved(report: dict[str, Any]) -> str:
             f"was trained on: " + ", ".join(parts))
 
 
+def _read_json(path: str) -> dict[str, Any] | None:
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        return json.loads(handle.read())
+
+
+def score_records(saved_model_dir: str, serialized: Sequence[bytes], batch_size: int = 256
+                  ) -> dict[str, np.ndarray]:
+    """The model's `serving_default` answers for serialized examples, with their labels (-1 when
+    a record has none) and groups. A batch the graph refuses is scored record by record, and the
+    refused records are left out (`refused`: their indices)."""
+    import tensorflow as tf
+    from tensorflow.core.example import example_pb2
+
+    serve = tf.saved_model.load(saved_model_dir).signatures[features.SERVING_SIGNATURE]
+    answers: dict[str, list[np.ndarray]] = {}
+    kept: list[int] = []
+    refused: list[int] = []
+
+    def run(indices: list[int]) -> None:
+        try:
+            found = serve(examples=tf.constant([serialized[i] for i in indices]))
+        except tf.errors.InvalidArgumentError:
+            if len(indices) == 1:
+                refused.extend(indices)
+                return
+            for index in indices:
+                run([index])
+            return
+        for name, value in found.items():
+            answers.setdefault(name, []).append(value.numpy().reshape(len(indices)))
+        kept.extend(indices)
+
+    for start in range(0, len(serialized), batch_size):
+        run(list(range(start, min(start + batch_size, len(serialized)))))
+    labels, groups = [], []
+    for index in kept:
+        feature = example_pb2.Example.FromString(serialized[index]).features.feature
+        values = feature[features.LABEL_KEY].int64_list.value if features.LABEL_KEY in feature \
+            else []
+        labels.append(int(values[0]) if values else -1)
+        names = feature[features.GROUP_KEY].bytes_list.value if features.GROUP_KEY in feature \
+            else []
+        groups.append(names[0].decode("utf-8", "replace") if names else f"region{index}")
+    found = {name: np.concatenate(values) for name, values in answers.items()}
+    found.update(labels=np.array(labels, dtype=np.int64), groups=np.array(groups, dtype=object),
+                 refused=np.array(refused, dtype=np.int64))
+    return found
+
+
+def estimate_performance(saved_model_dir: str, serialized: Sequence[bytes],
+                         min_estimated_auc: float = 0.0) -> dict[str, Any] | None:
+    """The version's estimated AUC and accuracy on these regions without their labels (None for
+    a version trained before it stored its calibration), its out-of-distribution share, the
+    test split's figures, the measured ones where every region is labelled, and whether the span
+    is worse than the test split said."""
+    reliability = _read_json(os.path.join(saved_model_dir, features.RELIABILITY_FILE))
+    point = _read_json(os.path.join(saved_model_dir, features.OPERATING_POINT_FILE)) or {}
+    if reliability is None or not serialized:
+        return None
+    threshold = float(point.get("threshold", 0.5))
+    scored = score_records(saved_model_dir, serialized)
+    scores = scored[features.PROBABILITY_OUTPUT]
+    found = performance.estimate(scores, reliability["calibration"], threshold,
+                                 groups=scored["groups"])
+    found["refused"] = int(len(scored["refused"]))
+    if features.IN_DISTRIBUTION_OUTPUT in scored:
+        found["in_distribution"] = float(np.mean(scored[features.IN_DISTRIBUTION_OUTPUT])) \
+            if len(scores) else float("nan")
+        found["validation_in_distribution"] = reliability["validation"].get("in_distribution")
+    labels = scored["labels"]
+    if len(labels) and (labels >= 0).all():
+        found["measured"] = {"auc": performance.auc(labels, scores),
+                             "accuracy": float(np.mean((scores >= threshold) == (labels == 1)))}
+    test = _read_json(os.path.join(saved_model_dir, TEST_METRICS_FILE))
+    found["test"] = test
+    reasons = []
+    upper = found["interval"]["auc"][1]
+    if test and test.get("auc") is not None and upper < test["auc"]:
+        reasons.append(f"the estimated AUC's interval (up to {upper:.3f}) lies under the test "
+                       f"split's {test['auc']:.3f}")
+    if min_estimated_auc and not found["auc"] >= min_estimated_auc:
+        reasons.append(f"the estimated AUC {found['auc']:.3f} is under min_estimated_auc "
+                       f"{min_estimated_auc:.3f}")
+    found["worse"] = bool(reasons)
+    found["worse_reasons"] = reasons
+    found["below_min_estimated_auc"] = bool(min_estimated_auc) and not (
+        found["auc"] >= min_estimated_auc)
+    return found
+
+
+def describe_estimate(estimate: dict[str, Any]) -> str:
+    """One line: "estimated AUC on this span X (test split: Y)", the interval and the OOD share."""
+    low, high = estimate["interval"]["auc"]
+    test = estimate.get("test") or {}
+    tested = f"{test['auc']:.3f}" if test.get("auc") is not None else "not stored"
+    line = (f"estimated AUC on this span {estimate['auc']:.3f} [{low:.3f}, {high:.3f}] "
+            f"(test split: {tested}), estimated accuracy {estimate['accuracy']:.3f}")
+    if "in_distribution" in estimate:
+        line += f"; {estimate['in_distribution']:.0%} of its regions in distribution"
+    if "measured" in estimate:
+        line += f"; measured AUC {estimate['measured']['auc']:.3f}"
+    return line + (" - WORSE: " + "; ".join(estimate["worse_reasons"])
+                   if estimate["worse"] else "")
+
+
 def check_drift(examples_uri: str, output_uri: str, model_base_dir: str, threshold: float,
-                action: str) -> dict[str, Any]:
+                action: str, min_estimated_auc: float = 0.0) -> dict[str, Any]:
     """The DriftCheck: describe every split of the new examples, compare with the newest pushed
-    version, write both into `output_uri`, and with `action` "stop" raise DataDriftError."""
+    version, estimate its performance on them, write all into `output_uri`, and with `action`
+    "stop" raise DataDriftError when descriptors moved or the estimate is under
+    `min_estimated_auc`."""
     import tensorflow as tf
 
     undescribed: list[str] = []
-    columns = describe_records(split_records([examples_uri]), undescribed)
+    records = list(split_records([examples_uri]))
+    columns = describe_records(records, undescribed)
     report = drift_report(columns, model_base_dir, threshold)
     report["undescribed"] = undescribed
+    report["estimate"] = (estimate_performance(
+        os.path.join(model_base_dir, str(report["reference_version"])), records,
+        min_estimated_auc) if report["reference_version"] is not None else None)
     tf.io.gfile.makedirs(output_uri)
     if columns:
         with tf.io.gfile.GFile(os.path.join(output_uri, CURRENT_STATISTICS_FILE), "wb") as out:
             out.write(descriptor_statistics(columns).SerializeToString())
     with tf.io.gfile.GFile(os.path.join(output_uri, DRIFT_FILE), "w") as out:
         out.write(json.dumps(report, indent=1))
+    estimate = report["estimate"]
+    if estimate:
+        logging.info("%s", describe_estimate(estimate))
+    if estimate and estimate["below_min_estimated_auc"]:
+        message = describe_estimate(estimate)
+        if action == "stop":
+            raise DataDriftError(f"{message}. The run stops before Transform (drift_action "
+                                 f"stop; min_estimated_auc {min_estimated_auc:g})")
+        logging.warning("%s", message)
     if report["moved"]:
         message = describe_moved(report)
         if action == "stop":

@@ -28,6 +28,7 @@ from tfx import types
 from tfx.components.pusher import executor as pusher_executor
 from tfx.components.pusher.component import Pusher
 from tfx.dsl.components.base import base_component, executor_spec
+from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
@@ -277,6 +278,7 @@ class Executor(pusher_executor.Executor):
         base_directory = destination.filesystem.base_directory
         extra_files = self._warmup(input_dict, exec_properties, base_directory)
         extra_files.update(self._descriptors(input_dict, exec_properties))
+        extra_files.update(self._test_metrics(input_dict))
         version, serving_path, published = publish(model_path, base_directory, extra_files)
         logging.info("Model version %d %s at %s", version,
                      "published" if published else "was already serving this model",
@@ -291,7 +293,7 @@ class Executor(pusher_executor.Executor):
     @staticmethod
     def _warmup(input_dict: dict[str, list[types.Artifact]], exec_properties: dict[str, Any],
                 base_directory: str) -> dict[str, bytes]:
-        """TF Serving's warmup file, from the first eval regions of the examples input."""
+        """TF Serving's warmup file, from the first test regions of the examples input."""
         examples = input_dict.get(EXAMPLES_KEY) or []
         count = int(exec_properties.get(WARMUP_REGIONS_KEY) or 0)
         if not examples or count <= 0:
@@ -321,7 +323,28 @@ class Executor(pusher_executor.Executor):
         return {drift.DESCRIPTORS_FILE: drift.descriptor_statistics(columns).SerializeToString()}
 
 
-EXAMPLES_KEY = "examples"  # eval regions the warmup requests are built from
+    @staticmethod
+    def _test_metrics(input_dict: dict[str, list[types.Artifact]]) -> dict[str, bytes]:
+        """The Evaluator's overall figures on the test split (its intervals' file), which later
+        estimates on new data are shown beside."""
+        evaluations = input_dict.get(EVALUATION_KEY) or []
+        if not evaluations:
+            return {}
+        from masktfx.components import drift, intervals
+
+        path = os.path.join(evaluations[0].uri, intervals.INTERVALS_FILE)
+        if not fileio.exists(path):
+            return {}
+        overall = json.loads(io_utils.read_string_file(path))["overall"]
+        metrics = overall["metrics"]
+        found = {"auc": metrics["auc"]["value"], "accuracy": metrics["accuracy"]["value"],
+                 "auc_interval": [metrics["auc"]["lower"], metrics["auc"]["upper"]],
+                 "regions": overall["count"], "groups": overall.get("groups")}
+        return {drift.TEST_METRICS_FILE: json.dumps(found, indent=1).encode()}
+
+
+EXAMPLES_KEY = "examples"  # test regions the warmup requests are built from
+EVALUATION_KEY = "evaluation"  # the Evaluator's output: its test-split figures
 WARMUP_REGIONS_KEY = "warmup_regions"
 DESCRIPTORS_KEY = "region_descriptors"  # 1: store the training regions' descriptors
 
@@ -333,12 +356,14 @@ class VersionedPusherSpec(standard_component_specs.PusherSpec):
                   WARMUP_REGIONS_KEY: ExecutionParameter(type=int, optional=True),
                   DESCRIPTORS_KEY: ExecutionParameter(type=int, optional=True)}
     INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
-              EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True)}
+              EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+              EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation,
+                                               optional=True)}
 
 
 class VersionedPusher(Pusher):
     """TFX Pusher with atomic, strictly increasing versions, each with TF Serving's warmup
-    requests (from `examples`' eval split) when `examples` is given, and with
+    requests (from `examples`' test split) when `examples` is given, and with
     `region_descriptors` the descriptors of its training split (components/drift.py)."""
 
     SPEC_CLASS = VersionedPusherSpec
@@ -349,11 +374,12 @@ class VersionedPusher(Pusher):
                  examples: types.BaseChannel | None = None,
                  warmup_regions: int = warmup.DEFAULT_WARMUP_REGIONS,
                  infra_blessing: types.BaseChannel | None = None,
-                 region_descriptors: bool = False):
+                 region_descriptors: bool = False,
+                 evaluation: types.BaseChannel | None = None):
         spec = VersionedPusherSpec(
             model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
             push_destination=push_destination,
-            examples=examples, warmup_regions=warmup_regions,
+            examples=examples, warmup_regions=warmup_regions, evaluation=evaluation,
             region_descriptors=int(region_descriptors),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel))
         base_component.BaseComponent.__init__(self, spec=spec)

@@ -169,7 +169,8 @@ class PipelineConfig:
         default=0.0, metadata={"help": "lowest AUC lower bound of any slice with at least "
                                        "min_slice_examples regions to bless (0: no gate)"})
     min_slice_examples: int = field(
-        default=20, metadata={"help": "slices smaller than this are reported, not gated"})
+        default=20, metadata={"help": "slices with fewer regions of either class are reported, "
+                                      "not gated"})
     min_auc_lower_bound: float = field(
         default=0.0, metadata={"help": "lowest overall AUC lower bound to bless (0: no gate)"})
     attribution_regions: int = field(
@@ -186,8 +187,13 @@ class PipelineConfig:
                                        "was trained on, past which the span has drifted "
                                        "(0: no drift check)"})
     drift_action: str = field(
-        default="warn", metadata={"help": "when a span has drifted: warn (the run goes on and "
-                                          "says so) or stop (before Transform)"})
+        default="warn", metadata={"help": "when a span has drifted or its estimated AUC is under "
+                                          "min_estimated_auc: warn (the run goes on and says "
+                                          "so) or stop (before Transform)"})
+    min_estimated_auc: float = field(
+        default=0.0, metadata={"help": "lowest AUC the newest pushed version is estimated to "
+                                       "reach on a new span, from its own calibrated "
+                                       "probabilities without labels (0: no gate)"})
     # Serving check (before the push)
     serving_check: bool = field(
         default=True, metadata={"help": "before the push, serve the candidate in a fresh model "
@@ -306,7 +312,7 @@ class PipelineConfig:
             parse_threshold_policy(self.threshold_policy)
         except ValueError as exc:
             raise ConfigError(f"threshold_policy: {exc}") from None
-        for name in ("min_slice_auc", "min_auc_lower_bound"):
+        for name in ("min_slice_auc", "min_auc_lower_bound", "min_estimated_auc"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, name, f"must be between 0 and 1, got {value}")
         _require(self.min_slice_examples >= 1, "min_slice_examples",

@@ -42,7 +42,7 @@ class ManifestError(ValueError):
 class ManifestRow:
     row: int  # 1 is the first line after the header
     example_id: str
-    label: int
+    label: int | None  # None: not labelled yet (read_manifest's labels_optional only)
     images: tuple[str, ...]  # resolved paths, in view order
     masks: tuple[str, ...]  # one shared mask, or one per view
     group: str
@@ -136,9 +136,10 @@ def _view_columns(header: list[str], prefix: str) -> list[tuple[str, str]]:
             if name.startswith(prefix + "_") and len(name) > len(prefix) + 1]
 
 
-def _layout(path: str, header: list[str]) -> tuple[list[tuple[str, str]], list[str], bool]:
+def _layout(path: str, header: list[str], labels_optional: bool = False
+            ) -> tuple[list[tuple[str, str]], list[str], bool]:
     """Which columns hold the views and the masks; raises on a layout that cannot be read."""
-    if features.LABEL_KEY not in header:
+    if features.LABEL_KEY not in header and not labels_optional:
         raise ManifestError(f"{path}: missing required column 'label'")
     multi = _view_columns(header, "image")
     if "image" in header and multi:
@@ -186,9 +187,12 @@ def resolve_path(base: str, value: str, allow_outside: bool) -> str:
     return candidate
 
 
-def read_manifest(path: str, allow_outside: bool = False, id_field: str = "") -> Manifest:
+def read_manifest(path: str, allow_outside: bool = False, id_field: str = "",
+                  labels_optional: bool = False) -> Manifest:
     """Parse and check the manifest; rows that cannot be used are listed in `rejected`.
-    `id_field` names the property that holds each polygon's id in GeoJSON mask files."""
+    `id_field` names the property that holds each polygon's id in GeoJSON mask files. With
+    `labels_optional` (new data scored before anyone labels it) the `label` column may be
+    missing or empty, and such rows get label None."""
     try:
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             lines = list(csv.reader(handle))
@@ -206,7 +210,7 @@ def read_manifest(path: str, allow_outside: bool = False, id_field: str = "") ->
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         raise ManifestError(f"{path}: duplicate column(s) {', '.join(duplicated)}")
-    views, mask_columns, shared = _layout(path, header)
+    views, mask_columns, shared = _layout(path, header, labels_optional)
     used = {features.LABEL_KEY, features.ID_KEY, features.GROUP_KEY, GEOMETRY_COLUMN,
             SLICE_COLUMN, MASK_LABEL_COLUMN}
     used.update(column for column, _ in views)
@@ -231,7 +235,7 @@ def read_manifest(path: str, allow_outside: bool = False, id_field: str = "") ->
         try:
             rows, bad_polygons = _parse_row(number, values, views, mask_columns,
                                             metadata_columns, base, allow_outside,
-                                            first_row_of_id, id_field)
+                                            first_row_of_id, id_field, labels_optional)
             manifest.rows.extend(rows)
             manifest.rejected.extend(bad_polygons)
         except _RowRejected as exc:
@@ -262,11 +266,11 @@ class _RowRejected(Exception):
 
 def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]],
                mask_columns: list[str], metadata_columns: list[str], base: str,
-               allow_outside: bool, first_row_of_id: dict[str, int], id_field: str = ""
-               ) -> tuple[list[ManifestRow], list[Rejection]]:
+               allow_outside: bool, first_row_of_id: dict[str, int], id_field: str = "",
+               labels_optional: bool = False) -> tuple[list[ManifestRow], list[Rejection]]:
     """The row's region, or one region per polygon of the GeoJSON file its mask names (and a
     rejection for each polygon that cannot be a region: the others go on)."""
-    label_text = values[features.LABEL_KEY]
+    label_text = values.get(features.LABEL_KEY, "")
 
     def resolve(column: str) -> str:
         value = values[column].strip()
@@ -316,7 +320,8 @@ def _parse_row(number: int, values: dict[str, str], views: list[tuple[str, str]]
     for index, (polygon_id, geometry, polygon_label, properties) in enumerate(
             polygons or [("", {}, label_text, ())]):
         try:
-            label = parse_label(polygon_label)
+            label = (None if labels_optional and not polygon_label.strip()
+                     else parse_label(polygon_label))
         except ValueError as exc:
             raise _RowRejected(masks[0] if masks else "", str(exc)) from None
         example_id = row_id

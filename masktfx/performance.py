@@ -84,16 +84,34 @@ def fit_calibration(labels: np.ndarray, scores: np.ndarray, iterations: int = 50
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     if len(np.unique(labels)) < 2:
         return {"slope": 1.0, "intercept": 0.0}
-    features = np.stack([_logit(scores), np.ones(len(labels))], axis=1)
-    weights = np.array([1.0, 0.0])
+    design = np.stack([_logit(scores), np.ones(len(labels))], axis=1)
+    prior = np.array([1.0, 0.0])
     ridge = np.diag([1e-3, 1e-6]) * len(labels)
+
+    def loss(weights: np.ndarray) -> float:
+        z = design @ weights
+        # -log-likelihood of the labels, in a form that does not overflow
+        return float(np.sum(np.logaddexp(0.0, z) - labels * z)
+                     + 0.5 * (weights - prior) @ ridge @ (weights - prior))
+
+    weights = prior.copy()
+    current = loss(weights)
     for _ in range(iterations):
-        chance = 1.0 / (1.0 + np.exp(-(features @ weights)))
-        gradient = features.T @ (chance - labels) + ridge @ (weights - [1.0, 0.0])
-        hessian = (features * (chance * (1.0 - chance))[:, None]).T @ features + ridge
+        chance = 0.5 * (1.0 + np.tanh(0.5 * (design @ weights)))  # the sigmoid, overflow-free
+        gradient = design.T @ (chance - labels) + ridge @ (weights - prior)
+        hessian = (design * (chance * (1.0 - chance))[:, None]).T @ design + ridge
         step = np.linalg.solve(hessian, gradient)
-        weights = weights - step
-        if np.max(np.abs(step)) < 1e-10:
+        # damped Newton: halve the step until the loss goes down
+        for _ in range(30):
+            candidate = weights - step
+            found = loss(candidate)
+            if found <= current:
+                break
+            step = step / 2.0
+        else:
+            break
+        weights, improvement, current = candidate, current - found, found
+        if improvement < 1e-12 * max(1.0, abs(current)):
             break
     return {"slope": float(weights[0]), "intercept": float(weights[1])}
 
@@ -101,7 +119,7 @@ def fit_calibration(labels: np.ndarray, scores: np.ndarray, iterations: int = 50
 def calibrate(scores: np.ndarray, calibration: dict[str, float]) -> np.ndarray:
     """The calibrated probability of each score."""
     z = calibration["slope"] * _logit(scores) + calibration["intercept"]
-    return 1.0 / (1.0 + np.exp(-z))
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def estimate(scores: np.ndarray, calibration: dict[str, float], threshold: float,

@@ -203,6 +203,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     drift_check = DriftCheck(
         examples=example_gen.outputs["examples"], model_base_dir=model_base_dir,
         threshold=config.drift_threshold, action=config.drift_action,
+        min_estimated_auc=config.min_estimated_auc,
     ).with_id("DriftCheck") if config.drift_threshold else None
     if drift_check:
         # data that breaks the contract is reported as such, not described
@@ -243,6 +244,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         infra_blessing=serving_check.outputs["blessing"] if serving_check else None,
         examples=examples,  # the warmup requests are built from its eval regions
         region_descriptors=bool(config.drift_threshold),  # what later drift checks compare with
+        evaluation=evaluator.outputs["evaluation"],  # the test figures later estimates sit beside
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=model_base_dir)))
     return Pipeline(

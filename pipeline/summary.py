@@ -16,7 +16,7 @@ from tfx.utils import path_utils
 
 from masktfx import features
 from masktfx.components.attribution import ATTRIBUTION_FILE
-from masktfx.components.drift import DRIFT_PROPERTY
+from masktfx.components.drift import DRIFT_PROPERTY, ESTIMATE_PROPERTY
 from masktfx.components.evaluator import (
     ATTRIBUTION_GATE_PROPERTY,
     INTERVAL_GATE_PROPERTY,
@@ -49,6 +49,7 @@ class RunSummary:
     served_ok: bool | None = None  # the serving check's verdict (None: no check in this run)
     serving_check: str = ""  # what it checked, or why it failed
     drift: str = ""  # the region descriptors that moved against the served model's data
+    estimate: str = ""  # the served model's estimated performance on the span (no labels)
     attribution: dict[str, Any] = field(default_factory=dict)  # the Evaluator's attribution file
 
     def as_dict(self) -> dict[str, Any]:
@@ -178,6 +179,8 @@ def summarize_record(record: RunRecord) -> RunSummary:
     for report in outputs.get("DriftCheck", {}).get("drift_report", []):
         if DRIFT_PROPERTY in report.custom_properties:
             summary.drift = report.custom_properties[DRIFT_PROPERTY].string_value
+        if ESTIMATE_PROPERTY in report.custom_properties:
+            summary.estimate = report.custom_properties[ESTIMATE_PROPERTY].string_value
     _read_push(outputs.get("VersionedPusher", {}), summary)
     return summary
 
@@ -375,6 +378,8 @@ def format_summary(summary: RunSummary) -> str:
             if split in summary.examples))
     if summary.drift:
         lines.append(f"  DRIFT: {summary.drift}")
+    if summary.estimate:
+        lines.append(f"  served version: {summary.estimate}")
     wanted = ("auc", "binary_accuracy", "precision", "recall", "auc_pr", "calibration",
               "example_count")
     shown = [f"{name} {summary.metrics[name]:.4f}" for name in wanted if name in summary.metrics]

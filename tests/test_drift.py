@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ingest_manifest
+from conftest import ingest_manifest, tiny_examples
 
 from masktfx import cli, features
 from masktfx.components import drift
@@ -27,9 +27,11 @@ def test_descriptors_measure_the_region_and_the_ring_around_it():
     assert found["around_mean"] == pytest.approx(50 / 255)
     assert found["contrast"] == pytest.approx(150 / 255)
     assert found["inside_std"] == pytest.approx(0.0)
-    # the Laplacian is nonzero only on the region's edge pixels
-    edge = 36 / 100 * (150 / 255) ** 2
-    assert found["texture_energy"] == pytest.approx(edge, rel=0.5)
+    # the Laplacian is nonzero only on the region's 36 edge pixels: the 32 along a side have one
+    # neighbour outside (contrast c), the 4 corners two (2c), so the mean square over the 100
+    # pixels inside is (32 + 4 * 4) / 100 c^2
+    edge = 48 / 100 * (150 / 255) ** 2
+    assert found["texture_energy"] == pytest.approx(edge, rel=1e-9)
     assert not any(name.startswith("channel") for name in found)
 
 
@@ -101,3 +103,68 @@ def test_records_that_cannot_be_described_are_left_out_with_their_id():
     assert columns["inside_mean"] == [pytest.approx(90 / 255)]
     assert undescribed[0] == "maskless: no images or no masks"
     assert undescribed[1].startswith("broken: ")
+
+
+def _tiny_manifest(folder, examples, labelled: bool) -> str:
+    """A manifest of tiny_examples' regions (every fourth region a group), written as files."""
+    import csv
+
+    folder.mkdir()
+    path = folder / "manifest.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image", "mask", "group"] + (["label"] if labelled else []))
+        for index, (label, image, mask) in enumerate(examples):
+            (folder / f"i{index}.png").write_bytes(image)
+            (folder / f"m{index}.png").write_bytes(mask)
+            writer.writerow([f"r{index}", f"i{index}.png", f"m{index}.png", f"g{index // 4}"]
+                            + ([label] if labelled else []))
+    return str(path)
+
+
+def test_drift_estimates_the_served_versions_performance_without_labels(tmp_path, tiny_model,
+                                                                         capsys):
+    """`masktfx drift` on a manifest without a label column gives the estimate (CBPE on the
+    version's calibration) with its interval beside the test split's AUC; with labels, the
+    measured AUC too, equal to the one computed from the model's own answers."""
+    import shutil
+
+    import tensorflow as tf
+
+    from masktfx import performance
+
+    model_dir, _ = tiny_model
+    examples = tiny_examples(np.random.default_rng(21), 40)
+    workdir = tmp_path / "work"
+    version = workdir / "serving" / "masktfx" / "1"
+    shutil.copytree(model_dir, version)
+    records = [make_example([image], [mask], label, f"r{index}", f"g{index // 4}")
+               .SerializeToString() for index, (label, image, mask) in enumerate(examples)]
+    (version / drift.DESCRIPTORS_FILE).write_bytes(
+        drift.descriptor_statistics(drift.describe_records(records)).SerializeToString())
+    (version / drift.TEST_METRICS_FILE).write_text(json.dumps({"auc": 0.99}))
+
+    unlabelled = _tiny_manifest(tmp_path / "new", examples, labelled=False)
+    code = cli.main(["drift", "--workdir", str(workdir), "--manifest", unlabelled, "--json"])
+    estimate = json.loads(capsys.readouterr().out)["estimate"]
+    # what the estimate must be: CBPE on the model's probabilities, calibrated as it stored
+    serve = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
+    answers = serve(examples=tf.constant(records))
+    scores = answers[features.PROBABILITY_OUTPUT].numpy()
+    with open(version / features.RELIABILITY_FILE, encoding="utf-8") as handle:
+        calibration = json.load(handle)["calibration"]
+    chance = performance.calibrate(scores, calibration)
+    assert estimate["auc"] == pytest.approx(performance.expected_auc(scores, chance), abs=1e-6)
+    low, high = estimate["interval"]["auc"]
+    assert low <= estimate["auc"] <= high and estimate["groups"] == 10
+    assert estimate["test"] == {"auc": 0.99} and "measured" not in estimate
+    assert estimate["in_distribution"] == pytest.approx(
+        np.mean(answers[features.IN_DISTRIBUTION_OUTPUT].numpy()))
+    assert code == (1 if estimate["worse"] else 0)
+
+    labelled = _tiny_manifest(tmp_path / "labelled", examples, labelled=True)
+    cli.main(["drift", "--workdir", str(workdir), "--manifest", labelled])
+    out = capsys.readouterr().out
+    measured = performance.auc(np.array([label for label, _, _ in examples]), scores)
+    assert f"estimated AUC on this span {estimate['auc']:.3f}" in out
+    assert "(test split: 0.990)" in out and f"measured AUC {measured:.3f}" in out

@@ -82,13 +82,20 @@ def add_drift(sub: argparse._SubParsersAction) -> None:
         description="Describe each region of a manifest (mask area, intensity and colour inside "
                     "and around it, texture) and compare the descriptors' histograms with those "
                     "of the data the newest pushed version was trained on (TFDV's "
-                    "Jensen-Shannon drift comparator). Exit status 1 when a descriptor moved "
-                    "beyond the threshold or a row could not be read.")
+                    "Jensen-Shannon drift comparator); then estimate that version's AUC and "
+                    "accuracy on the regions from its own calibrated probabilities, without "
+                    "labels (the `label` column may be missing or empty; where every row has "
+                    "one, the measured values are shown beside). Exit status 1 when a "
+                    "descriptor moved beyond the threshold, the span is estimated worse than "
+                    "the test split said, or a row could not be read.")
     parser.add_argument("--workdir", required=True, help="the workdir of `masktfx run`")
     parser.add_argument("--manifest", required=True, help="the new data's manifest CSV")
     parser.add_argument("--threshold", type=float, default=None,
                         help="largest divergence that is not drift (default: the workdir's "
                              "drift_threshold, else 0.4)")
+    parser.add_argument("--min-estimated-auc", type=float, default=None,
+                        help="call the span worse when its estimated AUC is under this "
+                             "(default: the workdir's min_estimated_auc)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     parser.add_argument("--json", action="store_true", help="JSON instead of text")
     parser.set_defaults(handler=cmd_drift)
@@ -102,6 +109,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from masktfx.config import PipelineConfig
     from masktfx.images import RegionInputError, load_region
     from masktfx.manifest import ManifestError, read_manifest
+    from masktfx.records import make_example
 
     if not os.path.isdir(args.workdir):
         raise CommandError(f"{args.workdir}: no such workdir")
@@ -110,12 +118,17 @@ def cmd_drift(args: argparse.Namespace) -> int:
         config.drift_threshold or PipelineConfig.drift_threshold)
     if not 0.0 < threshold <= 1.0:
         raise CommandError(f"--threshold must be in (0, 1], got {threshold}")
+    min_estimated_auc = (args.min_estimated_auc if args.min_estimated_auc is not None
+                         else config.min_estimated_auc)
+    if not 0.0 <= min_estimated_auc <= 1.0:
+        raise CommandError(f"--min-estimated-auc must be in [0, 1], got {min_estimated_auc}")
     try:
-        manifest = read_manifest(args.manifest)
+        manifest = read_manifest(args.manifest, labels_optional=True)
     except ManifestError as exc:
         raise CommandError(str(exc)) from None
     failed = [{"row": r.row, "error": r.reason} for r in manifest.rejected]
     columns: dict[str, list[float]] = {}
+    records: list[bytes] = []
     for row in manifest.rows:
         try:
             region = load_region(row.images, row.masks, args.max_pixels, geometry=row.geometry,
@@ -128,6 +141,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
                                          region.masks, args.max_pixels)
         for name, value in found.items():
             columns.setdefault(name, []).append(value)
+        records.append(make_example([info.encoded for info in region.images], region.masks,
+                                    row.label, row.example_id, row.group).SerializeToString())
     if not columns:
         raise CommandError(f"{args.manifest}: no row could be read ({len(failed)} refused)")
     model_base_dir = os.path.join(config.resolved_serving_dir, config.model_name)
@@ -136,6 +151,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
         raise CommandError(f"no version under {model_base_dir} holds the region descriptors of "
                            "its training data (pushed by `masktfx run` with drift_threshold > 0)")
     report["refused_rows"] = failed
+    report["estimate"] = drift.estimate_performance(
+        os.path.join(model_base_dir, str(report["reference_version"])), records,
+        min_estimated_auc)
+    worse = bool(report["estimate"] and report["estimate"]["worse"])
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -150,7 +169,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
             means = f"{entry['reference_mean']:.4g} -> {entry['current_mean']:.4g}"
             print(f"  {entry['name']:<22} {entry['divergence']:>10.3f}  {means:<26}{flag}")
         print(f"drift: {', '.join(report['moved'])}" if report["moved"] else "no drift")
-    return 1 if report["moved"] or failed else 0
+        print(drift.describe_estimate(report["estimate"]) if report["estimate"] else
+              f"no estimate: version {report['reference_version']} stored no calibration "
+              "(trained before it did)")
+    return 1 if report["moved"] or failed or worse else 0
 
 
 def add_demo_data(sub: argparse._SubParsersAction) -> None:
