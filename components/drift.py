@@ -13,8 +13,8 @@ Descriptors say that data differs, not that the model will do worse on it. For t
 regions go through the newest pushed version's `serving_default`, and its AUC and accuracy on them
 are estimated from its own probabilities, calibrated on its validation split
 (`masktfx.performance.estimate`, CBPE), beside the AUC its test split measured. A span is called
-worse only on that estimate: when its interval lies wholly under the test split's AUC, or under
-`min_estimated_auc`.
+worse only on that estimate: when its interval lies wholly under the test split's AUC interval, or
+under `min_estimated_auc`.
 """
 
 from __future__ import annotations
@@ -306,9 +306,14 @@ def estimate_performance(saved_model_dir: str, serialized: Sequence[bytes],
     found["test"] = test
     reasons = []
     upper = found["interval"]["auc"][1]
-    if test and test.get("auc") is not None and upper < test["auc"]:
+    # both figures are uncertain: worse only when the estimate's interval lies wholly under the
+    # test AUC's interval (the point value where the test split had too few groups for one)
+    tested = (test or {}).get("auc_interval", [None])[0]
+    if tested is None or (isinstance(tested, float) and np.isnan(tested)):
+        tested = (test or {}).get("auc")
+    if tested is not None and upper < tested:
         reasons.append(f"the estimated AUC's interval (up to {upper:.3f}) lies under the test "
-                       f"split's {test['auc']:.3f}")
+                       f"split's AUC ({test['auc']:.3f}, interval from {tested:.3f})")
     if min_estimated_auc and not found["auc"] >= min_estimated_auc:
         reasons.append(f"the estimated AUC {found['auc']:.3f} is under min_estimated_auc "
                        f"{min_estimated_auc:.3f}")
