@@ -130,7 +130,7 @@ class PipelineConfig:
     batch_size: int = field(default=32, metadata={"help": "training batch size"})
     learning_rate: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
     early_stopping_patience: int = field(
-        default=8, metadata={"help": "epochs without eval AUC gain before stopping"}
+        default=8, metadata={"help": "epochs without validation AUC gain before stopping"}
     )
     augment: bool = field(default=True, metadata={"help": "augment the training regions "
                                                             "(false: none of `augmentations`)"})

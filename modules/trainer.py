@@ -294,7 +294,7 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
     with distribution_strategy(config.distribution_strategy).scope():
         model = build_model(config)
     callbacks = [
-        # The first epochs of a freshly initialized network can score a lucky eval AUC that
+        # The first epochs of a freshly initialized network can score a lucky validation AUC that
         # the next `patience` epochs, still learning, do not beat: watched from the start,
         # early stopping then ends a run that was about to learn (the demo data, once in a few
         # runs, since CPU training is not bit-for-bit repeatable).

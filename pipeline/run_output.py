@@ -242,7 +242,7 @@ class ComponentProgress(logging.Handler):
             last = running.epochs[-1]
             text += f"  epoch {int(last['epoch'])}/{int(last['epochs'])}" + "".join(
                 f"  {label} {last[name]:.4f}" for name, label in
-                (("loss", "loss"), ("val_auc", "eval AUC")) if name in last)
+                (("loss", "loss"), ("val_auc", "validation AUC")) if name in last)
         return text
 
 
@@ -268,5 +268,5 @@ def _epochs_detail(epochs: list[dict[str, float]]) -> str:
     text = f" ({len(epochs)} epochs"
     if scored:
         best = max(scored, key=lambda e: e["val_auc"])
-        text += f", best eval AUC {best['val_auc']:.4f} at epoch {int(best['epoch'])}"
+        text += f", best validation AUC {best['val_auc']:.4f} at epoch {int(best['epoch'])}"
     return text + ")"

@@ -1,6 +1,6 @@
 """Attribution against the mask: the `attribution` signature of real SavedModels trained by
 run_fn on the synthetic demo regions (the signal inside the region, look-alikes outside it), and
-the Evaluator's check and gate on their eval regions."""
+the Evaluator's check and gate on their test regions."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def synthetic_regions(tmp_path_factory) -> list[tuple[int, bytes, bytes]]:
 
 
 def _eval_examples(tmp_path, regions: list[tuple[int, bytes, bytes]]) -> str:
-    """An Examples artifact folder whose eval split holds `regions` as ingest writes them."""
-    split = tmp_path / "examples" / f"Split-{features.EVAL_SPLIT}"
+    """An Examples artifact folder whose test split holds `regions` as ingest writes them."""
+    split = tmp_path / "examples" / f"Split-{features.TEST_SPLIT}"
     split.mkdir(parents=True)
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     with tf.io.TFRecordWriter(str(split / "data.gz"), options=options) as writer:

@@ -168,3 +168,37 @@ def test_drift_estimates_the_served_versions_performance_without_labels(tmp_path
     measured = performance.auc(np.array([label for label, _, _ in examples]), scores)
     assert f"estimated AUC on this span {estimate['auc']:.3f}" in out
     assert "(test split: 0.990)" in out and f"measured AUC {measured:.3f}" in out
+
+
+def test_the_estimate_gate_stops_a_span_that_passes_every_other_check(tmp_path, tiny_model):
+    """Descriptors equal to the reference's (nothing moved), and the estimate under
+    min_estimated_auc: the DriftCheck stops with drift_action stop, warns with warn."""
+    import shutil
+
+    import tensorflow as tf
+
+    model_dir, _ = tiny_model
+    examples = tiny_examples(np.random.default_rng(22), 24)
+    records = [make_example([image], [mask], label, f"r{index}", f"g{index // 4}")
+               .SerializeToString() for index, (label, image, mask) in enumerate(examples)]
+    split = tmp_path / "examples" / "Split-train"
+    split.mkdir(parents=True)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(str(split / "data.gz"), options=options) as writer:
+        for record in records:
+            writer.write(record)
+    base = tmp_path / "serving" / "masktfx"
+    shutil.copytree(model_dir, base / "1")
+    (base / "1" / drift.DESCRIPTORS_FILE).write_bytes(
+        drift.descriptor_statistics(drift.describe_records(records)).SerializeToString())
+    passed = drift.check_drift(str(tmp_path / "examples"), str(tmp_path / "out1"), str(base),
+                               0.4, "stop", min_estimated_auc=0.0)
+    assert passed["moved"] == [] and not passed["estimate"]["worse"]
+    estimated = passed["estimate"]["auc"]
+    with pytest.raises(drift.DataDriftError, match="min_estimated_auc"):
+        drift.check_drift(str(tmp_path / "examples"), str(tmp_path / "out2"), str(base), 0.4,
+                          "stop", min_estimated_auc=min(1.0, estimated + 0.01))
+    warned = drift.check_drift(str(tmp_path / "examples"), str(tmp_path / "out3"), str(base),
+                               0.4, "warn", min_estimated_auc=min(1.0, estimated + 0.01))
+    assert warned["estimate"]["worse"] and "min_estimated_auc" in \
+        warned["estimate"]["worse_reasons"][0]

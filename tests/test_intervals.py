@@ -128,3 +128,22 @@ def test_each_interval_gate_refuses_on_its_own():
     assert len(only_slice) == 1 and "min_slice_auc" in only_slice[0]
     only_overall = gate_failures(found, hard_lower - 0.01, 20, overall_lower + 0.01)
     assert len(only_overall) == 1 and "min_auc_lower_bound" in only_overall[0]
+
+
+def test_the_evaluation_record_holds_the_interval_and_attribution_settings():
+    """A re-run with other interval or attribution settings must not reuse an evaluation made
+    with the old ones: the record that reuse matches on differs."""
+    from tfx.types import standard_artifacts, standard_component_specs
+
+    from masktfx.components.evaluator import ATTRIBUTION_KEY, INTERVALS_KEY, evaluation_record
+
+    model, examples = standard_artifacts.Model(), standard_artifacts.Examples()
+    model.uri, examples.uri = "/m", "/e"
+    inputs = {standard_component_specs.MODEL_KEY: [model],
+              standard_component_specs.EXAMPLES_KEY: [examples]}
+    base = {standard_component_specs.EVAL_CONFIG_KEY: "{}",
+            INTERVALS_KEY: '{"min_slice_auc": 0.0}', ATTRIBUTION_KEY: '{"regions": 128}'}
+    record = evaluation_record(inputs, base)
+    assert record != evaluation_record(inputs, {**base, INTERVALS_KEY: '{"min_slice_auc": 0.8}'})
+    assert record != evaluation_record(inputs, {**base, ATTRIBUTION_KEY: '{"regions": 64}'})
+    assert record == evaluation_record(inputs, dict(base))

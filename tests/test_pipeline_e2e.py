@@ -74,6 +74,21 @@ def _evaluator_io(config: PipelineConfig) -> tuple[dict, dict]:
     raise AssertionError("no Evaluator execution in the latest run")
 
 
+def _node_execution(config: PipelineConfig, node: str):
+    """The latest run's execution of `node`, from MLMD."""
+    store = open_store(config)
+    context = store.get_context_by_type_and_name(
+        "pipeline_run", latest_run_id(store, config.pipeline_name))
+    for execution in store.get_executions_by_context(context.id):
+        if node_id(store, execution.id) == node:
+            return execution
+    raise AssertionError(f"no {node} execution in the latest run")
+
+
+def _node_io(config: PipelineConfig, node: str) -> dict:
+    return execution_inputs(open_store(config), _node_execution(config, node).id)
+
+
 def _evaluated_models(outputs: dict) -> dict[str, str]:
     """The models TFMA evaluated (name -> location), from the eval_config.json it wrote."""
     path = os.path.join(outputs["evaluation"][0].uri, "eval_config.json")
@@ -107,13 +122,24 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     first_evaluation = _evaluator_io(config)[1]["evaluation"][0].uri
     # ImportExampleGen (our executor, no shuffle) wrote every record once, groups kept apart
     groups = {}
-    for split in ("train", "eval"):
+    for split in features.SPLITS:
         pattern = os.path.join(config.pipeline_root, "ImportExampleGen", "examples", "*",
                                f"Split-{split}", "*.gz")
         found = [ex.features.feature for ex in read_examples(pattern)]
         assert len(found) == summary.examples[split]
         groups[split] = {f[features.GROUP_KEY].bytes_list.value[0] for f in found}
-    assert groups["train"] and groups["eval"] and not groups["train"] & groups["eval"]
+    assert all(groups.values())
+    assert not (groups["train"] & groups["validation"] or groups["train"] & groups["test"]
+                or groups["validation"] & groups["test"])
+    # on MLMD: the Trainer read Transform's output, which holds train and validation only, and
+    # was told to validate on `validation`; the Evaluator read the test split alone
+    trainer_inputs, evaluator_exec = _node_io(config, "Trainer"), _node_execution(
+        config, "Evaluator")
+    assert [json.loads(a.split_names) for a in trainer_inputs["examples"]] == [
+        ["train", "validation"]]
+    trainer_exec = _node_execution(config, "Trainer")
+    assert '"validation"' in trainer_exec.properties["eval_args"].string_value
+    assert json.loads(evaluator_exec.properties["example_splits"].string_value) == ["test"]
     model_dir = os.path.join(config.resolved_serving_dir, config.model_name)
     versions = [name for name in os.listdir(model_dir) if name.isdigit()]
     assert versions == [summary.pushed_version]
@@ -154,6 +180,11 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
             lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
             np.testing.assert_allclose([line["probability"] for line in lines], expected,
                                        atol=1e-5)
+            # how unlike the training regions each one is, as the model says in process
+            np.testing.assert_allclose([line["ood_score"] for line in lines],
+                                       by_raw[features.OOD_SCORE_OUTPUT].numpy(), rtol=1e-5)
+            assert [line["in_distribution"] for line in lines] == \
+                by_raw[features.IN_DISTRIBUTION_OUTPUT].numpy().tolist()
             assert {line["model_version"] for line in lines} == {int(versions[0])}
 
     # a second run with no new data is served from the cache up to the Trainer; the Evaluator

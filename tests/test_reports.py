@@ -62,7 +62,8 @@ class _Cells(HTMLParser):
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
-    manifest = write_synthetic(str(root / "data"), num_examples=96, size=24)
+    # 40 groups: the test split gets 5, enough for a cluster-bootstrap interval
+    manifest = write_synthetic(str(root / "data"), num_examples=160, size=24)
     workdir = str(root / "work")
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, *FLAGS]) == 0
     first = summarize_run(PipelineConfig.for_workdir(workdir))
@@ -99,7 +100,7 @@ def test_the_report_holds_the_runs_own_numbers(two_runs):
     matrix = overall["confusion_matrix_at_thresholds"]["confusionMatrixAtThresholds"][
         "matrices"][0]
     # the Evaluator counted labels at the threshold the model serves with (youden's, chosen
-    # by the Trainer on the eval split), which the page and the lineage show
+    # by the Trainer on the validation split), which the page and the lineage show
     point = first.operating_point
     assert point["policy"] == "youden" and point["threshold"] != config.decision_threshold
     # TFMA reports its thresholds rounded to 6 decimals
@@ -112,17 +113,17 @@ def test_the_report_holds_the_runs_own_numbers(two_runs):
 
     # data: counts and label balance per split equal the records ImportExampleGen wrote
     examples_uri = lineage(config, first.pushed_version).examples_uri
-    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+    for split in features.SPLITS:
         records = read_examples(os.path.join(examples_uri, f"Split-{split}", "*"))
         labels = [r.features.feature[features.LABEL_KEY].int64_list.value[0] for r in records]
         assert page.cells[(("data-field", "examples"), ("data-split", split))] == str(len(labels))
         assert page.cells[(("data-field", "positives"), ("data-split", split))] == \
             str(sum(labels))
-    eval_count = first.examples[features.EVAL_SPLIT]
+    eval_count = first.examples[features.TEST_SPLIT]
     assert sum(int(page.cells[(("data-cell", c),)]) for c in ("tp", "fp", "tn", "fn")) == \
         eval_count
 
-    # where the model looked: the Evaluator's attribution of every eval region (fewer than
+    # where the model looked: the Evaluator's attribution of every test region (fewer than
     # attribution_regions here), as the summary line says it
     with open(os.path.join(uri, attribution.ATTRIBUTION_FILE), encoding="utf-8") as handle:
         found = json.load(handle)
@@ -163,7 +164,8 @@ def test_runs_and_lineage_follow_the_cache(two_runs, capsys):
     assert found["trained_in_run"] == first.run_id and found["pushed_by_run"] == first.run_id
     assert found["spans"] == [1] and found["evaluated_spans"] == [1]
     assert found["train_examples"] == first.examples["train"]
-    assert found["eval_examples"] == first.examples["eval"]
+    assert found["validation_examples"] == first.examples["validation"]
+    assert found["test_examples"] == first.examples["test"]
     assert cli.main(["lineage", "--workdir", workdir, "--version", "123"]) == 2
     assert "pushed versions: " + first.pushed_version in capsys.readouterr().err
     # the labels models.config gives the version
@@ -211,9 +213,9 @@ def test_the_report_loads_in_headless_chromium_without_console_errors(two_runs, 
     assert "<h2>Evaluation</h2>" in result.stdout and "Lineage" in result.stdout
 
 
-def test_the_reports_intervals_are_a_bootstrap_of_the_eval_predictions(two_runs):
-    """The page's overall AUC interval, against a direct bootstrap of the pushed model's eval
-    predictions: sklearn's AUC over the same resamples of the eval regions."""
+def test_the_reports_intervals_are_a_bootstrap_of_the_test_predictions(two_runs):
+    """The page's overall AUC interval, against a direct cluster bootstrap of the pushed model's
+    test predictions: sklearn's AUC over the same resamples of the test split's groups."""
     import glob
 
     import numpy as np
@@ -225,15 +227,20 @@ def test_the_reports_intervals_are_a_bootstrap_of_the_eval_predictions(two_runs)
     workdir, first, path = two_runs
     config = PipelineConfig.for_workdir(workdir)
     found = lineage(config, first.pushed_version)
-    files = sorted(glob.glob(os.path.join(found.examples_uri, f"Split-{features.EVAL_SPLIT}",
+    files = sorted(glob.glob(os.path.join(found.examples_uri, f"Split-{features.TEST_SPLIT}",
                                           "*")))
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    labels = np.array([tf.train.Example.FromString(r).features.feature[
-        features.LABEL_KEY].int64_list.value[0] for r in records])
+    parsed = [tf.train.Example.FromString(r).features.feature for r in records]
+    labels = np.array([f[features.LABEL_KEY].int64_list.value[0] for f in parsed])
+    groups = np.array([f[features.GROUP_KEY].bytes_list.value[0].decode() for f in parsed])
     serve = tf.saved_model.load(found.path).signatures[features.SERVING_SIGNATURE]
     scores = serve(examples=tf.constant(records))[features.PROBABILITY_OUTPUT].numpy()
-    aucs = [roc_auc_score(labels[draw], scores[draw])
-            for draw in resample_indices(len(labels), 200, config.seed)
+    names = sorted(set(groups))
+    assert len(names) >= 5  # enough groups for an interval
+    members = [np.flatnonzero(groups == name) for name in names]
+    draws = [np.concatenate([members[g] for g in row])
+             for row in resample_indices(len(names), 200, config.seed)]
+    aucs = [roc_auc_score(labels[draw], scores[draw]) for draw in draws
             if len(set(labels[draw])) == 2]
     expected = [roc_auc_score(labels, scores), np.percentile(aucs, 2.5),
                 np.percentile(aucs, 97.5)]

@@ -60,5 +60,5 @@ def test_one_line_per_component_start_and_end_with_its_state_and_the_epochs(caps
     assert [line.split(" ")[2:4] for line in lines] == [
         ["Transform", "..."], ["Transform", "CACHED"], ["Trainer", "..."],
         ["Trainer", "COMPLETE"], ["Evaluator", "..."], ["Evaluator", "FAILED"]]
-    assert lines[3].endswith("s (3 epochs, best eval AUC 0.9000 at epoch 2)")
+    assert lines[3].endswith("s (3 epochs, best validation AUC 0.9000 at epoch 2)")
     assert [name for name, _, _ in progress.finished] == ["Transform", "Trainer", "Evaluator"]

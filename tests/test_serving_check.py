@@ -23,14 +23,14 @@ def _artifacts(tmp_path, model_dir: str, examples: list) -> dict:
     blessing = standard_artifacts.ModelBlessing()
     blessing.uri = str(tmp_path / "model_blessing")
     blessing.set_int_custom_property("blessed", 1)
-    split = tmp_path / "examples" / f"Split-{features.EVAL_SPLIT}"
+    split = tmp_path / "examples" / f"Split-{features.TEST_SPLIT}"
     split.mkdir(parents=True)
     with tf.io.TFRecordWriter(str(split / "data.gz"), options="GZIP") as writer:
         for _, image, mask in examples[:4]:
             writer.write(make_example([image], [mask]).SerializeToString())
     data = standard_artifacts.Examples()
     data.uri = str(tmp_path / "examples")
-    data.split_names = '["train", "eval"]'
+    data.split_names = '["train", "validation", "test"]'
     return {"model": [model], "model_blessing": [blessing], "examples": [data]}
 
 
