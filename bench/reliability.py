@@ -170,12 +170,22 @@ def ood_block(ood, name: str) -> dict:
     return {key: value.numpy() for key, value in ood.blocks[name].items()}
 
 
+def usable(split: np.ndarray, labels: np.ndarray) -> bool:
+    """Every part holds both classes."""
+    return all(len(set(labels[split == part])) == 2 for part in range(3))
+
+
 def run_pair(label: str, site_rows: Rows, other_rows: Rows, seeds: list[int]) -> dict:
     config = resolve(PipelineConfig(), site_rows)
     site_x, site_stats = transform_with_statistics(site_rows, config)
     other_x, other_stats = transform_with_statistics(other_rows, config)
-    site = {"x": site_x, "stats": site_stats, "labels": site_rows.labels,
-            "split": three_way(site_rows.groups, config)}
+    split, split_by = three_way(site_rows.groups, config), "group"
+    if not usable(split, site_rows.labels):
+        # too few groups for three parts of both classes (the California scene has a handful
+        # of spatial blocks): by region, as `split_by: id` does
+        split = three_way([f"region{index}" for index in range(len(site_rows.labels))], config)
+        split_by = "id"
+    site = {"x": site_x, "stats": site_stats, "labels": site_rows.labels, "split": split}
     other = {"x": other_x, "stats": other_stats, "labels": other_rows.labels}
     counts = np.bincount(site["split"], minlength=3).tolist()
     per_seed = []
@@ -195,7 +205,8 @@ def run_pair(label: str, site_rows: Rows, other_rows: Rows, seeds: list[int]) ->
                 values.append(value)
         return round(statistics.median(values), 4) if values else None
 
-    summary = {"split_counts": dict(zip(("fit", "validation", "test"), counts)),
+    summary = {"split_by": split_by,
+               "split_counts": dict(zip(("fit", "validation", "test"), counts)),
                "other_regions": int(len(other["labels"]))}
     for name in ("test", "other"):
         summary[name] = {

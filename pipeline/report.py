@@ -417,7 +417,9 @@ def page_context(data: ReportData) -> dict[str, Any]:
         context["baseline_rows"].append([name, _number(new), _number(old),
                                          "-" if change is None else f"{change:+.4f}"])
     context["data_rows"], context["data_attributes"] = [], []
-    for split in sorted(set(summary.examples) | set(data.label_counts)):
+    found = set(summary.examples) | set(data.label_counts)
+    for split in [name for name in features.SPLITS if name in found] + sorted(
+            found - set(features.SPLITS)):
         labels = data.label_counts.get(split, {})
         total = summary.examples.get(split)
         positives = labels.get(1)

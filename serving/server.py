@@ -273,18 +273,43 @@ class RestHandler(BaseHTTPRequestHandler):
 
 
 # -- gRPC ---------------------------------------------------------------------------------------
+# The TensorProto fields that carry typed values, and how many of their entries make one value.
+_VALUE_FIELDS = {"string_val": 1, "float_val": 1, "double_val": 1, "int_val": 1,
+                 "int64_val": 1, "bool_val": 1, "half_val": 1, "uint32_val": 1,
+                 "uint64_val": 1, "scomplex_val": 2, "dcomplex_val": 2}
+
+
+def tensor_proto_values(proto: Any) -> int:
+    """How many values a TensorProto holds, however it carries them: packed bytes
+    (`tensor_content`) or a typed `*_val` field."""
+    from tensorflow.python.framework import dtypes
+
+    if proto.tensor_content:
+        try:
+            size = dtypes.as_dtype(proto.dtype).size
+        except (TypeError, ValueError):
+            size = 0
+        if not size or len(proto.tensor_content) % size:
+            raise ServingError("INVALID_ARGUMENT", "tensor_content does not hold whole values "
+                                                   "of the tensor's dtype")
+        return len(proto.tensor_content) // size
+    return sum(len(getattr(proto, field)) // per_value
+               for field, per_value in _VALUE_FIELDS.items())
+
+
 def check_tensor_proto(name: str, proto: Any, max_regions: int) -> None:
     """A TensorProto's declared shape, checked before numpy allocates it: the region limit on
-    its first dimension, and as many values as it declares (tf.make_ndarray would otherwise
-    repeat a few values to fill any shape a client declares)."""
+    its first dimension, and exactly as many values as it declares, whatever its dtype and
+    however it carries them (tf.make_ndarray would otherwise fill any shape a client declares,
+    from a few values or from none: a 56-byte request could make it allocate gigabytes)."""
     dims = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in dims):
         raise ServingError("INVALID_ARGUMENT", f"input {name!r}: negative dimension in {dims}")
     if dims:
         check_region_count(dims[0], max_regions, f"input {name!r}")
     declared = int(np.prod(dims, dtype=np.int64)) if dims else 1
-    given = len(proto.string_val) if proto.string_val else None
-    if given is not None and given != declared:
+    given = tensor_proto_values(proto)
+    if given != declared:
         raise ServingError("INVALID_ARGUMENT", f"input {name!r} declares shape {dims} "
                                                f"({declared} values) but holds {given}")
 

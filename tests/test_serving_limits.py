@@ -110,6 +110,33 @@ def test_requests_over_the_region_limit_are_refused_before_anything_is_decoded(s
     assert "declares shape [3, 1] (3 values) but holds 1" in error.value.details()
 
 
+def test_a_tensor_declaring_values_it_does_not_hold_is_refused_whatever_its_dtype(server):
+    """56 bytes declaring a [1, 50,000,000] string tensor with no values, and the same lie in
+    packed bytes and typed fields of other dtypes: refused from the count, nothing filled."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    masks = tf.make_tensor_proto(np.array([[MASK]], dtype=object))
+
+    def declared(dtype: int, dims: list[int], **values) -> tensor_pb2.TensorProto:
+        return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in dims]), **values)
+
+    for proto, holds in ((declared(types_pb2.DT_STRING, [1, 50_000_000]), 0),
+                         (declared(types_pb2.DT_FLOAT, [1, 50_000_000],
+                                   tensor_content=b"\0" * 8), 2),
+                         (declared(types_pb2.DT_INT64, [1, 50_000_000], int64_val=[1, 2, 3]), 3)):
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as error:
+            _stub(server).Predict(_grpc_request(proto, masks), timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"(50000000 values) but holds {holds}" in error.value.details()
+        assert time.perf_counter() - started < 2.0
+    odd = declared(types_pb2.DT_FLOAT, [1, 1], tensor_content=b"\0" * 3)
+    with pytest.raises(grpc.RpcError) as error:
+        _stub(server).Predict(_grpc_request(odd, masks), timeout=30)
+    assert "whole values" in error.value.details()
+
+
 def test_a_request_that_would_decode_to_more_than_the_limit_is_refused_from_its_headers(server):
     # a few hundred bytes of PNG that decode to 120 KB of RGB, with its 40 KB mask
     big_image = encode_png(np.zeros((200, 200, 3), np.uint8))
