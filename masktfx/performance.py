@@ -116,6 +116,36 @@ def fit_calibration(labels: np.ndarray, scores: np.ndarray, iterations: int = 50
     return {"slope": float(weights[0]), "intercept": float(weights[1])}
 
 
+def fit_auc_matched(labels: np.ndarray, scores: np.ndarray, base: dict[str, float]
+                    ) -> dict[str, float]:
+    """A sharper or softer `base` calibration whose CBPE AUC on these labelled scores equals
+    their measured AUC: P(label 1) = sigmoid(s (logit(score) - c)), c the score `base` calls
+    even, s found by bisection (the expected AUC grows with s, from 0.5 at s = 0). Platt's fit
+    spends its two numbers on the likelihood, and on a small validation split its probabilities
+    can be softer than the ranking is good, which makes CBPE's AUC low; this keeps the AUC
+    estimate right where it can be checked. `base` unchanged when the AUC is undefined."""
+    measured = auc(labels, scores)
+    if math.isnan(measured) or abs(base["slope"]) < 1e-12:
+        return dict(base)
+    centre = -base["intercept"] / base["slope"]
+    logits = _logit(scores)
+
+    def estimated(slope: float) -> float:
+        return expected_auc(scores, 0.5 * (1.0 + np.tanh(0.5 * slope * (logits - centre))))
+
+    low, high = 1e-3, 1e3
+    if estimated(high) <= measured:
+        slope = high
+    elif estimated(low) >= measured:
+        slope = low
+    else:
+        for _ in range(60):  # bisection in log space
+            middle = math.sqrt(low * high)
+            low, high = (middle, high) if estimated(middle) < measured else (low, middle)
+        slope = math.sqrt(low * high)
+    return {"slope": float(slope), "intercept": float(-slope * centre)}
+
+
 def calibrate(scores: np.ndarray, calibration: dict[str, float]) -> np.ndarray:
     """The calibrated probability of each score."""
     z = calibration["slope"] * _logit(scores) + calibration["intercept"]

@@ -9,8 +9,9 @@
   covariance of each block is shrunk towards its diagonal (features standardized first), since a
   few hundred training regions do not pin down a 128 x 128 covariance. `in_distribution` is the
   score under the threshold that IN_DISTRIBUTION_SHARE of the validation regions pass.
-- The calibration of the probability on the validation split (Platt scaling,
-  `masktfx.performance`), with which new data's AUC and accuracy are estimated without labels.
+- The calibration of the probability on the validation split (Platt scaling, and a variant whose
+  CBPE AUC equals the validation split's measured AUC: `masktfx.performance`), with which new
+  data's AUC and accuracy are estimated without labels.
 
 Both are fitted in NumPy and the score is built into the served graph as constants.
 """
@@ -84,10 +85,18 @@ class OodScore(tf.Module):
         return {"ood_score": score, "in_distribution": score <= self.threshold}
 
 
-def summary(calibration: dict[str, float], threshold: float, validation: dict[str, Any]
-            ) -> dict[str, Any]:
+# The calibration the estimates on new data use (`masktfx.performance`): chosen by
+# bench/reliability's rule on the training sites' test splits (README, Knowing when not to trust
+# a model).
+ESTIMATE_CALIBRATION = "platt"
+
+
+def summary(calibrations: dict[str, dict[str, float]], threshold: float,
+            validation: dict[str, Any]) -> dict[str, Any]:
     """The reliability file stored in the SavedModel (features.RELIABILITY_FILE)."""
-    return {"calibration": {"method": "platt", **calibration},
+    return {"calibration": {"method": ESTIMATE_CALIBRATION,
+                            **calibrations[ESTIMATE_CALIBRATION]},
+            "calibrations": calibrations,
             "ood": {"threshold": threshold, "in_distribution_share": IN_DISTRIBUTION_SHARE,
                     "blocks": ["embedding", "statistics"]},
             "validation": validation}

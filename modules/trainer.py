@@ -350,7 +350,9 @@ def fit_reliability(train: dict[str, np.ndarray], validation: dict[str, np.ndarr
     validation_scores = reliability.ood_scores(ood, validation["embeddings"],
                                                validation["statistics"])
     ood_threshold = reliability.ood_threshold(validation_scores)
-    calibration = performance.fit_calibration(validation["labels"], validation["probabilities"])
+    platt = performance.fit_calibration(validation["labels"], validation["probabilities"])
+    calibrations = {"platt": platt, "auc_matched": performance.fit_auc_matched(
+        validation["labels"], validation["probabilities"], platt)}
     labels, probabilities = validation["labels"], validation["probabilities"]
     measured = {"regions": int(len(labels)), "auc": performance.auc(labels, probabilities),
                 "accuracy": float(np.mean((probabilities >= threshold) == (labels == 1)))
@@ -358,7 +360,7 @@ def fit_reliability(train: dict[str, np.ndarray], validation: dict[str, np.ndarr
                 "in_distribution": float(np.mean(validation_scores <= ood_threshold))
                 if len(labels) else float("nan")}
     return (reliability.OodScore(ood, ood_threshold),
-            reliability.summary(calibration, ood_threshold, measured))
+            reliability.summary(calibrations, ood_threshold, measured))
 
 
 def run_fn(fn_args: Any) -> None:

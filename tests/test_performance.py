@@ -57,3 +57,17 @@ def test_the_estimates_interval_resamples_groups():
     assert [len(m) for m in members] == [50] * 8
     one_class = performance.fit_calibration(np.ones(10), rng.random(10))
     assert one_class == {"slope": 1.0, "intercept": 0.0}
+
+
+def test_the_auc_matched_calibration_makes_cbpe_give_the_measured_auc_where_labels_exist():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 150)
+    scores = 1.0 / (1.0 + np.exp(-(4.0 * (labels - 0.5) + rng.normal(0, 1.5, 150))))
+    platt = performance.fit_calibration(labels, scores)
+    matched = performance.fit_auc_matched(labels, scores, platt)
+    assert performance.expected_auc(scores, performance.calibrate(scores, matched)) == \
+        pytest.approx(performance.auc(labels, scores), abs=1e-6)
+    # the same score is still called even (the centre is Platt's)
+    assert -matched["intercept"] / matched["slope"] == pytest.approx(
+        -platt["intercept"] / platt["slope"], rel=1e-9)
+    assert performance.fit_auc_matched(np.ones(5), scores[:5], platt) == platt

@@ -1,5 +1,6 @@
 """`masktfx serve`'s Prometheus metrics: requests, latencies and errors per model, version,
-signature and API, read back through Prometheus' own text parser."""
+signature and API, and answered regions by `in_distribution`, read back through Prometheus' own
+text parser."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_requests_latencies_and_errors_per_model_version_signature_and_api(tiny_
 
         assert [raw(mask), raw(mask), raw(empty)] == [200, 200, 400]
         grpc = GrpcClient(f"127.0.0.1:{server.grpc_port}", "tiny", retries=0)
-        grpc.predict_regions([[image]], [[mask]])
+        answered = grpc.predict_regions([[image]], [[mask]])
         with pytest.raises(ServingClientError):
             grpc.predict_regions([[image]], [[empty]])
         samples = _samples(rest + METRICS_PATH)
@@ -60,3 +61,11 @@ def test_requests_latencies_and_errors_per_model_version_signature_and_api(tiny_
                ("version", "7"))
     assert samples[("masktfx_serving_request_latency_seconds_count", latency)] == 3.0
     assert samples[("masktfx_serving_request_latency_seconds_sum", latency)] > 0
+
+    # the 3 regions answered (2 REST, 1 gRPC; refused ones are not answers), by the model's
+    # in_distribution output for that same region
+    regions = {flag: samples.get(("masktfx_serving_regions_total", (
+        ("in_distribution", flag), ("model", "tiny"), ("version", "7"))), 0.0)
+        for flag in ("true", "false")}
+    assert sum(regions.values()) == 3.0
+    assert regions["true" if answered[0].in_distribution else "false"] == 3.0
