@@ -9,7 +9,9 @@ from the scores alone. It assumes that what the calibration learned still holds 
 confidently wrong it overestimates, which bench/quality measures and the README states.
 
 Calibration is Platt scaling on the logit of the score (two numbers, fitted by Newton's method on
-the validation split), which keeps the ranking and so the AUC of the scores it is applied to.
+the validation split), which keeps the ranking and so the AUC of the scores it is applied to; and
+`fit_auc_matched`, Platt's fit sharpened until CBPE's AUC on the validation split is the measured
+one (which the pipeline's estimates use: bench/reliability says why).
 Pure NumPy: the Trainer fits, the DriftCheck and `masktfx drift` estimate.
 """
 
@@ -123,9 +125,11 @@ def fit_auc_matched(labels: np.ndarray, scores: np.ndarray, base: dict[str, floa
     even, s found by bisection (the expected AUC grows with s, from 0.5 at s = 0). Platt's fit
     spends its two numbers on the likelihood, and on a small validation split its probabilities
     can be softer than the ranking is good, which makes CBPE's AUC low; this keeps the AUC
-    estimate right where it can be checked. `base` unchanged when the AUC is undefined."""
+    estimate right where it can be checked. `base` unchanged when the AUC is undefined, or 1
+    (perfectly separated regions say nothing of how sharp to be: any slope past some point
+    matches, up to a step that would estimate an AUC near 1 on any data)."""
     measured = auc(labels, scores)
-    if math.isnan(measured) or abs(base["slope"]) < 1e-12:
+    if math.isnan(measured) or measured >= 1.0 or abs(base["slope"]) < 1e-12:
         return dict(base)
     centre = -base["intercept"] / base["slope"]
     logits = _logit(scores)

@@ -88,7 +88,7 @@ class OodScore(tf.Module):
 # The calibration the estimates on new data use (`masktfx.performance`): chosen by
 # bench/reliability's rule on the training sites' test splits (README, Knowing when not to trust
 # a model).
-ESTIMATE_CALIBRATION = "platt"
+ESTIMATE_CALIBRATION = "auc_matched"
 
 
 def summary(calibrations: dict[str, dict[str, float]], threshold: float,

@@ -161,10 +161,13 @@ def test_dicom_ct_and_mr_and_nifti_regions_go_through_ingest_run_and_serve(tmp_p
     write_manifest(manifest, header, rows + dicom_rows)
     workdir = str(tmp_path / "work")
     # the gates' extras (intervals, attributions, the serving check) have their own tests
+    # 11 groups (5 slice ranges, 4 CT and 2 MR squares): buckets under which each of the three
+    # splits holds both classes (the split check refuses the defaults' plan for so few groups)
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
                      "--epochs", "10", "--batch-size", "16", "--min-accuracy", "0.5",
                      "--no-confidence-intervals", "--attribution-regions", "0",
-                     "--no-serving-check"]) == 0
+                     "--no-serving-check", "--train-buckets", "8", "--validation-buckets", "1",
+                     "--test-buckets", "1"]) == 0
     out = capsys.readouterr().out
     total = len(rows) + len(dicom_rows)
     assert f"ingested {total} of {total} rows" in out, out

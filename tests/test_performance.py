@@ -71,3 +71,5 @@ def test_the_auc_matched_calibration_makes_cbpe_give_the_measured_auc_where_labe
     assert -matched["intercept"] / matched["slope"] == pytest.approx(
         -platt["intercept"] / platt["slope"], rel=1e-9)
     assert performance.fit_auc_matched(np.ones(5), scores[:5], platt) == platt
+    separated = np.r_[np.zeros(5), np.ones(5)]
+    assert performance.fit_auc_matched(separated, np.linspace(0.1, 0.9, 10), platt) == platt

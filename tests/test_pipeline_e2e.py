@@ -135,11 +135,12 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     # was told to validate on `validation`; the Evaluator read the test split alone
     trainer_inputs, evaluator_exec = _node_io(config, "Trainer"), _node_execution(
         config, "Evaluator")
-    assert [json.loads(a.split_names) for a in trainer_inputs["examples"]] == [
-        ["train", "validation"]]
+    assert [json.loads(a.properties["split_names"].string_value)
+            for a in trainer_inputs["examples"]] == [["train", "validation"]]
     trainer_exec = _node_execution(config, "Trainer")
-    assert '"validation"' in trainer_exec.properties["eval_args"].string_value
-    assert json.loads(evaluator_exec.properties["example_splits"].string_value) == ["test"]
+    assert '"validation"' in trainer_exec.custom_properties["eval_args"].string_value
+    assert json.loads(evaluator_exec.custom_properties["example_splits"].string_value) == [
+        "test"]
     model_dir = os.path.join(config.resolved_serving_dir, config.model_name)
     versions = [name for name in os.listdir(model_dir) if name.isdigit()]
     assert versions == [summary.pushed_version]
@@ -309,7 +310,8 @@ def test_bad_config_fails_before_any_component(tmp_path, capsys):
 
 def test_a_span_that_breaks_the_contract_stops_before_transform(tmp_path, capsys):
     """Span 2 has records without masks: ExampleValidator flags it and the run stops."""
-    manifest = write_synthetic(str(tmp_path / "data"), num_examples=40, size=16)
+    # 80 regions: 20 groups, enough for three splits of both classes
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=80, size=16)
     data_root = tmp_path / "ingested"
     assert cli.main(["ingest", manifest, "--output", str(data_root), "--span", "1",
                      "--no-progress", "--beam-args", "--runner=DirectRunner"]) == 0
