@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 import re
+import sys
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,11 +164,15 @@ class RestHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except DISCONNECTED:
+            self.close_connection = True
+            log_disconnect(self.client_address)
 
     def _error(self, error: ServingError) -> None:
         self._send(error.http_status, {"error": error.message})
@@ -266,6 +271,10 @@ class RestHandler(BaseHTTPRequestHandler):
         except ServingError as error:
             labels["code"] = error.code
             self._error(error)
+        except DISCONNECTED:  # the client left while its request was read
+            labels["code"] = "CANCELLED"
+            self.close_connection = True
+            log_disconnect(self.client_address)
         except Exception as exc:  # never let one request take the server down
             labels["code"] = "INTERNAL"
             log.exception("predict failed")
@@ -432,6 +441,17 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
         model_service_pb2_grpc
 
 
+# What a client that hangs up mid-request raises on the server's side of its socket.
+DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def log_disconnect(client_address: Any) -> None:
+    """One line per dropped client, not a traceback: a client that drops connections in a loop
+    must not flood the log."""
+    host = client_address[0] if isinstance(client_address, tuple) else client_address
+    log.info("client %s disconnected before its answer", host)
+
+
 class BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most `max_connections` of them: past that a connection gets
     503 at once and is closed, so idle or slow clients cannot pile up threads and sockets (the
@@ -470,6 +490,13 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints a traceback for any error; a client that hung up gets a line."""
+        if isinstance(sys.exc_info()[1], DISCONNECTED):
+            log_disconnect(client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class ModelServer:

@@ -238,6 +238,31 @@ def test_http_edges_get_400_with_a_message(server):
     assert _post(server, _raw(1))[0] == 200
 
 
+def test_a_client_that_hangs_up_is_a_log_line_not_a_traceback(server, caplog, capfd):
+    """Clients that send a predict request and reset the connection at once, in a loop: the
+    server logs one line for each it notices, writes no traceback, and keeps answering."""
+    import logging
+    import struct
+
+    body = json.dumps(_raw(1)).encode()
+    request = (f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="masktfx.serve"):
+        for _ in range(30):
+            client = socket.create_connection(("127.0.0.1", server.rest_port), timeout=5)
+            client.sendall(request)
+            # close with a reset (linger 0), so the server's writes fail rather than buffer
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+        time.sleep(1.0)  # the server's threads finish with the dropped connections
+        assert _post(server, _raw(1))[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err[-2000:]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert any("disconnected before its answer" in r.getMessage() for r in caplog.records)
+
+
 def test_clients_that_stall_are_dropped_and_cannot_pile_up(server):
     threads_before = threading.active_count()
     stalled = []
