@@ -178,7 +178,7 @@ class Executor(evaluator_executor.Executor):
             found = json.loads(io_utils.read_string_file(path))
         else:
             threshold = settings["threshold"] if served is None else served
-            found_predictions = test_predictions(
+            found_predictions = split_predictions(
                 input_dict[MODEL_KEY][0],
                 input_dict[standard_component_specs.EXAMPLES_KEY], settings["slice_columns"])
             found = intervals.intervals(
@@ -261,7 +261,7 @@ def refuse_blessing(output_dict: dict[str, list[types.Artifact]], reason_propert
 
 
 @dataclass
-class TestPredictions:
+class SplitPredictions:
     labels: np.ndarray
     scores: np.ndarray  # the candidate's probability
     ood_scores: np.ndarray | None  # its out-of-distribution score (None: a model without one)
@@ -269,8 +269,8 @@ class TestPredictions:
     slices: dict[str, list[str]]
 
 
-def test_predictions(model: types.Artifact, examples: list[types.Artifact],
-                     slice_columns: list[str]) -> TestPredictions:
+def split_predictions(model: types.Artifact, examples: list[types.Artifact],
+                      slice_columns: list[str]) -> SplitPredictions:
     """Labels, groups, the candidate's answers (serving_default, as served) and each slice
     column's values, over the test split of every examples artifact."""
     import tensorflow as tf
@@ -293,7 +293,7 @@ def test_predictions(model: types.Artifact, examples: list[types.Artifact],
             groups.append(_first_value(feature[features.GROUP_KEY]))
             for column in slice_columns:
                 slices[column].append(_first_value(feature[column]))
-    return TestPredictions(np.array(labels), np.concatenate(scores) if scores else np.zeros(0),
+    return SplitPredictions(np.array(labels), np.concatenate(scores) if scores else np.zeros(0),
                            np.concatenate(ood) if ood else None, groups, slices)
 
 
