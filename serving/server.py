@@ -306,14 +306,22 @@ def tensor_proto_values(proto: Any) -> int:
                for field, per_value in _VALUE_FIELDS.items())
 
 
-def check_tensor_proto(name: str, proto: Any, max_regions: int) -> None:
-    """A TensorProto's declared shape, checked before numpy allocates it: the region limit on
-    its first dimension, and exactly as many values as it declares, whatever its dtype and
-    however it carries them (tf.make_ndarray would otherwise fill any shape a client declares,
-    from a few values or from none: a 56-byte request could make it allocate gigabytes)."""
+def check_tensor_proto(name: str, proto: Any, max_regions: int, allowed: Any = None) -> None:
+    """A TensorProto's declared shape, checked before numpy allocates it: against the
+    signature's shape `allowed` (rank and every fixed dimension), the region limit on its first
+    dimension, and exactly as many values as it declares, whatever its dtype and however it
+    carries them (tf.make_ndarray would otherwise fill any shape a client declares, from a few
+    values or from none: a 56-byte request could make it allocate gigabytes)."""
     dims = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in dims):
         raise ServingError("INVALID_ARGUMENT", f"input {name!r}: negative dimension in {dims}")
+    if allowed is not None and allowed.rank is not None:
+        expected = [None if size is None else int(size) for size in allowed.as_list()]
+        if len(dims) != len(expected) or any(
+                size is not None and size != dim for size, dim in zip(expected, dims)):
+            shown = ["any" if size is None else size for size in expected]
+            raise ServingError("INVALID_ARGUMENT", f"input {name!r} declares shape {dims}; "
+                                                   f"the signature takes {shown}")
     if dims:
         check_region_count(dims[0], max_regions, f"input {name!r}")
     declared = int(np.prod(dims, dtype=np.int64)) if dims else 1
@@ -377,8 +385,10 @@ def _grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
                                          request.model_spec.version_label)
             labels.update(version=str(resolved[0].version), signature=resolved[1])
             inputs = {}
+            specs = resolved[2].structured_input_signature[1]
+            check_input_names(request.inputs, specs)
             for name, proto in request.inputs.items():
-                check_tensor_proto(name, proto, manager.max_regions)
+                check_tensor_proto(name, proto, manager.max_regions, specs[name].shape)
                 try:
                     inputs[name] = tf.make_ndarray(proto)
                 except Exception as exc:
