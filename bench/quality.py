@@ -106,6 +106,15 @@ def load_rows(manifest_path: str, site_column: str | None) -> Rows:
     return Rows(images, masks, np.array(labels), groups, sites, channels)
 
 
+def tree_pairs(work: str):
+    """(training site, other site, their rows) of the trees data written under `work`, trained
+    on Wyoming and scored on California, then the reverse."""
+    rows = load_rows(write_trees(os.path.join(work, "trees")), "site")
+    sites = np.array(rows.sites)
+    for site, other in (("wyoming", "california"), ("california", "wyoming")):
+        yield site, other, rows.take(sites == site), rows.take(sites == other)
+
+
 def group_split(groups: list[str], eval_fraction: float = 0.2) -> np.ndarray:
     """True for eval rows: a hash of the group, like ImportExampleGen's partition."""
     def bucket(group: str) -> float:
@@ -422,14 +431,11 @@ def main() -> None:
         return chosen
 
     if "trees" in args.datasets:
-        rows = load_rows(write_trees(os.path.join(work, "trees")), "site")
-        sites = np.array(rows.sites)
         result["trees"] = {}
-        for train_site, test_site in (("wyoming", "california"), ("california", "wyoming")):
+        for train_site, test_site, train, test in tree_pairs(work):
             result["trees"][f"{train_site}_to_{test_site}"] = evaluate_pair(
-                f"trees {train_site}->{test_site}", base, rows.take(sites == train_site),
-                rows.take(sites == test_site), runs("trees"), args.attribution,
-                args.time_rounds)
+                f"trees {train_site}->{test_site}", base, train, test, runs("trees"),
+                args.attribution, args.time_rounds)
     for name in ("nuclei_hard", "synthetic"):
         if name not in args.datasets:
             continue

@@ -42,11 +42,11 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quality import Rows, load_rows, resolve, training_inputs  # noqa: E402
+from quality import Rows, load_rows, resolve, training_inputs, tree_pairs  # noqa: E402
 
 from masktfx import performance  # noqa: E402
 from masktfx.config import PipelineConfig  # noqa: E402
-from masktfx.demo_data import write_synthetic, write_trees  # noqa: E402
+from masktfx.demo_data import write_synthetic  # noqa: E402
 
 
 def three_way(groups: list[str], config: PipelineConfig) -> np.ndarray:
@@ -252,12 +252,9 @@ def main() -> None:
                                "directions; OOD AUROC other vs test > 0.5 and the accepted "
                                "regions' AUC above all regions' on the other site"}
     if "trees" in args.pairs:
-        rows = load_rows(write_trees(os.path.join(work, "trees")), "site")
-        sites = np.array(rows.sites)
-        for site, other in (("wyoming", "california"), ("california", "wyoming")):
+        for site, other, site_rows, other_rows in tree_pairs(work):
             result[f"trees_{site}_to_{other}"] = run_pair(
-                f"trees {site}->{other}", rows.take(sites == site), rows.take(sites == other),
-                args.seeds)
+                f"trees {site}->{other}", site_rows, other_rows, args.seeds)
     if "synthetic" in args.pairs:
         site = load_rows(write_synthetic(os.path.join(work, "synthetic"),
                                          num_examples=args.synthetic_examples, size=64), None)

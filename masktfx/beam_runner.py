@@ -33,7 +33,7 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
-from masktfx.config import beam_flags
+from masktfx.beam_args import beam_flags
 from masktfx.fork_server import BEAM_WORKER_MODULE, worker_command
 
 

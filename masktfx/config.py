@@ -6,7 +6,6 @@ Every tunable lives here once; nothing else defines defaults for these values.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
@@ -305,16 +304,14 @@ class PipelineConfig:
                  f"got {self.num_masks}")
         _require(self.crop_margin >= 0, "crop_margin", f"must be >= 0, got {self.crop_margin}")
         _require(self.max_pixels > 0, "max_pixels", f"must be positive, got {self.max_pixels}")
-        for name in ("decision_threshold", "min_accuracy"):
+        for name in ("decision_threshold", "min_accuracy", "min_slice_auc",
+                     "min_auc_lower_bound", "min_estimated_auc"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, name, f"must be between 0 and 1, got {value}")
         try:
             parse_threshold_policy(self.threshold_policy)
         except ValueError as exc:
             raise ConfigError(f"threshold_policy: {exc}") from None
-        for name in ("min_slice_auc", "min_auc_lower_bound", "min_estimated_auc"):
-            value = getattr(self, name)
-            _require(0.0 <= value <= 1.0, name, f"must be between 0 and 1, got {value}")
         _require(self.min_slice_examples >= 1, "min_slice_examples",
                  f"must be >= 1, got {self.min_slice_examples}")
         _require(self.confidence_intervals or not (self.min_slice_auc or self.min_auc_lower_bound),
@@ -397,8 +394,7 @@ class PipelineConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
         if saved_run:
-            values = {name: value for name, value in values.items()
-                      if name not in REPLACED_FIELDS}
+            values = {k: v for k, v in values.items() if k not in REPLACED_FIELDS}
         return cls.from_dict(values, source=path)
 
     def replace(self, **changes: Any) -> "PipelineConfig":
@@ -502,26 +498,3 @@ def model_channels(stored_channels: int) -> int:
     """The `channels` that 0 stands for, given the channels images are stored with: gray (and
     gray with alpha) stays 1, colour (RGB, RGBA with alpha dropped, palette) is 3."""
     return 1 if stored_channels <= 2 else 3
-
-
-def beam_flags(beam_args: Sequence[str], defaults: Mapping[str, str]) -> dict[str, str]:
-    """The values of the named Beam flags in `beam_args` (`--flag=value` or `--flag value`; the
-    last one wins, as in Beam), or their defaults. The one reading of Beam args before Beam is
-    imported (the fork server must start before that import, which takes 2 s); everything
-    later parses them with Beam's own PipelineOptions (masktfx/beam_runner.py)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for name, default in defaults.items():
-        parser.add_argument(f"--{name}", default=default)
-    known, _ = parser.parse_known_args(list(beam_args))
-    return vars(known)
-
-
-def ingest_beam_args(beam_args: Sequence[str]) -> list[str]:
-    """Beam args for `masktfx ingest`: the caller's, then, for each flag the caller left out, the
-    DirectRunner in the pipeline's default running mode and worker count."""
-    defaults = PipelineConfig()
-    wanted = {"runner": "DirectRunner", "direct_running_mode": defaults.direct_running_mode,
-              "direct_num_workers": str(defaults.direct_num_workers)}
-    given = beam_flags(beam_args, dict.fromkeys(wanted, None))
-    return [*beam_args, *(f"--{name}={value}" for name, value in wanted.items()
-                          if given[name] is None)]

@@ -34,7 +34,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 
-from masktfx.config import beam_flags
+from masktfx.beam_args import beam_flags
 
 SERVER_ENV = "MASKTFX_FORK_SERVER"  # path of the server's Unix socket
 LOG_ENV = "MASKTFX_FORK_SERVER_LOG"  # optional: a file the server appends a line to per worker

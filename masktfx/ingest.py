@@ -29,7 +29,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from masktfx import features
 from masktfx import images as imageio
-from masktfx.config import PipelineConfig, ingest_beam_args
+from masktfx.beam_args import ingest_beam_args
+from masktfx.config import PipelineConfig
 from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 from masktfx.manifest import ManifestRow, Rejection, read_manifest
 from masktfx.records import write_tfrecord

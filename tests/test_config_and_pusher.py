@@ -126,7 +126,7 @@ def test_evaluator_finds_only_an_evaluation_with_the_same_model_examples_and_con
 
 
 def test_ingest_fills_only_the_beam_flags_the_caller_left_out():
-    from masktfx.config import ingest_beam_args
+    from masktfx.beam_args import ingest_beam_args
 
     assert ingest_beam_args([]) == ["--runner=DirectRunner",
                                     "--direct_running_mode=multi_processing",

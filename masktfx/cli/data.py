@@ -42,7 +42,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from masktfx.config import ingest_beam_args
+    from masktfx.beam_args import ingest_beam_args
     from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 
     if args.span is not None and args.span < 0:

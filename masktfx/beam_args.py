@@ -1,0 +1,32 @@
+"""Beam args read before Beam is imported: the named flags' values, and the DirectRunner settings
+`masktfx ingest` fills in for the flags its caller left out."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+
+from masktfx.config import PipelineConfig
+
+
+def beam_flags(beam_args: Sequence[str], defaults: Mapping[str, str]) -> dict[str, str]:
+    """The values of the named Beam flags in `beam_args` (`--flag=value` or `--flag value`; the
+    last one wins, as in Beam), or their defaults. The one reading of Beam args before Beam is
+    imported (the fork server must start before that import, which takes 2 s); everything
+    later parses them with Beam's own PipelineOptions (masktfx/beam_runner.py)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name}", default=default)
+    known, _ = parser.parse_known_args(list(beam_args))
+    return vars(known)
+
+
+def ingest_beam_args(beam_args: Sequence[str]) -> list[str]:
+    """Beam args for `masktfx ingest`: the caller's, then, for each flag the caller left out, the
+    DirectRunner in the pipeline's default running mode and worker count."""
+    defaults = PipelineConfig()
+    wanted = {"runner": "DirectRunner", "direct_running_mode": defaults.direct_running_mode,
+              "direct_num_workers": str(defaults.direct_num_workers)}
+    given = beam_flags(beam_args, dict.fromkeys(wanted, None))
+    return [*beam_args, *(f"--{name}={value}" for name, value in wanted.items()
+                          if given[name] is None)]

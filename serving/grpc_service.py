@@ -1,0 +1,184 @@
+"""`masktfx serve`'s gRPC side: TF Serving's PredictionService and ModelService over the shared
+model managers, and the checks a TensorProto gets before anything is allocated for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from masktfx.serving.metrics import ServingMetrics
+from masktfx.serving.models import (
+    ModelManager,
+    ServingError,
+    check_input_names,
+    check_region_count,
+)
+
+# The TensorProto fields that carry typed values, and how many of their entries make one value.
+_VALUE_FIELDS = {"string_val": 1, "float_val": 1, "double_val": 1, "int_val": 1,
+                 "int64_val": 1, "bool_val": 1, "half_val": 1, "uint32_val": 1,
+                 "uint64_val": 1, "scomplex_val": 2, "dcomplex_val": 2}
+
+
+def tensor_proto_values(proto: Any) -> int:
+    """How many values a TensorProto holds, however it carries them: packed bytes
+    (`tensor_content`) or a typed `*_val` field."""
+    from tensorflow.python.framework import dtypes
+
+    if proto.tensor_content:
+        try:
+            size = dtypes.as_dtype(proto.dtype).size
+        except (TypeError, ValueError):
+            size = 0
+        if not size or len(proto.tensor_content) % size:
+            raise ServingError("INVALID_ARGUMENT", "tensor_content does not hold whole values "
+                                                   "of the tensor's dtype")
+        return len(proto.tensor_content) // size
+    return sum(len(getattr(proto, field)) // per_value
+               for field, per_value in _VALUE_FIELDS.items())
+
+
+def check_tensor_proto(name: str, proto: Any, max_regions: int, allowed: Any = None) -> None:
+    """A TensorProto's declared shape, checked before numpy allocates it: against the
+    signature's shape `allowed` (rank and every fixed dimension), the region limit on its first
+    dimension, and exactly as many values as it declares, whatever its dtype and however it
+    carries them (tf.make_ndarray would otherwise fill any shape a client declares, from a few
+    values or from none: a 56-byte request could make it allocate gigabytes)."""
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in dims):
+        raise ServingError("INVALID_ARGUMENT", f"input {name!r}: negative dimension in {dims}")
+    if allowed is not None and allowed.rank is not None:
+        expected = [None if size is None else int(size) for size in allowed.as_list()]
+        if len(dims) != len(expected) or any(
+                size is not None and size != dim for size, dim in zip(expected, dims)):
+            shown = ["any" if size is None else size for size in expected]
+            raise ServingError("INVALID_ARGUMENT", f"input {name!r} declares shape {dims}; "
+                                                   f"the signature takes {shown}")
+    if dims:
+        check_region_count(dims[0], max_regions, f"input {name!r}")
+    declared = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    given = tensor_proto_values(proto)
+    if given != declared:
+        raise ServingError("INVALID_ARGUMENT", f"input {name!r} declares shape {dims} "
+                                               f"({declared} values) but holds {given}")
+
+
+def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
+    import grpc
+    import tensorflow as tf
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    codes = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+             "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+             "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+             "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+             "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+             "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
+             "INTERNAL": grpc.StatusCode.INTERNAL}
+
+    def lookup(spec, context) -> tuple[ModelManager, int | None]:
+        manager = models.get(spec.name)
+        if manager is None:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({spec.name})")
+        version = spec.version.value if spec.HasField("version") else None
+        return manager, version
+
+    def guarded(method):
+        def wrapper(self, request, context):
+            try:
+                return method(self, request, context)
+            except ServingError as error:
+                context.abort(codes.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
+        return wrapper
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802 (gRPC naming)
+            with metrics.observe("grpc") as labels:
+                try:
+                    return self._predict(request, context, labels)
+                except ServingError as error:
+                    labels["code"] = error.code
+                    context.abort(codes.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
+                except Exception:
+                    labels["code"] = "UNKNOWN"  # gRPC answers UNKNOWN
+                    raise
+
+        def _predict(self, request, context, labels):
+            manager, version = lookup(request.model_spec, context)
+            labels["model"] = manager.name
+            resolved = manager.signature(request.model_spec.signature_name, version,
+                                         request.model_spec.version_label)
+            labels.update(version=str(resolved[0].version), signature=resolved[1])
+            inputs = {}
+            specs = resolved[2].structured_input_signature[1]
+            check_input_names(request.inputs, specs)
+            for name, proto in request.inputs.items():
+                check_tensor_proto(name, proto, manager.max_regions, specs[name].shape)
+                try:
+                    inputs[name] = tf.make_ndarray(proto)
+                except Exception as exc:
+                    raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {exc}") from None
+            served, signature, outputs = manager.call(resolved, inputs)
+            metrics.count_regions(labels, outputs)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = manager.name
+            response.model_spec.version.value = served
+            response.model_spec.signature_name = signature
+            for name, value in outputs.items():
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+        @guarded
+        def GetModelMetadata(self, request, context):  # noqa: N802
+            manager, version = lookup(request.model_spec, context)
+            if list(request.metadata_field) != ["signature_def"]:
+                raise ServingError("INVALID_ARGUMENT",
+                                   "metadata_field must be [\"signature_def\"]")
+            servable, _ = manager.servable(version, request.model_spec.version_label)
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for name, proto in servable.signature_defs.items():
+                if isinstance(proto, meta_graph_pb2.SignatureDef):
+                    signature_map.signature_def[name].CopyFrom(proto)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = manager.name
+            response.model_spec.version.value = servable.version
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
+
+        def Classify(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported; use Predict")
+
+        def Regress(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported; use Predict")
+
+        def MultiInference(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported")
+
+    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+        @guarded
+        def GetModelStatus(self, request, context):  # noqa: N802
+            manager, version = lookup(request.model_spec, context)
+            if request.model_spec.version_label:
+                version = manager.servable(label=request.model_spec.version_label)[0].version
+            response = get_model_status_pb2.GetModelStatusResponse()
+            states = get_model_status_pb2.ModelVersionStatus.State
+            for servable in manager.status(version):
+                entry = response.model_version_status.add()
+                entry.version = servable.version
+                entry.state = states.Value(servable.state)
+                entry.status.error_message = servable.error
+            return response
+
+        def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "model config reload is not supported")
+
+    return PredictionService(), ModelService(), prediction_service_pb2_grpc, \
+        model_service_pb2_grpc
