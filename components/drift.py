@@ -234,51 +234,54 @@ def _read_json(path: str) -> dict[str, Any] | None:
         return json.loads(handle.read())
 
 
-def score_records(saved_model_dir: str, serialized: Sequence[bytes], batch_size: int = 256
+def score_records(saved_model_dir: str, serialized: Iterable[bytes], batch_size: int = 256
                   ) -> dict[str, np.ndarray]:
-    """The model's `serving_default` answers for serialized examples, with their labels (-1 when
-    a record has none) and groups. A batch the graph refuses is scored record by record, and the
-    refused records are left out (`refused`: their indices)."""
+    """The model's `serving_default` answers for serialized examples, read a batch at a time
+    (a span need not fit in memory), with their labels (-1 when a record has none) and groups.
+    A batch the graph refuses is scored record by record, and the refused records are left out
+    (`refused`: their indices)."""
+    import itertools
+
     import tensorflow as tf
     from tensorflow.core.example import example_pb2
 
     serve = tf.saved_model.load(saved_model_dir).signatures[features.SERVING_SIGNATURE]
     answers: dict[str, list[np.ndarray]] = {}
-    kept: list[int] = []
+    labels: list[int] = []
+    groups: list[str] = []
     refused: list[int] = []
 
-    def run(indices: list[int]) -> None:
+    def run(batch: list[tuple[int, bytes]]) -> None:
         try:
-            found = serve(examples=tf.constant([serialized[i] for i in indices]))
+            found = serve(examples=tf.constant([record for _, record in batch]))
         except tf.errors.InvalidArgumentError:
-            if len(indices) == 1:
-                refused.extend(indices)
+            if len(batch) == 1:
+                refused.append(batch[0][0])
                 return
-            for index in indices:
-                run([index])
+            for item in batch:
+                run([item])
             return
         for name, value in found.items():
-            answers.setdefault(name, []).append(value.numpy().reshape(len(indices)))
-        kept.extend(indices)
+            answers.setdefault(name, []).append(value.numpy().reshape(len(batch)))
+        for index, record in batch:
+            feature = example_pb2.Example.FromString(record).features.feature
+            values = feature[features.LABEL_KEY].int64_list.value \
+                if features.LABEL_KEY in feature else []
+            labels.append(int(values[0]) if values else -1)
+            names = feature[features.GROUP_KEY].bytes_list.value \
+                if features.GROUP_KEY in feature else []
+            groups.append(names[0].decode("utf-8", "replace") if names else f"region{index}")
 
-    for start in range(0, len(serialized), batch_size):
-        run(list(range(start, min(start + batch_size, len(serialized)))))
-    labels, groups = [], []
-    for index in kept:
-        feature = example_pb2.Example.FromString(serialized[index]).features.feature
-        values = feature[features.LABEL_KEY].int64_list.value if features.LABEL_KEY in feature \
-            else []
-        labels.append(int(values[0]) if values else -1)
-        names = feature[features.GROUP_KEY].bytes_list.value if features.GROUP_KEY in feature \
-            else []
-        groups.append(names[0].decode("utf-8", "replace") if names else f"region{index}")
+    records = enumerate(serialized)
+    while batch := list(itertools.islice(records, batch_size)):
+        run(batch)
     found = {name: np.concatenate(values) for name, values in answers.items()}
     found.update(labels=np.array(labels, dtype=np.int64), groups=np.array(groups, dtype=object),
                  refused=np.array(refused, dtype=np.int64))
     return found
 
 
-def estimate_performance(saved_model_dir: str, serialized: Sequence[bytes],
+def estimate_performance(saved_model_dir: str, serialized: Iterable[bytes],
                          min_estimated_auc: float = 0.0) -> dict[str, Any] | None:
     """The version's estimated AUC and accuracy on these regions without their labels (None for
     a version trained before it stored its calibration), its out-of-distribution share, the
@@ -286,11 +289,13 @@ def estimate_performance(saved_model_dir: str, serialized: Sequence[bytes],
     is worse than the test split said."""
     reliability = _read_json(os.path.join(saved_model_dir, features.RELIABILITY_FILE))
     point = _read_json(os.path.join(saved_model_dir, features.OPERATING_POINT_FILE)) or {}
-    if reliability is None or not serialized:
+    if reliability is None:
         return None
     threshold = float(point.get("threshold", 0.5))
     scored = score_records(saved_model_dir, serialized)
-    scores = scored[features.PROBABILITY_OUTPUT]
+    scores = scored.get(features.PROBABILITY_OUTPUT)
+    if scores is None or not len(scores):
+        return None
     found = performance.estimate(scores, reliability["calibration"], threshold,
                                  groups=scored["groups"])
     found["refused"] = int(len(scored["refused"]))
@@ -314,13 +319,13 @@ def estimate_performance(saved_model_dir: str, serialized: Sequence[bytes],
     if tested is not None and upper < tested:
         reasons.append(f"the estimated AUC's interval (up to {upper:.3f}) lies under the test "
                        f"split's AUC ({test['auc']:.3f}, interval from {tested:.3f})")
-    if min_estimated_auc and not found["auc"] >= min_estimated_auc:
+    found["below_min_estimated_auc"] = bool(min_estimated_auc) and not (
+        found["auc"] >= min_estimated_auc)
+    if found["below_min_estimated_auc"]:
         reasons.append(f"the estimated AUC {found['auc']:.3f} is under min_estimated_auc "
                        f"{min_estimated_auc:.3f}")
     found["worse"] = bool(reasons)
     found["worse_reasons"] = reasons
-    found["below_min_estimated_auc"] = bool(min_estimated_auc) and not (
-        found["auc"] >= min_estimated_auc)
     return found
 
 
@@ -348,13 +353,14 @@ def check_drift(examples_uri: str, output_uri: str, model_base_dir: str, thresho
     import tensorflow as tf
 
     undescribed: list[str] = []
-    records = list(split_records([examples_uri]))
-    columns = describe_records(records, undescribed)
+    columns = describe_records(split_records([examples_uri]), undescribed)
     report = drift_report(columns, model_base_dir, threshold)
     report["undescribed"] = undescribed
+    # the span read a second time, rather than held in memory between the two passes
     report["estimate"] = (estimate_performance(
-        os.path.join(model_base_dir, str(report["reference_version"])), records,
-        min_estimated_auc) if report["reference_version"] is not None else None)
+        os.path.join(model_base_dir, str(report["reference_version"])),
+        split_records([examples_uri]), min_estimated_auc)
+        if report["reference_version"] is not None else None)
     tf.io.gfile.makedirs(output_uri)
     if columns:
         with tf.io.gfile.GFile(os.path.join(output_uri, CURRENT_STATISTICS_FILE), "wb") as out:
