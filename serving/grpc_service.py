@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from masktfx.serving.budget import InflightBudget, grpc_request_cost
 from masktfx.serving.metrics import ServingMetrics
 from masktfx.serving.models import (
     ModelManager,
@@ -39,12 +40,14 @@ def tensor_proto_values(proto: Any) -> int:
                for field, per_value in _VALUE_FIELDS.items())
 
 
-def check_tensor_proto(name: str, proto: Any, max_regions: int, allowed: Any = None) -> None:
+def check_tensor_proto(name: str, proto: Any, max_regions: int, allowed: Any = None,
+                       max_bytes: int | None = None) -> int:
     """A TensorProto's declared shape, checked before numpy allocates it: against the
     signature's shape `allowed` (rank and every fixed dimension), the region limit on its first
-    dimension, and exactly as many values as it declares, whatever its dtype and however it
+    dimension, exactly as many values as it declares, whatever its dtype and however it
     carries them (tf.make_ndarray would otherwise fill any shape a client declares, from a few
-    values or from none: a 56-byte request could make it allocate gigabytes)."""
+    values or from none: a 56-byte request could make it allocate gigabytes), and, for
+    fixed-size dtypes, the array's size against `max_bytes`. Returns the number of values."""
     dims = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in dims):
         raise ServingError("INVALID_ARGUMENT", f"input {name!r}: negative dimension in {dims}")
@@ -62,9 +65,23 @@ def check_tensor_proto(name: str, proto: Any, max_regions: int, allowed: Any = N
     if given != declared:
         raise ServingError("INVALID_ARGUMENT", f"input {name!r} declares shape {dims} "
                                                f"({declared} values) but holds {given}")
+    from tensorflow.python.framework import dtypes
+
+    try:
+        size = 0 if proto.dtype == dtypes.string.as_datatype_enum else dtypes.as_dtype(
+            proto.dtype).size
+    except (TypeError, ValueError):
+        size = 0  # an unknown dtype: make_ndarray refuses it
+    if max_bytes is not None and declared * size > max_bytes:
+        raise ServingError("RESOURCE_EXHAUSTED",
+                           f"input {name!r} of shape {dims} is {declared * size / 2**20:.1f} "
+                           f"MiB as an array; the limit is {max_bytes / 2**20:g} MiB per "
+                           "request (masktfx serve --max-decoded-mb)")
+    return declared
 
 
-def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
+def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics,
+                  budget: InflightBudget):
     import grpc
     import tensorflow as tf
     from tensorflow.core.protobuf import meta_graph_pb2
@@ -117,16 +134,21 @@ def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics):
             resolved = manager.signature(request.model_spec.signature_name, version,
                                          request.model_spec.version_label)
             labels.update(version=str(resolved[0].version), signature=resolved[1])
-            inputs = {}
             specs = resolved[2].structured_input_signature[1]
             check_input_names(request.inputs, specs)
-            for name, proto in request.inputs.items():
-                check_tensor_proto(name, proto, manager.max_regions, specs[name].shape)
-                try:
-                    inputs[name] = tf.make_ndarray(proto)
-                except Exception as exc:
-                    raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {exc}") from None
-            served, signature, outputs = manager.call(resolved, inputs)
+            values = sum(check_tensor_proto(name, proto, manager.max_regions, specs[name].shape,
+                                            manager.max_decoded_bytes)
+                         for name, proto in request.inputs.items())
+            with budget.reserve() as held:
+                held.grow(grpc_request_cost(request.ByteSize(), values), "the request")
+                inputs = {}
+                for name, proto in request.inputs.items():
+                    try:
+                        inputs[name] = tf.make_ndarray(proto)
+                    except Exception as exc:
+                        raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {exc}") \
+                            from None
+                served, signature, outputs = manager.call(resolved, inputs, held)
             metrics.count_regions(labels, outputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = manager.name

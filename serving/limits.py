@@ -11,3 +11,9 @@ DEFAULT_MAX_DECODED_BYTES = 256 * 2**20
 DEFAULT_MAX_CONNECTIONS = 128
 # Seconds a REST client may take to send its request's headers and body.
 DEFAULT_READ_TIMEOUT_S = 10.0
+# Bytes all requests in flight may hold at once, across connections and both APIs (bodies, their
+# parsed values, what their images decode to): --max-connections requests of the per-request
+# limits could otherwise each hold their whole allowance together.
+DEFAULT_MAX_INFLIGHT_BYTES = 1024 * 2**20
+# Seconds a request waits for room in that budget before it is refused.
+DEFAULT_INFLIGHT_WAIT_S = 1.0

@@ -242,17 +242,18 @@ class ModelManager:
                 ) -> tuple[int, str, dict[str, np.ndarray]]:
         return self.call(self.signature(signature_name, version, label), inputs)
 
-    def call(self, resolved: tuple[ServableVersion, str, Any], inputs: dict[str, np.ndarray]
-             ) -> tuple[int, str, dict[str, np.ndarray]]:
+    def call(self, resolved: tuple[ServableVersion, str, Any], inputs: dict[str, np.ndarray],
+             held: Any = None) -> tuple[int, str, dict[str, np.ndarray]]:
         """Run a signature `signature()` resolved (one version lookup per request) on inputs
         that pass the same checks whatever the signature: names, dtypes, shapes, one number of
         regions across inputs, the region and decoded-size limits, and every region through
-        check_region."""
+        check_region. `held` (the request's reservation of the server's budget, if any) grows
+        by what the images decode to before any is decoded."""
         servable, name, function = resolved
         specs = function.structured_input_signature[1]
         arrays = check_inputs(inputs, specs)
         check_region_count(len(next(iter(arrays.values()))), self.max_regions)
-        check_signature_regions(arrays, self.max_pixels, self.max_decoded_bytes)
+        check_signature_regions(arrays, self.max_pixels, self.max_decoded_bytes, held)
 
         def call(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             # the arrays that were checked are the ones the model gets
@@ -355,10 +356,12 @@ GRAPH_CANNOT_DECODE = ("is a {format}, which the served graph cannot decode; {pa
 
 
 def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
-                            max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
+                            max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                            held: Any = None) -> int:
     """The region check for any signature: images and masks as tensors (predict_raw), or inside
     serialized tf.Examples (serving_default, transform_features). First every header, and what
-    the whole request decodes to against `max_decoded_bytes`; then each region, decoded."""
+    the whole request decodes to against `max_decoded_bytes` (and, with `held`, reserved in the
+    server's budget); then each region, decoded. Returns the decoded bytes."""
     rows = signature_regions(arrays)
     total = 0
     for row, (images, masks) in enumerate(rows):
@@ -379,12 +382,15 @@ def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
                            f"the request's images and masks decode to {total / 2**20:.1f} MiB; "
                            f"the limit is {max_decoded_bytes / 2**20:g} MiB per request "
                            "(masktfx serve --max-decoded-mb); send fewer or smaller regions")
+    if held is not None and total:
+        held.grow(total, "the request's decoded images and masks")
     for row, (images, masks) in enumerate(rows):
         try:
             check_region(images, masks, max_pixels)
         except RegionCheckError as exc:
             raise ServingError("INVALID_ARGUMENT", REGION_AT.format(
                 row=row, part=f"{exc.part}s", index=exc.index) + exc.reason) from None
+    return total
 
 
 def signature_regions(arrays: dict[str, np.ndarray]) -> list[tuple[list[bytes], list[bytes]]]:

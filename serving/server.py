@@ -21,8 +21,14 @@ from typing import Any
 import numpy as np
 
 from masktfx.components.model_config import ModelConfigError, read_config
+from masktfx.serving.budget import InflightBudget, rest_body_cost
 from masktfx.serving.grpc_service import grpc_services
-from masktfx.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_S
+from masktfx.serving.limits import (
+    DEFAULT_INFLIGHT_WAIT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_READ_TIMEOUT_S,
+)
 from masktfx.serving.metrics import CONTENT_TYPE, METRICS_PATH, ServingMetrics
 from masktfx.serving.models import (
     ModelManager,
@@ -159,6 +165,7 @@ class RestHandler(BaseHTTPRequestHandler):
     models: dict[str, ModelManager] = {}
     body_limit = DEFAULT_BODY_LIMIT
     metrics: ServingMetrics | None = None
+    budget = InflightBudget(DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_INFLIGHT_WAIT_S)
 
     def log_message(self, fmt: str, *args: Any) -> None:  # route to logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -228,58 +235,71 @@ class RestHandler(BaseHTTPRequestHandler):
             self._predict(labels)
 
     def _predict(self, labels: dict[str, str]) -> None:
+        body_read = False
         try:
             length = (self.headers.get("Content-Length") or "").strip()
             if not _CONTENT_LENGTH.match(length):
-                self.close_connection = True
                 raise ServingError("INVALID_ARGUMENT", "Content-Length is required, as a number "
                                                        f"of bytes (got {length[:40]!r})")
             if int(length) > self.body_limit:
-                self.close_connection = True  # the body is not read
                 raise ServingError("RESOURCE_EXHAUSTED",
                                    f"request body of {length} bytes is over the limit of "
                                    f"{self.body_limit} bytes")
-            raw = self.rfile.read(int(length))
-            manager, version, parts = self._route()
-            labels["model"] = manager.name
-            if parts["verb"] != "predict":
-                raise ServingError("UNIMPLEMENTED" if parts["verb"] in ("classify", "regress")
-                                   else "NOT_FOUND",
-                                   f"{parts['verb'] or 'this path'} is not supported; use "
-                                   ":predict")
-            try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ServingError("INVALID_ARGUMENT", f"the body is not valid JSON: {exc}") \
-                    from None
-            except RecursionError:
-                raise ServingError("INVALID_ARGUMENT", "the body's JSON is nested too deeply") \
-                    from None
-            if not isinstance(body, dict):
-                raise ServingError("INVALID_ARGUMENT", "the body must be a JSON object")
-            signature_name = body.get("signature_name") or ""
-            if not isinstance(signature_name, str):
-                raise ServingError("INVALID_ARGUMENT", "\"signature_name\" must be a string")
-            # the one version lookup, by number, label or the newest
-            resolved = manager.signature(signature_name, version, parts["label"] or "")
-            labels.update(version=str(resolved[0].version), signature=resolved[1])
-            input_names = sorted(resolved[2].structured_input_signature[1])
-            inputs, rows = parse_predict_body(body, input_names, manager.max_regions)
-            _, _, outputs = manager.call(resolved, inputs)
-            if self.metrics is not None:
-                self.metrics.count_regions(labels, outputs)
-            self._send(200, format_predict_response(outputs, rows))
+            with self.budget.reserve() as held:
+                held.grow(int(length), "the request body")
+                raw = self.rfile.read(int(length))
+                body_read = True
+                held.grow(rest_body_cost(raw) - len(raw), "the parsed request")
+                self._answer(raw, labels, held)
         except ServingError as error:
             labels["code"] = error.code
+            if not body_read:
+                self.close_connection = True  # the body is not read
             self._error(error)
         except DISCONNECTED:  # the client left while its request was read
             labels["code"] = "CANCELLED"
             self.close_connection = True
             log_disconnect(self.client_address)
+        except TimeoutError:  # the body did not arrive within --read-timeout
+            labels["code"] = "DEADLINE_EXCEEDED"
+            self.close_connection = True
+            log.info("client %s sent no whole body within the read timeout", self.client_address[0])
         except Exception as exc:  # never let one request take the server down
             labels["code"] = "INTERNAL"
             log.exception("predict failed")
             self._send(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+
+    def _answer(self, raw: bytes, labels: dict[str, str], held: Any) -> None:
+        """Route, parse and run one predict request whose body is `raw`; `held` is its
+        reservation of the server's budget."""
+        manager, version, parts = self._route()
+        labels["model"] = manager.name
+        if parts["verb"] != "predict":
+            raise ServingError("UNIMPLEMENTED" if parts["verb"] in ("classify", "regress")
+                               else "NOT_FOUND",
+                               f"{parts['verb'] or 'this path'} is not supported; use :predict")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ServingError("INVALID_ARGUMENT", f"the body is not valid JSON: {exc}") \
+                from None
+        except RecursionError:
+            raise ServingError("INVALID_ARGUMENT", "the body's JSON is nested too deeply") \
+                from None
+        if not isinstance(body, dict):
+            raise ServingError("INVALID_ARGUMENT", "the body must be a JSON object")
+        signature_name = body.get("signature_name") or ""
+        if not isinstance(signature_name, str):
+            raise ServingError("INVALID_ARGUMENT", "\"signature_name\" must be a string")
+        # the one version lookup, by number, label or the newest
+        resolved = manager.signature(signature_name, version, parts["label"] or "")
+        labels.update(version=str(resolved[0].version), signature=resolved[1])
+        input_names = sorted(resolved[2].structured_input_signature[1])
+        inputs, rows = parse_predict_body(body, input_names, manager.max_regions)
+        _, _, outputs = manager.call(resolved, inputs, held)
+        if self.metrics is not None:
+            self.metrics.count_regions(labels, outputs)
+        self._send(200, format_predict_response(outputs, rows))
 
 
 # What a client that hangs up mid-request raises on the server's side of its socket.
@@ -347,6 +367,7 @@ class ModelServer:
                  rest_port: int = 8501, grpc_port: int | None = 8500,
                  body_limit: int = DEFAULT_BODY_LIMIT, grpc_workers: int = 16,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
                  model_config_file: str | None = None, config_poll_seconds: float = 0.0):
         self.models = models
@@ -355,11 +376,13 @@ class ModelServer:
         self._stop = threading.Event()
         self._config_thread: threading.Thread | None = None
         self.metrics = ServingMetrics()
+        self.budget = InflightBudget(max_inflight_bytes, DEFAULT_INFLIGHT_WAIT_S)
         # `timeout`: socketserver's per-connection socket timeout, so a client that stops
         # sending (headers or body) is dropped rather than holding its thread.
         handler = type("Handler", (RestHandler,), {"models": models, "body_limit": body_limit,
                                                    "timeout": read_timeout_s,
-                                                   "metrics": self.metrics})
+                                                   "metrics": self.metrics,
+                                                   "budget": self.budget})
         self.rest = BoundedHTTPServer((host, rest_port), handler, max_connections)
         self.rest.daemon_threads = True
         self.rest_port = self.rest.server_address[1]
@@ -374,7 +397,7 @@ class ModelServer:
                 options=[("grpc.max_receive_message_length", body_limit),
                          ("grpc.max_send_message_length", body_limit)])
             prediction, model_service, prediction_grpc, model_grpc = grpc_services(
-                models, self.metrics)
+                models, self.metrics, self.budget)
             prediction_grpc.add_PredictionServiceServicer_to_server(prediction, self.grpc)
             model_grpc.add_ModelServiceServicer_to_server(model_service, self.grpc)
             self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")

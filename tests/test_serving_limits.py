@@ -355,3 +355,71 @@ def test_the_served_graph_refuses_what_the_dev_server_refuses_with_the_same_mess
             tf.constant(arrays[features.IMAGES_KEY].tolist()),
             tf.constant(arrays[features.MASKS_KEY].tolist()))
     assert refused.value.message in op_message(error.value), op_message(error.value)
+
+
+def test_requests_in_flight_share_one_budget_past_which_they_wait_then_get_503(tiny_model,
+                                                                               tmp_path):
+    """A client that declares a body of almost the whole budget and stalls holds it: other
+    requests, REST or gRPC, wait and are refused with the flag to raise; a request larger than
+    the whole budget is refused at once; once the stalled client is dropped, all is answered."""
+    from masktfx.serving.budget import BudgetExceeded, InflightBudget
+
+    budget_bytes = 2**20
+    shutil.copytree(tiny_model[0], tmp_path / "tiny" / "1")
+    manager = ModelManager("tiny", str(tmp_path / "tiny"), poll_seconds=0.2)
+    served = ModelServer({"tiny": manager}, rest_port=0, grpc_port=0,
+                         max_inflight_bytes=budget_bytes, read_timeout_s=5.0)
+    served.start()
+    try:
+        wait_for_version(manager)
+        assert _post(served, _raw(1))[0] == 200
+        stalled = socket.create_connection(("127.0.0.1", served.rest_port), timeout=10)
+        stalled.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                        + str(budget_bytes - 256).encode() + b"\r\n\r\n{")
+        stalled_at = time.monotonic()
+        time.sleep(0.3)
+        started = time.monotonic()
+        status, payload = _post(served, _raw(1))
+        assert status == 503 and "taken by other requests" in payload["error"]
+        assert "--max-inflight-mb" in payload["error"]
+        assert 0.9 <= time.monotonic() - started < 1.9  # waited for room, then refused
+        images = tf.make_tensor_proto(np.array([[IMAGE]], dtype=object))
+        masks = tf.make_tensor_proto(np.array([[MASK]], dtype=object))
+        grpc_stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}"))
+        with pytest.raises(grpc.RpcError) as error:
+            grpc_stub.Predict(_grpc_request(images, masks), timeout=30)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        time.sleep(max(0.0, stalled_at + 5.5 - time.monotonic()))  # the read timeout drops
+        # the stalled client and its reservation
+        assert served.budget.held == 0
+        assert _post(served, _raw(1))[0] == 200
+        assert len(grpc_stub.Predict(_grpc_request(images, masks), timeout=30).outputs) > 0
+        # a body that could never fit is refused before it is read
+        status, text = _raw_http(served, b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: " + str(budget_bytes + 1).encode()
+                                 + b"\r\n\r\n")
+        assert status == 503 and "more than the server's budget" in text
+        stalled.close()
+    finally:
+        served.stop()
+    # the budget itself: a waiting reservation gets the room a finished one gives back
+    budget = InflightBudget(100, wait_s=5.0)
+    order: list[str] = []
+    with budget.reserve() as first:
+        first.grow(80, "first")
+
+        def second() -> None:
+            with budget.reserve() as held:
+                held.grow(40, "second")
+                order.append("second")
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.2)
+        order.append("first done")
+    waiter.join(timeout=5)
+    assert order == ["first done", "second"] and budget.held == 0
+    with pytest.raises(BudgetExceeded), budget.reserve() as held:
+        held.grow(101, "too much")
+    assert budget.held == 0

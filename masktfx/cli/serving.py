@@ -10,6 +10,7 @@ from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError
 from masktfx.serving.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_REGIONS,
     DEFAULT_READ_TIMEOUT_S,
 )
@@ -47,6 +48,11 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-decoded-mb", type=float, default=DEFAULT_MAX_DECODED_BYTES / 2**20,
                         help="MiB the images and masks of one request may decode to, counted "
                              "from their headers before anything is decoded")
+    limits.add_argument("--max-inflight-mb", type=float,
+                        default=DEFAULT_MAX_INFLIGHT_BYTES / 2**20,
+                        help="MiB all requests in flight may hold together (bodies, parsed "
+                             "values, decoded images); past it a request waits briefly, then "
+                             "gets 503 (RESOURCE_EXHAUSTED on gRPC)")
     limits.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
                         help="open REST connections, and gRPC calls in flight")
     limits.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S,
@@ -79,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             batching.validate()
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-    for name in ("max_regions", "max_decoded_mb", "max_connections", "read_timeout"):
+    for name in ("max_regions", "max_decoded_mb", "max_inflight_mb", "max_connections",
+                 "read_timeout"):
         if getattr(args, name) <= 0:
             raise CommandError(f"--{name.replace('_', '-')} must be positive")
     models = _served_models(args)
@@ -93,6 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              rest_port=args.rest_port, grpc_port=args.grpc_port,
                              body_limit=int(args.body_limit_mb * 2**20),
                              max_connections=args.max_connections,
+                             max_inflight_bytes=int(args.max_inflight_mb * 2**20),
                              read_timeout_s=args.read_timeout,
                              model_config_file=args.model_config_file,
                              config_poll_seconds=args.model_config_file_poll_wait_seconds)
