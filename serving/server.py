@@ -78,6 +78,22 @@ def _to_array(value: Any) -> np.ndarray:
     return array
 
 
+def parse_json_body(raw: bytes) -> tuple[dict[str, Any], str]:
+    """A predict request's body -> (the JSON object, its signature name or "")."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ServingError("INVALID_ARGUMENT", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ServingError("INVALID_ARGUMENT", "the body's JSON is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise ServingError("INVALID_ARGUMENT", "the body must be a JSON object")
+    signature_name = body.get("signature_name") or ""
+    if not isinstance(signature_name, str):
+        raise ServingError("INVALID_ARGUMENT", "\"signature_name\" must be a string")
+    return body, signature_name
+
+
 def parse_predict_body(body: dict[str, Any], input_names: list[str], max_regions: int
                        ) -> tuple[dict[str, np.ndarray], bool]:
     """Row (`instances`) or columnar (`inputs`) form -> batched arrays; True for row form. The
@@ -278,19 +294,7 @@ class RestHandler(BaseHTTPRequestHandler):
             raise ServingError("UNIMPLEMENTED" if parts["verb"] in ("classify", "regress")
                                else "NOT_FOUND",
                                f"{parts['verb'] or 'this path'} is not supported; use :predict")
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ServingError("INVALID_ARGUMENT", f"the body is not valid JSON: {exc}") \
-                from None
-        except RecursionError:
-            raise ServingError("INVALID_ARGUMENT", "the body's JSON is nested too deeply") \
-                from None
-        if not isinstance(body, dict):
-            raise ServingError("INVALID_ARGUMENT", "the body must be a JSON object")
-        signature_name = body.get("signature_name") or ""
-        if not isinstance(signature_name, str):
-            raise ServingError("INVALID_ARGUMENT", "\"signature_name\" must be a string")
+        body, signature_name = parse_json_body(raw)
         # the one version lookup, by number, label or the newest
         resolved = manager.signature(signature_name, version, parts["label"] or "")
         labels.update(version=str(resolved[0].version), signature=resolved[1])
