@@ -1,8 +1,9 @@
 """The serving check before every push: the candidate is loaded in a fresh model server process the
-way TF Serving loads it (as a numbered version, its warmup requests replayed), then called through
-REST and gRPC with the warmup requests built from real eval regions. Its answers must equal the
-in-process model's and come within a latency budget. The check writes an InfraBlessing, which
-the Pusher requires.
+way TF Serving loads it (as a numbered version, its warmup requests replayed), then called with the
+warmup requests built from real test regions, over gRPC on a UNIX socket and, with `masktfx
+serve`, over REST on 127.0.0.1: nothing the check opens is reachable from another machine. Its
+answers must equal the in-process model's and come within a latency budget. The check writes an
+InfraBlessing, which the Pusher requires.
 
 TFX's InfraValidator does this with Docker or Kubernetes only, and does not run on KFP v2; this
 component needs neither. It runs `tensorflow_model_server` when that binary is on PATH (as in
@@ -50,15 +51,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _server_command(base_path: str, model_name: str, rest_port: int, grpc_port: int
-                    ) -> list[str]:
+def _server_command(base_path: str, model_name: str, rest_port: int, grpc_socket: str
+                    ) -> tuple[list[str], bool]:
+    """The server's command line, and whether it serves REST. Nothing it opens is reachable
+    from another machine: gRPC goes over a UNIX socket; TF Serving binds its TCP ports on every
+    interface (it has no host flag), so its TCP gRPC port and its REST API are off, while
+    `masktfx serve` binds REST on 127.0.0.1."""
     binary = shutil.which(TF_SERVING_BINARY)
     if binary:
-        return [binary, f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-                f"--model_name={model_name}", f"--model_base_path={base_path}"]
+        return [binary, "--port=0", f"--grpc_socket_path={grpc_socket}", "--rest_api_port=0",
+                f"--model_name={model_name}", f"--model_base_path={base_path}"], False
     return [sys.executable, "-m", "masktfx.cli", "serve", "--model-base-path", base_path,
-            "--model-name", model_name, "--rest-port", str(rest_port),
-            "--grpc-port", str(grpc_port)]
+            "--model-name", model_name, "--host", "127.0.0.1", "--rest-port", str(rest_port),
+            "--grpc-socket-path", grpc_socket], True
 
 
 def _http(url: str, body: dict | None = None) -> tuple[int, str]:
@@ -131,15 +136,16 @@ def check_serving(model_path: str, model_name: str, warmup_logs: list,
         os.makedirs(os.path.dirname(warmup_path), exist_ok=True)
         with open(warmup_path, "wb") as handle:  # replayed by the server, as after a push
             handle.write(warmup.encode_warmup(warmup_logs))
-        rest_port, grpc_port = _free_port(), _free_port()
-        command = _server_command(base_path, model_name, rest_port, grpc_port)
+        rest_port, grpc_socket = _free_port(), os.path.join(folder, "grpc.sock")
+        command, has_rest = _server_command(base_path, model_name, rest_port, grpc_socket)
         log_path = os.path.join(folder, "server.log")
         with open(log_path, "w+", encoding="utf-8", errors="replace") as log:
             server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             try:
-                _wait_until_served(server, log, rest_port, model_name)
-                slowest = _call_both_apis(rest_port, grpc_port, model_name, warmup_logs,
-                                          expected)
+                channel = _channel(grpc_socket)
+                _wait_until_served(server, log, channel, model_name)
+                slowest = _call_apis(rest_port if has_rest else None, channel, model_name,
+                                     warmup_logs, expected)
             finally:
                 server.terminate()
                 try:
@@ -153,25 +159,44 @@ def check_serving(model_path: str, model_name: str, warmup_logs: list,
     signatures = ", ".join(sorted({e.predict_log.request.model_spec.signature_name
                                    for e in warmup_logs}))
     served_by = TF_SERVING_BINARY if command[0].endswith(TF_SERVING_BINARY) else "masktfx serve"
-    return (f"{served_by} answered {signatures} over REST and gRPC as the model does in "
-            f"process; slowest {slowest['rest']:.0f} ms (REST), {slowest['grpc']:.0f} ms (gRPC)")
+    apis = " and ".join(api for api in ("REST", "gRPC") if api.lower() in slowest)
+    times = ", ".join(f"{ms:.0f} ms ({api})" for api, ms in
+                      (("REST", slowest.get("rest")), ("gRPC", slowest["grpc"])) if ms is not None)
+    return (f"{served_by} answered {signatures} over {apis} as the model does in process; "
+            f"slowest {times}")
 
 
-def _wait_until_served(server: subprocess.Popen, log: Any, rest_port: int, model_name: str
+def _channel(grpc_socket: str) -> Any:
+    import grpc
+
+    return grpc.insecure_channel(f"unix:{grpc_socket}", options=[
+        ("grpc.max_receive_message_length", 64 * 2**20),
+        ("grpc.max_send_message_length", 64 * 2**20)])
+
+
+def _wait_until_served(server: subprocess.Popen, log: Any, channel: Any, model_name: str
                        ) -> None:
-    url = f"http://127.0.0.1:{rest_port}/v1/models/{model_name}/versions/1"
+    """Until version 1 is AVAILABLE, asked over gRPC (ModelService.GetModelStatus), which both
+    servers answer."""
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = model_name
+    request.model_spec.version.value = 1
+    states = get_model_status_pb2.ModelVersionStatus.State
     deadline = time.monotonic() + _START_TIMEOUT_S
     while True:
         try:
-            status, text = _http(url)
-            states = json.loads(text).get("model_version_status", []) if status == 200 else []
-        except (OSError, ValueError):  # not listening yet
-            states = []
-        if states and states[0].get("state") == "AVAILABLE":
+            found = stub.GetModelStatus(request, timeout=5).model_version_status
+        except grpc.RpcError:  # not listening yet, or the version is not known yet
+            found = []
+        if found and found[0].state == states.AVAILABLE:
             return
-        if states and states[0].get("state") == "END":
+        if found and found[0].state == states.END:
             raise ServingCheckFailed("the server could not load the candidate: "
-                                     + states[0].get("status", {}).get("error_message", ""))
+                                     + found[0].status.error_message)
         if server.poll() is not None or time.monotonic() > deadline:
             log.seek(0)
             tail = log.read()[-1500:]
@@ -181,19 +206,17 @@ def _wait_until_served(server: subprocess.Popen, log: Any, rest_port: int, model
         time.sleep(0.25)
 
 
-def _call_both_apis(rest_port: int, grpc_port: int, model_name: str, warmup_logs: list,
-                    expected: list[dict[str, Any]]) -> dict[str, float]:
-    """Each request, _REPEATS times over each API, compared with the in-process answers;
-    returns the slowest call per API, in ms."""
+def _call_apis(rest_port: int | None, channel: Any, model_name: str, warmup_logs: list,
+               expected: list[dict[str, Any]]) -> dict[str, float]:
+    """Each request, _REPEATS times over gRPC and (with `rest_port`) REST, compared with the
+    in-process answers; returns the slowest call per API, in ms."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     url = f"http://127.0.0.1:{rest_port}/v1/models/{model_name}/versions/1"
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
-        f"127.0.0.1:{grpc_port}", options=[("grpc.max_receive_message_length", 64 * 2**20),
-                                           ("grpc.max_send_message_length", 64 * 2**20)]))
-    slowest = {"rest": 0.0, "grpc": 0.0}
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    slowest = {"grpc": 0.0} if rest_port is None else {"rest": 0.0, "grpc": 0.0}
     for entry, wanted in zip(warmup_logs, expected):
         request = entry.predict_log.request
         signature = request.model_spec.signature_name
@@ -205,15 +228,16 @@ def _call_both_apis(rest_port: int, grpc_port: int, model_name: str, warmup_logs
         grpc_request.model_spec.name = model_name
         grpc_request.model_spec.version.value = 1
         for _ in range(_REPEATS):
-            started = time.monotonic()
-            status, text = _http(f"{url}:predict", body)
-            slowest["rest"] = max(slowest["rest"], (time.monotonic() - started) * 1000)
-            if status != 200:
-                raise ServingCheckFailed(f"REST {signature}: {status} {text[:500]}")
-            outputs = json.loads(text)["outputs"]
-            if not isinstance(outputs, dict):  # a single output comes back bare
-                outputs = {next(iter(wanted)): outputs}
-            _compare(f"REST {signature}", wanted, outputs)
+            if rest_port is not None:
+                started = time.monotonic()
+                status, text = _http(f"{url}:predict", body)
+                slowest["rest"] = max(slowest["rest"], (time.monotonic() - started) * 1000)
+                if status != 200:
+                    raise ServingCheckFailed(f"REST {signature}: {status} {text[:500]}")
+                outputs = json.loads(text)["outputs"]
+                if not isinstance(outputs, dict):  # a single output comes back bare
+                    outputs = {next(iter(wanted)): outputs}
+                _compare(f"REST {signature}", wanted, outputs)
             started = time.monotonic()
             try:
                 answer = stub.Predict(grpc_request, timeout=60)

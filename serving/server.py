@@ -373,7 +373,10 @@ class ModelServer:
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-                 model_config_file: str | None = None, config_poll_seconds: float = 0.0):
+                 model_config_file: str | None = None, config_poll_seconds: float = 0.0,
+                 grpc_socket_path: str | None = None):
+        """`grpc_port` None: no gRPC over TCP; `grpc_socket_path`: gRPC on this UNIX socket
+        too (TF Serving's --grpc_socket_path), reachable from this machine only."""
         self.models = models
         self.model_config_file = model_config_file
         self.config_poll_seconds = config_poll_seconds
@@ -392,7 +395,7 @@ class ModelServer:
         self.rest_port = self.rest.server_address[1]
         self.grpc = None
         self.grpc_port = None
-        if grpc_port is not None:
+        if grpc_port is not None or grpc_socket_path:
             import grpc
 
             self.grpc = grpc.server(
@@ -404,9 +407,12 @@ class ModelServer:
                 models, self.metrics, self.budget)
             prediction_grpc.add_PredictionServiceServicer_to_server(prediction, self.grpc)
             model_grpc.add_ModelServiceServicer_to_server(model_service, self.grpc)
-            self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")
-            if not self.grpc_port:
-                raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
+            if grpc_port is not None:
+                self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")
+                if not self.grpc_port:
+                    raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
+            if grpc_socket_path and not self.grpc.add_insecure_port(f"unix:{grpc_socket_path}"):
+                raise OSError(f"cannot listen on the UNIX socket {grpc_socket_path}")
         self._rest_thread: threading.Thread | None = None
 
     def apply_model_config(self) -> None:

@@ -105,3 +105,37 @@ def test_a_model_that_cannot_serve_is_stopped_with_a_message_and_nothing_is_push
     assert not os.path.isdir(base) or not [n for n in os.listdir(base) if n.isdigit()]
 
 
+
+
+def test_tensorflow_serving_is_started_with_nothing_reachable_from_other_machines(
+        tiny_model, tmp_path, monkeypatch):
+    """With `tensorflow_model_server` on PATH, the check starts it with its TCP ports off (TF
+    Serving binds them on every interface) and calls gRPC over a UNIX socket. The binary here
+    is a stand-in that records its flags and serves them with `masktfx serve` (REST on a free
+    loopback port, which the check must not use: TF Serving's is off)."""
+    import sys
+
+    model_dir, examples = tiny_model
+    flags_file = tmp_path / "flags.json"
+    stand_in = tmp_path / "bin" / serving_check.TF_SERVING_BINARY
+    stand_in.parent.mkdir()
+    stand_in.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"json.dump(sys.argv[1:], open({str(flags_file)!r}, 'w'))\n"
+        "flags = dict(arg[2:].split('=', 1) for arg in sys.argv[1:])\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'masktfx.cli', 'serve',\n"
+        "         '--model-base-path', flags['model_base_path'],\n"
+        "         '--model-name', flags['model_name'], '--rest-port', '0',\n"
+        "         '--grpc-socket-path', flags['grpc_socket_path']])\n")
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}")
+    infra = _check(tmp_path, _artifacts(tmp_path, model_dir, examples))
+    reason = infra.get_string_custom_property(serving_check.REASON_PROPERTY)
+    assert infra.get_int_custom_property("blessed") == 1, reason
+    assert ("tensorflow_model_server answered predict_raw, serving_default over gRPC as the "
+            "model does in process") in reason
+    flags = json.loads(flags_file.read_text())
+    assert "--port=0" in flags and "--rest_api_port=0" in flags
+    socket_flag = [flag for flag in flags if flag.startswith("--grpc_socket_path=")]
+    assert len(socket_flag) == 1 and socket_flag[0].endswith("grpc.sock")

@@ -34,7 +34,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default loopback; 0.0.0.0 exposes it)")
     parser.add_argument("--rest-port", type=int, default=8501)
-    parser.add_argument("--grpc-port", type=int, default=8500, help="0 picks a free port")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="0 picks a free port (default 8500, or none with "
+                             "--grpc-socket-path)")
+    parser.add_argument("--grpc-socket-path", default=None,
+                        help="also serve gRPC on this UNIX socket (TF Serving's "
+                             "--grpc_socket_path); without --grpc-port, on it alone")
     parser.add_argument("--poll-seconds", type=float, default=1.0,
                         help="how often the base path is checked for new versions")
     parser.add_argument("--body-limit-mb", type=float, default=32.0,
@@ -90,6 +95,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if getattr(args, name) <= 0:
             raise CommandError(f"--{name.replace('_', '-')} must be positive")
     models = _served_models(args)
+    grpc_port = args.grpc_port
+    if grpc_port is None and not args.grpc_socket_path:
+        grpc_port = 8500
     managers = {name: ModelManager(name, base_path, args.poll_seconds,
                                    max_pixels=args.max_pixels, batching=batching,
                                    max_regions=args.max_regions,
@@ -97,7 +105,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 for name, base_path in models.items()}
     try:
         server = ModelServer(managers, host=args.host,
-                             rest_port=args.rest_port, grpc_port=args.grpc_port,
+                             rest_port=args.rest_port, grpc_port=grpc_port,
+                             grpc_socket_path=args.grpc_socket_path,
                              body_limit=int(args.body_limit_mb * 2**20),
                              max_connections=args.max_connections,
                              max_inflight_bytes=int(args.max_inflight_mb * 2**20),
@@ -110,10 +119,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
+    grpc_at = [f"{args.host}:{server.grpc_port}"] if server.grpc_port else []
+    if args.grpc_socket_path:
+        grpc_at.append(f"unix:{args.grpc_socket_path}")
     for manager in managers.values():
         print(f"serving {manager.name} from {manager.base_path}: REST "
-              f"http://{args.host}:{server.rest_port}, gRPC {args.host}:{server.grpc_port}",
-              flush=True)
+              f"http://{args.host}:{server.rest_port}, gRPC {', '.join(grpc_at)}", flush=True)
     stop.wait()
     server.stop()
     return 0
