@@ -227,3 +227,123 @@ def test_a_hostile_probe_leaves_the_server_answering_and_its_memory_near_baselin
         server.terminate()
         server.wait(timeout=30)
     assert peak[0] <= baseline * 1.5, (baseline, peak[0])
+
+
+def _peak_and_cpu(pid: int) -> tuple[float, float]:
+    """The process's peak RSS since the last reset, in MB, and its CPU seconds so far."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        peak = next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM:"))
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return peak, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _reset_peak(pid: int) -> None:
+    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as handle:
+        handle.write("5")  # VmHWM starts again from the current RSS
+
+
+def test_each_small_request_that_lies_costs_the_server_little_memory_and_cpu(tiny_model,
+                                                                             tmp_path):
+    """The family of issue #34, each request under 64 KB: tensors declaring values they do not
+    hold (every way of carrying values), shapes the signature does not take, millions of
+    declared regions, JSON nested deep or made of numbers, batches that disagree, JPEGs whose
+    header claims more than their data. Each is refused, and costs the server at most 50 MB of
+    peak memory and 0.5 s of CPU."""
+    import base64
+    import json
+
+    import grpc
+    import numpy as np
+    import requests
+    import tensorflow as tf
+    from conftest import patched_jpeg
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from masktfx import features
+
+    model_dir, examples = tiny_model
+    base = str(tmp_path / "serving" / "tiny")
+    first, _, _ = publish_version(model_dir, base)
+    server, rest, grpc_port = _start_server(base, first)
+    image, mask = examples[0][1], examples[0][2]
+
+    def declared(dtype: int, dims: list[int], **values) -> tensor_pb2.TensorProto:
+        return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in dims]), **values)
+
+    def strings(*rows: list[bytes]) -> tensor_pb2.TensorProto:
+        return tf.make_tensor_proto(np.array(rows, dtype=object))
+
+    def grpc_request(signature: str, **inputs) -> predict_pb2.PredictRequest:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "tiny"
+        request.model_spec.signature_name = signature
+        for key, proto in inputs.items():
+            request.inputs[key].CopyFrom(proto)
+        return request
+
+    raw, examples_key = features.RAW_SIGNATURE, features.EXAMPLES_INPUT
+    lying_jpeg = patched_jpeg(16, 60000)
+    grpc_family = {
+        "the 56-byte probe": grpc_request(raw, images=declared(types_pb2.DT_STRING,
+                                                               [1, 50_000_000]),
+                                          masks=strings([mask])),
+        "50M strings, one held": grpc_request(raw, images=declared(
+            types_pb2.DT_STRING, [50_000_000, 1], string_val=[image]), masks=strings([mask])),
+        "packed floats declaring 10^9": grpc_request(raw, images=declared(
+            types_pb2.DT_FLOAT, [250_000_000, 1], tensor_content=b"\0" * 8),
+            masks=strings([mask])),
+        "int64 declaring 10^9": grpc_request(raw, images=declared(
+            types_pb2.DT_INT64, [1, 10**9], int64_val=[1]), masks=strings([mask])),
+        "examples declaring 10^9": grpc_request(features.SERVING_SIGNATURE, **{
+            examples_key: declared(types_pb2.DT_STRING, [10**9])}),
+        "batches that disagree": grpc_request(raw, images=strings([image]),
+                                              masks=strings([mask], [mask])),
+        "a lying JPEG": grpc_request(raw, images=strings([lying_jpeg]), masks=strings([mask])),
+    }
+    nested = b'{"inputs": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    rest_family = {
+        "JSON nested 30,000 deep": nested,
+        "JSON of 20,000 numbers": json.dumps({"signature_name": raw, "inputs": {
+            "images": [0] * 10_000, "masks": [0] * 10_000}}).encode(),
+        "1,000 regions": json.dumps({"signature_name": raw, "instances": [
+            {"images": [{"b64": ""}], "masks": [{"b64": ""}]}] * 1_000}).encode(),
+        "a lying JPEG": json.dumps({"signature_name": raw, "inputs": {
+            "images": [[{"b64": base64.b64encode(lying_jpeg).decode()}]],
+            "masks": [[{"b64": base64.b64encode(mask).decode()}]]}}).encode(),
+    }
+    costs: dict[str, tuple[float, float]] = {}
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        url = f"{rest.url}/v1/models/tiny:predict"
+        for name, request in grpc_family.items():  # once each first: lazy imports and tracing
+            assert request.ByteSize() < 64 * 2**10, name
+            with pytest.raises(grpc.RpcError):
+                stub.Predict(request, timeout=60)
+        for name, body in rest_family.items():
+            assert len(body) < 64 * 2**10, name
+            assert requests.post(url, data=body, timeout=60).status_code in (400, 413)
+        for name, request in grpc_family.items():
+            _reset_peak(server.pid)
+            rss, cpu = _rss_mb(server.pid), _peak_and_cpu(server.pid)[1]
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Predict(request, timeout=60)
+            assert error.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                          grpc.StatusCode.RESOURCE_EXHAUSTED), name
+            peak, cpu_after = _peak_and_cpu(server.pid)
+            costs[f"gRPC {name}"] = (peak - rss, cpu_after - cpu)
+        for name, body in rest_family.items():
+            _reset_peak(server.pid)
+            rss, cpu = _rss_mb(server.pid), _peak_and_cpu(server.pid)[1]
+            assert requests.post(url, data=body, timeout=60).status_code in (400, 413), name
+            peak, cpu_after = _peak_and_cpu(server.pid)
+            costs[f"REST {name}"] = (peak - rss, cpu_after - cpu)
+        assert requests.get(f"{rest.url}/v1/models/tiny", timeout=5).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    over = {name: cost for name, cost in costs.items() if cost[0] > 50 or cost[1] > 0.5}
+    assert not over, f"(MB of peak memory, CPU seconds) over the target: {over}"
