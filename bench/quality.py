@@ -59,7 +59,7 @@ from masktfx.config import PipelineConfig, model_channels  # noqa: E402
 from masktfx.demo_data import write_nuclei, write_synthetic, write_trees  # noqa: E402
 from masktfx.images import decode_mask_array, load_region  # noqa: E402
 from masktfx.manifest import read_manifest  # noqa: E402
-from pipeline.split_plan import split_of  # noqa: E402
+from masktfx.pipeline.split_plan import split_of  # noqa: E402
 
 # One config change per entry, against the default; "logistic" is the classical baseline.
 METHODS: dict[str, dict] = {
@@ -271,7 +271,7 @@ def baseline_features(name: str, rows: Rows) -> np.ndarray:
     DriftCheck computes (components/drift.py)."""
     if name == "logistic":
         return region_statistics(rows)
-    from components.drift import region_descriptors
+    from masktfx.components.drift import region_descriptors
 
     described = [region_descriptors(images, masks) for images, masks in zip(rows.images,
                                                                              rows.masks)]
@@ -381,23 +381,26 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
     return found
 
 
-def three_way(rows: Rows) -> dict[str, Rows]:
+def three_way(rows: Rows) -> tuple[dict[str, Rows], str]:
     """`fit`, `validation` and `holdout` rows of one site, by group, with the pipeline's own
     hash buckets (train / validation / test): the hold-out's groups are never used for fitting
-    or early stopping."""
+    or early stopping. Data with too few groups for each split to hold both classes are split
+    by row instead (as the pipeline's `split_by: id`); the second value says which."""
     config = PipelineConfig()
-    names = np.array([split_of(group.encode(), config) for group in rows.groups])
-    found = {}
-    for key, split in (("fit", features.TRAIN_SPLIT), ("validation", features.VALIDATION_SPLIT),
-                       ("holdout", features.TEST_SPLIT)):
-        found[key] = rows.take(names == split)
-        if len(set(found[key].labels.tolist())) < 2:
-            raise SystemExit(f"the {key} split of {len(set(rows.groups))} groups lacks a "
-                             "class: these data cannot be split three ways by group")
-    return found
+    for split_by, keys in (("group", rows.groups),
+                           ("row", [str(index) for index in range(len(rows.labels))])):
+        names = np.array([split_of(key.encode(), config) for key in keys])
+        found = {key: rows.take(names == split) for key, split in (
+            ("fit", features.TRAIN_SPLIT), ("validation", features.VALIDATION_SPLIT),
+            ("holdout", features.TEST_SPLIT))}
+        if all(len(set(part.labels.tolist())) == 2 for part in found.values()):
+            return found, split_by
+    raise SystemExit(f"{len(rows.labels)} rows cannot be split three ways with both classes "
+                     "in each split")
 
 
 def describe_splits(splits: dict[str, Rows]) -> dict:
+    """Regions, groups and the positive share of each split."""
     return {key: {"regions": len(rows.labels), "groups": len(set(rows.groups)),
                   "positive_fraction": round(float(rows.labels.mean()), 3)}
             for key, rows in splits.items()}
@@ -547,11 +550,12 @@ def main() -> None:
     if "trees" in args.datasets:
         result["trees"] = {}
         for train_site, test_site, train, other in tree_pairs(work):
-            splits = three_way(train)
-            result["trees"][f"{train_site}_to_{test_site}"] = evaluate_site(
-                f"trees {train_site}->{test_site}", base, splits,
-                {"same_scene": splits["holdout"], "other_site": other}, runs("trees"),
-                args.attribution, args.time_rounds)
+            splits, split_by = three_way(train)
+            found = evaluate_site(f"trees {train_site}->{test_site}", base, splits,
+                                  {"same_scene": splits["holdout"], "other_site": other},
+                                  runs("trees"), args.attribution, args.time_rounds)
+            result["trees"][f"{train_site}_to_{test_site}"] = {"split_by": split_by, **found}
+            write_result(result, args.output)
         candidates = [name for name in [*args.methods, *args.ablations]
                       if name not in BASELINES]
         result["decisions"] = decisions(result["trees"], candidates)
@@ -563,15 +567,21 @@ def main() -> None:
         else:
             manifest = write_synthetic(os.path.join(work, name),
                                        num_examples=args.synthetic_examples, size=64)
-        splits = three_way(load_rows(manifest, None))
-        result[name] = evaluate_site(name, base, splits, {"same_scene": splits["holdout"]},
-                                     runs(name), args.attribution, args.time_rounds)
+        splits, split_by = three_way(load_rows(manifest, None))
+        result[name] = {"split_by": split_by, **evaluate_site(
+            name, base, splits, {"same_scene": splits["holdout"]}, runs(name),
+            args.attribution, args.time_rounds)}
+        write_result(result, args.output)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(text + "\n")
+    print(json.dumps(result, indent=2))
+    write_result(result, args.output)
+
+
+def write_result(result: dict, output: str | None) -> None:
+    """The JSON so far, to `output` (after each dataset, so a failure later loses nothing)."""
+    if output:
+        with open(output, "w", encoding="utf-8") as out:
+            out.write(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
