@@ -12,8 +12,23 @@ Also the first request after a version switch, with the version's TF Serving war
 AVAILABLE) and without them: a running server is given new versions one after another, and the
 first REST request to each is timed (`--switches` of them per mode, median).
 
+Also, with `--budget`, the server's memory under `--clients` clients (half REST, half gRPC)
+that each send, again and again, the largest request its limits allow (`--max-regions` regions
+decoding to just under `--max-decoded-mb`, the body under `--body-limit-mb`), while another
+process asks for the model's status every 0.2 s: idle and peak RSS (VmHWM), the answers by
+status, the status call's slowest answer. Target: peak at most 1.5x idle plus the server-wide
+budget (`--max-inflight-mb`), the status answered within 1 s throughout.
+
+And, with `--throughput-vs TREE`, ordinary requests (1 and 32 regions, 8 clients, REST and gRPC)
+against this tree's server and the server of another checkout, in turns, `--rounds` times:
+the median ratio of requests/s. The other checkout needs its subpackages where Python finds
+them: `git worktree add /tmp/ref REV; for d in components modules pipeline serving; do ln -s
+../$d /tmp/ref/masktfx/$d; done`.
+
     python bench/serving.py [--model-base-path demo/pipeline/serving/masktfx-demo] [--seconds 5]
     python bench/serving.py --first-request-only [--switches 5]
+    python bench/serving.py --budget [--clients 128] [--seconds 60]
+    python bench/serving.py --throughput-vs /tmp/ref [--rounds 5]
 
 The model is a pushed version folder's parent (run `make demo` first for the default).
 """
@@ -26,6 +41,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
+import base64  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -78,8 +94,10 @@ def run_load(call, clients: int, seconds: float) -> dict:
             "requests_per_s": round(len(latencies) / elapsed, 1)}
 
 
-def start_server(model_base_path: str, flags: list[str]) -> tuple[subprocess.Popen, str, str]:
-    """`masktfx serve` in its own process, as deployed; its REST URL and gRPC target.
+def start_server(model_base_path: str, flags: list[str], tree: str = ROOT
+                 ) -> tuple[subprocess.Popen, str, str]:
+    """`masktfx serve` of the checkout `tree` in its own process, as deployed; its REST URL and
+    gRPC target.
 
     A server sharing the benchmark's process would share its interpreter lock with the
     clients and be charged for their work.
@@ -87,8 +105,9 @@ def start_server(model_base_path: str, flags: list[str]) -> tuple[subprocess.Pop
     command = [sys.executable, "-m", "masktfx.cli", "serve", "--model-base-path",
                os.path.abspath(model_base_path), "--model-name", "bench", "--rest-port", "0",
                "--grpc-port", "0", *flags]
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+    environment = {**os.environ, "PYTHONPATH": tree}
+    server = subprocess.Popen(command, cwd=tree, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=environment)
     line = server.stdout.readline()  # the server prints where it listens once it is bound
     found = re.search(r"REST (http://\S+), gRPC (\S+)", line)
     if not found:
@@ -151,6 +170,205 @@ def first_request_after_switches(version_dir: str, warmup: bool, switches: int,
     return firsts
 
 
+def largest_request(views: int, masks: int, regions: int, decoded_bytes: int,
+                    body_limit: int) -> tuple[list[list[bytes]], list[list[bytes]]]:
+    """`regions` regions of `views` gray images and `masks` masks, each as large as the decoded
+    limit allows; the images are noise in as many rows as keep the JSON body (base64) under
+    `body_limit`, and flat elsewhere."""
+    from masktfx.images import encode_png
+
+    side = int((decoded_bytes / regions / (views + masks)) ** 0.5) - 1
+    rng = np.random.default_rng(0)
+    mask = np.zeros((side, side), np.uint8)
+    mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
+    encoded_mask = encode_png(mask)
+    per_region_limit = 0.95 * body_limit * 3 / 4 / regions - masks * len(encoded_mask)
+    rows = side
+    while True:
+        image = np.full((side, side), 90, np.uint8)
+        image[:rows] = rng.integers(0, 256, (rows, side), dtype=np.uint8)
+        encoded = encode_png(image)
+        if views * len(encoded) <= per_region_limit or rows <= 1:
+            break
+        rows = int(rows * per_region_limit / (views * len(encoded)) * 0.95)
+    return [[encoded] * views] * regions, [[encoded_mask] * masks] * regions
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+HEALTH_CHECKER = """
+import json, sys, time, urllib.error, urllib.request
+url, seconds = sys.argv[1], float(sys.argv[2])
+latencies, failures = [], {}
+stop = time.monotonic() + seconds
+while time.monotonic() < stop:
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            code = answer.status
+    except urllib.error.HTTPError as error:
+        code = error.code
+    except OSError as error:
+        code = type(error).__name__
+    latencies.append(time.monotonic() - started)
+    if code != 200:
+        failures[str(code)] = failures.get(str(code), 0) + 1
+    time.sleep(0.2)
+print(json.dumps({"calls": len(latencies), "failures": failures,
+                  "slowest_s": round(max(latencies), 3),
+                  "p99_s": round(sorted(latencies)[int(0.99 * (len(latencies) - 1))], 3)}))
+"""
+
+
+def budget_run(model_base_path: str, version: int, views: int, masks: int, clients: int,
+               seconds: float, grpc_clients: int | None = None) -> dict:
+    """The server's memory while `clients` clients send the largest request its default limits
+    allow, and its status call's latency meanwhile (see the module's docstring)."""
+    import http.client
+
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from masktfx.serving.client import RestClient
+    from masktfx.serving.limits import (
+        DEFAULT_MAX_DECODED_BYTES,
+        DEFAULT_MAX_INFLIGHT_BYTES,
+        DEFAULT_MAX_REGIONS,
+    )
+    from masktfx.serving.server import DEFAULT_BODY_LIMIT
+
+    images, region_masks = largest_request(views, masks, DEFAULT_MAX_REGIONS,
+                                           DEFAULT_MAX_DECODED_BYTES, DEFAULT_BODY_LIMIT)
+    body = json.dumps({"signature_name": features.RAW_SIGNATURE, "inputs": {
+        features.IMAGES_KEY: [[{"b64": base64.b64encode(i).decode()} for i in row]
+                              for row in images],
+        features.MASKS_KEY: [[{"b64": base64.b64encode(m).decode()} for m in row]
+                             for row in region_masks]}}).encode()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "bench"
+    request.model_spec.signature_name = features.RAW_SIGNATURE
+    request.model_spec.version.value = version
+    request.inputs[features.IMAGES_KEY].CopyFrom(tf.make_tensor_proto(np.array(images, object)))
+    request.inputs[features.MASKS_KEY].CopyFrom(tf.make_tensor_proto(np.array(region_masks,
+                                                                              object)))
+    server, rest_url, grpc_target = start_server(model_base_path, [])
+    try:
+        wait_until_served(RestClient(rest_url, "bench", retries=0), version, server)
+        RestClient(rest_url, "bench", retries=0).predict_regions(images[:1], region_masks[:1],
+                                                                 version)
+        idle = rss_mb(server.pid)
+        with open(f"/proc/{server.pid}/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")  # VmHWM from here on
+        answers: dict[str, int] = {}
+        lock = threading.Lock()
+        stop = time.monotonic() + seconds
+        host, port = rest_url.removeprefix("http://").rsplit(":", 1)
+        channel = grpc.insecure_channel(grpc_target, options=[
+            ("grpc.max_send_message_length", 2 * DEFAULT_BODY_LIMIT),
+            ("grpc.max_receive_message_length", 2 * DEFAULT_BODY_LIMIT)])
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def count(answer: str) -> None:
+            with lock:
+                answers[answer] = answers.get(answer, 0) + 1
+
+        def rest_client() -> None:
+            while time.monotonic() < stop:
+                connection = http.client.HTTPConnection(host, int(port), timeout=120)
+                try:
+                    connection.request("POST", "/v1/models/bench:predict", body,
+                                       {"Content-Type": "application/json"})
+                    count(f"REST {connection.getresponse().status}")
+                except OSError as error:  # refused before its body was read: it closed
+                    count(f"REST {type(error).__name__}")
+                finally:
+                    connection.close()
+
+        def grpc_client() -> None:
+            while time.monotonic() < stop:
+                try:
+                    stub.Predict(request, timeout=120)
+                    count("gRPC OK")
+                except grpc.RpcError as error:
+                    count(f"gRPC {error.code().name}")
+
+        checker = subprocess.Popen([sys.executable, "-c", HEALTH_CHECKER,
+                                    f"{rest_url}/v1/models/bench", str(seconds)],
+                                   stdout=subprocess.PIPE, text=True)
+        on_grpc = clients // 2 if grpc_clients is None else grpc_clients
+        threads = [threading.Thread(target=grpc_client if index < on_grpc else rest_client)
+                   for index in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        health = json.loads(checker.communicate()[0])
+        peak = rss_mb(server.pid, "VmHWM")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    budget_mb = DEFAULT_MAX_INFLIGHT_BYTES / 2**20
+    return {"clients": clients, "grpc_clients": on_grpc, "seconds": seconds,
+            "request": {"regions": len(images), "body_mb": round(len(body) / 2**20, 1),
+                        "image_side": int(np.sqrt(DEFAULT_MAX_DECODED_BYTES / len(images)
+                                                  / (views + masks))) - 1},
+            "answers": dict(sorted(answers.items())), "idle_rss_mb": round(idle),
+            "peak_rss_mb": round(peak), "budget_mb": budget_mb,
+            "peak_to_idle_plus_budget": round(peak / (1.5 * idle + budget_mb), 3),
+            "status_calls": health,
+            "targets": {"peak_rss_mb": f"<= 1.5 x idle + budget = {1.5 * idle + budget_mb:.0f}",
+                        "status_slowest_s": "<= 1"}}
+
+
+def throughput_vs(reference_tree: str, model_base_path: str, version: int, images: list,
+                  masks: list, rounds: int, seconds: float) -> dict:
+    """Requests/s of ordinary requests against this tree's server and the reference tree's,
+    in turns; per case, each round's ratio (this / reference) and their median."""
+    from masktfx.serving.client import GrpcClient, RestClient
+
+    clients = {}
+    servers = []
+    try:
+        for tree_name, tree in (("this", ROOT), ("reference", os.path.abspath(reference_tree))):
+            server, rest_url, grpc_target = start_server(model_base_path, [], tree)
+            servers.append(server)
+            clients[tree_name] = {"rest": RestClient(rest_url, "bench", retries=0),
+                                  "grpc": GrpcClient(grpc_target, "bench", retries=0)}
+            wait_until_served(clients[tree_name]["rest"], version, server)
+        found: dict = {}
+        for regions in (1, 32):
+            for api in ("rest", "grpc"):
+                key = f"{api}/regions={regions}/clients=8"
+                ratios = []
+                for _ in range(rounds):
+                    measured = {}
+                    for tree_name in ("this", "reference"):
+                        client = clients[tree_name][api]
+
+                        def call(c=client, i=images[:regions], m=masks[:regions]) -> None:
+                            c.predict_regions(i, m, version)
+
+                        call()
+                        measured[tree_name] = run_load(call, 8, seconds)["requests_per_s"]
+                    ratios.append(measured["this"] / measured["reference"])
+                found[key] = {"ratios": [round(r, 3) for r in ratios],
+                              "median_ratio": round(float(np.median(ratios)), 3)}
+                print(key, found[key], file=sys.stderr)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+    return {"rounds": rounds, "seconds_per_measurement": seconds, "runs": found,
+            "target": "median ratio >= 0.95 in every case"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,6 +380,15 @@ def main() -> None:
                         help="version switches timed per mode (with and without warmup)")
     parser.add_argument("--first-request-only", action="store_true",
                         help="measure only the first request after a switch")
+    parser.add_argument("--budget", action="store_true",
+                        help="measure only the memory under clients sending the largest "
+                             "requests")
+    parser.add_argument("--clients", type=int, default=128, help="with --budget")
+    parser.add_argument("--grpc-clients", type=int, default=None,
+                        help="with --budget: how many of them use gRPC (default half)")
+    parser.add_argument("--throughput-vs", metavar="TREE",
+                        help="measure only throughput against the server of this checkout")
+    parser.add_argument("--rounds", type=int, default=5, help="with --throughput-vs")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -181,6 +408,19 @@ def main() -> None:
                                              views=num_views, size=64))
     images = [[open(p, "rb").read() for p in row.images] for row in manifest.rows]
     masks = [[open(p, "rb").read() for p in row.masks] for row in manifest.rows]
+    if args.budget or args.throughput_vs:
+        if args.budget:
+            num_masks = raw.structured_input_signature[1][features.MASKS_KEY].shape[1]
+            found = budget_run(args.model_base_path, version, num_views, num_masks,
+                               args.clients, args.seconds, args.grpc_clients)
+        else:
+            found = throughput_vs(args.throughput_vs, args.model_base_path, version, images,
+                                  masks, args.rounds, args.seconds)
+        print(json.dumps({"benchmark": "serving", "cpu_count": os.cpu_count(),
+                          "model_version": version,
+                          "budget" if args.budget else "throughput_vs_reference": found},
+                         indent=2))
+        return
 
     from masktfx.components.warmup import read_warmup
 

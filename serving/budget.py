@@ -18,22 +18,34 @@ from contextlib import contextmanager
 
 from masktfx.serving.models import ServingError
 
-# What parsing a REST body can cost beyond its own bytes, per JSON value separator (`,`, `[`,
-# `{`): a list entry, a Python number or string object and its numpy copy.
-JSON_BYTES_PER_VALUE = 64
+# What a request can cost beyond its bytes per value it carries (counted in REST bodies by the
+# JSON separators `,`, `[` and `{`): a list entry, a Python object, its numpy copy.
+BYTES_PER_VALUE = 64
+# A REST body's bytes held at once while it is answered, per byte of it: the body, the JSON
+# text's strings, their decoded bytes and the tensor the model gets (bench/serving --budget).
+REST_BYTES_PER_BODY_BYTE = 3.5
+# What a model call holds per byte its images and masks decode to (their headers' count): the
+# decoded pixels and their float copies on the model's grid (bench/serving --budget).
+MODEL_BYTES_PER_DECODED_BYTE = 1.25
 
 
 def rest_body_cost(body: bytes) -> int:
-    """Bytes a REST body can come to once parsed into arrays: its strings held twice (the JSON
-    text and their decoded bytes) and, per value, the objects a JSON number becomes."""
+    """Bytes a REST body comes to while it is answered (itself included), before its images
+    are decoded: its text and strings held in several forms and, per value, the objects a JSON
+    number becomes."""
     separators = body.count(b",") + body.count(b"[") + body.count(b"{")
-    return 2 * len(body) + JSON_BYTES_PER_VALUE * separators
+    return int(REST_BYTES_PER_BODY_BYTE * len(body)) + BYTES_PER_VALUE * separators
 
 
-def grpc_request_cost(byte_size: int, values: int) -> int:
-    """Bytes a received PredictRequest comes to once its tensors are arrays: the message and a
-    copy of its values, plus the per-value objects of string tensors."""
-    return 2 * byte_size + JSON_BYTES_PER_VALUE * values
+def grpc_message_cost(byte_size: int) -> int:
+    """Bytes a received gRPC message comes to while it is answered: its bytes, the parsed
+    request, and its values as arrays and as the tensors the model gets."""
+    return 4 * byte_size
+
+
+def model_call_cost(decoded_bytes: int) -> int:
+    """Bytes a model call holds for images and masks that decode to `decoded_bytes`."""
+    return int(MODEL_BYTES_PER_DECODED_BYTE * decoded_bytes)
 
 
 class BudgetExceeded(ServingError):
@@ -48,15 +60,22 @@ class BudgetExceeded(ServingError):
 
 
 class Reservation:
-    """What one request holds of the budget; `grow` adds to it (waiting like `hold`)."""
+    """What one request holds of the budget: `grow` adds to it (waiting for room), `close`
+    gives it all back (once; later calls do nothing)."""
 
     def __init__(self, budget: InflightBudget):
         self._budget = budget
         self.bytes = 0
 
-    def grow(self, nbytes: int, what: str) -> None:
-        self._budget._take(nbytes, what)
+    def grow(self, nbytes: int, what: str, wait: bool = True) -> None:
+        """Reserve `nbytes` more; without `wait`, refuse at once when there is no room."""
+        self._budget._take(nbytes, what, self._budget.wait_s if wait else 0.0)
         self.bytes += nbytes
+
+    def close(self) -> None:
+        held, self.bytes = self.bytes, 0
+        if held:
+            self._budget._give_back(held)
 
 
 class InflightBudget:
@@ -69,13 +88,13 @@ class InflightBudget:
         self.held = 0
         self._room = threading.Condition()
 
-    def _take(self, nbytes: int, what: str) -> None:
+    def _take(self, nbytes: int, what: str, wait_s: float) -> None:
         if nbytes > self.limit_bytes:
             raise BudgetExceeded(
                 f"{what} would hold {nbytes / 2**20:.1f} MiB, more than the server's budget "
                 f"for all requests in flight ({self.limit_bytes / 2**20:g} MiB, masktfx serve "
                 "--max-inflight-mb); send fewer or smaller regions")
-        deadline = time.monotonic() + self.wait_s
+        deadline = time.monotonic() + wait_s
         with self._room:
             while self.held + nbytes > self.limit_bytes:
                 remaining = deadline - time.monotonic()
@@ -92,12 +111,15 @@ class InflightBudget:
             self.held -= nbytes
             self._room.notify_all()
 
+    def open(self) -> Reservation:
+        """An empty reservation; its holder closes it when the request is answered."""
+        return Reservation(self)
+
     @contextmanager
     def reserve(self) -> Iterator[Reservation]:
         """A reservation that starts empty and is given back whole when the block ends."""
-        reservation = Reservation(self)
+        reservation = self.open()
         try:
             yield reservation
         finally:
-            if reservation.bytes:
-                self._give_back(reservation.bytes)
+            reservation.close()

@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from masktfx.serving.budget import InflightBudget, grpc_request_cost
+from masktfx.serving.budget import (
+    BYTES_PER_VALUE,
+    BudgetExceeded,
+    InflightBudget,
+    Reservation,
+    grpc_message_cost,
+)
 from masktfx.serving.metrics import ServingMetrics
 from masktfx.serving.models import (
     ModelManager,
@@ -80,6 +86,74 @@ def check_tensor_proto(name: str, proto: Any, max_regions: int, allowed: Any = N
     return declared
 
 
+class BudgetedRequest:
+    """A PredictRequest and its reservation of the server's budget, taken before the message
+    was parsed; `refused` when the budget had no room. The reservation is given back when the
+    call ends, or when this object is collected (a call cancelled before its handler ran)."""
+
+    def __init__(self, request: Any, reservation: Reservation,
+                 refused: BudgetExceeded | None = None):
+        import weakref
+
+        self.request = request
+        self.reservation = reservation
+        self.refused = refused
+        self.release = weakref.finalize(self, reservation.close)
+
+
+def budgeted_deserializer(budget: InflightBudget):
+    """PredictRequest's deserializer for gRPC, reserving what the message will come to in
+    `budget` before it is parsed. Unlike a REST body, which waits for room unread, a gRPC
+    message has arrived whole by then: it is refused at once rather than held while it waits."""
+    from tensorflow_serving.apis import predict_pb2
+
+    def deserialize(data: bytes) -> BudgetedRequest:
+        reservation = budget.open()
+        try:
+            reservation.grow(grpc_message_cost(len(data)), "the request", wait=False)
+        except BudgetExceeded as refused:
+            return BudgetedRequest(None, reservation, refused)
+        try:
+            return BudgetedRequest(predict_pb2.PredictRequest.FromString(data), reservation)
+        except Exception:
+            reservation.close()
+            raise
+
+    return deserialize
+
+
+def prediction_service_handler(servicer: Any, budget: InflightBudget) -> Any:
+    """TF Serving's PredictionService as the generated code registers it, with Predict's
+    message parsed by `budgeted_deserializer`."""
+    import grpc
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        inference_pb2,
+        predict_pb2,
+        regression_pb2,
+    )
+
+    def method(behavior, request_type, response_type, deserializer=None):
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=deserializer or request_type.FromString,
+            response_serializer=response_type.SerializeToString)
+
+    return grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+        "Classify": method(servicer.Classify, classification_pb2.ClassificationRequest,
+                           classification_pb2.ClassificationResponse),
+        "Regress": method(servicer.Regress, regression_pb2.RegressionRequest,
+                          regression_pb2.RegressionResponse),
+        "Predict": method(servicer.Predict, predict_pb2.PredictRequest,
+                          predict_pb2.PredictResponse, budgeted_deserializer(budget)),
+        "MultiInference": method(servicer.MultiInference, inference_pb2.MultiInferenceRequest,
+                                 inference_pb2.MultiInferenceResponse),
+        "GetModelMetadata": method(servicer.GetModelMetadata,
+                                   get_model_metadata_pb2.GetModelMetadataRequest,
+                                   get_model_metadata_pb2.GetModelMetadataResponse),
+    })
+
+
 def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics,
                   budget: InflightBudget):
     import grpc
@@ -117,18 +191,23 @@ def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics,
         return wrapper
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):  # noqa: N802 (gRPC naming)
+        def Predict(self, budgeted: BudgetedRequest, context):  # noqa: N802 (gRPC naming)
             with metrics.observe("grpc") as labels:
                 try:
-                    return self._predict(request, context, labels)
+                    if budgeted.refused is not None:
+                        raise budgeted.refused
+                    return self._predict(budgeted.request, context, labels,
+                                         budgeted.reservation)
                 except ServingError as error:
                     labels["code"] = error.code
                     context.abort(codes.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
                 except Exception:
                     labels["code"] = "UNKNOWN"  # gRPC answers UNKNOWN
                     raise
+                finally:
+                    budgeted.release()
 
-        def _predict(self, request, context, labels):
+        def _predict(self, request, context, labels, held: Reservation):
             manager, version = lookup(request.model_spec, context)
             labels["model"] = manager.name
             resolved = manager.signature(request.model_spec.signature_name, version,
@@ -139,16 +218,14 @@ def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics,
             values = sum(check_tensor_proto(name, proto, manager.max_regions, specs[name].shape,
                                             manager.max_decoded_bytes)
                          for name, proto in request.inputs.items())
-            with budget.reserve() as held:
-                held.grow(grpc_request_cost(request.ByteSize(), values), "the request")
-                inputs = {}
-                for name, proto in request.inputs.items():
-                    try:
-                        inputs[name] = tf.make_ndarray(proto)
-                    except Exception as exc:
-                        raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {exc}") \
-                            from None
-                served, signature, outputs = manager.call(resolved, inputs, held)
+            held.grow(BYTES_PER_VALUE * values, "the request's values")
+            inputs = {}
+            for name, proto in request.inputs.items():
+                try:
+                    inputs[name] = tf.make_ndarray(proto)
+                except Exception as exc:
+                    raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {exc}") from None
+            served, signature, outputs = manager.call(resolved, inputs, held)
             metrics.count_regions(labels, outputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = manager.name
@@ -202,5 +279,5 @@ def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics,
         def HandleReloadConfigRequest(self, request, context):  # noqa: N802
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "model config reload is not supported")
 
-    return PredictionService(), ModelService(), prediction_service_pb2_grpc, \
+    return prediction_service_handler(PredictionService(), budget), ModelService(), \
         model_service_pb2_grpc

@@ -1,5 +1,10 @@
 """What one client can make `masktfx serve` hold; defaults that keep a 2-core, 24 GiB machine
-answering. A module of constants only, so the command line can show them without TensorFlow."""
+answering, and the allocator setting that keeps what was freed from piling up. Nothing here
+imports TensorFlow, so the command line can show the defaults (and set the allocator) first."""
+
+import ctypes
+import ctypes.util
+import logging
 
 # Regions one request may hold. Each costs up to max_pixels of decoded pixels per view, so this
 # bounds what one request can make the server allocate; clients batch below it.
@@ -17,3 +22,25 @@ DEFAULT_READ_TIMEOUT_S = 10.0
 DEFAULT_MAX_INFLIGHT_BYTES = 1024 * 2**20
 # Seconds a request waits for room in that budget before it is refused.
 DEFAULT_INFLIGHT_WAIT_S = 1.0
+
+# glibc's malloc arenas: at most this many, shared by all threads.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas; call it before the threads that serve requests exist.
+
+    glibc gives threads arenas of their own (up to 8 per core), and memory freed in one arena
+    is kept for that arena: with a thread per REST connection, each big request on a new
+    thread left its model call's memory behind in another arena, and the server's RSS grew
+    past what its requests held at once (bench/serving --budget). Returns False where the C
+    library is not glibc (nothing changes there)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    if not mallopt(_M_ARENA_MAX, arenas):
+        logging.getLogger("masktfx.serve").warning("could not cap malloc arenas at %d", arenas)
+        return False
+    return True

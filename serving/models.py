@@ -383,7 +383,9 @@ def check_signature_regions(arrays: dict[str, np.ndarray], max_pixels: int,
                            f"the limit is {max_decoded_bytes / 2**20:g} MiB per request "
                            "(masktfx serve --max-decoded-mb); send fewer or smaller regions")
     if held is not None and total:
-        held.grow(total, "the request's decoded images and masks")
+        from masktfx.serving.budget import model_call_cost
+
+        held.grow(model_call_cost(total), "the model call on the request's regions")
     for row, (images, masks) in enumerate(rows):
         try:
             check_region(images, masks, max_pixels)

@@ -403,9 +403,9 @@ class ModelServer:
                 maximum_concurrent_rpcs=max_connections,  # past it: RESOURCE_EXHAUSTED
                 options=[("grpc.max_receive_message_length", body_limit),
                          ("grpc.max_send_message_length", body_limit)])
-            prediction, model_service, prediction_grpc, model_grpc = grpc_services(
-                models, self.metrics, self.budget)
-            prediction_grpc.add_PredictionServiceServicer_to_server(prediction, self.grpc)
+            prediction, model_service, model_grpc = grpc_services(models, self.metrics,
+                                                                  self.budget)
+            self.grpc.add_generic_rpc_handlers((prediction,))
             model_grpc.add_ModelServiceServicer_to_server(model_service, self.grpc)
             if grpc_port is not None:
                 self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")

@@ -78,6 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from masktfx.serving.limits import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before TensorFlow and the server start their threads
+
     from masktfx.serving.batching import BatchingParameters
     from masktfx.serving.models import ModelManager
     from masktfx.serving.server import ModelServer
