@@ -13,8 +13,9 @@ AVAILABLE) and without them: a running server is given new versions one after an
 first REST request to each is timed (`--switches` of them per mode, median).
 
 Also, with `--budget`, the server's memory under `--clients` clients (half REST, half gRPC)
-that each send, again and again, the largest request its limits allow (`--max-regions` regions
-decoding to just under `--max-decoded-mb`, the body under `--body-limit-mb`), while another
+that each send, again and again (a second after a refusal), the largest request its limits
+allow (`--max-regions` regions decoding to just under `--max-decoded-mb`, the body under
+`--body-limit-mb`), while another
 process asks for the model's status every 0.2 s: idle and peak RSS (VmHWM), the answers by
 status, the status call's slowest answer. Target: peak at most 1.5x idle plus the server-wide
 budget (`--max-inflight-mb`), the status answered within 1 s throughout.
@@ -275,21 +276,32 @@ def budget_run(model_base_path: str, version: int, views: int, masks: int, clien
             ("grpc.max_receive_message_length", 2 * DEFAULT_BODY_LIMIT)])
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
-        def count(answer: str) -> None:
+        said: dict[str, str] = {}  # the first message of each kind of answer
+
+        def count(answer: str, message: str = "") -> None:
             with lock:
                 answers[answer] = answers.get(answer, 0) + 1
+                said.setdefault(answer, message[:300])
 
+        # Refused, a client waits a second before it tries again, as clients with retries do
+        # (this machine's cores are shared by the clients and the server: clients that retry
+        # at once would mostly measure themselves).
         def rest_client() -> None:
             while time.monotonic() < stop:
                 connection = http.client.HTTPConnection(host, int(port), timeout=120)
+                status = 0
                 try:
                     connection.request("POST", "/v1/models/bench:predict", body,
                                        {"Content-Type": "application/json"})
-                    count(f"REST {connection.getresponse().status}")
+                    response = connection.getresponse()
+                    status = response.status
+                    count(f"REST {status}", response.read().decode("utf-8", "replace"))
                 except OSError as error:  # refused before its body was read: it closed
-                    count(f"REST {type(error).__name__}")
+                    count(f"REST {type(error).__name__}", str(error))
                 finally:
                     connection.close()
+                if status != 200:
+                    time.sleep(1.0)
 
         def grpc_client() -> None:
             while time.monotonic() < stop:
@@ -297,7 +309,8 @@ def budget_run(model_base_path: str, version: int, views: int, masks: int, clien
                     stub.Predict(request, timeout=120)
                     count("gRPC OK")
                 except grpc.RpcError as error:
-                    count(f"gRPC {error.code().name}")
+                    count(f"gRPC {error.code().name}", error.details() or "")
+                    time.sleep(1.0)
 
         checker = subprocess.Popen([sys.executable, "-c", HEALTH_CHECKER,
                                     f"{rest_url}/v1/models/bench", str(seconds)],
@@ -319,7 +332,8 @@ def budget_run(model_base_path: str, version: int, views: int, masks: int, clien
             "request": {"regions": len(images), "body_mb": round(len(body) / 2**20, 1),
                         "image_side": int(np.sqrt(DEFAULT_MAX_DECODED_BYTES / len(images)
                                                   / (views + masks))) - 1},
-            "answers": dict(sorted(answers.items())), "idle_rss_mb": round(idle),
+            "answers": dict(sorted(answers.items())), "first_messages": said,
+            "idle_rss_mb": round(idle),
             "peak_rss_mb": round(peak), "budget_mb": budget_mb,
             "peak_to_idle_plus_budget": round(peak / (1.5 * idle + budget_mb), 3),
             "status_calls": health,
@@ -330,7 +344,8 @@ def budget_run(model_base_path: str, version: int, views: int, masks: int, clien
 def throughput_vs(reference_tree: str, model_base_path: str, version: int, images: list,
                   masks: list, rounds: int, seconds: float) -> dict:
     """Requests/s of ordinary requests against this tree's server and the reference tree's,
-    in turns; per case, each round's ratio (this / reference) and their median."""
+    in turns (which goes first alternates); per case, each round's ratio (this / reference)
+    and their median."""
     from masktfx.serving.client import GrpcClient, RestClient
 
     clients = {}
@@ -347,9 +362,10 @@ def throughput_vs(reference_tree: str, model_base_path: str, version: int, image
             for api in ("rest", "grpc"):
                 key = f"{api}/regions={regions}/clients=8"
                 ratios = []
-                for _ in range(rounds):
+                for round_index in range(rounds):
                     measured = {}
-                    for tree_name in ("this", "reference"):
+                    order = ("this", "reference") if round_index % 2 else ("reference", "this")
+                    for tree_name in order:
                         client = clients[tree_name][api]
 
                         def call(c=client, i=images[:regions], m=masks[:regions]) -> None:

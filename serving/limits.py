@@ -24,7 +24,7 @@ DEFAULT_MAX_INFLIGHT_BYTES = 1024 * 2**20
 DEFAULT_INFLIGHT_WAIT_S = 1.0
 
 # glibc's malloc arenas: at most this many, shared by all threads.
-MALLOC_ARENAS = 2
+MALLOC_ARENAS = 4
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 

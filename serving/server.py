@@ -402,7 +402,10 @@ class ModelServer:
                 futures.ThreadPoolExecutor(max_workers=grpc_workers),
                 maximum_concurrent_rpcs=max_connections,  # past it: RESOURCE_EXHAUSTED
                 options=[("grpc.max_receive_message_length", body_limit),
-                         ("grpc.max_send_message_length", body_limit)])
+                         ("grpc.max_send_message_length", body_limit),
+                         # streams past the workers would only wait, their messages arriving
+                         # into buffers the budget cannot see; refused, a client retries them
+                         ("grpc.max_concurrent_streams", grpc_workers)])
             prediction, model_service, model_grpc = grpc_services(models, self.metrics,
                                                                   self.budget)
             self.grpc.add_generic_rpc_handlers((prediction,))
