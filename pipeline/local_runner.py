@@ -39,6 +39,7 @@ from masktfx.pipeline.pipeline import (
     example_split_key,
     schema_path,
 )
+from masktfx.pipeline.run_lock import workdir_lock
 from masktfx.pipeline.run_output import new_run_id
 from masktfx.pipeline.split_plan import (
     SplitPlanError,
@@ -213,19 +214,22 @@ def run_local(config: PipelineConfig, data: str,
     """`masktfx run`: prepare (an error here means no component ran, and is raised), run the
     pipeline, read its summary back. A failed component is returned as the outcome's failure.
     `progress_stream`: where a manifest's ingest shows its progress bar (on a terminal)."""
-    # Started first, so that its imports overlap this process's own; run_pipeline and a
-    # manifest's ingest take their Beam workers from it.
-    with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD, config.beam_fork_server):
-        prepared = prepare(config, data, progress_stream)
-        if on_prepared:
-            on_prepared(prepared)
-        failure = None
+    run_id = run_id or new_run_id()
+    with workdir_lock(os.path.abspath(config.workdir), run_id):
+        # Started first, so that its imports overlap this process's own; run_pipeline and a
+        # manifest's ingest take their Beam workers from it.
+        with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD,
+                             config.beam_fork_server):
+            prepared = prepare(config, data, progress_stream)
+            if on_prepared:
+                on_prepared(prepared)
+            failure = None
+            try:
+                run_pipeline(prepared.config, run_id, announce)
+            except Exception as exc:  # a component failed: the caller says which and why
+                failure = exc
         try:
-            run_pipeline(prepared.config, run_id, announce)
-        except Exception as exc:  # a component failed: the caller says which and why
-            failure = exc
-    try:
-        summary = summarize_run(prepared.config)
-    except LookupError:
-        summary = None
+            summary = summarize_run(prepared.config)
+        except LookupError:
+            summary = None
     return LocalRunOutcome(prepared.config, prepared.ingested, summary, failure)
