@@ -5,8 +5,9 @@ The per-request limits (body size, regions, decoded bytes) bound one request; wi
 `--max-connections` requests could each hold their whole allowance at the same time. A request
 reserves what it will hold before it holds it (its body before the body is read, what parsing
 makes of it, what its images decode to before the model runs) and gives it back when it is
-answered. Past the budget a request waits up to `wait_s` for others to finish, then is refused
-(RESOURCE_EXHAUSTED over gRPC, 503 over REST, with the limit's flag in the message).
+answered. Past the budget a REST request waits up to `wait_s` for others to finish, then gets
+503; a gRPC message, which has arrived whole by the time it can be counted, gets
+RESOURCE_EXHAUSTED at once (both messages name the limit's flag).
 """
 
 from __future__ import annotations
