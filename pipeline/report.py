@@ -31,6 +31,7 @@ from masktfx.pipeline.report_figures import (
     coverage_figure,
     curves_figure,
     grid_figure,
+    risk_coverage_figure,
     training_figure,
 )
 from masktfx.pipeline.summary import (
@@ -337,9 +338,12 @@ def page_context(data: ReportData) -> dict[str, Any]:
                         for metric in METRICS]
         for name, _ in entries]
     context["interval_min_groups"] = data.intervals.get("min_groups", 0)
+    points = data.intervals.get("risk_coverage", [])
     context["risk_coverage_rows"] = [
         [f"{point['coverage']:.2f}", _number(point["auc"]), f"{point['ood_threshold']:.3f}"]
-        for point in data.intervals.get("risk_coverage", [])]
+        for point in points]
+    context["risk_coverage_figure"] = risk_coverage_figure(points, points[-1]["auc"]) \
+        if points else ""
     found = summary.attribution
     context["attribution_text"] = format_attribution(found) if found.get("regions") else ""
     context["attribution_figure"] = (attribution_figure(found, data.attribution_maps)

@@ -152,3 +152,19 @@ def calibration_figure(buckets: list[dict[str, float]], bins: int = 10) -> str:
     axis.set(xlabel="mean predicted probability", ylabel="fraction positive",
              title="calibration", xlim=(0, 1), ylim=(0, 1.02))
     return _png(figure)
+
+
+def risk_coverage_figure(points: list[dict[str, float]], overall_auc: float | None) -> str:
+    """AUC of the regions the OOD score accepts against the share accepted (the Evaluator's
+    `risk_coverage`); a share whose regions hold one class has no AUC and no point."""
+    plt = _pyplot()
+    coverage = np.array([point["coverage"] for point in points], float)
+    auc = np.array([np.nan if point["auc"] is None else point["auc"] for point in points], float)
+    figure, axis = plt.subplots(figsize=(4.5, 3.4))
+    axis.plot(coverage, auc, marker="o")
+    if overall_auc is not None:
+        axis.axhline(overall_auc, linestyle=":", color="gray", label="all test regions")
+        axis.legend(loc="lower left")
+    axis.set(xlabel="share of test regions accepted (most like training first)",
+             ylabel="AUC of the accepted", title="risk and coverage", xlim=(0, 1.02))
+    return _png(figure)

@@ -133,8 +133,8 @@ def test_the_report_holds_the_runs_own_numbers(two_runs):
     assert format_attribution(found) in open(path, encoding="utf-8").read()
 
     # every figure is an embedded PNG that decodes (histogram, grid, training, curves, calib.,
-    # attribution)
-    assert len(page.images) == 6
+    # risk-coverage, attribution)
+    assert len(page.images) == 7
     for source in page.images:
         assert source.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).verify()
