@@ -47,19 +47,17 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from io import BytesIO  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from quality_baselines import BASELINES, baseline_probabilities  # noqa: E402
+from quality_data import Rows, describe_splits, load_rows, three_way, tree_pairs  # noqa: E402
+
 from masktfx import features  # noqa: E402
 from masktfx.config import PipelineConfig, model_channels  # noqa: E402
-from masktfx.demo_data import write_nuclei, write_synthetic, write_trees  # noqa: E402
-from masktfx.images import decode_mask_array, load_region  # noqa: E402
-from masktfx.manifest import read_manifest  # noqa: E402
-from masktfx.pipeline.split_plan import split_of  # noqa: E402
+from masktfx.demo_data import write_nuclei, write_synthetic  # noqa: E402
 
 # One config change per entry, against the default; "logistic" is the classical baseline.
 METHODS: dict[str, dict] = {
@@ -83,52 +81,6 @@ METHODS: dict[str, dict] = {
 }
 HEADLINE = ("default", "previous_default", "logistic", "gradient_boosting")
 ABLATIONS = tuple(name for name in METHODS if name not in HEADLINE)
-
-
-@dataclass
-class Rows:
-    images: list[list[bytes]]
-    masks: list[list[bytes]]
-    labels: np.ndarray
-    groups: list[str]
-    sites: list[str]
-    channels: int  # the channels the images are stored with (largest of the data)
-
-    def take(self, keep: np.ndarray) -> Rows:
-        index = np.flatnonzero(keep)
-        return Rows([self.images[i] for i in index], [self.masks[i] for i in index],
-                    self.labels[index], [self.groups[i] for i in index],
-                    [self.sites[i] for i in index], self.channels)
-
-    def joined(self, other: Rows) -> Rows:
-        return Rows(self.images + other.images, self.masks + other.masks,
-                    np.concatenate([self.labels, other.labels]), self.groups + other.groups,
-                    self.sites + other.sites, max(self.channels, other.channels))
-
-
-def load_rows(manifest_path: str, site_column: str | None) -> Rows:
-    """Encoded images and masks as ingest stores them, labels, groups and sites."""
-    manifest = read_manifest(manifest_path)
-    images, masks, labels, groups, sites, channels = [], [], [], [], [], 1
-    for row in manifest.rows:
-        region = load_region(row.images, row.masks, 10**8)
-        channels = max(channels, *(info.channels for info in region.images))
-        images.append([info.encoded for info in region.images])
-        masks.append(region.masks)
-        labels.append(row.label)
-        groups.append(row.group)
-        metadata = dict(row.metadata)
-        sites.append(metadata[site_column] if site_column else row.group)
-    return Rows(images, masks, np.array(labels), groups, sites, channels)
-
-
-def tree_pairs(work: str):
-    """(training site, other site, their rows) of the trees data written under `work`, trained
-    on Wyoming and scored on California, then the reverse."""
-    rows = load_rows(write_trees(os.path.join(work, "trees")), "site")
-    sites = np.array(rows.sites)
-    for site, other in (("wyoming", "california"), ("california", "wyoming")):
-        yield site, other, rows.take(sites == site), rows.take(sites == other)
 
 
 def resolve(config: PipelineConfig, rows: Rows) -> PipelineConfig:
@@ -233,72 +185,6 @@ def epoch_seconds(prepared: dict[str, tuple], rounds: int) -> dict:
     return found
 
 
-def region_statistics(rows: Rows) -> np.ndarray:
-    """Per example: intensity and colour statistics of the first view inside the mask, against
-    the rest of the tile (the classical baseline's features)."""
-    from PIL import Image
-
-    table = []
-    for views, mask_list in zip(rows.images, rows.masks):
-        with Image.open(BytesIO(views[0])) as picture:
-            if picture.mode.startswith("I"):
-                pixels = np.asarray(picture, np.float32)[..., None]
-            else:
-                pixels = np.asarray(picture.convert("RGB" if rows.channels > 2 else "L"),
-                                    np.float32)
-        pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
-        region = decode_mask_array(mask_list[0], 10**8)
-        grey = pixels.mean(axis=-1)
-        inside, outside = grey[region], grey[~region]
-        scale = outside.std() + 1e-6 if outside.size else 1.0
-        outside_mean = outside.mean() if outside.size else 0.0
-        values = [
-            (inside.mean() - outside_mean) / scale, inside.std() / scale,
-            (inside.max() - np.median(inside)) / scale,
-            (np.percentile(inside, 95) - np.percentile(inside, 50)) / scale,
-            (inside.max() - outside_mean) / scale, region.mean(),
-        ]
-        if pixels.shape[-1] > 1:  # colour: each channel's share of the brightness inside
-            share = pixels[region].mean(axis=0) / (pixels[region].mean() + 1e-6)
-            values.extend(share.tolist())
-        table.append(values)
-    return np.array(table)
-
-
-def baseline_features(name: str, rows: Rows) -> np.ndarray:
-    """The classical baselines' table: `logistic` takes this bench's colour and intensity
-    statistics inside and around the mask, `gradient_boosting` the region descriptors the
-    DriftCheck computes (components/drift.py)."""
-    if name == "logistic":
-        return region_statistics(rows)
-    from masktfx.components.drift import region_descriptors
-
-    described = [region_descriptors(images, masks) for images, masks in zip(rows.images,
-                                                                             rows.masks)]
-    names = sorted(described[0])
-    return np.array([[found[key] for key in names] for found in described])
-
-
-def baseline_probabilities(name: str, seed: int, train: Rows, scored: dict[str, Rows]
-                           ) -> dict[str, np.ndarray]:
-    """A baseline fitted on `train`: its probabilities on each of `scored`."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if name == "logistic":
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    else:
-        model = HistGradientBoostingClassifier(random_state=seed)
-    model.fit(baseline_features(name, train), train.labels)
-    return {key: model.predict_proba(baseline_features(name, rows))[:, 1]
-            for key, rows in scored.items()}
-
-
-BASELINES = ("logistic", "gradient_boosting")
-
-
 def prepare(name: str, base: PipelineConfig, fit: Rows, validation: Rows
             ) -> tuple[PipelineConfig, tuple, tuple]:
     """The method's config and its transformed fit and validation (early stopping's) pairs."""
@@ -379,31 +265,6 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
         found[key] = auc_summary(rows.labels, plain[key])
         found[key]["tta_auc_median"] = auc_summary(rows.labels, flipped[key])["auc_median"]
     return found
-
-
-def three_way(rows: Rows) -> tuple[dict[str, Rows], str]:
-    """`fit`, `validation` and `holdout` rows of one site, by group, with the pipeline's own
-    hash buckets (train / validation / test): the hold-out's groups are never used for fitting
-    or early stopping. Data with too few groups for each split to hold both classes are split
-    by row instead (as the pipeline's `split_by: id`); the second value says which."""
-    config = PipelineConfig()
-    for split_by, keys in (("group", rows.groups),
-                           ("row", [str(index) for index in range(len(rows.labels))])):
-        names = np.array([split_of(key.encode(), config) for key in keys])
-        found = {key: rows.take(names == split) for key, split in (
-            ("fit", features.TRAIN_SPLIT), ("validation", features.VALIDATION_SPLIT),
-            ("holdout", features.TEST_SPLIT))}
-        if all(len(set(part.labels.tolist())) == 2 for part in found.values()):
-            return found, split_by
-    raise SystemExit(f"{len(rows.labels)} rows cannot be split three ways with both classes "
-                     "in each split")
-
-
-def describe_splits(splits: dict[str, Rows]) -> dict:
-    """Regions, groups and the positive share of each split."""
-    return {key: {"regions": len(rows.labels), "groups": len(set(rows.groups)),
-                  "positive_fraction": round(float(rows.labels.mean()), 3)}
-            for key, rows in splits.items()}
 
 
 # The reference of issue #16's training-time target, and the method held to it.
