@@ -28,16 +28,21 @@ _VALUE_FIELDS = {"string_val": 1, "float_val": 1, "double_val": 1, "int_val": 1,
                  "uint64_val": 1, "scomplex_val": 2, "dcomplex_val": 2}
 
 
+def _dtype_size(dtype: int) -> int:
+    """Bytes per value of a TensorProto's dtype; 0 for one TensorFlow does not know."""
+    from tensorflow.python.framework import dtypes
+
+    try:
+        return dtypes.as_dtype(dtype).size
+    except (TypeError, ValueError):
+        return 0
+
+
 def tensor_proto_values(proto: Any) -> int:
     """How many values a TensorProto holds, however it carries them: packed bytes
     (`tensor_content`) or a typed `*_val` field."""
-    from tensorflow.python.framework import dtypes
-
     if proto.tensor_content:
-        try:
-            size = dtypes.as_dtype(proto.dtype).size
-        except (TypeError, ValueError):
-            size = 0
+        size = _dtype_size(proto.dtype)
         if not size or len(proto.tensor_content) % size:
             raise ServingError("INVALID_ARGUMENT", "tensor_content does not hold whole values "
                                                    "of the tensor's dtype")
@@ -71,13 +76,11 @@ def check_tensor_proto(name: str, proto: Any, max_regions: int, allowed: Any = N
     if given != declared:
         raise ServingError("INVALID_ARGUMENT", f"input {name!r} declares shape {dims} "
                                                f"({declared} values) but holds {given}")
-    from tensorflow.python.framework import dtypes
+    from tensorflow.core.framework import types_pb2
 
-    try:
-        size = 0 if proto.dtype == dtypes.string.as_datatype_enum else dtypes.as_dtype(
-            proto.dtype).size
-    except (TypeError, ValueError):
-        size = 0  # an unknown dtype: make_ndarray refuses it
+    # strings' size is their bytes, already in the message; an unknown dtype (0) make_ndarray
+    # refuses
+    size = 0 if proto.dtype == types_pb2.DT_STRING else _dtype_size(proto.dtype)
     if max_bytes is not None and declared * size > max_bytes:
         raise ServingError("RESOURCE_EXHAUSTED",
                            f"input {name!r} of shape {dims} is {declared * size / 2**20:.1f} "
