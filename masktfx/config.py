@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from masktfx.config_values import ConfigError, coerce_field_value, parse_threshold_policy
+
 MASK_MODES = ("crop", "zero", "channel", "none")
 NORMALIZATIONS = ("region", "dataset")
 MODEL_PRESETS = ("seed", "resnet")
@@ -37,10 +39,6 @@ TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "stem_norm", 
 CODE_FINGERPRINT_KEY = "code_fingerprint"
 # A raster's bands (masktfx.images.MAX_RASTER_BANDS; kept here so config stays at the bottom).
 MAX_CHANNELS = 64
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
 
 
 @dataclass
@@ -375,7 +373,8 @@ class PipelineConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; "
                               f"known fields: {', '.join(sorted(known))}")
-        converted = {name: _coerce(known[name], value, source) for name, value in values.items()}
+        converted = {name: coerce_field_value(known[name], value, source)
+                     for name, value in values.items()}
         return cls(**converted)
 
     @classmethod
@@ -419,23 +418,6 @@ class PipelineConfig:
         return config.replace(workdir=workdir)
 
 
-def parse_threshold_policy(policy: str) -> tuple[str, float | None]:
-    """("fixed" | "youden", None) or ("min_sensitivity" | "min_precision", target in (0, 1])."""
-    kind, _, target = policy.partition(":")
-    if kind in ("fixed", "youden") and not target:
-        return kind, None
-    if kind in ("min_sensitivity", "min_precision"):
-        try:
-            value = float(target)
-        except ValueError:
-            value = -1.0
-        if 0.0 < value <= 1.0:
-            return kind, value
-        raise ValueError(f"{kind} needs a target in (0, 1], as in {kind}:0.9; got {policy!r}")
-    raise ValueError(f"must be fixed, youden, min_sensitivity:X or min_precision:X; "
-                     f"got {policy!r}")
-
-
 RUN_CONFIG = "masktfx-config.yaml"
 # Fields a config of an earlier release may still hold, and what to write instead.
 REPLACED_FIELDS = {"eval_buckets": "the data is split three ways now; set validation_buckets "
@@ -453,45 +435,6 @@ def uri_scheme(path: str) -> str:
 def _require(condition: bool, name: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config field {name!r} {message}")
-
-
-def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
-    """Accept YAML/CLI values of the field's type, with clear errors for the rest."""
-    kind = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", "")
-    try:
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return int(value)
-        if kind == "float":
-            return float(value)
-        if kind == "str":
-            return str(value)
-        if kind in ("list[int]", "list[float]"):
-            items = value.replace(",", " ").split() if isinstance(value, str) else value
-            if any(isinstance(item, bool) for item in items):
-                raise ValueError(value)
-            if kind == "list[float]":
-                return [float(item) for item in items]
-            if any(isinstance(item, float) and not item.is_integer() for item in items):
-                raise ValueError(value)
-            return [int(item) for item in items]
-        if kind.startswith("list"):
-            if isinstance(value, str):
-                return value.split()
-            return [str(item) for item in value]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: field {spec.name!r} expects {kind}, got {value!r}") from None
-    return value
 
 
 def model_channels(stored_channels: int) -> int:

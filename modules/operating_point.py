@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from masktfx.config import parse_threshold_policy
+from masktfx.config_values import parse_threshold_policy
 
 BOOTSTRAP_RESAMPLES = 200
 
