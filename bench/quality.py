@@ -76,6 +76,8 @@ METHODS: dict[str, dict] = {
     "flip_intensity_only": {"augmentations": "flip,intensity"},
     "no_augmentation": {"augment": False},
     "color": {"channels": 0},
+    "statistics_input": {"statistics_input": True},
+    "layer_norm_statistics_input": {"norm_layer": "layer", "statistics_input": True},
     "less_context": {"crop_margin": 0.1},
     "more_context": {"crop_margin": 0.5},
 }
@@ -89,24 +91,38 @@ def resolve(config: PipelineConfig, rows: Rows) -> PipelineConfig:
                           channels=config.channels or model_channels(rows.channels)).validate()
 
 
-def transform(rows: Rows, config: PipelineConfig, masks_only: bool = False) -> np.ndarray:
-    """The model's input of each region (or, with `masks_only`, its mask on the model's grid)."""
+def transform(rows: Rows, config: PipelineConfig) -> dict[str, np.ndarray]:
+    """The Transform's outputs of each region: the model's input and the region statistics."""
     import tensorflow as tf
 
     from masktfx.modules.transform import transform_regions
 
-    out = []
+    regions, statistics = [], []
     for start in range(0, len(rows.images), 256):
-        out.append(transform_regions(tf.constant(rows.images[start:start + 256]),
-                                     tf.constant(rows.masks[start:start + 256]), config,
-                                     masks_only=masks_only).numpy())
-    return np.concatenate(out)
+        found = transform_regions(tf.constant(rows.images[start:start + 256]),
+                                  tf.constant(rows.masks[start:start + 256]), config,
+                                  with_statistics=True)
+        regions.append(found[0].numpy())
+        statistics.append(found[1].numpy())
+    return {features.REGION_KEY: np.concatenate(regions),
+            features.REGION_STATISTICS_KEY: np.concatenate(statistics)}
+
+
+def transform_masks(rows: Rows, config: PipelineConfig) -> np.ndarray:
+    """Each region's mask on the model's grid."""
+    import tensorflow as tf
+
+    from masktfx.modules.transform import transform_regions
+
+    return np.concatenate([transform_regions(
+        tf.constant(rows.images[start:start + 256]), tf.constant(rows.masks[start:start + 256]),
+        config, masks_only=True).numpy() for start in range(0, len(rows.images), 256)])
 
 
 ATTRIBUTION_REGIONS = 256  # test regions attributed per trained model (the first ones)
 
 
-def attribution_inside(model, config: PipelineConfig, x_test: np.ndarray,
+def attribution_inside(model, config: PipelineConfig, x_test: dict[str, np.ndarray],
                        masks: np.ndarray) -> float:
     """Median share of the integrated gradients inside the mask over the first test regions,
     with the function the served `attribution` signature runs."""
@@ -115,21 +131,23 @@ def attribution_inside(model, config: PipelineConfig, x_test: np.ndarray,
     from masktfx.modules.trainer import integrated_gradients
 
     shares = []
-    for start in range(0, min(len(x_test), ATTRIBUTION_REGIONS), 32):
+    for start in range(0, min(len(masks), ATTRIBUTION_REGIONS), 32):
         stop = min(start + 32, ATTRIBUTION_REGIONS)
-        heat = integrated_gradients(model, tf.constant(x_test[start:stop]),
-                                    config.channels).numpy()
+        statistics = x_test[features.REGION_STATISTICS_KEY][start:stop]
+        heat = integrated_gradients(
+            model, tf.constant(x_test[features.REGION_KEY][start:stop]), config.channels,
+            statistics=tf.constant(statistics) if config.statistics_input else None).numpy()
         inside = (heat * masks[start:stop]).sum(axis=(1, 2, 3))
         shares.extend(inside / np.maximum(heat.sum(axis=(1, 2, 3)), 1e-12))
     return float(np.median(shares))
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int):
+def batches(x: dict[str, np.ndarray], y: np.ndarray, batch_size: int):
     """Transformed feature batches, as Transform's output reaches `training_pairs`."""
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices(
-        {features.REGION_KEY: x, features.TRANSFORMED_LABEL_KEY: y}).batch(batch_size)
+        {**x, features.TRANSFORMED_LABEL_KEY: y}).batch(batch_size)
 
 
 def training_inputs(config: PipelineConfig, fit: tuple, validation: tuple) -> tuple:
@@ -154,9 +172,12 @@ def epoch_seconds(prepared: dict[str, tuple], rounds: int) -> dict:
     (which the jumps move less).
     """
     from masktfx.modules.model import build_model
+    from masktfx.modules.trainer import statistics_moments
 
     names = list(prepared)
-    fits = {name: (build_model(config), *training_inputs(config, fit, validation))
+    fits = {name: (build_model(config, statistics_moments(
+                       fit[0][features.REGION_STATISTICS_KEY])),
+                   *training_inputs(config, fit, validation))
             for name, (config, fit, validation) in prepared.items()}
 
     def one_epoch(name: str) -> tuple[float, float]:
@@ -193,10 +214,15 @@ def prepare(name: str, base: PipelineConfig, fit: Rows, validation: Rows
             (transform(validation, config), validation.labels))
 
 
-def flipped_probabilities(model, x: np.ndarray) -> np.ndarray:
-    """Test-time augmentation: the mean probability over the four flips of each view (x is
-    [B, K, S, S, C])."""
-    found = [model.predict(np.flip(x, axis=axes) if axes else x, verbose=0).reshape(-1)
+def flipped_probabilities(model, x: dict[str, np.ndarray], config: PipelineConfig
+                          ) -> np.ndarray:
+    """Test-time augmentation: the mean probability over the four flips of each view (regions
+    are [B, K, S, S, C])."""
+    from masktfx.modules.model import model_inputs
+
+    regions = x[features.REGION_KEY]
+    found = [model.predict(model_inputs({**x, features.REGION_KEY: np.flip(regions, axis=axes)
+                                         if axes else regions}, config), verbose=0).reshape(-1)
              for axes in ((), (2,), (3,), (2, 3))]
     return np.mean(found, axis=0)
 
@@ -228,7 +254,8 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
                 for key, rows in scored.items()}
     import tensorflow as tf
 
-    from masktfx.modules.trainer import train_model
+    from masktfx.modules.model import model_inputs
+    from masktfx.modules.trainer import statistics_moments, train_model
 
     config, fit, validation = prepared or prepare(name, base, splits["fit"],
                                                   splits["validation"])
@@ -241,22 +268,24 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
         seeded = config.replace(seed=seed)
         tf.keras.utils.set_random_seed(seed)
         start, cpu_start = time.perf_counter(), time.process_time()
-        model, history = train_model(seeded, *training_inputs(seeded, fit, validation),
-                                     verbose=0)
+        model, history = train_model(
+            seeded, *training_inputs(seeded, fit, validation), verbose=0,
+            moments=statistics_moments(fit[0][features.REGION_STATISTICS_KEY]))
         found["train_seconds"].append(round(time.perf_counter() - start, 1))
         found["train_cpu_seconds_per_seed"].append(round(time.process_time() - cpu_start, 1))
         found["epochs"].append(len(history.history["loss"]))
         for key, x in x_scored.items():
-            plain[key].append(model.predict(x, verbose=0).reshape(-1))  # traces predict
+            fed = model_inputs(x, seeded)
+            plain[key].append(model.predict(fed, verbose=0).reshape(-1))  # traces predict
             started = time.process_time()
-            flipped[key].append(flipped_probabilities(model, x))
+            flipped[key].append(flipped_probabilities(model, x, seeded))
             four = time.process_time() - started
             started = time.process_time()
-            model.predict(x, verbose=0)
+            model.predict(fed, verbose=0)
             found["tta_predict_seconds_ratio"].append(
                 four / max(time.process_time() - started, 1e-6))
         if attribution and "same_scene" in scored:
-            masks = transform(scored["same_scene"], seeded, masks_only=True)
+            masks = transform_masks(scored["same_scene"], seeded)
             found.setdefault("attribution_inside_per_seed", []).append(round(
                 attribution_inside(model, seeded, x_scored["same_scene"], masks), 4))
     found["tta_predict_seconds_ratio"] = round(statistics.median(

@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quality import Rows, load_rows, resolve, training_inputs, tree_pairs  # noqa: E402
+from quality import Rows, load_rows, resolve, training_inputs, transform, tree_pairs  # noqa: E402
 
-from masktfx import performance  # noqa: E402
+from masktfx import features, performance  # noqa: E402
 from masktfx.config import PipelineConfig  # noqa: E402
 from masktfx.demo_data import write_synthetic  # noqa: E402
 
@@ -62,19 +62,7 @@ def three_way(groups: list[str], config: PipelineConfig) -> np.ndarray:
     return np.array([split(group) for group in groups])
 
 
-def transform_with_statistics(rows: Rows, config: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
-    import tensorflow as tf
-
-    from masktfx.modules.transform import transform_regions
-
-    regions, statistics_ = [], []
-    for start in range(0, len(rows.images), 256):
-        found = transform_regions(tf.constant(rows.images[start:start + 256]),
-                                  tf.constant(rows.masks[start:start + 256]), config,
-                                  with_statistics=True)
-        regions.append(found[0].numpy())
-        statistics_.append(found[1].numpy())
-    return np.concatenate(regions), np.concatenate(statistics_)
+INPUTS = (features.REGION_KEY, features.REGION_STATISTICS_KEY)
 
 
 def outputs(model, x: np.ndarray, stats: np.ndarray, labels: np.ndarray) -> dict:
@@ -111,8 +99,9 @@ def one_seed(config: PipelineConfig, site: dict, other: dict) -> dict:
 
     tf.keras.utils.set_random_seed(config.seed)
     part = site["split"]
-    fit = (site["x"][part == 0], site["labels"][part == 0])
-    validation = (site["x"][part == 1], site["labels"][part == 1])
+    fit, validation = (({features.REGION_KEY: site["x"][part == index],
+                         features.REGION_STATISTICS_KEY: site["stats"][part == index]},
+                        site["labels"][part == index]) for index in (0, 1))
     started = time.process_time()
     model, history = train_model(config, *training_inputs(config, fit, validation), verbose=0)
     train_cpu = time.process_time() - started
@@ -182,8 +171,8 @@ def usable(split: np.ndarray, labels: np.ndarray) -> bool:
 
 def run_pair(label: str, site_rows: Rows, other_rows: Rows, seeds: list[int]) -> dict:
     config = resolve(PipelineConfig(), site_rows)
-    site_x, site_stats = transform_with_statistics(site_rows, config)
-    other_x, other_stats = transform_with_statistics(other_rows, config)
+    site_x, site_stats = (transform(site_rows, config)[key] for key in INPUTS)
+    other_x, other_stats = (transform(other_rows, config)[key] for key in INPUTS)
     split, split_by = three_way(site_rows.groups, config), "group"
     if not usable(split, site_rows.labels):
         # too few groups for three parts of both classes (the California scene has a handful

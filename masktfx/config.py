@@ -30,7 +30,8 @@ TRANSFORM_FIELDS = ("num_views", "num_masks", "image_format", "channels", "bands
                     "normalization")
 IMAGE_FORMATS = ("", "pictures", "rasters")
 DRIFT_ACTIONS = ("warn", "stop")
-TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "stem_norm", "epochs",
+TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "stem_norm",
+                  "statistics_input", "epochs",
                   "batch_size", "learning_rate", "early_stopping_patience", "augment",
                   "augmentations", "distribution_strategy", "seed", "decision_threshold",
                   "threshold_policy")
@@ -120,6 +121,10 @@ class PipelineConfig:
         default=True, metadata={"help": "resnet: normalize the first convolution's output as "
                                         "every other's (false: faster to train on CPU, and "
                                         "less accurate across sites)"})
+    statistics_input: bool = field(
+        default=False, metadata={"help": "also decide on each region's intensity statistics "
+                                         "inside and around its mask (mean, spread per "
+                                         "channel; what the region normalization hides)"})
     epochs: int = field(default=30, metadata={"help": "training epochs (upper bound)"})
     train_steps: int = field(
         default=0, metadata={"help": "total training steps; 0: whole epochs over the data"}

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from masktfx import features
@@ -180,14 +181,30 @@ def build_tower(config: PipelineConfig, input_shape: tuple[int, int, int]) -> ke
     return resnet_tower(input_shape, config.norm_layer, config.stem_norm)
 
 
-def build_model(config: PipelineConfig) -> keras.Model:
-    """Input [B, K, S, S, C'] -> probability [B, 1]."""
+def build_model(config: PipelineConfig,
+                statistics_moments: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
+    """Input [B, K, S, S, C'] -> probability [B, 1]. With `statistics_input`, the input is a
+    dict of the regions and their `region_statistics` [B, 4 C + 1], and `statistics_moments`
+    (their mean and standard deviation on the training split) scale the statistics."""
     tf.random.set_seed(config.seed)
     shape = (config.num_views, config.image_size, config.image_size, config.input_channels)
-    inputs = keras.Input(shape, name=features.REGION_KEY)
+    regions = keras.Input(shape, name=features.REGION_KEY)
     tower = build_tower(config, shape[1:])
-    per_view = keras.layers.TimeDistributed(tower, name="views")(inputs)
+    per_view = keras.layers.TimeDistributed(tower, name="views")(regions)
     fused = keras.layers.GlobalAveragePooling1D(name="fuse_views")(per_view)
+    inputs: keras.KerasTensor | dict = regions
+    if config.statistics_input:
+        if statistics_moments is None:
+            raise ValueError("statistics_input needs the training split's statistics moments")
+        mean, std = (np.asarray(value, np.float32) for value in statistics_moments)
+        statistics = keras.Input(mean.shape, name=features.REGION_STATISTICS_KEY)
+        # The region normalization hides a region's brightness, contrast and colour, and its
+        # share of the crop, from the tower; this branch gives them back to the decision.
+        scaled = keras.layers.Normalization(mean=mean, variance=np.square(np.maximum(std, 1e-6)),
+                                            name="scale_statistics")(statistics)
+        described = keras.layers.Dense(32, activation="relu", name="statistics")(scaled)
+        fused = keras.layers.Concatenate(name="fuse_statistics")([fused, described])
+        inputs = {features.REGION_KEY: regions, features.REGION_STATISTICS_KEY: statistics}
     output = keras.layers.Dense(1, activation="sigmoid", name=features.PROBABILITY_OUTPUT)(fused)
     model = keras.Model(inputs, output, name=f"masktfx_{config.model_preset}")
     model.compile(
@@ -198,3 +215,12 @@ def build_model(config: PipelineConfig) -> keras.Model:
                                               threshold=config.decision_threshold)],
     )
     return model
+
+
+def model_inputs(transformed: dict[str, tf.Tensor], config: PipelineConfig
+                 ) -> tf.Tensor | dict[str, tf.Tensor]:
+    """What `build_model`'s model takes, from the Transform's outputs."""
+    if config.statistics_input:
+        return {features.REGION_KEY: transformed[features.REGION_KEY],
+                features.REGION_STATISTICS_KEY: transformed[features.REGION_STATISTICS_KEY]}
+    return transformed[features.REGION_KEY]

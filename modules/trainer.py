@@ -26,7 +26,7 @@ import tensorflow_transform as tft
 from masktfx import features, performance
 from masktfx.config import PipelineConfig
 from masktfx.modules import reliability
-from masktfx.modules.model import build_model
+from masktfx.modules.model import build_model, model_inputs
 from masktfx.modules.operating_point import operating_point
 from masktfx.modules.transform import transform_regions
 
@@ -133,28 +133,38 @@ def make_input(file_pattern: list[str] | str, tf_transform_output: tft.TFTransfo
 
 def training_pairs(batches: tf.data.Dataset, config: PipelineConfig, training: bool
                    ) -> tf.data.Dataset:
-    """Batches of transformed feature dicts -> (region, label), augmented only for training."""
+    """Batches of transformed feature dicts -> (model input, label), the regions augmented only
+    for training."""
     if training:
         batches = batches.unbatch().shuffle(2048, seed=config.seed).batch(config.batch_size)
 
-    def split(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        regions = batch[features.REGION_KEY]
+    def split(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor | dict, tf.Tensor]:
         if training and config.augmentation_list:
-            regions = augment(regions, config.channels, config.augmentation_list)
-        return regions, batch[features.TRANSFORMED_LABEL_KEY]
+            batch = {**batch, features.REGION_KEY: augment(
+                batch[features.REGION_KEY], config.channels, config.augmentation_list)}
+        return model_inputs(batch, config), batch[features.TRANSFORMED_LABEL_KEY]
 
     return batches.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def label_counts(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput
-                 ) -> list[int]:
-    """[negatives, positives] of the training split, from one cheap pass over its labels."""
+def label_counts_and_moments(file_pattern: list[str] | str,
+                             tf_transform_output: tft.TFTransformOutput
+                             ) -> tuple[list[int], tuple[np.ndarray, np.ndarray]]:
+    """[negatives, positives] of the training split, and the mean and standard deviation of
+    its region statistics, from one cheap pass."""
     counts = [0, 0]
+    statistics = []
     for batch in _transformed_dataset(file_pattern, tf_transform_output, 1024):
         labels = batch[features.TRANSFORMED_LABEL_KEY].numpy()
         counts[1] += int(labels.sum())
         counts[0] += int(len(labels) - labels.sum())
-    return counts
+        statistics.append(batch[features.REGION_STATISTICS_KEY].numpy())
+    return counts, statistics_moments(np.concatenate(statistics))
+
+
+def statistics_moments(statistics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of [N, D] region statistics: the mean and standard deviation."""
+    return statistics.mean(axis=0), statistics.std(axis=0)
 
 
 def class_weights(counts: list[int]) -> dict[int, float]:
@@ -168,7 +178,7 @@ def class_weights(counts: list[int]) -> dict[int, float]:
 
 def with_embedding(model: tf.keras.Model) -> tf.keras.Model:
     """The model with a second output: the fused features its last layer decides on."""
-    return tf.keras.Model(model.inputs, [model.output, model.get_layer("fuse_views").output])
+    return tf.keras.Model(model.input, [model.output, model.get_layer("fuse_views").output])
 
 
 def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
@@ -186,7 +196,7 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
 
     def predict(raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         transformed = model.tft_layer(raw)
-        output, embedding = scorer(transformed[features.REGION_KEY], training=False)
+        output, embedding = scorer(model_inputs(transformed, config), training=False)
         probability = tf.reshape(output, [-1])
         answers = {features.PROBABILITY_OUTPUT: probability,
                    features.PREDICTED_LABEL_OUTPUT: tf.cast(probability >= threshold, tf.int64)}
@@ -216,16 +226,20 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
         tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     def attribution(examples):
         raw = tf.io.parse_example(examples, serving_spec)
-        regions = model.tft_layer(raw)[features.REGION_KEY]
+        transformed = model.tft_layer(raw)
+        regions = transformed[features.REGION_KEY]
         masks = transform_regions(raw[features.IMAGES_KEY], raw[features.MASKS_KEY], config,
                                   masks_only=True)
-        heat = integrated_gradients(model, regions, config.channels)
+        statistics = transformed[features.REGION_STATISTICS_KEY] if config.statistics_input \
+            else None
+        heat = integrated_gradients(model, regions, config.channels, statistics=statistics)
         inside = tf.reduce_sum(heat * masks, axis=[1, 2, 3])
         total = tf.reduce_sum(heat, axis=[1, 2, 3])
         return {features.INSIDE_SHARE_OUTPUT: inside / tf.maximum(total, 1e-12),
                 features.HEAT_OUTPUT: heat, features.REGION_MASK_OUTPUT: masks,
                 features.MODEL_INPUT_OUTPUT: regions[..., 0],
-                features.PROBABILITY_OUTPUT: tf.reshape(model(regions, training=False), [-1])}
+                features.PROBABILITY_OUTPUT: tf.reshape(
+                    model(model_inputs(transformed, config), training=False), [-1])}
 
     return {
         features.SERVING_SIGNATURE: serve_examples.get_concrete_function(),
@@ -236,13 +250,16 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
 
 
 def integrated_gradients(model: tf.keras.Model, regions: tf.Tensor, channels: int,
-                         steps: int = features.ATTRIBUTION_STEPS) -> tf.Tensor:
+                         steps: int = features.ATTRIBUTION_STEPS,
+                         statistics: tf.Tensor | None = None) -> tf.Tensor:
     """|Integrated gradients| (Sundararajan et al., 2017) of the probability on each pixel of
     the image channels of `regions` [B, K, S, S, C'], summed over them: [B, K, S, S].
 
     The baseline is 0 in the image channels, the region's mean after the Transform's region
     normalization (an image without contrast); a mask channel keeps its values, because where
-    the region is is given, not decided. Midpoint rule over `steps` points of the path.
+    the region is is given, not decided. Midpoint rule over `steps` points of the path. A
+    model with `statistics_input` gets the regions' `statistics` unchanged along the path: the
+    attribution is that of the pixels the model looks at.
     """
     is_image = tf.range(tf.shape(regions)[-1]) < channels
     baseline = tf.where(is_image, tf.zeros_like(regions), regions)
@@ -252,7 +269,9 @@ def integrated_gradients(model: tf.keras.Model, regions: tf.Tensor, channels: in
         point = baseline + alpha * (regions - baseline)
         with tf.GradientTape() as tape:
             tape.watch(point)
-            probability = model(point, training=False)
+            probability = model(point if statistics is None else {
+                features.REGION_KEY: point, features.REGION_STATISTICS_KEY: statistics},
+                training=False)
         total += tape.gradient(probability, point)
     attributions = (regions - baseline) * total / steps
     return tf.reduce_sum(tf.abs(attributions[..., :channels]), axis=-1)
@@ -287,12 +306,14 @@ EARLY_STOPPING_WARMUP_EPOCHS = 3
 
 def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.data.Dataset,
                 weights: dict[int, float], log_dir: str | None = None,
-                steps_per_epoch: int | None = None, verbose: int = 2
+                steps_per_epoch: int | None = None, verbose: int = 2,
+                moments: tuple[np.ndarray, np.ndarray] | None = None
                 ) -> tuple[tf.keras.Model, tf.keras.callbacks.History]:
     """Fit with early stopping on the validation split's AUC (best weights kept); shared by
-    run_fn and bench."""
+    run_fn and bench. `moments`: the training split's `statistics_moments`, which a model with
+    `statistics_input` needs."""
     with distribution_strategy(config.distribution_strategy).scope():
-        model = build_model(config)
+        model = build_model(config, moments)
     callbacks = [
         # The first epochs of a freshly initialized network can score a lucky validation AUC that
         # the next `patience` epochs, still learning, do not beat: watched from the start,
@@ -322,7 +343,7 @@ def region_outputs(model: tf.keras.Model, file_pattern: list[str] | str,
                                           "statistics": []}
     seen = 0
     for batch in _transformed_dataset(file_pattern, tf_transform_output, 256):
-        output, embedding = scorer(batch[features.REGION_KEY], training=False)
+        output, embedding = scorer(model_inputs(batch, config), training=False)
         found["probabilities"].append(tf.reshape(output, [-1]).numpy())
         found["embeddings"].append(embedding.numpy())
         found["statistics"].append(batch[features.REGION_STATISTICS_KEY].numpy())
@@ -370,7 +391,7 @@ def run_fn(fn_args: Any) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     train = make_input(fn_args.train_files, tf_transform_output, config, training=True)
     evaluation = make_input(fn_args.eval_files, tf_transform_output, config, training=False)
-    counts = label_counts(fn_args.train_files, tf_transform_output)
+    counts, moments = label_counts_and_moments(fn_args.train_files, tf_transform_output)
     weights = class_weights(counts)
     # One iterator across all epochs: the shuffle buffer fills once, not at every epoch start.
     train = train.repeat()
@@ -379,7 +400,7 @@ def run_fn(fn_args: Any) -> None:
     else:
         steps_per_epoch = max(1, math.ceil(sum(counts) / config.batch_size))
     model, history = train_model(config, train, evaluation, weights, fn_args.model_run_dir,
-                                 steps_per_epoch)
+                                 steps_per_epoch, moments=moments)
     logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
     validation = region_outputs(model, fn_args.eval_files, tf_transform_output, config)
     point = choose_operating_point(validation, config)

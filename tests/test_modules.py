@@ -298,3 +298,49 @@ def test_training_under_a_mirrored_strategy(rng):
     assert len(history.history["loss"]) == 1
     with pytest.raises(ConfigError, match="distribution_strategy"):
         PipelineConfig(distribution_strategy="tpu").validate()
+
+
+def test_statistics_input_lets_the_model_see_the_brightness_region_normalization_hides(
+        tmp_path, tiny_model):
+    from conftest import train_tiny_model
+
+    # a region and the same region 40 grey levels brighter: identical after the region
+    # normalization, so only the statistics branch can tell them apart
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 60, (20, 20)).astype(np.uint8)
+    mask = encode_png(square_mask(20, 5, 15))
+    pair = tf.constant([make_example([encode_png(image)], [mask]).SerializeToString(),
+                        make_example([encode_png(image + 40)], [mask]).SerializeToString()])
+    probabilities = {}
+    # the tiny model: the same examples without statistics_input
+    examples = tiny_model[1]
+    for statistics_input, serving_dir in ((False, tiny_model[0]), (True, train_tiny_model(
+            tmp_path, examples, statistics_input=True)[0])):
+        loaded = tf.saved_model.load(serving_dir)
+        probabilities[statistics_input] = loaded.signatures[features.SERVING_SIGNATURE](
+            examples=pair)[features.PROBABILITY_OUTPUT].numpy()
+    assert abs(probabilities[False][0] - probabilities[False][1]) < 1e-5
+    assert abs(probabilities[True][0] - probabilities[True][1]) > 1e-3
+    # its signatures agree with each other, the attribution's included
+    serialized = tf.constant([make_example([img], [m]).SerializeToString()
+                              for _, img, m in examples])
+    by_example = loaded.signatures[features.SERVING_SIGNATURE](examples=serialized)
+    by_raw = loaded.signatures[features.RAW_SIGNATURE](
+        images=tf.constant([[img] for _, img, _ in examples]),
+        masks=tf.constant([[m] for _, _, m in examples]))
+    attributed = loaded.signatures[features.ATTRIBUTION_SIGNATURE](examples=serialized)
+    for answers in (by_raw, attributed):
+        np.testing.assert_allclose(answers[features.PROBABILITY_OUTPUT].numpy(),
+                                   by_example[features.PROBABILITY_OUTPUT].numpy(), atol=1e-6)
+    assert (attributed[features.HEAT_OUTPUT].numpy() >= 0).all()
+    assert features.OOD_SCORE_OUTPUT in by_example
+
+
+def test_statistics_input_needs_the_training_moments():
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=16, model_preset="seed",
+                            statistics_input=True)
+    with pytest.raises(ValueError, match="moments"):
+        build_model(config)
+    model = build_model(config, (np.zeros(5), np.ones(5)))
+    assert {tensor.name.split(":")[0] for tensor in model.inputs} == {
+        features.REGION_KEY, features.REGION_STATISTICS_KEY}
