@@ -28,7 +28,7 @@ def loop_ingest(manifest_path: str, output: str) -> int:
     import tensorflow as tf
 
     from masktfx.config import PipelineConfig
-    from masktfx.ingest import _RowFailure, encode_region
+    from masktfx.ingest import RowFailure, encode_region
     from masktfx.manifest import read_manifest
 
     manifest = read_manifest(manifest_path)
@@ -40,7 +40,7 @@ def loop_ingest(manifest_path: str, output: str) -> int:
         for row in manifest.rows:
             try:
                 serialized, _ = encode_region(row, PipelineConfig().max_pixels, False)
-            except _RowFailure:
+            except RowFailure:
                 continue
             writer.write(serialized)
             written += 1

@@ -75,7 +75,7 @@ def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
                   ) -> tuple[bytes, dict]:
     """Read and check every file of one row; returns the serialized example and its stats.
 
-    Raises `_RowFailure` naming the file at fault.
+    Raises `RowFailure` naming the file at fault.
     """
     from masktfx.records import make_example
 
@@ -83,7 +83,7 @@ def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
         region = imageio.load_region(row.images, row.masks, max_pixels, resize_masks,
                                      row.geometry, row.geometry_crs, row.plane, row.mask_label)
     except imageio.RegionFileError as exc:
-        raise _RowFailure(exc.path, f"{exc.part}: {exc.reason}") from None
+        raise RowFailure(exc.path, f"{exc.part}: {exc.reason}") from None
     infos, masks, coverages = region.images, region.masks, region.coverages
     example = make_example([info.encoded for info in infos], masks, row.label, row.example_id,
                            row.group, row.metadata)
@@ -100,7 +100,7 @@ def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
     return serialized, stats
 
 
-class _RowFailure(Exception):
+class RowFailure(Exception):
     def __init__(self, path: str, reason: str):
         super().__init__(reason)
         self.path = path
@@ -153,7 +153,7 @@ class WriteShardFn(beam.DoFn):
                 try:
                     serialized, row_stats = encode_region(row, self._max_pixels,
                                                           self._resize_masks)
-                except _RowFailure as failure:
+                except RowFailure as failure:
                     yield beam.pvalue.TaggedOutput(
                         REJECTED_TAG, Rejection(row.row, failure.path, failure.reason))
                 else:
@@ -292,11 +292,13 @@ def _existing_shards(directory: str) -> list[str]:
     return FileSystems.match([os.path.join(directory, features.SHARD_GLOB)])[0].metadata_list
 
 
-def _show_progress(progress_dir: str, total: int, stop: threading.Event, stream: TextIO
-                   ) -> None:
+def show_progress(progress_dir: str, total: int | None, stop: threading.Event, stream: TextIO,
+                  desc: str = "ingest", unit: str = "row") -> None:
+    """A progress bar of the counts that workers write into files of `progress_dir` (one
+    each), until `stop` is set; `total` None: a count and a rate."""
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="row", desc="ingest", file=stream) as bar:
+    with tqdm(total=total, unit=unit, desc=desc, file=stream) as bar:
         while not stop.wait(0.5):
             done = 0
             for name in os.listdir(progress_dir):
@@ -305,9 +307,10 @@ def _show_progress(progress_dir: str, total: int, stop: threading.Event, stream:
                         done += int(handle.read() or 0)
                 except (OSError, ValueError):
                     continue
-            bar.n = min(done, total)
+            bar.n = done if total is None else min(done, total)
             bar.refresh()
-        bar.n = total
+        if total is not None:
+            bar.n = total
         bar.refresh()
 
 
@@ -353,7 +356,7 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
     stop = threading.Event()
     watcher = None
     if progress_dir:
-        watcher = threading.Thread(target=_show_progress,
+        watcher = threading.Thread(target=show_progress,
                                    args=(progress_dir, len(manifest.rows), stop, progress_stream),
                                    daemon=True)
         watcher.start()
@@ -404,15 +407,15 @@ WORK_PREFIX = ".ingest-"
 WORK_OWNER = ".owner"  # "HOST PID" of the ingest writing the folder
 
 
-def remove_abandoned_work_dirs(parent: str) -> list[str]:
-    """Remove work folders of ingests that were killed (their process is gone), so a killed
-    run leaves nothing behind once the next ingest into the same folder starts. A folder of a
-    live ingest, or of one on another host, is left alone."""
+def remove_abandoned_work_dirs(parent: str, prefix: str = WORK_PREFIX) -> list[str]:
+    """Remove work folders (named `prefix`...) of jobs that were killed (their process is gone),
+    so a killed job leaves nothing behind once the next one into the same folder starts. A
+    folder of a live job, or of one on another host, is left alone."""
     removed = []
     host = socket.gethostname()
     for name in os.listdir(parent):
         path = os.path.join(parent, name)
-        if not name.startswith(WORK_PREFIX) or not os.path.isdir(path):
+        if not name.startswith(prefix) or not os.path.isdir(path):
             continue
         try:
             with open(os.path.join(path, WORK_OWNER), encoding="ascii") as handle:

@@ -29,6 +29,7 @@ from masktfx.images import (
 )
 from masktfx.serving.batching import Batcher, BatchingParameters, QueueFullError
 from masktfx.serving.limits import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_REGIONS
+from masktfx.tf_errors import op_message
 
 log = logging.getLogger("masktfx.serve")
 
@@ -272,16 +273,6 @@ class ModelManager:
             return servable.version, name, batcher.submit((servable.version, name), call, arrays)
         except QueueFullError as exc:
             raise ServingError("UNAVAILABLE", str(exc)) from None
-
-
-def op_message(exc: Exception) -> str:
-    """TensorFlow's message without the 'Graph execution error:' preamble and the Python
-    traceback of where the op was defined: the op's own message, whole."""
-    message = getattr(exc, "message", None) or str(exc)
-    if message.startswith("Graph execution error:"):
-        blocks = [block.strip() for block in message.split("\n\n") if block.strip()]
-        message = blocks[-1] if len(blocks) > 1 else message
-    return message.strip()
 
 
 def replay_warmup(module: Any, path: str) -> int:

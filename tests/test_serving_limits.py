@@ -23,8 +23,9 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from masktfx import features
 from masktfx.images import encode_png
 from masktfx.records import make_example
-from masktfx.serving.models import ModelManager, op_message, wait_for_version
+from masktfx.serving.models import ModelManager, wait_for_version
 from masktfx.serving.server import ModelServer
+from masktfx.tf_errors import op_message
 
 MAX_REGIONS = 4
 MAX_CONNECTIONS = 8
