@@ -21,11 +21,13 @@ def beam_flags(beam_args: Sequence[str], defaults: Mapping[str, str]) -> dict[st
     return vars(known)
 
 
-def ingest_beam_args(beam_args: Sequence[str]) -> list[str]:
-    """Beam args for `masktfx ingest`: the caller's, then, for each flag the caller left out, the
-    DirectRunner in the pipeline's default running mode and worker count."""
+def ingest_beam_args(beam_args: Sequence[str], running_mode: str = "") -> list[str]:
+    """Beam args for `masktfx ingest` (and `score`): the caller's, then, for each flag the caller
+    left out, the DirectRunner in `running_mode` (default: the pipeline's) and the pipeline's
+    worker count."""
     defaults = PipelineConfig()
-    wanted = {"runner": "DirectRunner", "direct_running_mode": defaults.direct_running_mode,
+    wanted = {"runner": "DirectRunner",
+              "direct_running_mode": running_mode or defaults.direct_running_mode,
               "direct_num_workers": str(defaults.direct_num_workers)}
     given = beam_flags(beam_args, dict.fromkeys(wanted, None))
     return [*beam_args, *(f"--{name}={value}" for name, value in wanted.items()

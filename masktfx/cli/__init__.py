@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from masktfx import __version__
 
 # The package sets TF_USE_LEGACY_KERAS before anything imports TensorFlow.
-from masktfx.cli import data, kubeflow, labels, reports, run, scoring, serving
+from masktfx.cli import data, kubeflow, labels, reports, run, score, serving
 from masktfx.cli.common import CommandError, print_json
 from masktfx.cli.run import run_and_summarize
 from masktfx.config import ConfigError
@@ -19,7 +19,7 @@ __all__ = ["CommandError", "build_parser", "main", "print_json", "run_and_summar
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     data.add_ingest, data.add_demo_data, data.add_drift, run.add_run, serving.add_serve,
-    serving.add_predict, scoring.add_score, labels.add_labels, kubeflow.add_kubeflow,
+    serving.add_predict, score.add_score, labels.add_labels, kubeflow.add_kubeflow,
     reports.add_reports]
 
 

@@ -8,7 +8,7 @@ from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError, print_json
 
 
 def add_score(sub: argparse._SubParsersAction) -> None:
-    from masktfx.score import FORMATS
+    from masktfx.scoring.job import FORMATS
 
     parser = sub.add_parser(
         "score", help="score every region of a manifest or of TFRecords with a pushed model "
@@ -58,7 +58,7 @@ def add_score(sub: argparse._SubParsersAction) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from masktfx.manifest import ManifestError
-    from masktfx.score import ScoreError, score
+    from masktfx.scoring.job import ScoreError, score
 
     try:
         result = score(args.data, args.model, args.output, args.format, version=args.version,
