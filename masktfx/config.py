@@ -30,6 +30,7 @@ TRANSFORM_FIELDS = ("num_views", "num_masks", "image_format", "channels", "bands
                     "normalization")
 IMAGE_FORMATS = ("", "pictures", "rasters")
 DRIFT_ACTIONS = ("warn", "stop")
+SCORE_FORMATS = ("csv", "parquet", "geojson", "tfrecord")
 TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "stem_norm",
                   "statistics_input", "epochs",
                   "batch_size", "learning_rate", "early_stopping_patience", "augment",
@@ -202,6 +203,13 @@ class PipelineConfig:
                                         "server and check its REST and gRPC answers"})
     serving_check_latency_ms: float = field(
         default=2000.0, metadata={"help": "slowest call the serving check accepts, in ms"})
+    score_data: str = field(
+        default="", metadata={"help": "after a push, score these regions (a manifest CSV or "
+                                      "ingested TFRecords) with the pushed version, as `masktfx "
+                                      "score` does; empty: no scoring step"})
+    score_format: str = field(
+        default="csv", metadata={"help": "the scoring step's output: csv | parquet | geojson | "
+                                         "tfrecord"})
     # Beam
     direct_running_mode: str = field(
         default="multi_processing",
@@ -327,6 +335,8 @@ class PipelineConfig:
                  "min_attribution_inside", "the gate needs attribution_regions > 0")
         _require(0.0 <= self.drift_threshold <= 1.0, "drift_threshold",
                  f"must be between 0 (off) and 1, got {self.drift_threshold}")
+        _require(self.score_format in SCORE_FORMATS, "score_format",
+                 f"must be one of {', '.join(SCORE_FORMATS)}, got {self.score_format!r}")
         _require(self.drift_action in DRIFT_ACTIONS, "drift_action",
                  f"must be warn or stop, got {self.drift_action!r}")
         _require(0.0 <= self.max_auc_drop <= 1.0, "max_auc_drop",

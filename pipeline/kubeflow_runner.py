@@ -18,6 +18,7 @@ from masktfx.config import ConfigError, PipelineConfig, uri_scheme
 from masktfx.modules.schema import write_schema
 from masktfx.pipeline.data import describe_data, resolve_config
 from masktfx.pipeline.pipeline import create_pipeline, schema_path
+from masktfx.scoring.component import SCORER_ID
 
 DATA_ROOT_PARAMETER = "data-root"
 # TFX 1.16 takes Trainer's train_args as a runtime parameter holding TrainArgs as JSON.
@@ -87,14 +88,15 @@ def serving_dir_in_cluster(config: PipelineConfig) -> PipelineConfig:
 
 
 PUSHER_TASK = "VersionedPusher"
-# The DriftCheck reads the newest pushed version's descriptors from the same serving dir.
-SERVING_DIR_TASKS = (PUSHER_TASK, "DriftCheck")
+# The DriftCheck reads the newest pushed version's descriptors from the same serving dir, and
+# the scoring step the version just pushed.
+SERVING_DIR_TASKS = (PUSHER_TASK, "DriftCheck", SCORER_ID)
 
 
 def add_pusher_volume(spec_path: str, claim: str, mount_path: str) -> None:
     """Append KFP's Kubernetes platform spec (a second YAML document, read by kfp.Client and the
-    KFP backend) that mounts `claim` at `mount_path` in the pods of the Pusher and of the
-    DriftCheck (when the pipeline has one)."""
+    KFP backend) that mounts `claim` at `mount_path` in the pods of the Pusher, and of the
+    DriftCheck and the scoring step (when the pipeline has them)."""
     from google.protobuf import json_format
     from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
     from kfp.pipeline_spec import pipeline_spec_pb2

@@ -28,6 +28,12 @@ from masktfx.pipeline.summary import (
     operating_point_of,
     split_statistics,
 )
+from masktfx.scoring.component import (
+    DATA_PROPERTY,
+    REJECTED_PROPERTY,
+    SCORED_PROPERTY,
+    SCORER_ID,
+)
 
 Store = metadata_store.MetadataStore
 Artifact = metadata_store_pb2.Artifact
@@ -53,6 +59,8 @@ class Lineage:
     baseline_model_uri: str = ""
     labels: list[str] = field(default_factory=list)  # TF Serving labels (models.config) on it
     operating_point: dict[str, Any] = field(default_factory=dict)  # its label's threshold
+    # the scoring steps that scored data with it: run, data, regions scored and rejected, uri
+    scored: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -130,6 +138,7 @@ def lineage(config: PipelineConfig, version: str | None = None) -> Lineage:
                      pushed_by_run=_run_of(store, pusher.id) if pusher else "")
     result.labels = _labels_of(config, int(result.version))
     result.operating_point = operating_point_of(result.path)
+    result.scored = _scored_with(store, same)
     if pusher is None:
         return result
     pusher_inputs = execution_inputs(store, pusher.id)
@@ -154,6 +163,27 @@ def lineage(config: PipelineConfig, version: str | None = None) -> Lineage:
         if counts and None not in counts:
             result.test_examples = sum(counts)
     return result
+
+
+def _scored_with(store: Store, pushed: list[Artifact]) -> list[dict[str, Any]]:
+    """What the scoring steps that read these PushedModel artifacts scored, oldest first."""
+    inputs = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
+    events = [e for e in store.get_events_by_artifact_ids([a.id for a in pushed])
+              if e.type in inputs]
+    found = []
+    for execution in store.get_executions_by_id(sorted({e.execution_id for e in events})):
+        if node_id(store, execution.id) != SCORER_ID or \
+                execution.last_known_state != metadata_store_pb2.Execution.COMPLETE:
+            continue
+        for scores in execution_outputs(store, execution.id).get("scores", []):
+            properties = scores.custom_properties
+            found.append({
+                "run": _run_of(store, execution.id), "uri": scores.uri,
+                "data": properties[DATA_PROPERTY].string_value,
+                "scored": properties[SCORED_PROPERTY].int_value,
+                "rejected": properties[REJECTED_PROPERTY].int_value
+                if REJECTED_PROPERTY in properties else 0})
+    return found
 
 
 def _follow_trainer(store: Store, trainer_inputs: dict[str, list[Artifact]],
@@ -213,6 +243,9 @@ def format_lineage(item: Lineage) -> str:
         lines.append(f"  serves label = probability >= {item.operating_point['threshold']:.4f}"
                      + (f" ({format_operating_point(item.operating_point)})"
                         if item.operating_point.get("policy", "fixed") != "fixed" else ""))
+    for scored in item.scored:
+        lines.append(f"  scored {scored['data']} in run {scored['run']}: {scored['scored']} "
+                     f"regions, {scored['rejected']} rejected ({scored['uri']})")
     lines.append(f"  transform graph {item.transform_graph_uri}")
     lines.append(f"  schema {item.schema_uri}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -39,6 +40,7 @@ from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
 from masktfx.modules.schema import schema_digest
 from masktfx.pipeline.code_fingerprint import code_fingerprint
 from masktfx.pipeline.split_plan import partition_feature_name, split_buckets
+from masktfx.scoring.component import SCORER_ID, BatchScorer
 
 MODULES_DIR = os.path.dirname(os.path.abspath(modules.__file__))
 TRANSFORM_MODULE = os.path.join(MODULES_DIR, "transform.py")
@@ -247,6 +249,12 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         evaluation=evaluator.outputs["evaluation"],  # the test figures later estimates sit beside
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=model_base_dir)))
+    # the regions of `score_data` scored with the version just pushed
+    scorer = BatchScorer(pushed_model=pusher.outputs["pushed_model"],
+                         score_data=config.score_data, model_name=config.model_name,
+                         output_format=config.score_format,
+                         data_fingerprint=data_fingerprint(config.score_data),
+                         ).with_id(SCORER_ID) if config.score_data else None
     return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
@@ -254,11 +262,28 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
                     *([drift_check] if drift_check else []),
                     *([span_window] if span_window else []), transform,
                     trainer, model_resolver, evaluator,
-                    *([serving_check] if serving_check else []), pusher],
+                    *([serving_check] if serving_check else []), pusher,
+                    *([scorer] if scorer else [])],
         enable_cache=True,
         metadata_connection_config=None,
         beam_pipeline_args=config.beam_pipeline_args if beam_pipeline_args is None
         else beam_pipeline_args)
+
+
+def data_fingerprint(path: str) -> str:
+    """The names, sizes and modification times of the file at `path` or the files under it:
+    the scoring step's cache key, so new data under the same path is scored again. '' where
+    the path is not on this machine (a Kubeflow pod's volume, say)."""
+    if not os.path.exists(path):
+        return ""
+    digest = hashlib.sha256()
+    found = [path] if os.path.isfile(path) else sorted(
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    for name in found:
+        info = os.stat(name)
+        digest.update(f"{os.path.relpath(name, path)}\0{info.st_size}\0{info.st_mtime_ns}\n"
+                      .encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def data_components(config: PipelineConfig, data_root: Any = None, span: int | None = None

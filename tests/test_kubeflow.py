@@ -146,6 +146,24 @@ def test_serving_dirs_on_an_object_store_or_another_claim_compile(tmp_path, caps
         assert not os.path.exists(tmp_path / "bad.yaml")
 
 
+def test_the_scoring_step_compiles_after_the_pusher_with_the_serving_volume(tmp_path):
+    output = str(tmp_path / "scoring.yaml")
+    assert cli.main(["compile", "--output", output, "--image", "registry.example/masktfx:0.1.0",
+                     "--pipeline-root", str(tmp_path / "root"), "--num-views", "1",
+                     "--num-masks", "1", "--score-data", "/data/survey/manifest.csv",
+                     "--score-format", "geojson"]) == 0
+    spec, platform = _documents(output)
+    task = spec["root"]["dag"]["tasks"]["BatchScorer"]
+    pushed = task["inputs"]["artifacts"]["pushed_model"]["taskOutputArtifact"]
+    assert pushed == {"producerTask": "VersionedPusher", "outputArtifactKey": "pushed_model"}
+    parameters = {name: value["runtimeValue"]["constant"]
+                  for name, value in task["inputs"]["parameters"].items()}
+    assert parameters["score_data"] == "/data/survey/manifest.csv"
+    assert parameters["output_format"] == "geojson"
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert _executor(spec, "BatchScorer") in mounts
+
+
 def test_compile_refuses_what_kfp_cannot_take(tmp_path, capsys):
     assert cli.main(["compile", "--output", str(tmp_path / "p.json"), "--image", "x",
                      "--pipeline-root", str(tmp_path), "--num-views", "1",

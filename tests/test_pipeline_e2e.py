@@ -221,15 +221,28 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     assert sorted("reused_from" in check for check in checks) == [False, True], checks
 
     # a change of the gates and of Beam's worker count: Transform and Trainer are keyed on none
-    # of them; the default model looks inside the region enough to pass the attribution gate
+    # of them; the default model looks inside the region enough to pass the attribution gate.
+    # After the push, the scoring step scores the 12 regions with the version pushed.
     capsys.readouterr()
     assert _run(manifest, workdir, "--min-accuracy", "0.01", "--direct-num-workers", "1",
-                "--min-attribution-inside", ATTRIBUTION_GATE) == 0
+                "--min-attribution-inside", ATTRIBUTION_GATE, "--score-data", first12) == 0
     out = capsys.readouterr().out
     assert "blessed: yes" in out and "attribution inside the mask: median" in out, out
     gate_only = summarize_run(config)
     assert gate_only.components["Transform"] == "CACHED", gate_only.components
     assert gate_only.components["Trainer"] == "CACHED", gate_only.components
+    scores = execution_outputs(open_store(config), _node_execution(config, "BatchScorer").id)[
+        "scores"][0]
+    assert scores.custom_properties["model_version"].int_value == int(versions[0])
+    assert scores.custom_properties["scored"].int_value == 12
+    scored = {}
+    for shard in glob.glob(os.path.join(scores.uri, "scores-*.csv")):
+        with open(shard, encoding="utf-8") as handle:
+            scored.update((row["id"], float(row["probability"])) for row in csv.DictReader(handle))
+    np.testing.assert_allclose([scored[row["id"]] for row in rows], expected, atol=1e-6)
+    assert cli.main(["lineage", "--workdir", workdir]) == 0
+    assert f"scored {first12} in run {gate_only.run_id}: 12 regions, 0 rejected" in \
+        capsys.readouterr().out
 
     # a worse model, trained with the mask ignored, against the blessed one: its AUC drops by
     # more than max_auc_drop, so it is not blessed and nothing is pushed, though accuracy is not

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 
 from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError, print_json
+from masktfx.config import SCORE_FORMATS
 
 
 def add_score(sub: argparse._SubParsersAction) -> None:
-    from masktfx.scoring.job import FORMATS
-
     parser = sub.add_parser(
         "score", help="score every region of a manifest or of TFRecords with a pushed model "
                       "(Apache Beam, no model server)",
@@ -37,7 +36,7 @@ def add_score(sub: argparse._SubParsersAction) -> None:
                         help="a manifest CSV (its label column may be missing or empty), or "
                              "ingested TFRecords: a folder, a file or a glob pattern")
     parser.add_argument("--output", required=True, help="the output folder")
-    parser.add_argument("--format", default="csv", choices=FORMATS,
+    parser.add_argument("--format", default="csv", choices=SCORE_FORMATS,
                         help="csv | parquet | geojson (polygon regions as their polygons, in "
                              "their CRS) | tfrecord (tf.Example per region)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -32,6 +32,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from masktfx import features
 from masktfx.beam_args import ingest_beam_args
+from masktfx.config import SCORE_FORMATS as FORMATS
 from masktfx.config import PipelineConfig
 from masktfx.ingest import WORK_OWNER, remove_abandoned_work_dirs, show_progress
 from masktfx.manifest import read_manifest
@@ -61,7 +62,6 @@ from masktfx.scoring.rows import (
     write_geojson,
 )
 
-FORMATS = ("csv", "parquet", "geojson", "tfrecord")
 SUMMARY_FILE = "score_summary.json"
 SHARD_PREFIX = "scores"
 WORK_PREFIX = ".score-"
@@ -151,19 +151,30 @@ def _refusal(element_and_error) -> Rejected:
 
 def score(data: str, model: str, output: str, output_format: str = "csv",
           version: int | None = None, label: str | None = None, model_name: str = "",
-          config_file: str = "", beam_args: Sequence[str] | None = None,
-          max_pixels: int | None = None, resize_masks: bool = False,
-          allow_outside_paths: bool = False, id_field: str = "",
-          progress: bool | None = None, progress_stream: TextIO | None = None) -> ScoreResult:
+          config_file: str = "", **options: Any) -> ScoreResult:
     """Score every region of `data` (a manifest CSV, or ingested TFRecords) with a pushed
-    version of `model` and write them to the `output` folder in `output_format`."""
+    version of `model` (`resolve_model`) and write them to the `output` folder in
+    `output_format`; `options` as `score_version` takes them."""
     started = time.perf_counter()
+    name, model_dir, chosen = resolve_model(model, version, label, model_name, config_file)
+    return score_version(data, model_dir, name, chosen, output, output_format,
+                         started=started, **options)
+
+
+def score_version(data: str, model_dir: str, name: str, chosen: int, output: str,
+                  output_format: str = "csv", beam_args: Sequence[str] | None = None,
+                  max_pixels: int | None = None, resize_masks: bool = False,
+                  allow_outside_paths: bool = False, id_field: str = "",
+                  progress: bool | None = None, progress_stream: TextIO | None = None,
+                  started: float | None = None) -> ScoreResult:
+    """Score every region of `data` with the SavedModel in `model_dir`, version `chosen` of
+    model `name`, into the `output` folder (see the module's docstring)."""
+    started = time.perf_counter() if started is None else started
     if output_format not in FORMATS:
         raise ScoreError(f"format {output_format!r}: use one of {', '.join(FORMATS)}")
     if "://" in output:
         raise ScoreError(f"{output}: give a local or mounted folder (the output is moved into "
                          "place when the job is done)")
-    name, model_dir, chosen = resolve_model(model, version, label, model_name, config_file)
     inputs = ModelInputs.read(model_dir)
     outputs = inputs.outputs
     max_pixels = max_pixels or PipelineConfig().max_pixels
