@@ -12,7 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from masktfx.config_values import ConfigError, coerce_field_value, parse_threshold_policy
+from masktfx.config_values import (
+    ConfigError,
+    MetadataLocation,
+    coerce_field_value,
+    parse_metadata,
+    parse_threshold_policy,
+)
 
 MASK_MODES = ("crop", "zero", "channel", "none")
 NORMALIZATIONS = ("region", "dataset")
@@ -51,6 +57,10 @@ class PipelineConfig:
     model_name: str = field(default="masktfx", metadata={"help": "name the model is served under"})
     data_root: str = field(default="", metadata={"help": "folder of `masktfx ingest` output"})
     workdir: str = field(default="workdir", metadata={"help": "pipeline root, MLMD and serving"})
+    metadata: str = field(
+        default="", metadata={"help": "run metadata (MLMD): sqlite:PATH or mysql://USER@HOST:"
+                                      "PORT/DATABASE, the password in MASKTFX_METADATA_PASSWORD; "
+                                      "default sqlite:WORKDIR/metadata.sqlite"})
     pipeline_root_uri: str = field(
         default="", metadata={"help": "pipeline root; default WORKDIR/pipeline_root"})
     serving_dir: str = field(
@@ -240,7 +250,12 @@ class PipelineConfig:
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.workdir, "metadata.sqlite")
+        """The SQLite file of the run metadata (`metadata`'s, or the workdir's default)."""
+        return self.metadata_location.path or os.path.join(self.workdir, "metadata.sqlite")
+
+    @property
+    def metadata_location(self) -> MetadataLocation:
+        return parse_metadata(self.metadata, os.path.join(self.workdir, "metadata.sqlite"))
 
     @property
     def reads_rasters(self) -> bool:
@@ -335,6 +350,10 @@ class PipelineConfig:
                  "min_attribution_inside", "the gate needs attribution_regions > 0")
         _require(0.0 <= self.drift_threshold <= 1.0, "drift_threshold",
                  f"must be between 0 (off) and 1, got {self.drift_threshold}")
+        try:
+            parse_metadata(self.metadata, "")
+        except ValueError as exc:
+            raise ConfigError(f"config field 'metadata' {exc}") from None
         _require(self.score_format in SCORE_FORMATS, "score_format",
                  f"must be one of {', '.join(SCORE_FORMATS)}, got {self.score_format!r}")
         _require(self.drift_action in DRIFT_ACTIONS, "drift_action",

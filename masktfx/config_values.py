@@ -65,3 +65,75 @@ def coerce_field_value(spec: dataclasses.Field, value: Any, source: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: field {spec.name!r} expects {kind}, got {value!r}") from None
     return value
+
+
+# The environment variable that holds the MySQL / MariaDB password of the run metadata (MLMD),
+# or (the `_FILE` one) names a file holding it, such as a mounted Kubernetes Secret: never a flag
+# or a field, so it is in no saved config, process list or log.
+METADATA_PASSWORD_ENV = "MASKTFX_METADATA_PASSWORD"
+METADATA_PASSWORD_FILE_ENV = "MASKTFX_METADATA_PASSWORD_FILE"
+DEFAULT_MYSQL_PORT = 3306
+
+
+def metadata_password() -> str:
+    """The run metadata's database password, from the environment ('' when none is set)."""
+    import os
+
+    path = os.environ.get(METADATA_PASSWORD_FILE_ENV, "")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{METADATA_PASSWORD_FILE_ENV}={path}: cannot read the password: "
+                              f"{exc.strerror or exc}") from None
+    return os.environ.get(METADATA_PASSWORD_ENV, "")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataLocation:
+    """Where the run metadata (MLMD) lives: an SQLite file, or a MySQL / MariaDB database."""
+
+    kind: str  # "sqlite" | "mysql"
+    path: str = ""  # sqlite
+    host: str = ""
+    port: int = DEFAULT_MYSQL_PORT
+    database: str = ""
+    user: str = ""
+
+    def describe(self) -> str:
+        """The location as a user writes it (no password)."""
+        if self.kind == "sqlite":
+            return self.path
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def parse_metadata(text: str, default_path: str) -> MetadataLocation:
+    """`sqlite:PATH`, `mysql://USER@HOST[:PORT]/DATABASE`, or "" (SQLite at `default_path`)."""
+    from urllib.parse import urlsplit
+
+    text = text.strip()
+    if not text:
+        return MetadataLocation("sqlite", path=default_path)
+    if text.startswith("sqlite:"):
+        path = text[len("sqlite:"):]
+        if path.startswith("//"):  # sqlite:///abs/path, as SQLAlchemy writes it
+            path = path[2:]
+        if not path:
+            raise ValueError("sqlite: needs a file path, as in sqlite:/var/masktfx/metadata.sqlite")
+        return MetadataLocation("sqlite", path=path)
+    if not text.startswith("mysql://"):
+        raise ValueError(f"must be sqlite:PATH or mysql://USER@HOST:PORT/DATABASE, got {text!r}")
+    parts = urlsplit(text)
+    if parts.password is not None:
+        raise ValueError(f"holds a password; give it in the environment variable "
+                         f"{METADATA_PASSWORD_ENV} instead, never in the URI")
+    database = parts.path.strip("/")
+    try:
+        port = parts.port or DEFAULT_MYSQL_PORT
+    except ValueError:
+        raise ValueError(f"has a port that is not a number: {text!r}") from None
+    if not parts.hostname or not parts.username or not database or "/" in database:
+        raise ValueError(f"must be mysql://USER@HOST:PORT/DATABASE, got {text!r}")
+    return MetadataLocation("mysql", host=parts.hostname, port=port, database=database,
+                            user=parts.username)

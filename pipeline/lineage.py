@@ -123,7 +123,7 @@ def lineage(config: PipelineConfig, version: str | None = None) -> Lineage:
         known = ", ".join(a.custom_properties["pushed_version"].string_value
                           for a in pushed_versions(store)) or "none"
         raise LookupError(f"no pushed version {version or ''} recorded in "
-                          f"{config.metadata_path} (pushed versions: {known})")
+                          f"{config.metadata_location.describe()} (pushed versions: {known})")
     newest = pushed[-1].custom_properties["pushed_version"].string_value
     same = [a for a in pushed if a.custom_properties["pushed_version"].string_value == newest]
     # re-runs that found the model already served record the version again: follow the push

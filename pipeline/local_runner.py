@@ -10,7 +10,6 @@ from typing import Any, TextIO
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx.dsl.compiler import constants as compiler_constants
-from tfx.orchestration import metadata  # not `tfx.v1`: see pipeline/pipeline.py
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.portable import runtime_parameter_utils
 from tfx.proto.orchestration import pipeline_pb2
@@ -33,13 +32,14 @@ from masktfx.pipeline.data import (
     shards_to_read,
     verify_shards,
 )
+from masktfx.pipeline.metadata_connection import connection_config, store_exists
 from masktfx.pipeline.pipeline import (
     create_pipeline,
     create_span_pipeline,
     example_split_key,
     schema_path,
 )
-from masktfx.pipeline.run_lock import workdir_lock
+from masktfx.pipeline.run_lock import database_lock, workdir_lock
 from masktfx.pipeline.run_output import new_run_id
 from masktfx.pipeline.split_plan import (
     SplitPlanError,
@@ -128,7 +128,7 @@ def prepare(config: PipelineConfig, data: str, progress_stream: TextIO | None = 
 
 def spans_read(config: PipelineConfig) -> set[int]:
     """Spans ImportExampleGen has read, split as this config splits them (from MLMD)."""
-    if not os.path.exists(config.metadata_path):
+    if not store_exists(config):
         return set()
     key = example_split_key(config)
     found = set()
@@ -174,7 +174,7 @@ def run_pipeline(config: PipelineConfig, run_id: str | None = None,
     process that has imported TensorFlow and the TFX libraries once (masktfx/fork_server.py).
     """
     os.makedirs(config.workdir, exist_ok=True)
-    connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
+    connection = connection_config(config)
     with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD,
                          config.beam_fork_server) as beam_args, \
             beam_args_in_environment(beam_args) as component_beam_args:
@@ -215,7 +215,7 @@ def run_local(config: PipelineConfig, data: str,
     pipeline, read its summary back. A failed component is returned as the outcome's failure.
     `progress_stream`: where a manifest's ingest shows its progress bar (on a terminal)."""
     run_id = run_id or new_run_id()
-    with workdir_lock(os.path.abspath(config.workdir), run_id):
+    with workdir_lock(os.path.abspath(config.workdir), run_id), database_lock(config, run_id):
         # Started first, so that its imports overlap this process's own; run_pipeline and a
         # manifest's ingest take their Beam workers from it.
         with fork_server_for(config.beam_pipeline_args, PIPELINE_PRELOAD,

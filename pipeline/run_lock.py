@@ -1,4 +1,4 @@
-"""One `masktfx run` at a time per workdir.
+"""One `masktfx run` at a time per workdir, and per pipeline name in a shared metadata database.
 
 Two runs on one workdir would ingest into the same span at once and share one MLMD store: the
 first would end with the second's run id, components it never ran, and a summary that is not
@@ -19,6 +19,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from masktfx.config import PipelineConfig
+from masktfx.config_values import (
+    METADATA_PASSWORD_ENV,
+    METADATA_PASSWORD_FILE_ENV,
+    metadata_password,
+)
+
 LOCK_FILE = "run.lock"
 
 
@@ -28,8 +35,13 @@ class RunLockedError(RuntimeError):
 
 def _holder(handle) -> str:
     handle.seek(0)
+    return _describe(handle.read())
+
+
+def _describe(text: str) -> str:
+    """A holder's JSON record as words."""
     try:
-        found = json.loads(handle.read() or "{}")
+        found = json.loads(text or "{}")
     except ValueError:
         found = {}
     if not found:
@@ -63,3 +75,57 @@ def workdir_lock(workdir: str, run_id: str) -> Iterator[None]:
             handle.seek(0)
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# The table beside MLMD's in a shared database that says who holds each pipeline's run lock.
+HOLDERS_TABLE = "masktfx_run_lock_holders"
+
+
+@contextmanager
+def database_lock(config: PipelineConfig, run_id: str) -> Iterator[None]:
+    """With run metadata in MySQL / MariaDB: one run of the pipeline (by name) at a time in that
+    database, from any host, or RunLockedError at once naming the holder. A named lock
+    (GET_LOCK) held by this process's own connection: the server drops it when the connection
+    ends, however the run ends. Nothing to hold with SQLite (the workdir's lock covers it)."""
+    location = config.metadata_location
+    if location.kind != "mysql":
+        yield
+        return
+    import pymysql
+
+    try:
+        connection = pymysql.connect(
+            host=location.host, port=location.port, user=location.user,
+            password=metadata_password(), autocommit=True,
+            connect_timeout=10)
+    except pymysql.MySQLError as exc:
+        raise MetadataUnavailableError(
+            f"cannot reach the run metadata at {location.describe()} to lock the pipeline: "
+            f"{exc.args[-1] if exc.args else exc} (is the server up and the password in "
+            f"{METADATA_PASSWORD_ENV} or {METADATA_PASSWORD_FILE_ENV}?)") from None
+    name = f"masktfx run {location.database}/{config.pipeline_name}"[:64]
+    record = json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+                         "started": time.time()})
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{location.database}`")
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS `{location.database}`.{HOLDERS_TABLE} "
+                           "(name VARCHAR(64) PRIMARY KEY, holder TEXT)")
+            cursor.execute("SELECT GET_LOCK(%s, 0)", (name,))
+            if cursor.fetchone()[0] != 1:
+                cursor.execute(f"SELECT holder FROM `{location.database}`.{HOLDERS_TABLE} "
+                               "WHERE name = %s", (name,))
+                found = cursor.fetchone()
+                raise RunLockedError(
+                    f"{_describe(found[0] if found else '')} is running pipeline "
+                    f"{config.pipeline_name!r} against {location.describe()}; wait for it to "
+                    "finish, or use another pipeline_name")
+            cursor.execute(f"REPLACE INTO `{location.database}`.{HOLDERS_TABLE} VALUES (%s, %s)",
+                           (name, record))
+        yield
+    finally:
+        connection.close()  # the server releases the named lock with the connection
+
+
+class MetadataUnavailableError(RuntimeError):
+    """The run metadata's database cannot be reached; the message names it."""

@@ -25,6 +25,7 @@ from masktfx.components.evaluator import (
 from masktfx.components.serving_check import REASON_PROPERTY
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
+from masktfx.pipeline.metadata_connection import open_store
 
 _STATE_NAMES = {value: name for name, value in
                 metadata_store_pb2.Execution.State.items()}
@@ -54,17 +55,6 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def open_store(config: PipelineConfig) -> metadata_store.MetadataStore:
-    """The workdir's MLMD store, read-only (reports never change what a run recorded)."""
-    if not os.path.exists(config.metadata_path):
-        raise LookupError(f"{config.metadata_path}: no metadata store here; run `masktfx run` "
-                          "with this --workdir first")
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return metadata_store.MetadataStore(connection)
 
 
 def latest_run_id(store: metadata_store.MetadataStore, pipeline_name: str) -> str | None:
@@ -141,10 +131,10 @@ def read_run(config: PipelineConfig, run_id: str | None = None,
     store = store or open_store(config)
     run_id = run_id or latest_run_id(store, config.pipeline_name)
     if run_id is None:
-        raise LookupError(f"{config.metadata_path}: no pipeline run recorded")
+        raise LookupError(f"{config.metadata_location.describe()}: no pipeline run recorded")
     context = store.get_context_by_type_and_name("pipeline_run", run_id)
     if context is None:
-        raise LookupError(f"{config.metadata_path}: no pipeline run {run_id!r}")
+        raise LookupError(f"{config.metadata_location.describe()}: no pipeline run {run_id!r}")
     nodes = {}
     for execution in store.get_executions_by_context(context.id):
         node = node_id(store, execution.id)

@@ -135,3 +135,33 @@ def test_ingest_fills_only_the_beam_flags_the_caller_left_out():
     args = ingest_beam_args(["--runner", "FlinkRunner", "--direct_num_workers=3"])
     assert args == ["--runner", "FlinkRunner", "--direct_num_workers=3",
                     "--direct_running_mode=multi_processing"]
+
+
+def test_metadata_locations_are_checked_before_anything_runs():
+    location = PipelineConfig(metadata="mysql://ml@db.kubeflow:3306/metadb").metadata_location
+    assert (location.host, location.port, location.database, location.user) == (
+        "db.kubeflow", 3306, "metadb", "ml")
+    assert PipelineConfig(workdir="/w").metadata_location.path == "/w/metadata.sqlite"
+    assert PipelineConfig(metadata="sqlite:/var/m.sqlite").metadata_path == "/var/m.sqlite"
+    for value, message in (("mysql://ml:pw@db:3306/m", "holds a password"),
+                           ("mysql://db:3306/m", "must be mysql://USER@HOST"),
+                           ("mysql://ml@db:port/m", "port that is not a number"),
+                           ("postgres://ml@db/m", "must be sqlite:PATH or mysql://")):
+        with pytest.raises(ConfigError, match=message):
+            PipelineConfig(metadata=value).validate()
+
+
+def test_the_metadata_password_comes_from_the_environment_or_the_file_it_names(
+        tmp_path, monkeypatch):
+    from masktfx.config_values import metadata_password
+
+    monkeypatch.setenv("MASKTFX_METADATA_PASSWORD", "from-env")
+    monkeypatch.delenv("MASKTFX_METADATA_PASSWORD_FILE", raising=False)
+    assert metadata_password() == "from-env"
+    (tmp_path / "password").write_text("from-secret\n")  # as a mounted Secret holds it
+    monkeypatch.setenv("MASKTFX_METADATA_PASSWORD_FILE", str(tmp_path / "password"))
+    assert metadata_password() == "from-secret"
+    monkeypatch.setenv("MASKTFX_METADATA_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="MASKTFX_METADATA_PASSWORD_FILE=.*missing: cannot "
+                                          "read the password"):
+        metadata_password()

@@ -31,7 +31,7 @@ def _render(overlay: str, tmp_path) -> tuple[str, list[dict]]:
     return str(path), [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
-@pytest.mark.parametrize("overlay", ["local", "production"])
+@pytest.mark.parametrize("overlay", ["local", "production", "mysql-metadata"])
 def test_overlay_renders_validates_and_passes_checkov(overlay, tmp_path):
     path, objects = _render(overlay, tmp_path)
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
@@ -96,6 +96,30 @@ def test_overlay_renders_validates_and_passes_checkov(overlay, tmp_path):
               if rule["from"][0].get("podSelector", {}).get("matchLabels") ==
               {"app.kubernetes.io/name": "prometheus"}]
     assert scrape and scrape[0]["ports"] == [{"port": 8501, "protocol": "TCP"}]
+
+
+def test_the_mysql_variant_keeps_the_run_metadata_in_the_database_service(tmp_path):
+    _, objects = _render("mysql-metadata", tmp_path)
+    cron = next(o for o in objects if o["kind"] == "CronJob")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    metadata = [arg.split("=", 1)[1] for arg in container["args"]
+                if arg.startswith("--metadata=")]
+    from masktfx.config import PipelineConfig
+
+    location = PipelineConfig(metadata=metadata[0]).validate().metadata_location
+    service = next(o for o in objects if o["kind"] == "Service"
+                   and o["metadata"]["name"] == location.host)
+    assert location.port in [p["port"] for p in service["spec"]["ports"]]
+    # the password only from the Secret, mounted as the file the environment names
+    password = next(e for e in container["env"]
+                    if e["name"] == "MASKTFX_METADATA_PASSWORD_FILE")["value"]
+    mount = next(m for m in container["volumeMounts"]
+                 if password.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "masktfx-metadata" and mount["readOnly"] is True
+    assert os.path.basename(password) == "password"  # the Secret's key
+    assert not any("password" in arg.lower() for arg in container["args"])
 
 
 def _run_seed(container: dict, tmp_path, config_map: dict) -> None:

@@ -12,13 +12,21 @@ from masktfx.config import PipelineConfig
 def add_reports(sub: argparse._SubParsersAction) -> None:
     def workdir_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--workdir", required=True, help="the workdir of `masktfx run`")
+        metadata_flag(parser)
         parser.add_argument("--json", action="store_true", help="JSON instead of text")
+
+    def metadata_flag(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--metadata", default=None,
+                            help="the run metadata, if not the one the workdir's last run used: "
+                                 "sqlite:PATH or mysql://USER@HOST:PORT/DATABASE (password in "
+                                 "MASKTFX_METADATA_PASSWORD)")
 
     report = sub.add_parser("report", help="one self-contained HTML page for a run",
                             description="Data, training, evaluation, the blessing decision "
                                         "and the pushed version's lineage, read from the "
                                         "workdir's MLMD store and artifacts.")
     report.add_argument("--workdir", required=True, help="the workdir of `masktfx run`")
+    metadata_flag(report)
     report.add_argument("--output", default=None, help="HTML file (default WORKDIR/report.html)")
     report.add_argument("--run", default=None, help="run ID (default: the latest; see `runs`)")
     report.set_defaults(handler=cmd_report)
@@ -31,16 +39,20 @@ def add_reports(sub: argparse._SubParsersAction) -> None:
     lineage.set_defaults(handler=cmd_lineage)
 
 
-def _workdir_config(workdir: str) -> PipelineConfig:
-    if not os.path.isdir(workdir):
-        raise CommandError(f"{workdir}: no such workdir")
-    return PipelineConfig.for_workdir(workdir)
+def _workdir_config(args: argparse.Namespace) -> PipelineConfig:
+    """The workdir's last run's config, its metadata location replaced by --metadata."""
+    if not os.path.isdir(args.workdir):
+        raise CommandError(f"{args.workdir}: no such workdir")
+    config = PipelineConfig.for_workdir(args.workdir)
+    if args.metadata is not None:
+        config = config.replace(metadata=args.metadata).validate()
+    return config
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from masktfx.pipeline.report import write_report
 
-    config = _workdir_config(args.workdir)
+    config = _workdir_config(args)
     try:
         path = write_report(config, args.output, args.run)
     except LookupError as exc:
@@ -53,7 +65,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from masktfx.pipeline.summary import format_runs, list_runs
 
     try:
-        runs = list_runs(_workdir_config(args.workdir))
+        runs = list_runs(_workdir_config(args))
     except LookupError as exc:
         raise CommandError(str(exc)) from None
     if args.json:
@@ -67,7 +79,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from masktfx.pipeline.lineage import format_lineage, lineage
 
     try:
-        found = lineage(_workdir_config(args.workdir), args.version)
+        found = lineage(_workdir_config(args), args.version)
     except LookupError as exc:
         raise CommandError(str(exc)) from None
     if args.json:

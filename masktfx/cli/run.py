@@ -65,7 +65,7 @@ def _run_in(terminal: Terminal, config: PipelineConfig, data: str, run_id: str,
     from masktfx.manifest import ManifestError
     from masktfx.pipeline.data import DataLayoutError
     from masktfx.pipeline.local_runner import run_local
-    from masktfx.pipeline.run_lock import RunLockedError
+    from masktfx.pipeline.run_lock import MetadataUnavailableError, RunLockedError
     from masktfx.pipeline.run_output import ComponentProgress
     from masktfx.pipeline.summary import format_summary, latest_node_state
 
@@ -86,7 +86,8 @@ def _run_in(terminal: Terminal, config: PipelineConfig, data: str, run_id: str,
             outcome = run_local(config, data, on_prepared=announce, run_id=run_id,
                                 progress_stream=terminal.err, announce=terminal.say)
             failed_node = progress.failed() if outcome.failure is not None else None
-    except (ManifestError, IngestError, DataLayoutError, RunLockedError, OSError) as exc:
+    except (ManifestError, IngestError, DataLayoutError, RunLockedError,
+            MetadataUnavailableError, OSError) as exc:
         raise CommandError(str(exc)) from None
     if outcome.failure is not None:
         failure = outcome.failure
