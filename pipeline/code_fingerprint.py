@@ -1,10 +1,10 @@
 """The fingerprint of the code a TFX module file runs: its own source and every first-party module
 it imports, followed transitively.
 
-TFX hashes only the user-code wheel it builds from the module file's folder (`modules/`), so an
-edit of code that the module files import from elsewhere (`masktfx.config`, say) would leave
-Transform and Trainer served from a stale cache. The fingerprint goes into their
-`custom_config`, which TFX keys its cache on.
+Transform and the Trainer name their entry points by module path (pipeline/pipeline.py), which
+TFX's cache key holds as a string only: an edit of the module files, or of code they import
+(`masktfx.config`, say), would leave them served from a stale cache. The fingerprint goes into
+their `custom_config`, which TFX keys its cache on.
 """
 
 from __future__ import annotations

@@ -45,6 +45,12 @@ from masktfx.scoring.component import SCORER_ID, BatchScorer
 MODULES_DIR = os.path.dirname(os.path.abspath(modules.__file__))
 TRANSFORM_MODULE = os.path.join(MODULES_DIR, "transform.py")
 TRAINER_MODULE = os.path.join(MODULES_DIR, "trainer.py")
+# The entry points by their installed module path, not module_file: TFX stages a module file
+# only for remote runs, so the SDK workers of a portable runner (Flink, Spark, Dataflow) sent a
+# local run's Transform could not import it; masktfx is installed wherever the pipeline runs
+# (the image, the workers' environment). code_fingerprint keys the cache on the code instead.
+PREPROCESSING_FN = "masktfx.modules.transform.preprocessing_fn"
+RUN_FN = "masktfx.modules.trainer.run_fn"
 
 
 def schema_path(config: PipelineConfig) -> str:
@@ -187,7 +193,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         examples = span_window.outputs["examples"]
     transform = Transform(
         examples=examples, schema=schema_gen.outputs["schema"],
-        module_file=TRANSFORM_MODULE,
+        preprocessing_fn=PREPROCESSING_FN,
         # The test split is never transformed: the Trainer cannot read what does not exist, and
         # the Evaluator and the ServingCheck read raw examples through the serving signature.
         splits_config=transform_pb2.SplitsConfig(
@@ -213,7 +219,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         if config.drift_action == "stop":
             transform.add_upstream_node(drift_check)
     trainer = Trainer(
-        module_file=TRAINER_MODULE,
+        run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],

@@ -217,7 +217,7 @@ def tiny_model(tmp_path_factory):
 # free up. The longest file (e2e) and a middling one on one worker, the next two on the other.
 LONGEST_FILES = ("test_pipeline_e2e.py", "test_span_window.py", "test_reports.py",
                  "test_faults.py", "test_serving_load.py", "test_split_plan.py",
-                 "test_metadata_mysql.py", "test_medical.py")
+                 "test_metadata_mysql.py", "test_portable_runner.py", "test_medical.py")
 
 
 def pytest_collection_modifyitems(config, items):
