@@ -197,6 +197,9 @@ def main() -> None:
     parser.add_argument("--throughput-vs", metavar="TREE",
                         help="measure only throughput against the server of this checkout")
     parser.add_argument("--rounds", type=int, default=5, help="with --throughput-vs")
+    parser.add_argument("--server-flags", default="",
+                        help="with --budget: more `masktfx serve` flags, e.g. "
+                             "'--rest-api-num-threads 128'")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -220,7 +223,8 @@ def main() -> None:
         if args.budget:
             num_masks = raw.structured_input_signature[1][features.MASKS_KEY].shape[1]
             found = budget_run(args.model_base_path, version, num_views, num_masks,
-                               args.clients, args.seconds, args.grpc_clients)
+                               args.clients, args.seconds, args.grpc_clients,
+                               args.server_flags.split())
         else:
             found = throughput_vs(args.throughput_vs, args.model_base_path, version, images,
                                   masks, args.rounds, args.seconds)

@@ -70,7 +70,8 @@ print(json.dumps({"calls": len(latencies), "failures": failures,
 
 
 def budget_run(model_base_path: str, version: int, views: int, masks: int, clients: int,
-               seconds: float, grpc_clients: int | None = None) -> dict:
+               seconds: float, grpc_clients: int | None = None,
+               server_flags: list[str] | None = None) -> dict:
     """The server's memory while `clients` clients send the largest request its default limits
     allow, and its status call's latency meanwhile (see the module's docstring)."""
     import http.client
@@ -101,7 +102,7 @@ def budget_run(model_base_path: str, version: int, views: int, masks: int, clien
     request.inputs[features.IMAGES_KEY].CopyFrom(tf.make_tensor_proto(np.array(images, object)))
     request.inputs[features.MASKS_KEY].CopyFrom(tf.make_tensor_proto(np.array(region_masks,
                                                                               object)))
-    server, rest_url, grpc_target = start_server(model_base_path, [])
+    server, rest_url, grpc_target = start_server(model_base_path, server_flags or [])
     try:
         wait_until_served(RestClient(rest_url, "bench", retries=0), version, server)
         RestClient(rest_url, "bench", retries=0).predict_regions(images[:1], region_masks[:1],
@@ -171,6 +172,7 @@ def budget_run(model_base_path: str, version: int, views: int, masks: int, clien
         server.wait(timeout=60)
     budget_mb = DEFAULT_MAX_INFLIGHT_BYTES / 2**20
     return {"clients": clients, "grpc_clients": on_grpc, "seconds": seconds,
+            "server_flags": server_flags or [],
             "request": {"regions": len(images), "body_mb": round(len(body) / 2**20, 1),
                         "image_side": int(np.sqrt(DEFAULT_MAX_DECODED_BYTES / len(images)
                                                   / (views + masks))) - 1},

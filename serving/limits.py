@@ -5,6 +5,7 @@ imports TensorFlow, so the command line can show the defaults (and set the alloc
 import ctypes
 import ctypes.util
 import logging
+import os
 
 # Regions one request may hold. Each costs up to max_pixels of decoded pixels per view, so this
 # bounds what one request can make the server allocate; clients batch below it.
@@ -22,6 +23,13 @@ DEFAULT_READ_TIMEOUT_S = 10.0
 DEFAULT_MAX_INFLIGHT_BYTES = 1024 * 2**20
 # Seconds a request waits for room in that budget before it is refused.
 DEFAULT_INFLIGHT_WAIT_S = 1.0
+# REST predict requests with bodies over SMALL_BODY_BYTES sized, parsed and answered at once
+# (as TF Serving's --rest_api_num_threads bounds its REST work); the others wait, asleep, once
+# their body is read. Sizing and parsing a large body hold the interpreter lock; with every
+# connection's thread doing it at once, a status call waited seconds for its turn
+# (bench/serving.py --budget). Smaller requests are not held back.
+DEFAULT_REST_THREADS = os.cpu_count() or 1
+SMALL_BODY_BYTES = 2**20
 
 # glibc's malloc arenas: at most this many, shared by all threads.
 MALLOC_ARENAS = 4

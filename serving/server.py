@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import re
@@ -28,6 +29,8 @@ from masktfx.serving.limits import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_REST_THREADS,
+    SMALL_BODY_BYTES,
 )
 from masktfx.serving.metrics import CONTENT_TYPE, METRICS_PATH, ServingMetrics
 from masktfx.serving.models import (
@@ -182,6 +185,7 @@ class RestHandler(BaseHTTPRequestHandler):
     body_limit = DEFAULT_BODY_LIMIT
     metrics: ServingMetrics | None = None
     budget = InflightBudget(DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_INFLIGHT_WAIT_S)
+    answering = threading.BoundedSemaphore(DEFAULT_REST_THREADS)  # predicts answered at once
 
     def log_message(self, fmt: str, *args: Any) -> None:  # route to logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -265,8 +269,12 @@ class RestHandler(BaseHTTPRequestHandler):
                 held.grow(int(length), "the request body")
                 raw = self.rfile.read(int(length))
                 body_read = True
-                held.grow(rest_body_cost(raw) - len(raw), "the parsed request")
-                self._answer(raw, labels, held)
+                # Sizing a body scans it, holding the interpreter lock: inside the slot too.
+                # Small bodies take no slot: their lock time is short, and ordinary requests
+                # must not queue behind a large one.
+                with self.answering if len(raw) > SMALL_BODY_BYTES else contextlib.nullcontext():
+                    held.grow(rest_body_cost(raw) - len(raw), "the parsed request")
+                    self._answer(raw, labels, held)
         except ServingError as error:
             labels["code"] = error.code
             if not body_read:
@@ -373,6 +381,7 @@ class ModelServer:
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+                 rest_threads: int = DEFAULT_REST_THREADS,
                  model_config_file: str | None = None, config_poll_seconds: float = 0.0,
                  grpc_socket_path: str | None = None):
         """`grpc_port` None: no gRPC over TCP; `grpc_socket_path`: gRPC on this UNIX socket
@@ -389,7 +398,9 @@ class ModelServer:
         handler = type("Handler", (RestHandler,), {"models": models, "body_limit": body_limit,
                                                    "timeout": read_timeout_s,
                                                    "metrics": self.metrics,
-                                                   "budget": self.budget})
+                                                   "budget": self.budget,
+                                                   "answering": threading.BoundedSemaphore(
+                                                       rest_threads)})
         self.rest = BoundedHTTPServer((host, rest_port), handler, max_connections)
         self.rest.daemon_threads = True
         self.rest_port = self.rest.server_address[1]

@@ -13,6 +13,7 @@ from masktfx.serving.limits import (
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_REGIONS,
     DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_REST_THREADS,
 )
 
 
@@ -62,6 +63,10 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                         help="open REST connections, and gRPC calls in flight")
     limits.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S,
                         help="seconds a REST client may take to send its headers and body")
+    limits.add_argument("--rest-api-num-threads", type=int, default=DEFAULT_REST_THREADS,
+                        help="REST predict requests of over 1 MiB parsed and answered at once "
+                             "(the others wait once their body is read; smaller requests and "
+                             "status calls never wait)")
     batching = parser.add_argument_group(
         "server-side batching", "merge concurrent requests into one model call, as TF Serving's "
         "--enable_batching does")
@@ -95,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CommandError(str(exc)) from None
     for name in ("max_regions", "max_decoded_mb", "max_inflight_mb", "max_connections",
-                 "read_timeout"):
+                 "read_timeout", "rest_api_num_threads"):
         if getattr(args, name) <= 0:
             raise CommandError(f"--{name.replace('_', '-')} must be positive")
     models = _served_models(args)
@@ -115,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_connections=args.max_connections,
                              max_inflight_bytes=int(args.max_inflight_mb * 2**20),
                              read_timeout_s=args.read_timeout,
+                             rest_threads=args.rest_api_num_threads,
                              model_config_file=args.model_config_file,
                              config_poll_seconds=args.model_config_file_poll_wait_seconds)
     except OSError as exc:
