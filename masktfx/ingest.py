@@ -8,6 +8,7 @@ only when the run succeeded, so ImportExampleGen never reads a half-written span
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -121,6 +123,32 @@ def shard_chunks(rows: list[ManifestRow], rows_per_shard: int, seed: int = 0
     return [(index, len(chunks), chunk) for index, chunk in enumerate(chunks)]
 
 
+class ProgressCounter:
+    """A worker's count of what it has done, in a file of its own under `progress_dir` (when
+    there is one), which `show_progress` sums for the terminal."""
+
+    def __init__(self, progress_dir: str | None, every: int = 16):
+        self._progress_dir = progress_dir
+        self._every = every
+        self._file: str | None = None
+        self.done = 0
+
+    def start(self) -> None:
+        """In the worker (a DoFn's setup): name this worker's file."""
+        if self._progress_dir and os.path.isdir(self._progress_dir):
+            self._file = os.path.join(self._progress_dir, uuid.uuid4().hex)
+
+    def add(self, count: int = 1) -> None:
+        self.done += count
+        if self._file and self.done % self._every == 0:
+            self.write()
+
+    def write(self) -> None:
+        if self._file:
+            with open(self._file, "w", encoding="ascii") as handle:
+                handle.write(str(self.done))
+
+
 class WriteShardFn(beam.DoFn):
     """Encodes a chunk of rows and writes them as one gzipped TFRecord shard itself.
 
@@ -134,13 +162,10 @@ class WriteShardFn(beam.DoFn):
         self._work_dir = work_dir
         self._max_pixels = max_pixels
         self._resize_masks = resize_masks
-        self._progress_dir = progress_dir
-        self._progress_file = None
-        self._done = 0
+        self._progress = ProgressCounter(progress_dir)
 
     def setup(self):
-        if self._progress_dir and os.path.isdir(self._progress_dir):
-            self._progress_file = os.path.join(self._progress_dir, uuid.uuid4().hex)
+        self._progress.start()
 
     def process(self, chunk: tuple[int, int, list[ManifestRow]]):
         index, count, rows = chunk
@@ -159,18 +184,11 @@ class WriteShardFn(beam.DoFn):
                 else:
                     write_tfrecord(handle, serialized)
                     stats = combine.add_input(stats, row_stats)
-                self._done += 1
-                if self._progress_file and self._done % 16 == 0:
-                    self._write_progress()
+                self._progress.add()
         yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
 
     def finish_bundle(self):
-        if self._progress_file:
-            self._write_progress()
-
-    def _write_progress(self):
-        with open(self._progress_file, "w", encoding="ascii") as handle:
-            handle.write(str(self._done))
+        self._progress.write()
 
 
 class IngestStatsFn(beam.CombineFn):
@@ -298,20 +316,43 @@ def show_progress(progress_dir: str, total: int | None, stop: threading.Event, s
     each), until `stop` is set; `total` None: a count and a rate."""
     from tqdm import tqdm
 
+    def counted() -> int:
+        done = 0
+        for name in os.listdir(progress_dir):
+            try:
+                with open(os.path.join(progress_dir, name), encoding="ascii") as handle:
+                    done += int(handle.read() or 0)
+            except (OSError, ValueError):
+                continue
+        return done if total is None else min(done, total)
+
     with tqdm(total=total, unit=unit, desc=desc, file=stream) as bar:
         while not stop.wait(0.5):
-            done = 0
-            for name in os.listdir(progress_dir):
-                try:
-                    with open(os.path.join(progress_dir, name), encoding="ascii") as handle:
-                        done += int(handle.read() or 0)
-                except (OSError, ValueError):
-                    continue
-            bar.n = done if total is None else min(done, total)
+            bar.n = counted()
             bar.refresh()
-        if total is not None:
-            bar.n = total
+        bar.n = counted()  # the workers' last counts, written as their bundles finished
         bar.refresh()
+
+
+@contextlib.contextmanager
+def progress_bar(shown: bool, total: int | None, stream: TextIO, desc: str = "ingest",
+                 unit: str = "row") -> Iterator[str | None]:
+    """For the block, a progress bar on `stream` (when `shown`) of what the workers'
+    ProgressCounters count; yields the folder they count into (None: no bar)."""
+    if not shown:
+        yield None
+        return
+    progress_dir = tempfile.mkdtemp(prefix="masktfx-progress-")
+    stop = threading.Event()
+    watcher = threading.Thread(target=show_progress, daemon=True,
+                               args=(progress_dir, total, stop, stream, desc, unit))
+    watcher.start()
+    try:
+        yield progress_dir
+    finally:
+        stop.set()
+        watcher.join()
+        shutil.rmtree(progress_dir, ignore_errors=True)
 
 
 def run_ingest(manifest_path: str, output: str, span: int | None = None,
@@ -347,21 +388,14 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
     beam_args = ingest_beam_args(beam_args or [])
     direct = any(arg in ("--runner=DirectRunner", "--runner=direct") for arg in beam_args)
     progress_stream = progress_stream or sys.stderr
-    show_progress = (progress if progress is not None else progress_stream.isatty()) and \
+    shown = (progress if progress is not None else progress_stream.isatty()) and \
         direct and bool(manifest.rows)
-    progress_dir = tempfile.mkdtemp(prefix="masktfx-progress-") if show_progress else None
     report_fields = dict(manifest_path=manifest_path, views=manifest.views,
                          shared_mask=manifest.shared_mask,
                          metadata_columns=manifest.metadata_columns, span=span)
-    stop = threading.Event()
-    watcher = None
-    if progress_dir:
-        watcher = threading.Thread(target=show_progress,
-                                   args=(progress_dir, len(manifest.rows), stop, progress_stream),
-                                   daemon=True)
-        watcher.start()
     try:
-        with fork_server_for(beam_args, INGEST_PRELOAD, fork_server) as run_args, \
+        with progress_bar(shown, len(manifest.rows), progress_stream) as progress_dir, \
+                fork_server_for(beam_args, INGEST_PRELOAD, fork_server) as run_args, \
                 beam.Pipeline(options=PipelineOptions(run_args)) as pipeline:
             results = (
                 pipeline
@@ -381,12 +415,6 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
         if local:
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
-    finally:
-        stop.set()
-        if watcher:
-            watcher.join()
-        if progress_dir:
-            shutil.rmtree(progress_dir, ignore_errors=True)
 
     with FileSystems.open(os.path.join(work_dir, features.INGEST_REPORT)) as handle:
         report = json.loads(handle.read().decode("utf-8"))

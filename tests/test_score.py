@@ -267,3 +267,24 @@ def test_a_manifest_of_other_views_is_refused_before_anything_is_written(
     assert "two_views.csv: 2 image(s) and 1 mask(s) per region; the model takes 1 image(s) " \
         "and a shared mask (masktfx version 2)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_ingest_and_score_show_their_progress(tmp_path, serving_dir):
+    import io
+
+    from masktfx.ingest import run_ingest
+    from masktfx.scoring.job import score
+
+    manifest, good = _survey(tmp_path, labelled=True)
+    shown = io.StringIO()
+    run_ingest(manifest, str(tmp_path / "ingested"), beam_args=IN_PROCESS_BEAM, progress=True,
+               progress_stream=shown, fork_server=False)
+    # the rows the manifest's own check let through (the three bad ones are refused there)
+    assert "ingest: 100%" in shown.getvalue() and f"{len(good)}/{len(good)}" in \
+        shown.getvalue(), shown.getvalue()
+    shown = io.StringIO()
+    score(manifest, serving_dir, str(tmp_path / "scores"), beam_args=IN_PROCESS_BEAM,
+          progress=True, progress_stream=shown)
+    # every region the manifest's check let through, scored or refused, counted; the rate
+    assert "score: 100%" in shown.getvalue() and "8/8" in shown.getvalue(), shown.getvalue()
+    assert "region/s" in shown.getvalue(), shown.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from masktfx.config import PipelineConfig
@@ -15,3 +16,16 @@ class CommandError(RuntimeError):
 
 def print_json(value: object) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def add_manifest_reading_flags(parser: argparse.ArgumentParser) -> None:
+    """How a manifest's rows are read and checked: the flags `ingest` and `score` share."""
+    parser.add_argument("--resize-masks", action="store_true",
+                        help="resize masks of another size to the image (nearest neighbour)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels, before decoding them")
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="allow paths outside the manifest's folder")
+    parser.add_argument("--id-field", default="",
+                        help="GeoJSON mask files: the polygon property that holds each "
+                             "region's id (default: the feature's id, else ROW_ID-N)")

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError
+from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError, add_manifest_reading_flags
 
 
 def add_ingest(sub: argparse._SubParsersAction) -> None:
@@ -19,15 +19,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, help="output folder (a span goes in span-N/)")
     parser.add_argument("--span", type=int, default=None,
                         help="write into OUTPUT/span-N for ImportExampleGen's {SPAN} pattern")
-    parser.add_argument("--resize-masks", action="store_true",
-                        help="resize masks of another size to the image (nearest neighbour)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="refuse images with more pixels, before decoding them")
-    parser.add_argument("--allow-outside-paths", action="store_true",
-                        help="allow paths outside the manifest's folder")
-    parser.add_argument("--id-field", default="",
-                        help="GeoJSON mask files: the polygon property that holds each "
-                             "region's id (default: the feature's id, else ROW_ID-N)")
+    add_manifest_reading_flags(parser)
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit 1) and publish no shards if any row is rejected")
     parser.add_argument("--overwrite", action="store_true",

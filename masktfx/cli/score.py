@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from masktfx.cli.common import DEFAULT_MAX_PIXELS, CommandError, print_json
+from masktfx.cli.common import CommandError, add_manifest_reading_flags, print_json
 from masktfx.config import SCORE_FORMATS
 
 
@@ -39,15 +39,7 @@ def add_score(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", default="csv", choices=SCORE_FORMATS,
                         help="csv | parquet | geojson (polygon regions as their polygons, in "
                              "their CRS) | tfrecord (tf.Example per region)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="refuse images with more pixels, before decoding them")
-    parser.add_argument("--resize-masks", action="store_true",
-                        help="resize masks of another size to the image (nearest neighbour)")
-    parser.add_argument("--allow-outside-paths", action="store_true",
-                        help="allow paths outside the manifest's folder")
-    parser.add_argument("--id-field", default="",
-                        help="GeoJSON mask files: the polygon property that holds each "
-                             "region's id")
+    add_manifest_reading_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[],

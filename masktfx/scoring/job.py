@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,12 @@ from masktfx import features
 from masktfx.beam_args import ingest_beam_args
 from masktfx.config import SCORE_FORMATS as FORMATS
 from masktfx.config import PipelineConfig
-from masktfx.ingest import WORK_OWNER, remove_abandoned_work_dirs, show_progress
+from masktfx.ingest import (
+    WORK_OWNER,
+    ProgressCounter,
+    progress_bar,
+    remove_abandoned_work_dirs,
+)
 from masktfx.manifest import read_manifest
 from masktfx.scoring.model import (
     ModelInputs,
@@ -83,32 +87,21 @@ class ScoreResult:
 
 
 class _Progress(beam.DoFn):
-    """Counts scored regions into a file per worker, which the terminal's progress bar sums."""
+    """Counts regions scored or rejected for the terminal's progress bar (ingest's
+    ProgressCounter)."""
 
     def __init__(self, progress_dir: str | None):
-        self._progress_dir = progress_dir
-        self._file = None
-        self._done = 0
+        self._progress = ProgressCounter(progress_dir, every=32)
 
     def setup(self):
-        import uuid
-
-        if self._progress_dir and os.path.isdir(self._progress_dir):
-            self._file = os.path.join(self._progress_dir, uuid.uuid4().hex)
+        self._progress.start()
 
     def process(self, element):
-        self._done += 1
-        if self._file and self._done % 32 == 0:
-            self._write()
+        self._progress.add()
         yield element
 
     def finish_bundle(self):
-        if self._file:
-            self._write()
-
-    def _write(self):
-        with open(self._file, "w", encoding="ascii") as handle:
-            handle.write(str(self._done))
+        self._progress.write()
 
 
 class CountFn(beam.CombineFn):
@@ -131,6 +124,7 @@ class CountFn(beam.CombineFn):
 
     def extract_output(self, acc):
         return acc
+
 
 def _refused(batch_and_error) -> Iterator[tuple[Region, bytes]]:
     """A batch the model failed on, element by element (scored again one at a time)."""
@@ -205,17 +199,11 @@ def score_version(data: str, model_dir: str, name: str, chosen: int, output: str
     beam_args = ingest_beam_args(beam_args or [], running_mode="in_memory")
     direct = any(arg in ("--runner=DirectRunner", "--runner=direct") for arg in beam_args)
     progress_stream = progress_stream or sys.stderr
-    show = (progress if progress is not None else progress_stream.isatty()) and direct
-    progress_dir = tempfile.mkdtemp(prefix="masktfx-progress-") if show else None
-    stop = threading.Event()
-    watcher = None
-    if progress_dir:
-        watcher = threading.Thread(target=show_progress, args=(
-            progress_dir, total, stop, progress_stream, "score", "region"), daemon=True)
-        watcher.start()
+    shown = (progress if progress is not None else progress_stream.isatty()) and direct
     prefix = os.path.join(work_dir, SHARD_PREFIX)
     try:
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        with progress_bar(shown, total, progress_stream, "score", "region") as progress_dir, \
+                beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
             if manifest is not None:
                 chunks = [manifest.rows[start:start + ROWS_PER_CHUNK]
                           for start in range(0, len(manifest.rows), ROWS_PER_CHUNK)]
@@ -247,6 +235,7 @@ def score_version(data: str, model_dir: str, name: str, chosen: int, output: str
                                lambda batch_error: [_refusal((element, batch_error[1]))
                                                     for element in batch_error[0]]))
                           | "AllRejected" >> beam.Flatten()
+                          | "RejectedProgress" >> beam.ParDo(_Progress(progress_dir))
                           | "Rejected" >> beam.combiners.ToList())
             _ = (counted | "Finish" >> beam.Map(
                 _write_summary, rejections=beam.pvalue.AsSingleton(rejections),
@@ -258,12 +247,6 @@ def score_version(data: str, model_dir: str, name: str, chosen: int, output: str
     except BaseException:  # a failure or an interrupt: no partial output stays behind
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
-    finally:
-        stop.set()
-        if watcher:
-            watcher.join()
-        if progress_dir:
-            shutil.rmtree(progress_dir, ignore_errors=True)
     with open(os.path.join(work_dir, SUMMARY_FILE), encoding="utf-8") as handle:
         summary = json.load(handle)
     if output_format == "geojson":
