@@ -4,14 +4,9 @@ pickled across that boundary. `masktfx ingest` and a whole `masktfx run` on it."
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 import yaml
+from beam_services import portable_services
 from conftest import IN_PROCESS_BEAM
 
 from masktfx import cli, features
@@ -21,46 +16,10 @@ from masktfx.records import read_examples
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for(port: int, process: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert process.poll() is None and time.monotonic() < deadline, f"{what} did not start"
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def portable_args(tmp_path_factory):
-    """A job service and a worker pool of separate processes (the image's environment:
-    TF_USE_LEGACY_KERAS=1), and the Beam args that send work to them."""
-    job_port, pool_port = _free_port(), _free_port()
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
-    logs = tmp_path_factory.mktemp("portable")
-    processes = [
-        subprocess.Popen([sys.executable, "-m",
-                          "apache_beam.runners.portability.local_job_service_main",
-                          f"--port={job_port}"], env=env,
-                         stdout=open(logs / "jobs.log", "wb"), stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                          f"--service_port={pool_port}"], env=env,
-                         stdout=open(logs / "workers.log", "wb"), stderr=subprocess.STDOUT)]
-    try:
-        _wait_for(job_port, processes[0], "the job service")
-        _wait_for(pool_port, processes[1], "the worker pool")
-        yield ["--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-               "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+    with portable_services(str(tmp_path_factory.mktemp("portable"))) as args:
+        yield args
 
 
 def test_ingest_and_a_whole_run_on_the_portable_runner(tmp_path, portable_args, capsys):
