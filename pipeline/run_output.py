@@ -1,7 +1,7 @@
 """What `masktfx run` shows while it runs, and where everything else goes.
 
-The libraries a run drives (TensorFlow's C++ runtime, absl, Beam and its worker processes,
-setuptools building the user-code wheel, TFMA, Keras) write hundreds of lines, some at error level
+The libraries a run drives (TensorFlow's C++ runtime, absl, Beam and its worker processes, TFMA,
+Keras) write hundreds of lines, some at error level
 for things that are not errors. During a run they all go, complete, to WORKDIR/logs/<run id>.log:
 file descriptors 1 and 2 point at the log (so C++ code and child processes such as Beam's workers
 and the fork server write there too), and so do Python's sys.stdout and sys.stderr. The terminal

@@ -35,7 +35,9 @@ def portable_services(log_dir: str, workers: int = 1) -> Iterator[list[str]]:
     """For the block, a job service and a worker pool; yields the Beam args that send work to
     them (`workers` SDK workers per job)."""
     job_port, pool_port = _free_port(), _free_port()
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    # The pool starts each worker as `python -c ...` from PATH: this environment's Python first
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     commands = {"jobs": ["apache_beam.runners.portability.local_job_service_main",
                          f"--port={job_port}"],
                 "workers": ["apache_beam.runners.worker.worker_pool_main",
