@@ -358,8 +358,15 @@ SELECTION_DATA = (("wyoming_to_california", "same_scene"), ("california_to_wyomi
 NEVER_SELECTED_ON = (("wyoming_to_california", "other_site"),)
 
 
+# How the method is chosen (written after quality-levers.json, for the runs after it): the
+# best selection score, but the default stays unless the best beats it by more than the noise
+# of the selection data, the larger of the two methods' seed spreads (mean over the data).
+MARGIN_RULE = ("the best mean of medians on the selection data; the default stays unless the "
+               "best beats it by more than the larger of the two methods' seed spreads there")
+
+
 def decisions(trees: dict, candidates: list[str]) -> list[dict]:
-    """The choices this run makes, each with the data it looked at: the best trained method,
+    """The choices this run makes, each with the data it looked at: the method (MARGIN_RULE),
     then whether test-time flips and a seed ensemble help it, all on `SELECTION_DATA` only
     (mean of the medians)."""
     def score(method: str, key: str = "auc_median") -> float:
@@ -370,8 +377,14 @@ def decisions(trees: dict, candidates: list[str]) -> list[dict]:
     never = [f"trees {direction} {scored}" for direction, scored in NEVER_SELECTED_ON]
     scores = {method: score(method) for method in candidates}
     best = max(scores, key=scores.get)
-    found = [{"decision": "the method", "looked_at": looked_at, "never_looked_at": never,
-              "scores": scores, "chosen": best}]
+    decision = {"decision": "the method", "rule": MARGIN_RULE, "looked_at": looked_at,
+                "never_looked_at": never, "scores": scores}
+    if "default" in scores and best != "default":
+        margin = round(max(score(best, "auc_spread"), score("default", "auc_spread")), 4)
+        decision.update(best=best, margin=margin)
+        if scores[best] - scores["default"] <= margin:
+            best = "default"
+    found = [{**decision, "chosen": best}]
     for option, key in (("test-time flips", "tta_auc_median"), ("seed ensemble",
                                                                 "ensemble_auc")):
         if all(key in trees[d][best][s] for d, s in SELECTION_DATA):
