@@ -20,13 +20,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 
 from beam_services import portable_services  # noqa: E402
-from measure import run_measured  # noqa: E402
+from measure import report, run_measured  # noqa: E402
 
 
 def records(folder: str) -> dict[bytes, object]:
@@ -74,11 +73,7 @@ def main() -> None:
               "portable_to_direct_throughput_ratio_median": round(statistics.median(ratios), 3),
               "same_records": same, "target": "median ratio >= 0.8 and the same records"}
     shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    report(result, args.output)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Wall time and peak memory of a command's whole process tree (Beam workers included)."""
+"""Wall time and peak memory of a command's whole process tree (Beam workers included), and
+where a benchmark's JSON result goes."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 
@@ -45,3 +47,16 @@ def run_measured(command: list[str], cwd: str, env: dict | None = None,
     if timeline:
         result["timeline"] = samples
     return result
+
+
+def write_json(result: dict, output: str | None) -> None:
+    """The result as JSON to `output`, when one is given."""
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(result, indent=2) + "\n")
+
+
+def report(result: dict, output: str | None) -> None:
+    """The result as JSON on stdout, and to `output` when one is given."""
+    print(json.dumps(result, indent=2))
+    write_json(result, output)

@@ -20,12 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 
 from mariadb import PASSWORD, MariaDB, available  # noqa: E402
-from measure import run_measured  # noqa: E402
+from measure import report, run_measured  # noqa: E402
 
 # The pipeline's work without the parts whose time does not depend on where metadata lives.
 FLAGS = ["--image-size", "32", "--model-preset", "seed", "--epochs", "2", "--min-accuracy", "0",
@@ -71,11 +70,7 @@ def main() -> None:
               "mariadb_to_sqlite_ratios": [round(r, 3) for r in ratios],
               "mariadb_to_sqlite_ratio_median": round(statistics.median(ratios), 3),
               "target": "median ratio <= 1.2"}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    report(result, args.output)
 
 
 if __name__ == "__main__":

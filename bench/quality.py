@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from measure import report, write_json  # noqa: E402
 from quality_baselines import BASELINES, baseline_probabilities  # noqa: E402
 from quality_data import Rows, describe_splits, load_rows, three_way, tree_pairs  # noqa: E402
 
@@ -458,7 +459,7 @@ def main() -> None:
                                   {"same_scene": splits["holdout"], "other_site": other},
                                   runs("trees"), args.attribution, args.time_rounds)
             result["trees"][f"{train_site}_to_{test_site}"] = {"split_by": split_by, **found}
-            write_result(result, args.output)
+            write_json(result, args.output)  # after each dataset: a later failure loses none
         candidates = [name for name in [*args.methods, *args.ablations]
                       if name not in BASELINES]
         result["decisions"] = decisions(result["trees"], candidates)
@@ -474,17 +475,9 @@ def main() -> None:
         result[name] = {"split_by": split_by, **evaluate_site(
             name, base, splits, {"same_scene": splits["holdout"]}, runs(name),
             args.attribution, args.time_rounds)}
-        write_result(result, args.output)
+        write_json(result, args.output)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result, indent=2))
-    write_result(result, args.output)
-
-
-def write_result(result: dict, output: str | None) -> None:
-    """The JSON so far, to `output` (after each dataset, so a failure later loses nothing)."""
-    if output:
-        with open(output, "w", encoding="utf-8") as out:
-            out.write(json.dumps(result, indent=2) + "\n")
+    report(result, args.output)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from measure import report  # noqa: E402
 from quality import Rows, load_rows, resolve, training_inputs, transform, tree_pairs  # noqa: E402
 
 from masktfx import features, performance  # noqa: E402
@@ -260,11 +261,7 @@ def main() -> None:
     result["decision"] = {"median_abs_test_error": errors,
                           "chosen": min(errors, key=errors.get)}
     result["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(text + "\n")
+    report(result, args.output)
 
 
 if __name__ == "__main__":

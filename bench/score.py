@@ -40,7 +40,7 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from measure import run_measured  # noqa: E402
+from measure import report, run_measured  # noqa: E402
 
 CLI = [sys.executable, "-m", "masktfx.cli"]
 
@@ -182,11 +182,7 @@ def main() -> None:
         "score_to_loop_at_least_0.8x": result["throughput"]["score_to_loop_ratio_median"] >= 0.8,
         "memory_at_most_1.2x": memory["peak_ratio_largest_to_smallest"] <= 1.2,
         "probabilities_within_1e-6": result["probabilities"]["max_abs_difference"] <= 1e-6}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    report(result, args.output)
 
 
 if __name__ == "__main__":
