@@ -4,6 +4,7 @@ the config's own module holds only its fields and their checks."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 
@@ -77,8 +78,6 @@ DEFAULT_MYSQL_PORT = 3306
 
 def metadata_password() -> str:
     """The run metadata's database password, from the environment ('' when none is set)."""
-    import os
-
     path = os.environ.get(METADATA_PASSWORD_FILE_ENV, "")
     if path:
         try:

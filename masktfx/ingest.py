@@ -380,8 +380,7 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
         remove_abandoned_work_dirs(parent)
         work_dir = tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent)
         os.chmod(work_dir, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the span from others
-        with open(os.path.join(work_dir, WORK_OWNER), "w", encoding="ascii") as handle:
-            handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+        claim_work_dir(work_dir)
     else:
         work_dir = final_dir
 
@@ -433,6 +432,12 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
 
 WORK_PREFIX = ".ingest-"
 WORK_OWNER = ".owner"  # "HOST PID" of the ingest writing the folder
+
+
+def claim_work_dir(work_dir: str) -> None:
+    """Name this process as the folder's owner: once it is gone, the next job removes it."""
+    with open(os.path.join(work_dir, WORK_OWNER), "w", encoding="ascii") as handle:
+        handle.write(f"{socket.gethostname()} {os.getpid()}\n")
 
 
 def remove_abandoned_work_dirs(parent: str, prefix: str = WORK_PREFIX) -> list[str]:

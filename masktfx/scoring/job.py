@@ -36,6 +36,7 @@ from masktfx.config import PipelineConfig
 from masktfx.ingest import (
     WORK_OWNER,
     ProgressCounter,
+    claim_work_dir,
     progress_bar,
     remove_abandoned_work_dirs,
 )
@@ -193,7 +194,7 @@ def score_version(data: str, model_dir: str, name: str, chosen: int, output: str
     os.makedirs(parent, exist_ok=True)
     remove_abandoned_work_dirs(parent, WORK_PREFIX)
     work_dir = tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent)
-    _claim(work_dir)
+    claim_work_dir(work_dir)
     # In one process unless told otherwise: the model's call already uses every core, and each
     # worker process of the multi-processing mode would load TensorFlow and the model again.
     beam_args = ingest_beam_args(beam_args or [], running_mode="in_memory")
@@ -301,20 +302,12 @@ def _record_metadata(data: str) -> list[str]:
         return []
 
 
-def _claim(work_dir: str) -> None:
-    """Name this process as the folder's owner: once it is gone, the next job removes it."""
-    import socket
-
-    with open(os.path.join(work_dir, WORK_OWNER), "w", encoding="ascii") as handle:
-        handle.write(f"{socket.gethostname()} {os.getpid()}\n")
-
-
 def _replace(work_dir: str, output: str) -> None:
     """Move the finished work folder into place; an existing output is replaced whole (moved
     aside first, so there is never a moment with half of each)."""
     if os.path.exists(output):
         old = tempfile.mkdtemp(prefix=WORK_PREFIX, dir=os.path.dirname(output))
-        _claim(old)
+        claim_work_dir(old)
         os.rename(output, os.path.join(old, "replaced"))
         os.rename(work_dir, output)
         shutil.rmtree(old, ignore_errors=True)

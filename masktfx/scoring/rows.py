@@ -184,10 +184,9 @@ def parquet_schema(metadata: Sequence[str], outputs: dict[str, str]) -> Any:
 
     kinds = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.int64(),
              "int32": pa.int32(), "bool": pa.int64()}
-    fields = [(name, kinds.get(outputs.get(name, ""), pa.string()))
-              for name in columns(metadata, outputs)]
-    return pa.schema([(name, pa.int64() if name == "version" else kind)
-                      for name, kind in fields])
+    return pa.schema([(name, pa.int64() if name == "version"
+                       else kinds.get(outputs.get(name, ""), pa.string()))
+                      for name in columns(metadata, outputs)])
 
 
 def parquet_row(row: dict, schema: Any) -> dict:
