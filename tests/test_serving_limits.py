@@ -424,3 +424,42 @@ def test_requests_in_flight_share_one_budget_past_which_they_wait_then_get_503(t
     with pytest.raises(BudgetExceeded), budget.reserve() as held:
         held.grow(101, "too much")
     assert budget.held == 0
+
+
+def test_large_rest_bodies_take_a_slot_while_small_requests_and_status_calls_never_wait(
+        tiny_model, tmp_path):
+    """With every slot taken, a body over 1 MiB waits, once read, until a slot is free; a small
+    predict and the status call are answered meanwhile."""
+    from masktfx.serving.limits import SMALL_BODY_BYTES
+
+    shutil.copytree(tiny_model[0], tmp_path / "tiny" / "1")
+    manager = ModelManager("tiny", str(tmp_path / "tiny"), poll_seconds=0.2)
+    served = ModelServer({"tiny": manager}, rest_port=0, grpc_port=0, rest_threads=1)
+    served.start()
+    try:
+        wait_for_version(manager)
+        # one region, padded with JSON whitespace past the small-body size
+        large = json.dumps(_raw(1)).encode() + b" " * SMALL_BODY_BYTES
+        answered: list[int] = []
+
+        def post_large() -> None:
+            answered.append(requests.post(
+                f"http://127.0.0.1:{served.rest_port}/v1/models/tiny:predict", data=large,
+                headers={"Content-Type": "application/json"}, timeout=60).status_code)
+
+        slots = served.rest.RequestHandlerClass.answering
+        slots.acquire()  # the one slot, as a large request being answered holds it
+        try:
+            waiting = threading.Thread(target=post_large)
+            waiting.start()
+            assert _post(served, _raw(1))[0] == 200
+            assert requests.get(f"http://127.0.0.1:{served.rest_port}/v1/models/tiny",
+                                timeout=10).status_code == 200
+            waiting.join(timeout=2.0)
+            assert waiting.is_alive() and answered == []  # read, and waiting for the slot
+        finally:
+            slots.release()
+        waiting.join(timeout=30)
+        assert answered == [200]
+    finally:
+        served.stop()
