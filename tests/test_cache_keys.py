@@ -73,3 +73,20 @@ def test_transform_and_trainer_are_keyed_on_the_fingerprint_of_their_code(tmp_pa
         assert {k: v for k, v in custom.items() if k != CODE_FINGERPRINT_KEY} == \
             config.component_config(TRANSFORM_FIELDS if node_id == "Transform"
                                     else TRAINER_FIELDS)
+
+
+def test_the_scoring_steps_cache_key_follows_the_data_under_its_path(tmp_path):
+    from masktfx.pipeline.pipeline import data_fingerprint
+
+    survey = tmp_path / "survey"
+    survey.mkdir()
+    (survey / "manifest.csv").write_text("id,image,mask\n")
+    first = data_fingerprint(str(survey))
+    assert first == data_fingerprint(str(survey))
+    (survey / "a.png").write_bytes(b"new region")  # new data under the same path
+    second = data_fingerprint(str(survey))
+    assert second != first
+    (survey / "a.png").write_bytes(b"changed region")
+    assert data_fingerprint(str(survey)) != second
+    assert data_fingerprint(str(survey / "manifest.csv")) != ""
+    assert data_fingerprint(str(tmp_path / "in-a-pod")) == ""  # not on this machine
