@@ -103,8 +103,10 @@ def gate_failure(found: dict[str, Any], min_inside: float) -> str | None:
 
 def read_maps(evaluation_uri: str) -> dict[str, np.ndarray]:
     """The heat maps the Evaluator kept ({} when it kept none)."""
+    from tfx.dsl.io import fileio
+
     path = os.path.join(evaluation_uri, MAPS_FILE)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         return {}
-    with np.load(path) as stored:
+    with fileio.open(path, "rb") as handle, np.load(io.BytesIO(handle.read())) as stored:
         return {name: stored[name] for name in stored.files}

@@ -78,6 +78,24 @@ def find_evaluation(output_uri: str, record: dict[str, Any]) -> str | None:
 
 
 # Metrics that count labels, and the key of their config that holds the threshold.
+CANDIDATE = "candidate"  # TFX's Evaluator's name for the model under test beside a baseline
+
+
+def evaluated_models(uri: str) -> dict[str, str]:
+    """Model name -> location, from the eval_config.json TFMA writes beside its results."""
+    with fileio.open(os.path.join(uri, "eval_config.json")) as handle:
+        return json.loads(handle.read()).get("modelLocations", {})
+
+
+def load_candidate_result(uri: str) -> tfma.EvalResult:
+    """TFMA's metrics and plots of the model under test, from an Evaluator's output: against
+    a different baseline TFX names the two models `candidate` and `baseline`; a model that is
+    its own baseline (or has none) is evaluated once, under no name. Every reader of an
+    evaluation reads it through here, so all of them show the same model's figures."""
+    compared = CANDIDATE in evaluated_models(uri)
+    return tfma.load_eval_result(uri, model_name=CANDIDATE if compared else None)
+
+
 _THRESHOLD_KEYS = {"BinaryAccuracy": "threshold", "Precision": "thresholds",
                    "Recall": "thresholds", "ConfusionMatrixAtThresholds": "thresholds"}
 

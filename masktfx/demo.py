@@ -27,15 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     config = PipelineConfig(workdir=os.path.join(workdir, "pipeline"), pipeline_name="masktfx-demo",
                             model_name="masktfx-demo")
 
-    def report(terminal) -> None:
-        from masktfx.pipeline.report import write_report
-
-        path = write_report(PipelineConfig.for_workdir(config.workdir))
+    def where(terminal) -> None:
+        # the run's summary above names its report page
         terminal.say(f"\nserving folder (TF Serving --model_base_path): "
                      f"{os.path.join(config.resolved_serving_dir, config.model_name)}")
-        terminal.say(f"report: {path}")
 
-    return run_and_summarize(config, manifest, verbose=args.verbose, after_success=report)
+    return run_and_summarize(config, manifest, verbose=args.verbose, after_success=where)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ def _origin(name: str) -> str | None:
 
 def source_files(entry_files: Iterable[str], first_party: Sequence[str] = FIRST_PARTY
                  ) -> list[str]:
-    """The entry files and every first-party source file they import, transitively."""
+    """The entry files and every first-party source file they import, transitively (an entry
+    file that is not Python, a template say, is taken as it is)."""
     seen: dict[str, None] = {}
     pending = [os.path.abspath(path) for path in entry_files]
     while pending:
@@ -53,6 +54,8 @@ def source_files(entry_files: Iterable[str], first_party: Sequence[str] = FIRST_
         if path in seen:
             continue
         seen[path] = None
+        if not path.endswith(".py"):
+            continue
         with open(path, encoding="utf-8") as handle:
             source = handle.read()
         package = _package_of(path)

@@ -14,11 +14,11 @@ import posixpath
 import yaml
 from tfx import v1 as tfx
 
+from masktfx import node_ids
 from masktfx.config import ConfigError, PipelineConfig, uri_scheme
 from masktfx.modules.schema import write_schema
 from masktfx.pipeline.data import describe_data, resolve_config
 from masktfx.pipeline.pipeline import create_pipeline, schema_path
-from masktfx.scoring.component import SCORER_ID
 
 DATA_ROOT_PARAMETER = "data-root"
 # TFX 1.16 takes Trainer's train_args as a runtime parameter holding TrainArgs as JSON.
@@ -87,10 +87,9 @@ def serving_dir_in_cluster(config: PipelineConfig) -> PipelineConfig:
     return config.replace(serving_dir=serving_dir)
 
 
-PUSHER_TASK = "VersionedPusher"
 # The DriftCheck reads the newest pushed version's descriptors from the same serving dir, and
 # the scoring step the version just pushed.
-SERVING_DIR_TASKS = (PUSHER_TASK, "DriftCheck", SCORER_ID)
+SERVING_DIR_TASKS = (node_ids.PUSHER, node_ids.DRIFT_CHECK, node_ids.SCORER)
 
 
 def add_pusher_volume(spec_path: str, claim: str, mount_path: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from masktfx import features
+from masktfx import features, node_ids
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig, uri_scheme
 from masktfx.pipeline.summary import (
@@ -32,7 +32,6 @@ from masktfx.scoring.component import (
     DATA_PROPERTY,
     REJECTED_PROPERTY,
     SCORED_PROPERTY,
-    SCORER_ID,
 )
 
 Store = metadata_store.MetadataStore
@@ -172,7 +171,7 @@ def _scored_with(store: Store, pushed: list[Artifact]) -> list[dict[str, Any]]:
               if e.type in inputs]
     found = []
     for execution in store.get_executions_by_id(sorted({e.execution_id for e in events})):
-        if node_id(store, execution.id) != SCORER_ID or \
+        if node_id(store, execution.id) != node_ids.SCORER or \
                 execution.last_known_state != metadata_store_pb2.Execution.COMPLETE:
             continue
         for scores in execution_outputs(store, execution.id).get("scores", []):
@@ -195,7 +194,7 @@ def _follow_trainer(store: Store, trainer_inputs: dict[str, list[Artifact]],
     result.schema_uri = schema.uri if schema is not None else ""
     transformed = _first(trainer_inputs, "examples")
     transform = _producer(store, transformed) if transformed is not None else None
-    if transform is None or node_id(store, transform.id) != "Transform":
+    if transform is None or node_id(store, transform.id) != node_ids.TRANSFORM:
         return
     raw = execution_inputs(store, transform.id).get("examples", [])
     result.spans = sorted({artifact_span(a) for a in raw})

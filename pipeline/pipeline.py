@@ -25,7 +25,7 @@ from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import example_gen_pb2, pusher_pb2, range_config_pb2, trainer_pb2, transform_pb2
 from tfx.types import Channel, standard_artifacts
 
-from masktfx import features, modules
+from masktfx import features, modules, node_ids
 from masktfx.components.anomaly_gate import AnomalyGate
 from masktfx.components.drift_check import DriftCheck
 from masktfx.components.evaluator import SingleBaselineEvaluator
@@ -39,8 +39,10 @@ from masktfx.components.versioned_pusher import VersionedPusher
 from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
 from masktfx.modules.schema import schema_digest
 from masktfx.pipeline.code_fingerprint import code_fingerprint
+from masktfx.pipeline.report import TEMPLATE_FILE
+from masktfx.pipeline.report_step import REPORT_FIELDS, RunReport
 from masktfx.pipeline.split_plan import partition_feature_name, split_buckets
-from masktfx.scoring.component import SCORER_ID, BatchScorer
+from masktfx.scoring.component import BatchScorer
 
 MODULES_DIR = os.path.dirname(os.path.abspath(modules.__file__))
 TRANSFORM_MODULE = os.path.join(MODULES_DIR, "transform.py")
@@ -51,6 +53,7 @@ TRAINER_MODULE = os.path.join(MODULES_DIR, "trainer.py")
 # (the image, the workers' environment). code_fingerprint keys the cache on the code instead.
 PREPROCESSING_FN = "masktfx.modules.transform.preprocessing_fn"
 RUN_FN = "masktfx.modules.trainer.run_fn"
+REPORT_STEP_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_step.py")
 
 
 def schema_path(config: PipelineConfig) -> str:
@@ -187,8 +190,8 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
             strategy_class=SpanWindowStrategy,
             config={"num_spans": config.span_window, "split_key": example_split_key(config)},
             examples=Channel(type=standard_artifacts.Examples,
-                             producer_component_id="ImportExampleGen", output_key="examples"),
-        ).with_id("span_window")
+                             producer_component_id=node_ids.EXAMPLE_GEN, output_key="examples"),
+        ).with_id(node_ids.SPAN_WINDOW)
         span_window.add_upstream_node(example_gen)
         examples = span_window.outputs["examples"]
     transform = Transform(
@@ -203,7 +206,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
                                               code_fingerprint([TRANSFORM_MODULE])),
         # StatisticsGen already describes the raw data, and nothing reads statistics of the
         # transformed tensors; computing both would double Transform's time at scale.
-        disable_statistics=True)
+        disable_statistics=True).with_id(node_ids.TRANSFORM)
     # Transform must not run on data the validator flagged.
     transform.add_upstream_node(anomaly_gate)
     model_base_dir = os.path.join(config.resolved_serving_dir, config.model_name)
@@ -212,7 +215,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         examples=example_gen.outputs["examples"], model_base_dir=model_base_dir,
         threshold=config.drift_threshold, action=config.drift_action,
         min_estimated_auc=config.min_estimated_auc,
-    ).with_id("DriftCheck") if config.drift_threshold else None
+    ).with_id(node_ids.DRIFT_CHECK) if config.drift_threshold else None
     if drift_check:
         # data that breaks the contract is reported as such, not described
         drift_check.add_upstream_node(anomaly_gate)
@@ -227,12 +230,13 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         if train_args is None else train_args,
         # `validation` for early stopping, the operating point, calibration and the OOD threshold
         eval_args=trainer_pb2.EvalArgs(num_steps=0, splits=[features.VALIDATION_SPLIT]),
-        custom_config=config.component_config(TRAINER_FIELDS, code_fingerprint([TRAINER_MODULE])))
+        custom_config=config.component_config(TRAINER_FIELDS, code_fingerprint([TRAINER_MODULE]))
+    ).with_id(node_ids.TRAINER)
     model_resolver = Resolver(
         strategy_class=LatestBlessedModelStrategy,
         model=Channel(type=standard_artifacts.Model),
         model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    ).with_id(node_ids.MODEL_RESOLVER)
     # TFX's Evaluator; evaluates once when a re-run resolves the model as its own baseline.
     evaluator = SingleBaselineEvaluator(
         examples=examples,
@@ -240,12 +244,13 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         baseline_model=model_resolver.outputs["model"],
         eval_config=eval_config(config),
         intervals=interval_settings(config),
-        attribution=attribution_settings(config)).with_id("Evaluator")
+        attribution=attribution_settings(config)).with_id(node_ids.EVALUATOR)
     # the candidate served in a fresh server process, through REST and gRPC, before the push
     serving_check = ServingCheck(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         examples=examples, model_name=config.model_name,
-        latency_budget_ms=config.serving_check_latency_ms) if config.serving_check else None
+        latency_budget_ms=config.serving_check_latency_ms,
+    ).with_id(node_ids.SERVING_CHECK) if config.serving_check else None
     pusher = VersionedPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
@@ -254,13 +259,26 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         region_descriptors=bool(config.drift_threshold),  # what later drift checks compare with
         evaluation=evaluator.outputs["evaluation"],  # the test figures later estimates sit beside
         push_destination=pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=model_base_dir)))
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=model_base_dir)),
+    ).with_id(node_ids.PUSHER)
     # the regions of `score_data` scored with the version just pushed
     scorer = BatchScorer(pushed_model=pusher.outputs["pushed_model"],
                          score_data=config.score_data, model_name=config.model_name,
                          output_format=config.score_format,
                          data_fingerprint=data_fingerprint(config.score_data),
-                         ).with_id(SCORER_ID) if config.score_data else None
+                         ).with_id(node_ids.SCORER) if config.score_data else None
+    # the run's report page, blessed or not, from the artifacts it shows
+    report = RunReport(
+        config=config.component_config(REPORT_FIELDS),
+        code_fingerprint=code_fingerprint([REPORT_STEP_MODULE, TEMPLATE_FILE]),
+        examples=example_gen.outputs["examples"], trained_examples=examples,
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+        transform_graph=transform.outputs["transform_graph"], model=trainer.outputs["model"],
+        model_run=trainer.outputs["model_run"], evaluation=evaluator.outputs["evaluation"],
+        blessing=evaluator.outputs["blessing"], baseline_model=model_resolver.outputs["model"],
+        drift_report=drift_check.outputs["drift_report"] if drift_check else None,
+        infra_blessing=serving_check.outputs["blessing"] if serving_check else None,
+        pushed_model=pusher.outputs["pushed_model"]).with_id(node_ids.REPORT)
     return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
@@ -269,7 +287,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
                     *([span_window] if span_window else []), transform,
                     trainer, model_resolver, evaluator,
                     *([serving_check] if serving_check else []), pusher,
-                    *([scorer] if scorer else [])],
+                    *([scorer] if scorer else []), report],
         enable_cache=True,
         metadata_connection_config=None,
         beam_pipeline_args=config.beam_pipeline_args if beam_pipeline_args is None
@@ -299,13 +317,16 @@ def data_components(config: PipelineConfig, data_root: Any = None, span: int | N
     # ImportExampleGen's node id, driver and outputs; its executor skips the in-memory shuffle.
     example_gen = StreamingImportExampleGen(
         input_base=data_root if data_root is not None else config.data_root,
-        **example_gen_configs(config, span)).with_id("ImportExampleGen")
-    schema_gen = ImportSchemaGen(schema_file=schema_path(config))
+        **example_gen_configs(config, span)).with_id(node_ids.EXAMPLE_GEN)
+    schema_gen = ImportSchemaGen(schema_file=schema_path(config)).with_id(node_ids.SCHEMA_GEN)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"],
-                                   schema=schema_gen.outputs["schema"])
+                                   schema=schema_gen.outputs["schema"]
+                                   ).with_id(node_ids.STATISTICS_GEN)
     example_validator = ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    ).with_id(node_ids.EXAMPLE_VALIDATOR)
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"]
+                               ).with_id(node_ids.ANOMALY_GATE)
     return example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate
 
 

@@ -9,19 +9,19 @@ embedded PNGs; the page needs no network and no script.
 from __future__ import annotations
 
 import datetime
-import glob
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tfx.dsl.io import fileio
 
-from masktfx import features
+from masktfx import features, node_ids
 from masktfx.components.attribution import read_maps
 from masktfx.components.drift import DRIFT_FILE
+from masktfx.components.evaluator import CANDIDATE, evaluated_models, load_candidate_result
 from masktfx.components.intervals import INTERVALS_FILE, METRICS
 from masktfx.config import PipelineConfig
 from masktfx.pipeline.lineage import Lineage, format_lineage, lineage
@@ -35,9 +35,11 @@ from masktfx.pipeline.report_figures import (
     training_figure,
 )
 from masktfx.pipeline.summary import (
+    RunRecord,
     RunSummary,
     format_attribution,
     format_operating_point,
+    read_json_file,
     read_run,
     split_statistics,
     summarize_record,
@@ -71,32 +73,38 @@ class ReportData:
     drift: dict[str, Any] = field(default_factory=dict)  # the DriftCheck's drift.json
     attribution_maps: dict[str, np.ndarray] = field(default_factory=dict)  # a few heat maps
     lineage: Lineage | None = None
+    in_run: bool = False  # written by the run's own RunReport step, not read back later
     notes: list[str] = field(default_factory=list)
 
 
 # -- reading the run ----------------------------------------------------------------------------
 def collect(config: PipelineConfig, run_id: str | None = None) -> ReportData:
-    record = read_run(config, run_id)
+    """A past run (the latest by default), read back from MLMD, with its pushed version's
+    lineage."""
+    data = collect_record(config, read_run(config, run_id))
+    if data.summary.pushed and data.summary.pushed_version:
+        data.lineage = lineage(config, data.summary.pushed_version)
+    return data
+
+
+def collect_record(config: PipelineConfig, record: RunRecord) -> ReportData:
+    """What the page shows, from a run's artifacts (those MLMD recorded for a past run, or
+    those the RunReport step is given in the run itself)."""
     summary = summarize_record(record)
     data = ReportData(summary=summary, config=config)
-    for statistics in record.outputs("StatisticsGen", "statistics"):
+    for statistics in record.outputs(node_ids.STATISTICS_GEN, "statistics"):
         data.label_counts = _label_counts(statistics.uri)
-    for examples in record.outputs("ImportExampleGen", "examples"):
+    for examples in record.outputs(node_ids.EXAMPLE_GEN, "examples"):
         _read_sample(examples.uri, data)
-    for report in record.outputs("DriftCheck", "drift_report"):
-        path = os.path.join(report.uri, DRIFT_FILE)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as handle:
-                data.drift = json.load(handle)
-    for model_run in record.outputs("Trainer", "model_run"):
+    for report in record.outputs(node_ids.DRIFT_CHECK, "drift_report"):
+        data.drift = read_json_file(os.path.join(report.uri, DRIFT_FILE)) or data.drift
+    for model_run in record.outputs(node_ids.TRAINER, "model_run"):
         data.history = read_training_history(model_run.uri)
-    for baseline in record.inputs("Evaluator", "baseline_model"):
+    for baseline in record.inputs(node_ids.EVALUATOR, "baseline_model"):
         data.baseline_uri = baseline.uri
-    for evaluation in record.outputs("Evaluator", "evaluation"):
+    for evaluation in record.outputs(node_ids.EVALUATOR, "evaluation"):
         _read_evaluation(evaluation.uri, data)
         data.attribution_maps = read_maps(evaluation.uri)
-    if summary.pushed and summary.pushed_version:
-        data.lineage = lineage(config, summary.pushed_version)
     return data
 
 
@@ -124,7 +132,7 @@ def _read_sample(examples_uri: str, data: ReportData) -> None:
     import tensorflow as tf
 
     for split in features.SPLITS:
-        files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+        files = sorted(fileio.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
         if not files:
             continue
         dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(SAMPLE_PER_SPLIT)
@@ -151,7 +159,8 @@ def read_training_history(model_run_uri: str) -> dict[str, dict[str, list[float]
     history: dict[str, dict[str, list[float]]] = {}
     for phase in ("train", "validation"):
         values: dict[str, dict[int, float]] = {}
-        for path in sorted(glob.glob(os.path.join(model_run_uri, phase, "events.out.tfevents.*"))):
+        for path in sorted(fileio.glob(os.path.join(model_run_uri, phase,
+                                                       "events.out.tfevents.*"))):
             for event in tf.compat.v1.train.summary_iterator(path):
                 for value in event.summary.value:
                     if not value.tag.startswith("epoch_"):
@@ -178,16 +187,9 @@ def _doubles(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _read_evaluation(uri: str, data: ReportData) -> None:
-    import tensorflow_model_analysis as tfma
-
-    # against a different baseline, TFX's Evaluator names the two models candidate and baseline;
-    # a model that is its own baseline is evaluated once, under no name
-    compared = "candidate" in _evaluated_models(uri)
-    result = tfma.load_eval_result(uri, model_name="candidate" if compared else None)
-    intervals_path = os.path.join(uri, INTERVALS_FILE)
-    if os.path.exists(intervals_path):
-        with open(intervals_path, encoding="utf-8") as handle:
-            data.intervals = json.load(handle)
+    result = load_candidate_result(uri)
+    compared = CANDIDATE in evaluated_models(uri)
+    data.intervals = read_json_file(os.path.join(uri, INTERVALS_FILE)) or data.intervals
     for slice_key, by_output in result.slicing_metrics:
         metrics = by_output.get("", {}).get("", {})
         data.slices.append((_slice_label(slice_key), _doubles(metrics)))
@@ -214,14 +216,6 @@ def _read_evaluation(uri: str, data: ReportData) -> None:
             m["threshold"] - data.config.decision_threshold))
 
 
-def _evaluated_models(uri: str) -> dict[str, str]:
-    """Model name -> location, from the eval_config.json TFMA writes beside its results."""
-    from tfx.dsl.io import fileio
-
-    with fileio.open(os.path.join(uri, "eval_config.json")) as handle:
-        return json.loads(handle.read()).get("modelLocations", {})
-
-
 def _matrix(raw: dict[str, Any]) -> dict[str, float]:
     """TFMA's JSON leaves zero counts out; fill them in."""
     names = ("threshold", "truePositives", "falsePositives", "trueNegatives", "falseNegatives")
@@ -246,6 +240,7 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto}img{max-width:100%}
 """
 TEMPLATE = "report.html.j2"
+TEMPLATE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", TEMPLATE)
 
 
 def _template():
@@ -264,7 +259,7 @@ def page_context(data: ReportData) -> dict[str, Any]:
     started = datetime.datetime.fromtimestamp(summary.started_ms / 1000, datetime.timezone.utc)
     context: dict[str, Any] = {
         "summary": summary, "config": config, "style": STYLE,
-        "started": f"{started:%Y-%m-%d %H:%M:%S}",
+        "started": f"{started:%Y-%m-%d %H:%M:%S}", "in_run": data.in_run,
         "workdir": os.path.abspath(config.workdir), "baseline_uri": data.baseline_uri,
         "spans": ", ".join(str(s) for s in summary.spans) or "?",
         "sample_per_split": SAMPLE_PER_SPLIT,

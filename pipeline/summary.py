@@ -12,14 +12,16 @@ from typing import Any
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from tfx.dsl.io import fileio
 from tfx.utils import path_utils
 
-from masktfx import features
+from masktfx import features, node_ids
 from masktfx.components.attribution import ATTRIBUTION_FILE
 from masktfx.components.drift import DRIFT_PROPERTY, ESTIMATE_PROPERTY
 from masktfx.components.evaluator import (
     ATTRIBUTION_GATE_PROPERTY,
     INTERVAL_GATE_PROPERTY,
+    load_candidate_result,
     read_operating_point,
 )
 from masktfx.components.serving_check import REASON_PROPERTY
@@ -52,6 +54,7 @@ class RunSummary:
     drift: str = ""  # the region descriptors that moved against the served model's data
     estimate: str = ""  # the served model's estimated performance on the span (no labels)
     attribution: dict[str, Any] = field(default_factory=dict)  # the Evaluator's attribution file
+    report_path: str = ""  # the page the run's RunReport step wrote
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -157,21 +160,23 @@ def summarize_record(record: RunRecord) -> RunSummary:
     summary = RunSummary(run_id=record.run_id, started_ms=record.started_ms,
                          components={node: e.state for node, e in record.nodes.items()})
     summary.spans = sorted({artifact_span(a)
-                            for a in record.outputs("ImportExampleGen", "examples")})
+                            for a in record.outputs(node_ids.EXAMPLE_GEN, "examples")})
     summary.trained_spans = sorted({artifact_span(a)
-                                    for a in record.inputs("Transform", "examples")})
+                                    for a in record.inputs(node_ids.TRANSFORM, "examples")})
     outputs = {node: e.outputs for node, e in record.nodes.items()}
-    _read_statistics(outputs.get("StatisticsGen", {}), summary)
-    _read_evaluation(outputs.get("Evaluator", {}), summary)
-    for model in outputs.get("Trainer", {}).get("model", []):
+    _read_statistics(outputs.get(node_ids.STATISTICS_GEN, {}), summary)
+    _read_evaluation(outputs.get(node_ids.EVALUATOR, {}), summary)
+    for model in outputs.get(node_ids.TRAINER, {}).get("model", []):
         summary.operating_point = operating_point_of(path_utils.serving_model_path(model.uri))
-    _read_serving_check(outputs.get("ServingCheck", {}), summary)
-    for report in outputs.get("DriftCheck", {}).get("drift_report", []):
+    _read_serving_check(outputs.get(node_ids.SERVING_CHECK, {}), summary)
+    for report in outputs.get(node_ids.DRIFT_CHECK, {}).get("drift_report", []):
         if DRIFT_PROPERTY in report.custom_properties:
             summary.drift = report.custom_properties[DRIFT_PROPERTY].string_value
         if ESTIMATE_PROPERTY in report.custom_properties:
             summary.estimate = report.custom_properties[ESTIMATE_PROPERTY].string_value
-    _read_push(outputs.get("VersionedPusher", {}), summary)
+    _read_push(outputs.get(node_ids.PUSHER, {}), summary)
+    for page in outputs.get(node_ids.REPORT, {}).get("report", []):
+        summary.report_path = page.uri
     return summary
 
 
@@ -225,14 +230,21 @@ def format_runs(runs: list[RunSummary]) -> str:
                      for row in rows)
 
 
+def read_json_file(path: str) -> Any:
+    """A JSON file an artifact holds (None when it has none), wherever the pipeline root is:
+    a run on Kubeflow may keep its artifacts on an object store."""
+    if not fileio.exists(path):
+        return None
+    with fileio.open(path, "r") as handle:
+        return json.loads(handle.read())
+
+
 def split_statistics(statistics_uri: str) -> dict[str, Any]:
     """TFDV statistics per split of one ExampleStatistics artifact (Split-NAME/FeatureStats.pb)."""
-    import glob
-
     import tensorflow_data_validation as tfdv
 
     found = {}
-    for path in sorted(glob.glob(os.path.join(statistics_uri, "Split-*", "FeatureStats.pb"))):
+    for path in sorted(fileio.glob(os.path.join(statistics_uri, "Split-*", "FeatureStats.pb"))):
         split = os.path.basename(os.path.dirname(path))[len("Split-"):]
         found[split] = tfdv.load_stats_binary(path).datasets[0]
     return found
@@ -248,11 +260,9 @@ def _read_evaluation(outputs: dict[str, list], summary: RunSummary) -> None:
     import tensorflow_model_analysis as tfma
 
     for artifact in outputs.get("evaluation", []):
-        attribution_path = os.path.join(artifact.uri, ATTRIBUTION_FILE)
-        if os.path.exists(attribution_path):
-            with open(attribution_path, encoding="utf-8") as handle:
-                summary.attribution = json.load(handle)
-        result = tfma.load_eval_result(artifact.uri)
+        summary.attribution = read_json_file(
+            os.path.join(artifact.uri, ATTRIBUTION_FILE)) or summary.attribution
+        result = load_candidate_result(artifact.uri)
         for slice_key, metrics in result.slicing_metrics:
             if slice_key:
                 continue
@@ -398,4 +408,6 @@ def format_summary(summary: RunSummary) -> str:
         lines.append("  pushed: nothing (the serving check failed)")
     else:
         lines.append("  pushed: nothing (the model was not blessed)")
+    if summary.report_path:
+        lines.append(f"  report: {summary.report_path}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from masktfx.pipeline.kfp_client import KfpError, check_cron
 
 EXPECTED_TASKS = {"ImportExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
                   "AnomalyGate", "Transform", "Trainer", "Evaluator", "ServingCheck",
-                  "VersionedPusher"}
+                  "VersionedPusher", "RunReport"}
 
 
 MAPPED_FOLDERS = ("components", "modules", "pipeline", "serving")
@@ -52,6 +52,15 @@ def test_compiled_spec_has_every_component_our_image_and_runtime_parameters(comp
 
     component = kfp.components.load_component_from_file(compiled)
     assert component.name
+
+
+def test_the_report_step_is_an_html_artifact_for_the_kfp_ui(compiled):
+    spec = _documents(compiled)[0]
+    task = spec["root"]["dag"]["tasks"]["RunReport"]
+    assert "VersionedPusher" in task["dependentTasks"]
+    outputs = spec["components"][task["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
+    schema = yaml.safe_load(outputs["report"]["artifactType"]["instanceSchema"])
+    assert schema["title"] == "system.HTML"  # the type KFP's UI renders as a page
 
 
 def test_every_executor_in_the_spec_can_be_loaded_from_our_image(compiled):

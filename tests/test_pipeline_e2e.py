@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 from conftest import load_bad_corpus, serving_folder
 
 from masktfx import cli, features
@@ -264,6 +265,16 @@ def test_run_blesses_pushes_serves_and_caches(tmp_path, capsys, monkeypatch):
     assert inputs["baseline_model"][0].id != inputs["model"][0].id
     assert sorted(_evaluated_models(outputs)) == ["baseline", "candidate"]
     assert sorted(name for name in os.listdir(model_dir) if name.isdigit()) == versions
+    # the summary and the run's own report page show the candidate's AUC, not the baseline's
+    result = tfma.load_eval_result(outputs["evaluation"][0].uri, model_name="candidate")
+    candidate_auc = float(next(m for key, m in result.slicing_metrics if not key)[""][""]
+                          ["auc"]["doubleValue"])
+    assert worse.metrics["auc"] == pytest.approx(candidate_auc, abs=1e-12)
+    assert f"report: {worse.report_path}" in out, out
+    with open(worse.report_path, encoding="utf-8") as handle:
+        page = handle.read()
+    assert f'<td data-metric="auc">{candidate_auc:.4f}</td>' in page
+    assert 'id="blessed">not blessed<' in page and "written by the run at" in page
 
 
 # Lines `masktfx run` itself prints: the ingest line, the run and its log, one per component start

@@ -21,6 +21,7 @@ from masktfx.components import attribution
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
 from masktfx.pipeline.lineage import lineage
+from masktfx.pipeline.metadata_connection import open_store
 from masktfx.pipeline.summary import format_attribution, summarize_run
 from masktfx.records import read_examples
 
@@ -143,6 +144,25 @@ def test_the_report_holds_the_runs_own_numbers(two_runs):
     assert f'id="pushed-version">{first.pushed_version}<' in text
     assert "No baseline" in text  # the first blessed model had none
     assert '<span class="yes" id="serving-check">passed</span>, masktfx serve answered' in text
+
+
+def test_every_run_writes_its_own_report_page(two_runs):
+    workdir, first, path = two_runs
+    config = PipelineConfig.for_workdir(workdir)
+    # the RunReport step's page holds the numbers `masktfx report` reads back from MLMD later
+    assert first.report_path.startswith(os.path.join(config.pipeline_root, "RunReport"))
+    own, later = _parse(first.report_path), _parse(path)
+    assert own.cells and own.cells == later.cells
+    assert own.headings == later.headings and len(own.images) == len(later.images) == 7
+    text = open(first.report_path, encoding="utf-8").read()
+    assert f"version {first.pushed_version} at {first.pushed_path}" in text
+    assert f"MaskTFX run {first.run_id}" in text
+    # MLMD records each run's page as the type Kubeflow's UI shows as a page (the re-run
+    # evaluates against the first model, so it writes a page of its own)
+    again = summarize_run(config)
+    pages = open_store(config).get_artifacts_by_type("system.HTML")
+    assert [page.uri for page in pages] == [first.report_path, again.report_path]
+    assert f"MaskTFX run {again.run_id}" in open(again.report_path, encoding="utf-8").read()
 
 
 def test_runs_and_lineage_follow_the_cache(two_runs, capsys):

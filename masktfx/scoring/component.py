@@ -12,7 +12,6 @@ from tfx.types import artifact, standard_artifacts
 
 from masktfx.scoring.job import SUMMARY_FILE, score_version
 
-SCORER_ID = "BatchScorer"  # the step's node id in the pipeline
 SCORED_PROPERTY = "scored"  # regions scored (-1: nothing was pushed, nothing scored)
 REJECTED_PROPERTY = "rejected"
 VERSION_PROPERTY = "model_version"
