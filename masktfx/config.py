@@ -29,19 +29,9 @@ RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
 DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
 
 
-# What each TFX component's `custom_config` holds: only the fields its code reads, because TFX
-# keys its cache on the whole custom_config (a gate threshold must not retrain the model).
-TRANSFORM_FIELDS = ("num_views", "num_masks", "image_format", "channels", "bands", "window",
-                    "image_size", "mask_mode", "crop_margin", "keep_mask_channel",
-                    "normalization")
 IMAGE_FORMATS = ("", "pictures", "rasters")
 DRIFT_ACTIONS = ("warn", "stop")
 SCORE_FORMATS = ("csv", "parquet", "geojson", "tfrecord")
-TRAINER_FIELDS = (*TRANSFORM_FIELDS, "model_preset", "norm_layer", "stem_norm",
-                  "statistics_input", "epochs",
-                  "batch_size", "learning_rate", "early_stopping_patience", "augment",
-                  "augmentations", "distribution_strategy", "seed", "decision_threshold",
-                  "threshold_policy")
 # A component_config entry that is no config field: the fingerprint of the code the module
 # files run (pipeline/code_fingerprint.py), so editing that code invalidates the cache.
 CODE_FINGERPRINT_KEY = "code_fingerprint"
@@ -49,191 +39,217 @@ CODE_FINGERPRINT_KEY = "code_fingerprint"
 MAX_CHANNELS = 64
 
 
+# The config's sections, in the order the docs and `--help` show them. Every field names its
+# section; a component's `custom_config` holds its sections' fields and no other, because TFX keys
+# its cache on the whole custom_config (a gate threshold must not retrain the model).
+SECTIONS = {
+    "pipeline": "names and places",
+    "data": "what is read, and how it is split",
+    "transform": "the Transform (and, through it, the Trainer and serving)",
+    "trainer": "the model, its training and its operating point",
+    "gate": "the Evaluator's blessing gates, slices, intervals and attribution",
+    "drift": "new data against the served model's training data",
+    "serving": "the push, the serving check and batch scoring",
+    "beam": "Beam runners and workers",
+}
+
+
+def setting(section: str, *, help: str, default: Any = dataclasses.MISSING,  # noqa: A002
+            factory: Any = dataclasses.MISSING, cli: bool = True) -> Any:
+    """A config field of `section`; `help` is what `--help` and docs/configuration.md say."""
+    if section not in SECTIONS:
+        raise ValueError(f"no config section {section!r}")
+    return field(default=default, default_factory=factory,
+                 metadata={"section": section, "help": help, "cli": cli})
+
+
 @dataclass
 class PipelineConfig:
     """Settings of one MaskTFX pipeline; field docs are shown by `masktfx run --help`."""
 
-    pipeline_name: str = field(default="masktfx", metadata={"help": "TFX pipeline name"})
-    model_name: str = field(default="masktfx", metadata={"help": "name the model is served under"})
-    data_root: str = field(default="", metadata={"help": "folder of `masktfx ingest` output"})
-    workdir: str = field(default="workdir", metadata={"help": "pipeline root, MLMD and serving"})
-    metadata: str = field(
-        default="", metadata={"help": "run metadata (MLMD): sqlite:PATH or mysql://USER@HOST:"
-                                      "PORT/DATABASE, the password in MASKTFX_METADATA_PASSWORD; "
-                                      "default sqlite:WORKDIR/metadata.sqlite"})
-    pipeline_root_uri: str = field(
-        default="", metadata={"help": "pipeline root; default WORKDIR/pipeline_root"})
-    serving_dir: str = field(
-        default="", metadata={"help": "push target: a folder, gs:// or s3://; default "
-                                      "WORKDIR/serving (compile: serving_claim_mount)"})
-    serving_claim: str = field(
-        default="masktfx-models",
-        metadata={"help": "Kubeflow: the PersistentVolumeClaim TF Serving reads, mounted into "
-                          "the Pusher's pod when serving_dir is a path (it must exist in the "
-                          "namespace the KFP runs run in)"})
-    serving_claim_mount: str = field(
-        default="/models", metadata={"help": "Kubeflow: where the Pusher's pod mounts "
-                                             "serving_claim; serving_dir must lie under it"})
-    span_window: int = field(
-        default=1, metadata={"help": "train on the last N spans (1: the latest span only)"}
-    )
-    use_spans: bool = field(
-        default=True, metadata={"help": "data root holds span-N/ folders (false: shards at top)"})
-    split_by: str = field(
-        default="group", metadata={"help": "group | id: the feature ImportExampleGen hashes to "
-                                           "split train, validation and test (id: by example, "
-                                           "so regions of one group may leak across them)"})
-    train_buckets: int = field(default=14, metadata={"help": "hash buckets of `group` for train"})
-    validation_buckets: int = field(
-        default=3, metadata={"help": "hash buckets of `group` for validation (early stopping, "
-                                     "operating point, calibration, OOD threshold)"})
-    test_buckets: int = field(
-        default=3, metadata={"help": "hash buckets of `group` for test (the Evaluator's gates "
-                                     "and intervals, the serving check; nothing else reads it)"})
-    # Transform
-    num_views: int = field(default=0, metadata={"help": "views per example; 0: from the data"})
-    num_masks: int = field(
-        default=0, metadata={"help": "masks per example: 1 (shared) or num_views; 0: from data"})
-    image_format: str = field(
-        default="", metadata={"help": "what the model decodes: pictures (PNG, JPEG) or rasters "
-                                      "(raster records: multi-band TIFF, DICOM, NIfTI); '': "
-                                      "from the data"})
-    channels: int = field(
-        default=1, metadata={"help": "image channels the model sees: 1 (gray), 3 (RGB), a "
-                                     "raster's band count, or 0 (those of the data: 1 for "
-                                     "gray, 3 for colour, every band (or `bands`) of a raster)"})
-    bands: list[int] = field(
-        default_factory=list, metadata={"help": "a raster's bands the model sees, in order, "
-                                                "numbered from 1 (e.g. 4,3,2); empty: all"})
-    window: list[float] = field(
-        default_factory=list, metadata={"help": "intensity window CENTER,WIDTH in the images' "
-                                                "units (Hounsfield for CT: e.g. 40,400): values "
-                                                "clipped to it and scaled to [0, 1]; empty: none"})
-    image_size: int = field(default=64, metadata={"help": "side of the model's square input"})
-    mask_mode: str = field(
-        default="crop", metadata={"help": "crop | zero | channel | none (ablation: no mask)"})
-    crop_margin: float = field(
-        default=0.25, metadata={"help": "context around the region's box, as a fraction of it"}
-    )
-    keep_mask_channel: bool = field(
-        default=True, metadata={"help": "with crop or zero, add the mask as an extra channel"}
-    )
-    normalization: str = field(default="region", metadata={"help": "region | dataset"})
-    max_pixels: int = field(
-        default=50_000_000, metadata={"help": "refuse images with more pixels (before decoding)"}
-    )
-    # Trainer
-    model_preset: str = field(default="resnet", metadata={"help": "seed | resnet"})
-    norm_layer: str = field(
-        default="group", metadata={"help": "resnet's normalization: group | layer | batch | none "
-                                           "(batch carries the training sites' statistics into "
-                                           "serving)"})
-    stem_norm: bool = field(
-        default=True, metadata={"help": "resnet: normalize the first convolution's output as "
-                                        "every other's (false: faster to train on CPU, and "
-                                        "less accurate across sites)"})
-    statistics_input: bool = field(
-        default=False, metadata={"help": "also decide on each region's intensity statistics "
-                                         "inside and around its mask (mean, spread per "
-                                         "channel; what the region normalization hides)"})
-    epochs: int = field(default=30, metadata={"help": "training epochs (upper bound)"})
-    train_steps: int = field(
-        default=0, metadata={"help": "total training steps; 0: whole epochs over the data"}
-    )
-    batch_size: int = field(default=32, metadata={"help": "training batch size"})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
-    early_stopping_patience: int = field(
-        default=8, metadata={"help": "epochs without validation AUC gain before stopping"}
-    )
-    augment: bool = field(default=True, metadata={"help": "augment the training regions "
-                                                            "(false: none of `augmentations`)"})
-    augmentations: str = field(
-        default="flip,intensity,color,noise,blur,scale",
-        metadata={"help": "comma-separated: flip (flips and rotations), intensity (brightness, "
-                          "contrast), color (per-channel gain and saturation), noise, blur, "
-                          "scale (zoom)"})
-    distribution_strategy: str = field(
-        default="", metadata={"help": "tf.distribute strategy for the Trainer: '' (none), "
-                                      "mirrored (the devices of one machine) or "
-                                      "multi_worker_mirrored (TF_CONFIG names the workers)"})
-    seed: int = field(default=42, metadata={"help": "random seed"})
-    # Evaluator
-    metadata_columns: list[str] = field(
-        default_factory=list, metadata={"help": "metadata columns of the data (resolved from it)",
-                                        "cli": False})
-    slice_columns: list[str] = field(
-        default_factory=list, metadata={"help": "metadata columns to slice the evaluation by "
-                                                "(default: every metadata column of the data)",
-                                        "cli": False})
-    decision_threshold: float = field(default=0.5, metadata={"help": "probability -> label"})
-    threshold_policy: str = field(
-        default="fixed", metadata={"help": "how the served label's threshold is chosen: fixed "
-                                           "(decision_threshold), youden, min_sensitivity:X or "
-                                           "min_precision:X (chosen on the validation split)"})
-    min_accuracy: float = field(default=0.7, metadata={"help": "lowest BinaryAccuracy to bless"})
-    max_auc_drop: float = field(
-        default=0.01, metadata={"help": "largest AUC drop against the baseline to bless"}
-    )
-    confidence_intervals: bool = field(
-        default=True, metadata={"help": "bootstrap intervals (2.5th-97.5th percentile) of AUC, "
-                                        "accuracy, sensitivity and specificity, overall and "
-                                        "per slice"})
-    min_slice_auc: float = field(
-        default=0.0, metadata={"help": "lowest AUC lower bound of any slice with at least "
-                                       "min_slice_examples regions to bless (0: no gate)"})
-    min_slice_examples: int = field(
-        default=20, metadata={"help": "slices with fewer regions of either class are reported, "
-                                      "not gated"})
-    min_auc_lower_bound: float = field(
-        default=0.0, metadata={"help": "lowest overall AUC lower bound to bless (0: no gate)"})
-    attribution_regions: int = field(
-        default=128, metadata={"help": "eval regions the Evaluator attributes (integrated "
-                                       "gradients on the model's input) to measure the share "
-                                       "inside the mask (0: none)"})
-    min_attribution_inside: float = field(
-        default=0.0, metadata={"help": "lowest median share of the attribution inside the mask "
-                                       "to bless (0: no gate)"})
-    # Drift of new data (after ImportExampleGen)
-    drift_threshold: float = field(
-        default=0.4, metadata={"help": "Jensen-Shannon divergence of a region descriptor's "
-                                       "histogram, against the data the newest pushed version "
-                                       "was trained on, past which the span has drifted "
-                                       "(0: no drift check)"})
-    drift_action: str = field(
-        default="warn", metadata={"help": "when a span has drifted or its estimated AUC is under "
-                                          "min_estimated_auc: warn (the run goes on and says "
-                                          "so) or stop (before Transform)"})
-    min_estimated_auc: float = field(
-        default=0.0, metadata={"help": "lowest AUC the newest pushed version is estimated to "
-                                       "reach on a new span, from its own calibrated "
-                                       "probabilities without labels (0: no gate)"})
-    # Serving check (before the push)
-    serving_check: bool = field(
-        default=True, metadata={"help": "before the push, serve the candidate in a fresh model "
-                                        "server and check its REST and gRPC answers"})
-    serving_check_latency_ms: float = field(
-        default=2000.0, metadata={"help": "slowest call the serving check accepts, in ms"})
-    score_data: str = field(
-        default="", metadata={"help": "after a push, score these regions (a manifest CSV or "
-                                      "ingested TFRecords) with the pushed version, as `masktfx "
-                                      "score` does; empty: no scoring step"})
-    score_format: str = field(
-        default="csv", metadata={"help": "the scoring step's output: csv | parquet | geojson | "
-                                         "tfrecord"})
-    # Beam
-    direct_running_mode: str = field(
-        default="multi_processing",
-        metadata={"help": "DirectRunner mode: multi_processing | multi_threading | in_memory"})
-    direct_num_workers: int = field(
-        default=0, metadata={"help": "DirectRunner workers; 0: one per core"}
-    )
-    beam_fork_server: bool = field(
-        default=True, metadata={"help": "multi_processing DirectRunner: fork Beam's workers from "
-                                        "a process that imported TensorFlow once "
-                                        "(false: each worker starts cold)"})
-    beam_args: list[str] = field(
-        default_factory=list, metadata={"help": "extra Beam pipeline args", "cli": False}
-    )
+    pipeline_name: str = setting("pipeline", default="masktfx", help="TFX pipeline name")
+    model_name: str = setting("pipeline", default="masktfx", help="name the model is served under")
+    workdir: str = setting("pipeline", default="workdir", help="pipeline root, MLMD and serving")
+    metadata: str = setting(
+        "pipeline", default="",
+        help="run metadata (MLMD): sqlite:PATH or mysql://USER@HOST:PORT/DATABASE, the password in"
+             " MASKTFX_METADATA_PASSWORD; default sqlite:WORKDIR/metadata.sqlite")
+    pipeline_root_uri: str = setting(
+        "pipeline", default="",
+        help="pipeline root; default WORKDIR/pipeline_root")
+    data_root: str = setting("data", default="", help="folder of `masktfx ingest` output")
+    span_window: int = setting(
+        "data", default=1,
+        help="train on the last N spans (1: the latest span only)")
+    use_spans: bool = setting(
+        "data", default=True,
+        help="data root holds span-N/ folders (false: shards at top)")
+    split_by: str = setting(
+        "data", default="group",
+        help="group | id: the feature ImportExampleGen hashes to split train, validation and test "
+             "(id: by example, so regions of one group may leak across them)")
+    train_buckets: int = setting("data", default=14, help="hash buckets of `group` for train")
+    validation_buckets: int = setting(
+        "data", default=3,
+        help="hash buckets of `group` for validation (early stopping, operating point, "
+             "calibration, OOD threshold)")
+    test_buckets: int = setting(
+        "data", default=3,
+        help="hash buckets of `group` for test (the Evaluator's gates and intervals, the serving "
+             "check; nothing else reads it)")
+    max_pixels: int = setting(
+        "data", default=50_000_000,
+        help="refuse images with more pixels (before decoding)")
+    metadata_columns: list[str] = setting(
+        "data", factory=list, cli=False,
+        help="metadata columns of the data (resolved from it)")
+    num_views: int = setting("transform", default=0, help="views per example; 0: from the data")
+    num_masks: int = setting(
+        "transform", default=0,
+        help="masks per example: 1 (shared) or num_views; 0: from data")
+    image_format: str = setting(
+        "transform", default="",
+        help="what the model decodes: pictures (PNG, JPEG) or rasters (raster records: multi-band "
+             "TIFF, DICOM, NIfTI); '': from the data")
+    channels: int = setting(
+        "transform", default=1,
+        help="image channels the model sees: 1 (gray), 3 (RGB), a raster's band count, or 0 (those"
+             " of the data: 1 for gray, 3 for colour, every band (or `bands`) of a raster)")
+    bands: list[int] = setting(
+        "transform", factory=list,
+        help="a raster's bands the model sees, in order, numbered from 1 (e.g. 4,3,2); empty: all")
+    window: list[float] = setting(
+        "transform", factory=list,
+        help="intensity window CENTER,WIDTH in the images' units (Hounsfield for CT: e.g. 40,400):"
+             " values clipped to it and scaled to [0, 1]; empty: none")
+    image_size: int = setting("transform", default=64, help="side of the model's square input")
+    mask_mode: str = setting(
+        "transform", default="crop",
+        help="crop | zero | channel | none (ablation: no mask)")
+    crop_margin: float = setting(
+        "transform", default=0.25,
+        help="context around the region's box, as a fraction of it")
+    keep_mask_channel: bool = setting(
+        "transform", default=True,
+        help="with crop or zero, add the mask as an extra channel")
+    normalization: str = setting("transform", default="region", help="region | dataset")
+    model_preset: str = setting("trainer", default="resnet", help="seed | resnet")
+    norm_layer: str = setting(
+        "trainer", default="group",
+        help="resnet's normalization: group | layer | batch | none (batch carries the training "
+             "sites' statistics into serving)")
+    stem_norm: bool = setting(
+        "trainer", default=True,
+        help="resnet: normalize the first convolution's output as every other's (false: faster to "
+             "train on CPU, and less accurate across sites)")
+    statistics_input: bool = setting(
+        "trainer", default=False,
+        help="also decide on each region's intensity statistics inside and around its mask (mean, "
+             "spread per channel; what the region normalization hides)")
+    epochs: int = setting("trainer", default=30, help="training epochs (upper bound)")
+    train_steps: int = setting(
+        "trainer", default=0,
+        help="total training steps; 0: whole epochs over the data")
+    batch_size: int = setting("trainer", default=32, help="training batch size")
+    learning_rate: float = setting("trainer", default=2e-3, help="Adam learning rate")
+    early_stopping_patience: int = setting(
+        "trainer", default=8,
+        help="epochs without validation AUC gain before stopping")
+    augment: bool = setting(
+        "trainer", default=True,
+        help="augment the training regions (false: none of `augmentations`)")
+    augmentations: str = setting(
+        "trainer", default="flip,intensity,color,noise,blur,scale",
+        help="comma-separated: flip (flips and rotations), intensity (brightness, contrast), color"
+             " (per-channel gain and saturation), noise, blur, scale (zoom)")
+    distribution_strategy: str = setting(
+        "trainer", default="",
+        help="tf.distribute strategy for the Trainer: '' (none), mirrored (the devices of one "
+             "machine) or multi_worker_mirrored (TF_CONFIG names the workers)")
+    seed: int = setting("trainer", default=42, help="random seed")
+    decision_threshold: float = setting("trainer", default=0.5, help="probability -> label")
+    threshold_policy: str = setting(
+        "trainer", default="fixed",
+        help="how the served label's threshold is chosen: fixed (decision_threshold), youden, "
+             "min_sensitivity:X or min_precision:X (chosen on the validation split)")
+    slice_columns: list[str] = setting(
+        "gate", factory=list, cli=False,
+        help="metadata columns to slice the evaluation by (default: every metadata column of the "
+             "data)")
+    min_accuracy: float = setting("gate", default=0.7, help="lowest BinaryAccuracy to bless")
+    max_auc_drop: float = setting(
+        "gate", default=0.01,
+        help="largest AUC drop against the baseline to bless")
+    confidence_intervals: bool = setting(
+        "gate", default=True,
+        help="bootstrap intervals (2.5th-97.5th percentile) of AUC, accuracy, sensitivity and "
+             "specificity, overall and per slice")
+    min_slice_auc: float = setting(
+        "gate", default=0.0,
+        help="lowest AUC lower bound of any slice with at least min_slice_examples regions to "
+             "bless (0: no gate)")
+    min_slice_examples: int = setting(
+        "gate", default=20,
+        help="slices with fewer regions of either class are reported, not gated")
+    min_auc_lower_bound: float = setting(
+        "gate", default=0.0,
+        help="lowest overall AUC lower bound to bless (0: no gate)")
+    attribution_regions: int = setting(
+        "gate", default=128,
+        help="eval regions the Evaluator attributes (integrated gradients on the model's input) to"
+             " measure the share inside the mask (0: none)")
+    min_attribution_inside: float = setting(
+        "gate", default=0.0,
+        help="lowest median share of the attribution inside the mask to bless (0: no gate)")
+    drift_threshold: float = setting(
+        "drift", default=0.4,
+        help="Jensen-Shannon divergence of a region descriptor's histogram, against the data the "
+             "newest pushed version was trained on, past which the span has drifted (0: no drift "
+             "check)")
+    drift_action: str = setting(
+        "drift", default="warn",
+        help="when a span has drifted or its estimated AUC is under min_estimated_auc: warn (the "
+             "run goes on and says so) or stop (before Transform)")
+    min_estimated_auc: float = setting(
+        "drift", default=0.0,
+        help="lowest AUC the newest pushed version is estimated to reach on a new span, from its "
+             "own calibrated probabilities without labels (0: no gate)")
+    serving_dir: str = setting(
+        "serving", default="",
+        help="push target: a folder, gs:// or s3://; default WORKDIR/serving (compile: "
+             "serving_claim_mount)")
+    serving_claim: str = setting(
+        "serving", default="masktfx-models",
+        help="Kubeflow: the PersistentVolumeClaim TF Serving reads, mounted into the Pusher's pod "
+             "when serving_dir is a path (it must exist in the namespace the KFP runs run in)")
+    serving_claim_mount: str = setting(
+        "serving", default="/models",
+        help="Kubeflow: where the Pusher's pod mounts serving_claim; serving_dir must lie under it")
+    serving_check: bool = setting(
+        "serving", default=True,
+        help="before the push, serve the candidate in a fresh model server and check its REST and "
+             "gRPC answers")
+    serving_check_latency_ms: float = setting(
+        "serving", default=2000.0,
+        help="slowest call the serving check accepts, in ms")
+    score_data: str = setting(
+        "serving", default="",
+        help="after a push, score these regions (a manifest CSV or ingested TFRecords) with the "
+             "pushed version, as `masktfx score` does; empty: no scoring step")
+    score_format: str = setting(
+        "serving", default="csv",
+        help="the scoring step's output: csv | parquet | geojson | tfrecord")
+    direct_running_mode: str = setting(
+        "beam", default="multi_processing",
+        help="DirectRunner mode: multi_processing | multi_threading | in_memory")
+    direct_num_workers: int = setting(
+        "beam", default=0,
+        help="DirectRunner workers; 0: one per core")
+    beam_fork_server: bool = setting(
+        "beam", default=True,
+        help="multi_processing DirectRunner: fork Beam's workers from a process that imported "
+             "TensorFlow once (false: each worker starts cold)")
+    beam_args: list[str] = setting("beam", factory=list, cli=False, help="extra Beam pipeline args")
 
     @property
     def resolved_serving_dir(self) -> str:
@@ -475,3 +491,17 @@ def model_channels(stored_channels: int) -> int:
     """The `channels` that 0 stands for, given the channels images are stored with: gray (and
     gray with alpha) stays 1, colour (RGB, RGBA with alpha dropped, palette) is 3."""
     return 1 if stored_channels <= 2 else 3
+
+
+def section_fields(*sections: str) -> tuple[str, ...]:
+    """The names of the fields of `sections`, in the class's order."""
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"no config section {sorted(unknown)}; sections: {', '.join(SECTIONS)}")
+    return tuple(spec.name for spec in fields(PipelineConfig)
+                 if spec.metadata["section"] in sections)
+
+
+# What Transform's and the Trainer's `custom_config` hold.
+TRANSFORM_FIELDS = section_fields("transform")
+TRAINER_FIELDS = section_fields("transform", "trainer")

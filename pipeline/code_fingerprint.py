@@ -1,10 +1,14 @@
-"""The fingerprint of the code a TFX module file runs: its own source and every first-party module
-it imports, followed transitively.
+"""The fingerprint of the code a TFX component runs: its entry modules and every first-party module
+they import, followed transitively.
 
 Transform and the Trainer name their entry points by module path (pipeline/pipeline.py), which
 TFX's cache key holds as a string only: an edit of the module files, or of code they import
 (`masktfx.config`, say), would leave them served from a stale cache. The fingerprint goes into
 their `custom_config`, which TFX keys its cache on.
+
+Each file is named in it by its dotted module name (`masktfx.modules.transform`), never by where
+it lies: the repository maps `modules/` into the package (pyproject's package-dir) while the
+image installs it under `masktfx/`, and the same code must have one fingerprint in both.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def _imported_names(source: str, filename: str, package: str, first_party: Seque
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:  # relative: resolve against the importing file's package
+            if node.level:  # relative: resolve against the importing module's package
                 parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{parent}.{base}" if base else parent
             names.add(base)
@@ -43,47 +47,42 @@ def _origin(name: str) -> str | None:
     return spec.origin if spec and spec.origin and spec.origin.endswith(".py") else None
 
 
-def source_files(entry_files: Iterable[str], first_party: Sequence[str] = FIRST_PARTY
-                 ) -> list[str]:
-    """The entry files and every first-party source file they import, transitively (an entry
-    file that is not Python, a template say, is taken as it is)."""
-    seen: dict[str, None] = {}
-    pending = [os.path.abspath(path) for path in entry_files]
+def source_files(modules: Iterable[str], first_party: Sequence[str] = FIRST_PARTY
+                 ) -> dict[str, str]:
+    """Dotted name -> file of the entry modules and every first-party module they import,
+    transitively (sorted by name)."""
+    seen: dict[str, str] = {}
+    entries = list(modules)
+    pending = list(entries)
     while pending:
-        path = pending.pop()
-        if path in seen:
+        name = pending.pop()
+        if name in seen:
             continue
-        seen[path] = None
-        if not path.endswith(".py"):
+        path = _origin(name)
+        if path is None:
+            if name in entries:
+                raise ValueError(f"code_fingerprint: no Python module {name!r}")
             continue
+        seen[name] = path
         with open(path, encoding="utf-8") as handle:
             source = handle.read()
-        package = _package_of(path)
-        for name in sorted(_imported_names(source, path, package, first_party)):
-            origin = _origin(name)
-            if origin and os.path.abspath(origin) not in seen:
-                pending.append(os.path.abspath(origin))
-    return sorted(seen)
+        package = name if os.path.basename(path) == "__init__.py" else name.rpartition(".")[0]
+        pending.extend(sorted(_imported_names(source, path, package, first_party) - set(seen)))
+    return dict(sorted(seen.items()))
 
 
-def _package_of(path: str) -> str:
-    """The dotted package a first-party file belongs to (for relative imports)."""
-    parts = []
-    folder = os.path.dirname(path)
-    while os.path.exists(os.path.join(folder, "__init__.py")):
-        parts.append(os.path.basename(folder))
-        folder = os.path.dirname(folder)
-    return ".".join(reversed(parts))
-
-
-def code_fingerprint(entry_files: Iterable[str], first_party: Sequence[str] = FIRST_PARTY
-                     ) -> str:
-    """sha256 over the sources (named by their path below their package root) of the entry files
-    and what they import."""
+def code_fingerprint(modules: Iterable[str], data_files: Iterable[str] = (),
+                     first_party: Sequence[str] = FIRST_PARTY) -> str:
+    """sha256 over the sources of the entry modules and what they import, each under its module
+    name, and over `data_files` (a template, say) under their file names."""
     digest = hashlib.sha256()
-    for path in source_files(entry_files, first_party):
-        package = _package_of(path)
-        digest.update(f"{package}/{os.path.basename(path)}\0".encode())
+    for name, path in source_files(list(modules), first_party).items():
+        digest.update(f"{name}\0".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
+        digest.update(b"\0")
+    for path in sorted(data_files):
+        digest.update(f"{os.path.basename(path)}\0".encode())
         with open(path, "rb") as handle:
             digest.update(handle.read())
         digest.update(b"\0")

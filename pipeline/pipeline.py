@@ -25,7 +25,7 @@ from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import example_gen_pb2, pusher_pb2, range_config_pb2, trainer_pb2, transform_pb2
 from tfx.types import Channel, standard_artifacts
 
-from masktfx import features, modules, node_ids
+from masktfx import features, node_ids
 from masktfx.components.anomaly_gate import AnomalyGate
 from masktfx.components.drift_check import DriftCheck
 from masktfx.components.evaluator import SingleBaselineEvaluator
@@ -44,16 +44,15 @@ from masktfx.pipeline.report_step import REPORT_FIELDS, RunReport
 from masktfx.pipeline.split_plan import partition_feature_name, split_buckets
 from masktfx.scoring.component import BatchScorer
 
-MODULES_DIR = os.path.dirname(os.path.abspath(modules.__file__))
-TRANSFORM_MODULE = os.path.join(MODULES_DIR, "transform.py")
-TRAINER_MODULE = os.path.join(MODULES_DIR, "trainer.py")
+TRANSFORM_MODULE = "masktfx.modules.transform"
+TRAINER_MODULE = "masktfx.modules.trainer"
+REPORT_STEP_MODULE = "masktfx.pipeline.report_step"
 # The entry points by their installed module path, not module_file: TFX stages a module file
 # only for remote runs, so the SDK workers of a portable runner (Flink, Spark, Dataflow) sent a
 # local run's Transform could not import it; masktfx is installed wherever the pipeline runs
 # (the image, the workers' environment). code_fingerprint keys the cache on the code instead.
-PREPROCESSING_FN = "masktfx.modules.transform.preprocessing_fn"
-RUN_FN = "masktfx.modules.trainer.run_fn"
-REPORT_STEP_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_step.py")
+PREPROCESSING_FN = f"{TRANSFORM_MODULE}.preprocessing_fn"
+RUN_FN = f"{TRAINER_MODULE}.run_fn"
 
 
 def schema_path(config: PipelineConfig) -> str:
@@ -270,7 +269,7 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     # the run's report page, blessed or not, from the artifacts it shows
     report = RunReport(
         config=config.component_config(REPORT_FIELDS),
-        code_fingerprint=code_fingerprint([REPORT_STEP_MODULE, TEMPLATE_FILE]),
+        code_fingerprint=code_fingerprint([REPORT_STEP_MODULE], [TEMPLATE_FILE]),
         examples=example_gen.outputs["examples"], trained_examples=examples,
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
         transform_graph=transform.outputs["transform_graph"], model=trainer.outputs["model"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 from masktfx.config import CODE_FINGERPRINT_KEY, TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
@@ -38,23 +40,43 @@ def test_fingerprint_follows_the_code_the_module_imports(tmp_path, monkeypatch):
     entry.write_text("import numpy\nfrom fpdemo.deep import helpers\n\n"
                      "def preprocessing_fn(x):\n    return helpers.crop(x)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    first = code_fingerprint([str(entry)], first_party=("fpdemo",))
-    assert sorted(p.rsplit("/", 1)[1] for p in source_files([str(entry)], ("fpdemo",))) == [
-        "__init__.py", "deep.py", "helpers.py", "transform.py"]
+    first = code_fingerprint(["fpdemo.transform"], first_party=("fpdemo",))
+    assert list(source_files(["fpdemo.transform"], ("fpdemo",))) == [
+        "fpdemo", "fpdemo.deep", "fpdemo.helpers", "fpdemo.transform"]
     (package / "unrelated.py").write_text("VALUE = 2\n")
-    assert code_fingerprint([str(entry)], first_party=("fpdemo",)) == first
+    assert code_fingerprint(["fpdemo.transform"], first_party=("fpdemo",)) == first
     (package / "helpers.py").write_text("def crop(x):\n    return x[1:]\n")
-    assert code_fingerprint([str(entry)], first_party=("fpdemo",)) != first
+    assert code_fingerprint(["fpdemo.transform"], first_party=("fpdemo",)) != first
     sys.modules.pop("fpdemo", None)
 
 
 def test_the_transform_fingerprint_covers_the_config_it_imports():
     from masktfx.pipeline.pipeline import TRAINER_MODULE, TRANSFORM_MODULE
 
-    transform_files = source_files([TRANSFORM_MODULE])
-    assert any(path.endswith("masktfx/config.py") for path in transform_files)
-    assert any(path.endswith("modules/model.py") for path in source_files([TRAINER_MODULE]))
-    assert not any(path.endswith("modules/model.py") for path in transform_files)
+    transform_modules = source_files([TRANSFORM_MODULE])
+    assert "masktfx.config" in transform_modules
+    assert "masktfx.modules.model" in source_files([TRAINER_MODULE])
+    assert "masktfx.modules.model" not in transform_modules
+
+
+def test_the_fingerprint_is_the_same_wherever_the_package_is_installed(tmp_path):
+    """The repository maps modules/ into the package (package-dir); a wheel installs it under
+    masktfx/: the same code must key the cache the same in both."""
+    from masktfx.pipeline.pipeline import TRAINER_MODULE, TRANSFORM_MODULE
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                    str(site), root], check=True, cwd=tmp_path, capture_output=True)
+    installed = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import masktfx; "
+         "from masktfx.pipeline.code_fingerprint import code_fingerprint as f; "
+         "print(masktfx.__file__); print(f([sys.argv[2]]), f([sys.argv[3]]))",
+         str(site), TRANSFORM_MODULE, TRAINER_MODULE],
+        check=True, cwd=tmp_path, capture_output=True, text=True).stdout.split("\n")
+    assert installed[0].startswith(str(site))  # the wheel's copy, not this checkout
+    assert installed[1].split() == [code_fingerprint([TRANSFORM_MODULE]),
+                                    code_fingerprint([TRAINER_MODULE])]
 
 
 def test_transform_and_trainer_are_keyed_on_the_fingerprint_of_their_code(tmp_path):
