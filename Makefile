@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # (xdist's loadgroup cannot keep tests together under pytest 9: its marks are ignored.)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	VENV=$(VENV) ./scripts/lint-imports.sh
+
+# docs/configuration.md from the config fields' help (tests/test_docs.py checks it is current)
+docs: $(STAMP)
+	$(PY) -m masktfx.cli.config_doc docs/configuration.md
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
