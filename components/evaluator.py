@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.proto import config_pb2 as tfma_config
 from tfx import types
 from tfx.components.evaluator import constants
 from tfx.components.evaluator import executor as evaluator_executor
@@ -119,7 +120,7 @@ def at_threshold(eval_config_json: str, threshold: float) -> str:
     """The eval config with every label-counting metric at `threshold`, the one serving uses."""
     from google.protobuf import json_format
 
-    config = json_format.Parse(eval_config_json, tfma.EvalConfig())
+    config = json_format.Parse(eval_config_json, tfma_config.EvalConfig())
     for spec in config.metrics_specs:
         for metric in spec.metrics:
             key = _THRESHOLD_KEYS.get(metric.class_name)
@@ -362,7 +363,7 @@ class SingleBaselineEvaluator(Evaluator):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
-                 baseline_model: types.BaseChannel, eval_config: tfma.EvalConfig,
+                 baseline_model: types.BaseChannel, eval_config: tfma_config.EvalConfig,
                  intervals: dict[str, Any] | None = None,
                  attribution: dict[str, Any] | None = None):
         spec = SingleBaselineEvaluatorSpec(

@@ -10,8 +10,10 @@ import json
 import os
 from typing import Any
 
-import tensorflow_model_analysis as tfma
 from google.protobuf import wrappers_pb2
+
+# TFMA's config messages from their proto module: TFMA 0.52 no longer exports them at its top level
+from tensorflow_model_analysis.proto import config_pb2 as tfma_config
 
 # TFX's modules, not its `tfx.v1` facade: importing `tfx.v1` also loads the Google Cloud AI
 # Platform extension and its client libraries, 2.3 s of every `masktfx run` for nothing used here.
@@ -114,57 +116,57 @@ def attribution_settings(config: PipelineConfig) -> dict[str, Any] | None:
     return {"regions": config.attribution_regions, "min_inside": config.min_attribution_inside}
 
 
-def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+def eval_config(config: PipelineConfig) -> tfma_config.EvalConfig:
     """Metrics overall and per metadata column; the gate: accuracy floor and bounded AUC drop."""
     # The gate looks at the whole test split; per-slice figures are reported, not gated (a slice
     # of a dozen examples would make the decision a coin toss).
-    overall = [tfma.SlicingSpec()]
-    accuracy = tfma.MetricConfig(
+    overall = [tfma_config.SlicingSpec()]
+    accuracy = tfma_config.MetricConfig(
         class_name="BinaryAccuracy",
         config=json.dumps({"threshold": config.decision_threshold}),
-        per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-            slicing_specs=overall, threshold=tfma.MetricThreshold(
-                value_threshold=tfma.GenericValueThreshold(
+        per_slice_thresholds=[tfma_config.PerSliceMetricThreshold(
+            slicing_specs=overall, threshold=tfma_config.MetricThreshold(
+                value_threshold=tfma_config.GenericValueThreshold(
                     lower_bound={"value": config.min_accuracy})))])
-    auc = tfma.MetricConfig(
+    auc = tfma_config.MetricConfig(
         class_name="AUC",
-        per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-            slicing_specs=overall, threshold=tfma.MetricThreshold(
-                change_threshold=tfma.GenericChangeThreshold(
-                    direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+        per_slice_thresholds=[tfma_config.PerSliceMetricThreshold(
+            slicing_specs=overall, threshold=tfma_config.MetricThreshold(
+                change_threshold=tfma_config.GenericChangeThreshold(
+                    direction=tfma_config.MetricDirection.HIGHER_IS_BETTER,
                     absolute={"value": -config.max_auc_drop})))])
     thresholded = json.dumps({"thresholds": [config.decision_threshold]})
     metrics = [
-        tfma.MetricConfig(class_name="ExampleCount"),
+        tfma_config.MetricConfig(class_name="ExampleCount"),
         accuracy,
         auc,
-        tfma.MetricConfig(class_name="AUC", config=json.dumps(
+        tfma_config.MetricConfig(class_name="AUC", config=json.dumps(
             {"name": "auc_pr", "curve": "PR"})),
-        tfma.MetricConfig(class_name="Precision", config=thresholded),
-        tfma.MetricConfig(class_name="Recall", config=thresholded),
-        tfma.MetricConfig(class_name="Calibration"),
-        tfma.MetricConfig(class_name="MeanLabel"),
-        tfma.MetricConfig(class_name="MeanPrediction"),
-        tfma.MetricConfig(class_name="CalibrationPlot"),
-        tfma.MetricConfig(class_name="ConfusionMatrixPlot"),
+        tfma_config.MetricConfig(class_name="Precision", config=thresholded),
+        tfma_config.MetricConfig(class_name="Recall", config=thresholded),
+        tfma_config.MetricConfig(class_name="Calibration"),
+        tfma_config.MetricConfig(class_name="MeanLabel"),
+        tfma_config.MetricConfig(class_name="MeanPrediction"),
+        tfma_config.MetricConfig(class_name="CalibrationPlot"),
+        tfma_config.MetricConfig(class_name="ConfusionMatrixPlot"),
         # the confusion matrix the report shows: at the threshold serving uses
-        tfma.MetricConfig(class_name="ConfusionMatrixAtThresholds", config=thresholded),
+        tfma_config.MetricConfig(class_name="ConfusionMatrixAtThresholds", config=thresholded),
     ]
-    return tfma.EvalConfig(
+    return tfma_config.EvalConfig(
         # Only the metrics above. The model's own compiled Keras metrics (TFMA's "default
         # metrics") would add a second `auc` beside the gated one and cost more than all the
         # others together: TFMA re-traces their update_state for every batch.
-        options=tfma.Options(include_default_metrics=wrappers_pb2.BoolValue(value=False)),
+        options=tfma_config.Options(include_default_metrics=wrappers_pb2.BoolValue(value=False)),
         # No `preprocessing_function_names`: the slices are raw metadata columns, and running
         # `transform_features` beside the serving signature decoded every region twice (12% of
         # the Evaluator's TFMA time at 3,200 eval regions).
-        model_specs=[tfma.ModelSpec(signature_name=features.SERVING_SIGNATURE,
+        model_specs=[tfma_config.ModelSpec(signature_name=features.SERVING_SIGNATURE,
                                     label_key=features.LABEL_KEY,
                                     prediction_key=features.PROBABILITY_OUTPUT)],
-        slicing_specs=[tfma.SlicingSpec()] + [
-            tfma.SlicingSpec(feature_keys=[column]) for column in config.slice_columns] + (
-            [tfma.SlicingSpec(feature_keys=[features.SPAN_KEY])] if config.windowed else []),
-        metrics_specs=[tfma.MetricsSpec(metrics=metrics)])
+        slicing_specs=[tfma_config.SlicingSpec()] + [
+            tfma_config.SlicingSpec(feature_keys=[column]) for column in config.slice_columns] + (
+            [tfma_config.SlicingSpec(feature_keys=[features.SPAN_KEY])] if config.windowed else []),
+        metrics_specs=[tfma_config.MetricsSpec(metrics=metrics)])
 
 
 def create_pipeline(config: PipelineConfig, data_root: Any = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -65,9 +66,12 @@ def test_the_fingerprint_is_the_same_wherever_the_package_is_installed(tmp_path)
     from masktfx.pipeline.pipeline import TRAINER_MODULE, TRANSFORM_MODULE
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    site = tmp_path / "site"
+    source, site = tmp_path / "source", tmp_path / "site"
+    # a copy: building the wheel writes build/ and egg-info into the tree it builds
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(
+        ".*", "build", "demo", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-                    str(site), root], check=True, cwd=tmp_path, capture_output=True)
+                    str(site), str(source)], check=True, cwd=tmp_path, capture_output=True)
     installed = subprocess.run(
         [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import masktfx; "
          "from masktfx.pipeline.code_fingerprint import code_fingerprint as f; "
