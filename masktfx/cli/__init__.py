@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 from masktfx import __version__
 
 # The package sets TF_USE_LEGACY_KERAS before anything imports TensorFlow.
 from masktfx.cli import data, kubeflow, labels, reports, run, score, serving
-from masktfx.cli.common import CommandError, print_json
+from masktfx.cli.common import CommandError, print_json, quiet_tensorflow
 from masktfx.cli.run import run_and_summarize
 from masktfx.config import ConfigError
 
@@ -21,6 +22,9 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     data.add_ingest, data.add_demo_data, data.add_drift, run.add_run, serving.add_serve,
     serving.add_predict, score.add_score, labels.add_labels, kubeflow.add_kubeflow,
     reports.add_reports]
+# Commands that load TensorFlow (`run` keeps the libraries' output in its log instead).
+TENSORFLOW_COMMANDS = ("drift", "serve", "predict", "score", "promote", "rollback", "compile",
+                       "submit", "schedule", "report", "runs", "lineage")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet = quiet_tensorflow() if args.command in TENSORFLOW_COMMANDS else nullcontext()
     try:
-        return int(args.handler(args) or 0)
+        with quiet:
+            return int(args.handler(args) or 0)
     except (CommandError, ConfigError) as exc:
         print(f"masktfx {args.command}: error: {exc}", file=sys.stderr)
         return 2
