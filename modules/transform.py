@@ -29,6 +29,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -59,10 +60,12 @@ def _check(condition: tf.Tensor, row: tf.Tensor, part: str, index: int, template
                                                                             **values)])])
 
 
-# Integer samples are scaled by their type's maximum, as decode_image scales PNG and JPEG;
-# float samples are taken as they are.
-_RASTER_TYPES = {b"u08": (tf.uint8, 255.0), b"i08": (tf.int8, 127.0),
-                 b"u16": (tf.uint16, 65535.0), b"i16": (tf.int16, 32767.0)}
+# The record's sample types (masktfx.images.RASTER_DTYPES) as TensorFlow parses them: integer
+# samples scaled by their type's maximum, as decode_image scales PNG and JPEG; float samples
+# taken as they are.
+_RASTER_TYPES = {code: (tf.as_dtype(dtype), float(np.iinfo(dtype).max)
+                        if np.issubdtype(dtype, np.integer) else 1.0)
+                 for code, dtype in images.RASTER_DTYPES.items()}
 
 
 def decode_raster(encoded: tf.Tensor) -> tf.Tensor:

@@ -9,7 +9,6 @@ embedded PNGs; the page needs no network and no script.
 from __future__ import annotations
 
 import datetime
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 from tfx.dsl.io import fileio
 
-from masktfx import features, node_ids
+from masktfx import features, images, node_ids
 from masktfx.components.attribution import read_maps
 from masktfx.components.drift import DRIFT_FILE
 from masktfx.components.evaluator import CANDIDATE, evaluated_models, load_candidate_result
@@ -120,11 +119,10 @@ def _label_counts(statistics_uri: str) -> dict[str, dict[int, int]]:
     return counts
 
 
-def _decode_array(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    array = np.asarray(Image.open(io.BytesIO(data)))
-    return array.astype(np.float32)
+def _decode_array(data: bytes, max_pixels: int) -> np.ndarray:
+    """A stored view or mask as [H, W, C] float32, read by its format's reader (pictures and
+    raster records alike)."""
+    return images.decode_pixels(data, max_pixels).astype(np.float32)
 
 
 def _read_sample(examples_uri: str, data: ReportData) -> None:
@@ -140,14 +138,16 @@ def _read_sample(examples_uri: str, data: ReportData) -> None:
         for record in dataset:
             example = tf.train.Example.FromString(record.numpy())
             feature = example.features.feature
-            mask = _decode_array(feature[features.MASKS_KEY].bytes_list.value[0]) > 0
+            mask = _decode_array(feature[features.MASKS_KEY].bytes_list.value[0],
+                                 data.config.max_pixels)[:, :, 0] > 0
             fractions.append(float(mask.mean()))
             label = int(feature[features.LABEL_KEY].int64_list.value[0])
             if split != features.TEST_SPLIT:
                 continue
             chosen = data.samples.setdefault(label, [])
             if len(chosen) < GRID_PER_CLASS:
-                image = _decode_array(feature[features.IMAGES_KEY].bytes_list.value[0])
+                image = _decode_array(feature[features.IMAGES_KEY].bytes_list.value[0],
+                                      data.config.max_pixels)
                 chosen.append((image, mask))
         data.coverage[split] = fractions
 

@@ -28,8 +28,8 @@ from masktfx.pipeline.report import collect_record, render
 from masktfx.pipeline.summary import NodeExecution, RunRecord, RunSummary
 
 # What the page reads from the config (the step's cache key holds these and nothing else).
-REPORT_FIELDS = ("pipeline_name", "model_name", "workdir", "decision_threshold", "min_accuracy",
-                 "max_auc_drop", "min_attribution_inside")
+REPORT_FIELDS = ("pipeline_name", "model_name", "workdir", "max_pixels", "decision_threshold",
+                 "min_accuracy", "max_auc_drop", "min_attribution_inside")
 CONFIG_KEY = "config"
 FINGERPRINT_KEY = "code_fingerprint"
 REPORT_KEY = "report"
