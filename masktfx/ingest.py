@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -31,18 +31,23 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from masktfx import features
 from masktfx import images as imageio
-from masktfx.beam_args import ingest_beam_args
+from masktfx.beam_args import beam_flags, ingest_beam_args
 from masktfx.config import PipelineConfig
 from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 from masktfx.manifest import ManifestRow, Rejection, read_manifest
 from masktfx.records import write_tfrecord
 
-REJECTED_TAG = "rejected"
-STATS_TAG = "stats"
 COVERAGE_BINS = 20
 # Rows per output shard: enough shards for every worker, few enough that each is worth a file.
 MAX_ROWS_PER_SHARD = 256
 MIN_ROWS_PER_SHARD = 16
+
+
+class ShardResult(NamedTuple):
+    """What a worker reports of one shard it wrote: its stats accumulator and its rejections."""
+
+    stats: dict
+    rejections: list[Rejection]
 
 
 class IngestError(RuntimeError):
@@ -173,19 +178,21 @@ class WriteShardFn(beam.DoFn):
                                             f"{count:05d}{features.SHARD_SUFFIX}")
         combine = IngestStatsFn()
         stats = combine.create_accumulator()
+        rejections = []
         with FileSystems.create(path, compression_type=CompressionTypes.GZIP) as handle:
             for row in rows:
                 try:
                     serialized, row_stats = encode_region(row, self._max_pixels,
                                                           self._resize_masks)
                 except RowFailure as failure:
-                    yield beam.pvalue.TaggedOutput(
-                        REJECTED_TAG, Rejection(row.row, failure.path, failure.reason))
+                    rejections.append(Rejection(row.row, failure.path, failure.reason))
                 else:
                     write_tfrecord(handle, serialized)
                     stats = combine.add_input(stats, row_stats)
                 self._progress.add()
-        yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
+        # One output per shard, no tagged outputs: Beam's DaskRunner sends every tag of a
+        # multi-output DoFn to every consumer.
+        yield ShardResult(stats, rejections)
 
     def finish_bundle(self):
         self._progress.write()
@@ -310,10 +317,26 @@ def _existing_shards(directory: str) -> list[str]:
     return FileSystems.match([os.path.join(directory, features.SHARD_GLOB)])[0].metadata_list
 
 
+# With no row done after this long on a runner other than the DirectRunner, the bar says why it
+# may be waiting: Beam waits minutes for SDK workers that cannot start, without a word.
+STALL_NOTICE_S = 30.0
+
+
+def stall_notice(runner: str, seconds: float) -> str:
+    return (f"no row done after {seconds:.0f} s on {runner}: waiting for its workers to start. "
+            "Workers that cannot start (masktfx or Beam missing from their environment, a "
+            "worker pool that cannot be reached) fail the job only after Beam's own timeout; "
+            "workers on other machines report no progress here")
+
+
 def show_progress(progress_dir: str, total: int | None, stop: threading.Event, stream: TextIO,
-                  desc: str = "ingest", unit: str = "row") -> None:
+                  desc: str = "ingest", unit: str = "row", stalled: str = "",
+                  stall_after_s: float = STALL_NOTICE_S) -> None:
     """A progress bar of the counts that workers write into files of `progress_dir` (one
-    each), until `stop` is set; `total` None: a count and a rate."""
+    each), until `stop` is set; `total` None: a count and a rate. `stalled`: said once when
+    nothing is counted after `stall_after_s`."""
+    import time
+
     from tqdm import tqdm
 
     def counted() -> int:
@@ -326,26 +349,31 @@ def show_progress(progress_dir: str, total: int | None, stop: threading.Event, s
                 continue
         return done if total is None else min(done, total)
 
+    started = time.monotonic()
     with tqdm(total=total, unit=unit, desc=desc, file=stream) as bar:
         while not stop.wait(0.5):
             bar.n = counted()
             bar.refresh()
+            if stalled and bar.n == 0 and time.monotonic() - started >= stall_after_s:
+                bar.write(f"{desc}: {stalled}", file=stream)
+                stalled = ""
         bar.n = counted()  # the workers' last counts, written as their bundles finished
         bar.refresh()
 
 
 @contextlib.contextmanager
 def progress_bar(shown: bool, total: int | None, stream: TextIO, desc: str = "ingest",
-                 unit: str = "row") -> Iterator[str | None]:
+                 unit: str = "row", stalled: str = "") -> Iterator[str | None]:
     """For the block, a progress bar on `stream` (when `shown`) of what the workers'
     ProgressCounters count; yields the folder they count into (None: no bar)."""
     if not shown:
         yield None
         return
     progress_dir = tempfile.mkdtemp(prefix="masktfx-progress-")
+    os.chmod(progress_dir, 0o777 & ~_umask())  # workers of a pool may run as another user
     stop = threading.Event()
     watcher = threading.Thread(target=show_progress, daemon=True,
-                               args=(progress_dir, total, stop, stream, desc, unit))
+                               args=(progress_dir, total, stop, stream, desc, unit, stalled))
     watcher.start()
     try:
         yield progress_dir
@@ -385,15 +413,19 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
         work_dir = final_dir
 
     beam_args = ingest_beam_args(beam_args or [])
-    direct = any(arg in ("--runner=DirectRunner", "--runner=direct") for arg in beam_args)
+    runner = beam_flags(beam_args, {"runner": "DirectRunner"})["runner"]
+    direct = runner.split(".")[-1] in ("DirectRunner", "direct")
     progress_stream = progress_stream or sys.stderr
+    # Workers on this machine (the DirectRunner's, a local worker pool's) count into the bar's
+    # folder; on other runners the bar also says when nothing has started
     shown = (progress if progress is not None else progress_stream.isatty()) and \
-        direct and bool(manifest.rows)
+        bool(manifest.rows)
     report_fields = dict(manifest_path=manifest_path, views=manifest.views,
                          shared_mask=manifest.shared_mask,
                          metadata_columns=manifest.metadata_columns, span=span)
     try:
-        with progress_bar(shown, len(manifest.rows), progress_stream) as progress_dir, \
+        with progress_bar(shown, len(manifest.rows), progress_stream, stalled="" if direct
+                          else stall_notice(runner, STALL_NOTICE_S)) as progress_dir, \
                 fork_server_for(beam_args, INGEST_PRELOAD, fork_server) as run_args, \
                 beam.Pipeline(options=PipelineOptions(run_args)) as pipeline:
             results = (
@@ -402,10 +434,11 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
                                                        seed=span or 0))
                 | "Spread" >> beam.Reshuffle()
                 | "EncodeAndWrite" >> beam.ParDo(WriteShardFn(work_dir, max_pixels,
-                                                              resize_masks, progress_dir))
-                .with_outputs(REJECTED_TAG, STATS_TAG, main="unused"))
-            stats = results[STATS_TAG] | "Stats" >> beam.CombineGlobally(MergeIngestStatsFn())
-            rejected = results[REJECTED_TAG] | "Rejected" >> beam.combiners.ToList()
+                                                              resize_masks, progress_dir)))
+            stats = (results | "ShardStats" >> beam.Map(lambda shard: shard.stats)
+                     | "Stats" >> beam.CombineGlobally(MergeIngestStatsFn()))
+            rejected = (results | "ShardRejections" >> beam.FlatMap(
+                lambda shard: shard.rejections) | "Rejected" >> beam.combiners.ToList())
             _ = (pipeline | "Finalize" >> beam.Create([None])
                  | beam.Map(lambda _, s, r: _finalize(s, r, manifest.rejected, work_dir,
                                                       report_fields),

@@ -222,6 +222,31 @@ def test_progress_bar_counts_every_row(tmp_path, capsys):
     assert "ingest" in err and "20/20" in err
 
 
+def test_a_bar_that_counts_nothing_says_once_why_it_may_be_waiting(tmp_path):
+    """On a runner whose workers cannot start, Beam waits minutes without a word: the bar says
+    what it waits for; a bar that counts says nothing of the kind."""
+    import io
+    import threading
+
+    from masktfx.ingest import show_progress, stall_notice
+
+    notice = stall_notice("PortableRunner", 0.3)
+    for counted in (False, True):
+        folder = tmp_path / f"counted-{counted}"
+        folder.mkdir()
+        if counted:
+            (folder / "worker").write_text("3")
+        stream, stop = io.StringIO(), threading.Event()
+        watcher = threading.Thread(target=show_progress, args=(
+            str(folder), 10, stop, stream, "ingest", "row", notice, 0.3))
+        watcher.start()
+        threading.Event().wait(1.5)
+        stop.set()
+        watcher.join()
+        said = stream.getvalue().count("waiting for its workers to start")
+        assert said == (0 if counted else 1), stream.getvalue()
+
+
 def test_jpeg_rgb_and_rgba_png_are_kept_as_read(tmp_path, rng):
     from PIL import Image
 
