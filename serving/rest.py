@@ -44,7 +44,16 @@ _PATH = re.compile(
 
 
 # -- JSON <-> arrays (TF Serving's REST encoding) ---------------------------------------------
-def _decode_value(value: Any, where: str) -> Any:
+# Lists nested deeper than this are refused: a region's inputs are a few levels deep, and how
+# deep the JSON parser itself goes depends on the Python version (3.13's parses what 3.10's
+# refused, and the decoding below would then exhaust the stack).
+MAX_JSON_DEPTH = 32
+
+
+def _decode_value(value: Any, where: str, depth: int = 0) -> Any:
+    if depth > MAX_JSON_DEPTH:
+        raise ServingError("INVALID_ARGUMENT",
+                           f"{where}: lists nested more than {MAX_JSON_DEPTH} deep")
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
             raise ServingError("INVALID_ARGUMENT",
@@ -54,7 +63,7 @@ def _decode_value(value: Any, where: str) -> Any:
         except (binascii.Error, ValueError):
             raise ServingError("INVALID_ARGUMENT", f"{where}: invalid base64 in \"b64\"") from None
     if isinstance(value, list):
-        return [_decode_value(item, where) for item in value]
+        return [_decode_value(item, where, depth + 1) for item in value]
     if isinstance(value, str):
         return value.encode("utf-8")
     return value

@@ -103,6 +103,7 @@ def test_rest_bodies_are_decoded_or_refused_with_a_status(body):
 @given(st.binary(max_size=400))
 @example(b"[" * 100_000)
 @example(b"{\"inputs\": " + b"[" * 5000 + b"]" * 5000 + b"}")
+@example(b"{\"inputs\": " + b"[" * 40 + b"]" * 40 + b"}")  # parsed by every json, then refused
 @example(b"\xff\xfe{}")
 def test_rest_bytes_that_are_not_json_are_refused_with_a_status(raw):
     _rest_holds_up(raw)

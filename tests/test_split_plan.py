@@ -34,7 +34,7 @@ def test_buckets_are_the_ones_import_example_gen_uses():
             splits=[example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=count)
                     for name, count in zip(features.SPLITS, buckets)],
             partition_feature_name=features.GROUP_KEY)
-        totals = list(np.cumsum(buckets))
+        totals = [int(total) for total in np.cumsum(buckets)]  # as TFX's driver passes them
         for index in range(200):
             group = f"site{index % 7}-subject{index}".encode()
             example = tf.train.Example.FromString(make_example(

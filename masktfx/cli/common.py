@@ -47,6 +47,8 @@ TENSORFLOW_NOISE = re.compile(
     r"oneDNN custom operations are on|This TensorFlow binary is optimized|"
     r"rebuild TensorFlow with the appropriate compiler flags|"
     r"computation placer already registered|"
+    r"cudart_stub\.cc:\d+\] Could not find cuda drivers|"
+    r"cuda_platform\.cc:\d+\] failed call to cuInit|"
     r"All log messages before absl::InitializeLog\(\) is called|"
     r"op_level_cost_estimator\.cc:\d+\] Error in PredictCost\(\)")
 
