@@ -32,6 +32,12 @@ DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
 IMAGE_FORMATS = ("", "pictures", "rasters")
 DRIFT_ACTIONS = ("warn", "stop")
 SCORE_FORMATS = ("csv", "parquet", "geojson", "tfrecord")
+# Fields whose value is one of a few names ('': from the data, or none).
+CHOICES = {"split_by": ("group", "id"), "mask_mode": MASK_MODES, "normalization": NORMALIZATIONS,
+           "image_format": IMAGE_FORMATS, "model_preset": MODEL_PRESETS,
+           "norm_layer": NORM_LAYERS, "distribution_strategy": DISTRIBUTION_STRATEGIES,
+           "drift_action": DRIFT_ACTIONS, "score_format": SCORE_FORMATS,
+           "direct_running_mode": RUNNING_MODES}
 # A component_config entry that is no config field: the fingerprint of the code the module
 # files run (pipeline/code_fingerprint.py), so editing that code invalidates the cache.
 CODE_FINGERPRINT_KEY = "code_fingerprint"
@@ -310,21 +316,12 @@ class PipelineConfig:
         _require(scheme in ("", *OBJECT_STORE_SCHEMES), "serving_dir",
                  f"must be a folder or a {' or '.join(s + '://' for s in OBJECT_STORE_SCHEMES)} "
                  f"URI (what TF Serving reads), got {self.serving_dir!r}")
-        _require(self.split_by in ("group", "id"), "split_by",
-                 f"must be group or id, got {self.split_by!r}")
-        _require(self.mask_mode in MASK_MODES, "mask_mode",
-                 f"must be one of {', '.join(MASK_MODES)}, got {self.mask_mode!r}")
-        _require(self.normalization in NORMALIZATIONS, "normalization",
-                 f"must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
-        _require(self.distribution_strategy in DISTRIBUTION_STRATEGIES, "distribution_strategy",
-                 f"must be one of {DISTRIBUTION_STRATEGIES}, got "
-                 f"{self.distribution_strategy!r}")
-        _require(self.model_preset in MODEL_PRESETS, "model_preset",
-                 f"must be one of {', '.join(MODEL_PRESETS)}, got {self.model_preset!r}")
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            _require(value in choices, name, f"must be one of "
+                     f"{', '.join(choice or repr(choice) for choice in choices)}, got {value!r}")
         _require(8 <= self.image_size <= 1024, "image_size",
                  f"must be between 8 and 1024, got {self.image_size}")
-        _require(self.image_format in IMAGE_FORMATS, "image_format",
-                 f"must be pictures, rasters or '' (from the data), got {self.image_format!r}")
         _require(0 <= self.channels <= MAX_CHANNELS, "channels",
                  f"must be 0 (from the data), 1 or 3 (gray or colour pictures) or a raster's "
                  f"band count up to {MAX_CHANNELS}, got {self.channels}")
@@ -335,8 +332,6 @@ class PipelineConfig:
         _require(not self.bands or self.channels in (0, len(self.bands)), "bands",
                  f"selects {len(self.bands)} band(s) but channels is {self.channels}; set "
                  f"channels to 0 (what bands selects) or {len(self.bands)}")
-        _require(self.norm_layer in NORM_LAYERS, "norm_layer",
-                 f"must be one of {', '.join(NORM_LAYERS)}, got {self.norm_layer!r}")
         unknown = sorted(set(self.augmentation_list) - set(AUGMENTATIONS))
         _require(not unknown, "augmentations",
                  f"has unknown name(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}")
@@ -370,10 +365,6 @@ class PipelineConfig:
             parse_metadata(self.metadata, "")
         except ValueError as exc:
             raise ConfigError(f"config field 'metadata' {exc}") from None
-        _require(self.score_format in SCORE_FORMATS, "score_format",
-                 f"must be one of {', '.join(SCORE_FORMATS)}, got {self.score_format!r}")
-        _require(self.drift_action in DRIFT_ACTIONS, "drift_action",
-                 f"must be warn or stop, got {self.drift_action!r}")
         _require(0.0 <= self.max_auc_drop <= 1.0, "max_auc_drop",
                  f"must be between 0 and 1, got {self.max_auc_drop}")
         for name in ("epochs", "batch_size", "span_window", "train_buckets", "validation_buckets",
@@ -387,8 +378,6 @@ class PipelineConfig:
                  f"must be positive, got {self.learning_rate}")
         _require(self.early_stopping_patience >= 1, "early_stopping_patience",
                  f"must be >= 1, got {self.early_stopping_patience}")
-        _require(self.direct_running_mode in RUNNING_MODES, "direct_running_mode",
-                 f"must be one of {', '.join(RUNNING_MODES)}, got {self.direct_running_mode!r}")
         _require(self.direct_num_workers >= 0, "direct_num_workers",
                  f"must be >= 0, got {self.direct_num_workers}")
         return self
