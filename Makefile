@@ -16,7 +16,7 @@ PYTEST_WORKERS ?= 2
 setup: $(STAMP)
 
 # Re-run setup whenever the pinned dependencies change.
-$(STAMP): pyproject.toml constraints.txt scripts/setup-venv.sh
+$(STAMP): pyproject.toml constraints/tfx-1.16.txt constraints/tfx-1.21.txt scripts/setup-venv.sh
 	VENV=$(VENV) ./scripts/setup-venv.sh
 
 demo: $(STAMP)

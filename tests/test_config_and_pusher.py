@@ -47,7 +47,12 @@ def test_flags_read_like_their_peers(tmp_path, capsys):
         assert f"{section}: {title}" in help_text
     with pytest.raises(SystemExit) as exited:
         cli.main(["--version"])
-    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"masktfx {__version__}"
+    from importlib import metadata
+    from platform import python_version
+
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == (
+        f"masktfx {__version__} (TFX {metadata.version('tfx')}, TensorFlow "
+        f"{metadata.version('tensorflow')}, Python {python_version()})")
 
 
 @pytest.mark.parametrize("yaml_text, message", [

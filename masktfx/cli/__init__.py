@@ -27,10 +27,26 @@ TENSORFLOW_COMMANDS = ("drift", "serve", "predict", "score", "promote", "rollbac
                        "submit", "schedule", "report", "runs", "lineage")
 
 
+def version_line() -> str:
+    """This package's version and the stack it runs on (from the installed distributions: no
+    TensorFlow import)."""
+    import platform
+    from importlib import metadata
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (f"masktfx {__version__} (TFX {installed('tfx')}, TensorFlow "
+            f"{installed('tensorflow')}, Python {platform.python_version()})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="masktfx", description="Region-level image "
                                      "classification pipelines on TFX.")
-    parser.add_argument("--version", action="version", version=f"masktfx {__version__}")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(sub)
