@@ -1,8 +1,8 @@
 """ImportExampleGen without the shuffle before writing, so its memory does not grow with the data.
 
 TFX's ExampleGen reshuffles every record before writing a split. On the DirectRunner a shuffle is
-held in memory, so ImportExampleGen needed about 5x the data set in RAM (10.6 GB at 30,000
-256x256 regions, against 3.1 GB at 1,000). Our records need no shuffle here: `masktfx ingest`
+held in memory, so ImportExampleGen's memory grew with the data set, several times its size
+(docs/benchmarks.md). Our records need no shuffle here: `masktfx ingest`
 already writes them in a random order (rows are shuffled per span before sharding), and the
 Trainer shuffles again. Everything else is ImportExampleGen's: the span and version resolution of
 its driver, the split by a hash of `group`, gzipped TFRecords, the output artifact's properties.

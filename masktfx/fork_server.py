@@ -1,8 +1,9 @@
 """Warm Beam SDK workers for DirectRunner's multi_processing mode.
 
 Beam starts every worker of every Beam component as a new Python process, and each one imports
-TensorFlow and the TFX libraries before it does any work: 4-7 s of CPU per worker, per component,
-on a 2-core machine most of a small run's time. The fork server imports them once, per run, and
+TensorFlow and the TFX libraries before it does any work, for every worker of every component:
+on a small machine most of a small run's time (docs/benchmarks.md). The fork server imports them
+once, per run, and
 forks a worker on request; the worker is Beam's own SDK harness (`sdk_worker_main.main`), with the
 environment, working directory and standard streams of the process Beam started.
 

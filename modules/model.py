@@ -24,8 +24,8 @@ def stop_autograph_converting_keras() -> None:
 
     Autograph has never converted Keras 2 (its rules skip `tensorflow` and `keras`), but TF 2.16
     loads Keras 2 as the `tf_keras` package under TF_USE_LEGACY_KERAS, which no rule names, so
-    every trace converted Keras's train step, losses, metrics and optimizer source again: 12 s
-    of the Trainer's 20 s at 1,000 regions. Later TensorFlow releases add this same rule.
+    every trace converted Keras's train step, losses, metrics and optimizer source again, most
+    of a small Trainer's time (docs/benchmarks.md). Later TensorFlow releases add this rule.
     """
     from tensorflow.python.autograph.core import config as autograph_config
 

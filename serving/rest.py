@@ -179,8 +179,8 @@ def metadata_json(manager: ModelManager, version: int | None) -> dict[str, Any]:
 class RestHandler(BaseHTTPRequestHandler):
     server_version = "masktfx-dev-model-server"
     protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; with Nagle's algorithm and delayed ACKs that costs
-    # ~40 ms per keep-alive request.
+    # Headers and body go out in two writes; with Nagle's algorithm and delayed ACKs each
+    # keep-alive request would wait for the peer's delayed ACK.
     disable_nagle_algorithm = True
     models: dict[str, ModelManager] = {}
     body_limit = DEFAULT_BODY_LIMIT
