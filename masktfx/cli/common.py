@@ -70,7 +70,10 @@ def quiet_tensorflow() -> Iterator[None]:
         with os.fdopen(reading, "rb") as lines:
             for line in lines:
                 if not TENSORFLOW_NOISE.search(line.decode("utf-8", "replace")):
-                    os.write(saved, line)
+                    try:
+                        os.write(saved, line)
+                    except OSError:  # a child still writing after the command ended
+                        return
 
     forwarder = threading.Thread(target=forward, name="stderr-filter", daemon=True)
     forwarder.start()
