@@ -30,8 +30,10 @@ if [ ! -x "$ROOT/usr/bin/python3.13" ]; then
 fi
 
 # What the package registries need inside: this machine's resolver and CA bundle (a proxy's CA
-# may be only there), and the tools the tests call that Debian's minimal system lacks.
+# may be only there); and the tools the tests call that Debian's minimal system lacks.
 $sudo cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# this machine's own name too: Beam's job service tells its SDK workers to call it back by it
+$sudo cp /etc/hosts "$ROOT/etc/hosts"
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
     $sudo cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
 fi
@@ -42,8 +44,13 @@ fi
 cleanup() {
     $sudo umount "$ROOT/dev/shm" 2>/dev/null || true
     $sudo umount "$ROOT/proc" 2>/dev/null || true
+    $sudo umount "$ROOT" 2>/dev/null || true
 }
 trap cleanup EXIT
+# The root a mount point of its own, private: a test mounts a small disk in a mount namespace
+# of its own (`unshare --mount`), which needs it.
+$sudo mount --bind "$ROOT" "$ROOT"
+$sudo mount --make-private "$ROOT"
 $sudo mkdir -p "$ROOT/proc" "$ROOT/dev/shm"
 $sudo mount -t proc proc "$ROOT/proc"
 $sudo mount -t tmpfs shm "$ROOT/dev/shm"  # multiprocessing's semaphores
