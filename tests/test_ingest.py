@@ -228,7 +228,7 @@ def test_a_bar_that_counts_nothing_says_once_why_it_may_be_waiting(tmp_path):
     import io
     import threading
 
-    from masktfx.ingest import show_progress, stall_notice
+    from masktfx.progress import show_progress, stall_notice
 
     notice = stall_notice("PortableRunner", 0.3)
     for counted in (False, True):

@@ -33,14 +33,9 @@ from masktfx import features
 from masktfx.beam_args import ingest_beam_args
 from masktfx.config import SCORE_FORMATS as FORMATS
 from masktfx.config import PipelineConfig
-from masktfx.ingest import (
-    WORK_OWNER,
-    ProgressCounter,
-    claim_work_dir,
-    progress_bar,
-    remove_abandoned_work_dirs,
-)
+from masktfx.ingest import WORK_OWNER, claim_work_dir, remove_abandoned_work_dirs
 from masktfx.manifest import read_manifest
+from masktfx.progress import ProgressCounter, progress_bar
 from masktfx.scoring.model import (
     ModelInputs,
     ModelRefusal,
