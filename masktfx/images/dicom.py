@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from masktfx.images.base import ImageHeader, ImageInfo, ImageReader, RegionInputError, region_of
+from masktfx.images.base import ImageHeader, RegionInputError
 from masktfx.images.volumes import (
     MEDICAL_BYTES_PER_SAMPLE,
+    VolumeReader,
     check_volume_bytes,
     checked_plane,
     parse_plane,
-    stored_plane,
 )
 
 # DICOM-SEG (Segmentation Storage): its frames are per segment, not planes of one image.
@@ -38,10 +38,9 @@ def _frames(dataset: Any) -> int:
     return int(dataset.get("NumberOfFrames", 1) or 1)
 
 
-class DicomReader(ImageReader):
+class DicomReader(VolumeReader):
     format = "dicom"
     description = "a DICOM file"
-    volume = True
 
     def sniff(self, data: bytes) -> bool:
         return data[128:132] == b"DICM"
@@ -87,15 +86,11 @@ class DicomReader(ImageReader):
                                    f"{exc}") from None
         return checked_plane(NAME, values, max_pixels)
 
-    def stored(self, data: bytes, header: ImageHeader, max_pixels: int, plane: str
-               ) -> ImageInfo:
-        return stored_plane(self.plane(data, max_pixels, plane), header)
-
     def mask(self, data: bytes, header: ImageHeader, max_pixels: int, plane: str,
              mask_label: float | None) -> np.ndarray:
         if header.segmentation:
             return _segment_mask(data, plane, mask_label)
-        return region_of(self.plane(data, max_pixels, plane), mask_label)
+        return super().mask(data, header, max_pixels, plane, mask_label)
 
 
 def _segment_mask(data: bytes, plane: str, mask_label: float | None) -> np.ndarray:

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from masktfx.images.base import ImageHeader, ImageInfo, ImageReader, RegionInputError, region_of
+from masktfx.images.base import ImageHeader, RegionInputError
 from masktfx.images.volumes import (
     MEDICAL_BYTES_PER_SAMPLE,
+    VolumeReader,
     check_volume_bytes,
     checked_plane,
     parse_plane,
-    stored_plane,
 )
 
 NAME = "NIFTI"
@@ -51,10 +51,9 @@ def _shape(image: Any) -> tuple[int, ...]:
     return shape
 
 
-class NiftiReader(ImageReader):
+class NiftiReader(VolumeReader):
     format = "nifti"
     description = "a NIfTI file"
-    volume = True
 
     def sniff(self, data: bytes) -> bool:
         """A single-file NIfTI-1 or NIfTI-2 header, plain or gzipped."""
@@ -92,10 +91,3 @@ class NiftiReader(ImageReader):
                                    f"{exc}") from None
         return checked_plane(NAME, values, max_pixels)
 
-    def stored(self, data: bytes, header: ImageHeader, max_pixels: int, plane: str
-               ) -> ImageInfo:
-        return stored_plane(self.plane(data, max_pixels, plane), header)
-
-    def mask(self, data: bytes, header: ImageHeader, max_pixels: int, plane: str,
-             mask_label: float | None) -> np.ndarray:
-        return region_of(self.plane(data, max_pixels, plane), mask_label)

@@ -9,9 +9,11 @@ import numpy as np
 from masktfx.images.base import (
     ImageHeader,
     ImageInfo,
+    ImageReader,
     RegionInputError,
     check_pixels,
     max_decoded_image_bytes,
+    region_of,
 )
 from masktfx.images.raster import encode_raster
 
@@ -62,3 +64,22 @@ def stored_plane(values: np.ndarray, header: ImageHeader) -> ImageInfo:
     """What a record stores for a plane: a float32 raster record of one band."""
     return ImageInfo(encode_raster(values), values.shape[1], values.shape[0], 1,
                      header.bytes_per_sample * 8)
+
+
+class VolumeReader(ImageReader):
+    """A format of planes in the modality's units: a view stores one plane as a float32 raster
+    record; a label map's plane is a mask. Subclasses read the plane."""
+
+    volume = True
+
+    def plane(self, data: bytes, max_pixels: int, plane: str) -> np.ndarray:
+        """The plane `plane` names (the only one of a 2-D file), float32 [H, W], checked."""
+        raise NotImplementedError
+
+    def stored(self, data: bytes, header: ImageHeader, max_pixels: int, plane: str
+               ) -> ImageInfo:
+        return stored_plane(self.plane(data, max_pixels, plane), header)
+
+    def mask(self, data: bytes, header: ImageHeader, max_pixels: int, plane: str,
+             mask_label: float | None) -> np.ndarray:
+        return region_of(self.plane(data, max_pixels, plane), mask_label)
