@@ -32,3 +32,15 @@ def ingest_beam_args(beam_args: Sequence[str], running_mode: str = "") -> list[s
     given = beam_flags(beam_args, dict.fromkeys(wanted, None))
     return [*beam_args, *(f"--{name}={value}" for name, value in wanted.items()
                           if given[name] is None)]
+
+
+# Runners whose SDK workers run on this machine, in this environment: Beam's direct runners (by
+# class name or alias) and masktfx.beam_runner's ForkServerDirectRunner.
+LOCAL_RUNNERS = ("directrunner", "direct", "switchingdirectrunner", "bundlebaseddirectrunner",
+                 "forkserverdirectrunner")
+
+
+def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
+    """The args name a direct runner (or none): Beam's workers run in this environment."""
+    runner = beam_flags(beam_args, {"runner": "DirectRunner"})["runner"] or "DirectRunner"
+    return runner.split(".")[-1].lower() in LOCAL_RUNNERS

@@ -33,7 +33,7 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
-from masktfx.beam_args import beam_flags
+from masktfx.beam_args import runs_on_this_machine
 from masktfx.fork_server import BEAM_WORKER_MODULE, worker_command
 
 
@@ -87,13 +87,6 @@ def beam_args_in_environment(beam_args: Sequence[str]) -> Iterator[list[str]]:
             os.environ.pop(BEAM_ARGS_ENV, None)
         else:
             os.environ[BEAM_ARGS_ENV] = previous
-
-
-def runs_on_this_machine(beam_args: Sequence[str]) -> bool:
-    """The args name DirectRunner (or ours, or none): Beam's workers run in this environment."""
-    runner = beam_flags(beam_args, {"runner": "DirectRunner"})["runner"] or "DirectRunner"
-    return runner.split(".")[-1] in ("DirectRunner", "SwitchingDirectRunner",
-                                     "BundleBasedDirectRunner", ForkServerDirectRunner.__name__)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from masktfx import features
 from masktfx import images as imageio
-from masktfx.beam_args import beam_flags, ingest_beam_args
+from masktfx.beam_args import beam_flags, ingest_beam_args, runs_on_this_machine
 from masktfx.config import PipelineConfig
 from masktfx.fork_server import INGEST_PRELOAD, fork_server_for
 from masktfx.manifest import ManifestRow, Rejection, read_manifest
@@ -326,7 +326,7 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
 
     beam_args = ingest_beam_args(beam_args or [])
     runner = beam_flags(beam_args, {"runner": "DirectRunner"})["runner"]
-    direct = runner.split(".")[-1] in ("DirectRunner", "direct")
+    stalled = "" if runs_on_this_machine(beam_args) else stall_notice(runner, STALL_NOTICE_S)
     progress_stream = progress_stream or sys.stderr
     # Workers on this machine (the DirectRunner's, a local worker pool's) count into the bar's
     # folder; on other runners the bar also says when nothing has started
@@ -336,8 +336,8 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
                          shared_mask=manifest.shared_mask,
                          metadata_columns=manifest.metadata_columns, span=span)
     try:
-        with progress_bar(shown, len(manifest.rows), progress_stream, stalled="" if direct
-                          else stall_notice(runner, STALL_NOTICE_S)) as progress_dir, \
+        with progress_bar(shown, len(manifest.rows), progress_stream,
+                          stalled=stalled) as progress_dir, \
                 fork_server_for(beam_args, INGEST_PRELOAD, fork_server) as run_args, \
                 beam.Pipeline(options=PipelineOptions(run_args)) as pipeline:
             results = (

@@ -75,14 +75,11 @@ def code_fingerprint(modules: Iterable[str], data_files: Iterable[str] = (),
                      first_party: Sequence[str] = FIRST_PARTY) -> str:
     """sha256 over the sources of the entry modules and what they import, each under its module
     name, and over `data_files` (a template, say) under their file names."""
+    named = [*source_files(list(modules), first_party).items(),
+             *((os.path.basename(path), path) for path in sorted(data_files))]
     digest = hashlib.sha256()
-    for name, path in source_files(list(modules), first_party).items():
+    for name, path in named:
         digest.update(f"{name}\0".encode())
-        with open(path, "rb") as handle:
-            digest.update(handle.read())
-        digest.update(b"\0")
-    for path in sorted(data_files):
-        digest.update(f"{os.path.basename(path)}\0".encode())
         with open(path, "rb") as handle:
             digest.update(handle.read())
         digest.update(b"\0")

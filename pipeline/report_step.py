@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tfx import types
@@ -34,22 +35,42 @@ CONFIG_KEY = "config"
 FINGERPRINT_KEY = "code_fingerprint"
 REPORT_KEY = "report"
 
-# The step's input key -> (node, output or input key, which side): where the same artifact
-# sits in a run MLMD recorded, so the page is built by the code that renders past runs.
-SOURCES: dict[str, tuple[str, str, str]] = {
-    "examples": (node_ids.EXAMPLE_GEN, "examples", "outputs"),
-    "trained_examples": (node_ids.TRANSFORM, "examples", "inputs"),
-    "statistics": (node_ids.STATISTICS_GEN, "statistics", "outputs"),
-    "schema": (node_ids.TRANSFORM, "schema", "inputs"),
-    "transform_graph": (node_ids.TRANSFORM, "transform_graph", "outputs"),
-    "model": (node_ids.TRAINER, "model", "outputs"),
-    "model_run": (node_ids.TRAINER, "model_run", "outputs"),
-    "evaluation": (node_ids.EVALUATOR, "evaluation", "outputs"),
-    "blessing": (node_ids.EVALUATOR, "blessing", "outputs"),
-    "baseline_model": (node_ids.EVALUATOR, "baseline_model", "inputs"),
-    "drift_report": (node_ids.DRIFT_CHECK, "drift_report", "outputs"),
-    "infra_blessing": (node_ids.SERVING_CHECK, "blessing", "outputs"),
-    "pushed_model": (node_ids.PUSHER, "pushed_model", "outputs"),
+@dataclass(frozen=True)
+class Source:
+    """One input of the step: its artifact type, and where the same artifact sits in a run MLMD
+    recorded (node, key, and whether the node wrote or read it), so the page is built by the
+    code that renders past runs."""
+
+    type: type[types.Artifact]
+    node: str
+    key: str
+    side: str  # "outputs" or "inputs"
+    optional: bool = False
+
+
+SOURCES = {
+    "examples": Source(standard_artifacts.Examples, node_ids.EXAMPLE_GEN, "examples", "outputs"),
+    "trained_examples": Source(standard_artifacts.Examples, node_ids.TRANSFORM, "examples",
+                               "inputs"),
+    "statistics": Source(standard_artifacts.ExampleStatistics, node_ids.STATISTICS_GEN,
+                         "statistics", "outputs"),
+    "schema": Source(standard_artifacts.Schema, node_ids.TRANSFORM, "schema", "inputs"),
+    "transform_graph": Source(standard_artifacts.TransformGraph, node_ids.TRANSFORM,
+                              "transform_graph", "outputs"),
+    "model": Source(standard_artifacts.Model, node_ids.TRAINER, "model", "outputs"),
+    "model_run": Source(standard_artifacts.ModelRun, node_ids.TRAINER, "model_run", "outputs"),
+    "evaluation": Source(standard_artifacts.ModelEvaluation, node_ids.EVALUATOR, "evaluation",
+                         "outputs"),
+    "blessing": Source(standard_artifacts.ModelBlessing, node_ids.EVALUATOR, "blessing",
+                       "outputs"),
+    "baseline_model": Source(standard_artifacts.Model, node_ids.EVALUATOR, "baseline_model",
+                             "inputs", optional=True),
+    "drift_report": Source(standard_artifacts.ExampleAnomalies, node_ids.DRIFT_CHECK,
+                           "drift_report", "outputs", optional=True),
+    "infra_blessing": Source(standard_artifacts.InfraBlessing, node_ids.SERVING_CHECK,
+                             "blessing", "outputs", optional=True),
+    "pushed_model": Source(standard_artifacts.PushedModel, node_ids.PUSHER, "pushed_model",
+                           "outputs"),
 }
 
 
@@ -69,21 +90,8 @@ class ReportPage(ValueArtifact):
 class RunReportSpec(ComponentSpec):
     PARAMETERS = {CONFIG_KEY: ExecutionParameter(type=str),
                   FINGERPRINT_KEY: ExecutionParameter(type=str, optional=True)}
-    INPUTS = {
-        "examples": ChannelParameter(type=standard_artifacts.Examples),
-        "trained_examples": ChannelParameter(type=standard_artifacts.Examples),
-        "statistics": ChannelParameter(type=standard_artifacts.ExampleStatistics),
-        "schema": ChannelParameter(type=standard_artifacts.Schema),
-        "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph),
-        "model": ChannelParameter(type=standard_artifacts.Model),
-        "model_run": ChannelParameter(type=standard_artifacts.ModelRun),
-        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
-        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
-        "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
-        "drift_report": ChannelParameter(type=standard_artifacts.ExampleAnomalies, optional=True),
-        "infra_blessing": ChannelParameter(type=standard_artifacts.InfraBlessing, optional=True),
-        "pushed_model": ChannelParameter(type=standard_artifacts.PushedModel),
-    }
+    INPUTS = {key: ChannelParameter(type=source.type, optional=source.optional)
+              for key, source in SOURCES.items()}
     OUTPUTS = {REPORT_KEY: ChannelParameter(type=ReportPage)}
 
 
@@ -94,9 +102,10 @@ def run_record(input_dict: dict[str, list[types.Artifact]], run_id: str, started
     for key, artifacts in input_dict.items():
         if not artifacts or key not in SOURCES:
             continue
-        node, node_key, side = SOURCES[key]
-        found = nodes.setdefault(node, NodeExecution(node, "COMPLETE", {}, {}))
-        getattr(found, side)[node_key] = [artifact.mlmd_artifact for artifact in artifacts]
+        source = SOURCES[key]
+        found = nodes.setdefault(source.node, NodeExecution(source.node, "COMPLETE", {}, {}))
+        getattr(found, source.side)[source.key] = [artifact.mlmd_artifact
+                                                   for artifact in artifacts]
     return RunRecord(run_id, started_ms, nodes)
 
 
@@ -107,8 +116,7 @@ def run_lineage(record: RunRecord, summary: RunSummary, written_ms: int) -> Line
         return None
 
     def uri(node: str, key: str, side: str = "outputs") -> str:
-        found = getattr(record.nodes.get(node), side, {}).get(key, []) \
-            if node in record.nodes else []
+        found = record.outputs(node, key) if side == "outputs" else record.inputs(node, key)
         return found[0].uri if found else ""
 
     return Lineage(

@@ -82,7 +82,8 @@ def test_tfx_builds_no_package_of_itself_for_workers_that_run_here(tmp_path, mon
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     original = dependency_utils.make_beam_dependency_flags
     for args in (["--direct_running_mode=multi_processing"],
-                 ["--runner=masktfx.beam_runner.ForkServerDirectRunner"], []):
+                 ["--runner=masktfx.beam_runner.ForkServerDirectRunner"], ["--runner=direct"],
+                 []):
         with beam_args_in_environment(args) as component_args:
             executor = NothingExecutor(BaseBeamExecutor.Context(
                 beam_pipeline_args=component_args))

@@ -10,8 +10,8 @@ from masktfx.images.base import (
     RegionInputError,
     max_file_bytes,
     read_header,
-    reader_for,
     reader_named,
+    sniff_format,
 )
 from masktfx.images.files import read_file
 from masktfx.images.png import encode_png
@@ -37,10 +37,8 @@ def decode_mask_array(data: bytes, max_pixels: int, plane: str = "",
 
 def mask_plane(data: bytes, plane: str) -> str:
     """A volume's mask (a label map) is sliced as its images are; a 2-D mask is used whole."""
-    try:
-        return plane if reader_for(bytes(data[:65536])).volume else ""
-    except RegionInputError:
-        return ""  # not an image at all: decode_mask_array says so
+    found = sniff_format(bytes(data[:65536]))  # None: not an image; decode_mask_array says so
+    return plane if found and reader_named(found).volume else ""
 
 
 def resize_nearest(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
