@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import wrappers_pb2
 
 # TFMA's config messages from their proto module: TFMA 0.52 no longer exports them at its top level
+from tensorflow_model_analysis.constants import TF_GENERIC
 from tensorflow_model_analysis.proto import config_pb2 as tfma_config
 
 # TFX's modules, not its `tfx.v1` facade: importing `tfx.v1` also loads the Google Cloud AI
@@ -159,7 +160,11 @@ def eval_config(config: PipelineConfig) -> tfma_config.EvalConfig:
         options=tfma_config.Options(include_default_metrics=wrappers_pb2.BoolValue(value=False)),
         # No `preprocessing_function_names`: the slices are raw metadata columns, and running
         # `transform_features` beside the serving signature decoded every region twice.
+        # A generic SavedModel, named rather than sniffed: without a type TFMA loads each model
+        # as a Keras model once just to learn that it is one, then again on every worker, and a
+        # Keras load restores every layer's functions that the serving signature never calls.
         model_specs=[tfma_config.ModelSpec(signature_name=features.SERVING_SIGNATURE,
+                                    model_type=TF_GENERIC,
                                     label_key=features.LABEL_KEY,
                                     prediction_key=features.PROBABILITY_OUTPUT)],
         slicing_specs=[tfma_config.SlicingSpec()] + [
