@@ -51,10 +51,10 @@ def region_statistics(rows: Rows) -> np.ndarray:
 def baseline_features(name: str, rows: Rows) -> np.ndarray:
     """The classical baselines' table: `logistic` takes this bench's colour and intensity
     statistics inside and around the mask, `gradient_boosting` the region descriptors the
-    DriftCheck computes (components/drift.py)."""
+    DriftCheck computes (masktfx/drift.py)."""
     if name == "logistic":
         return region_statistics(rows)
-    from masktfx.components.drift import region_descriptors
+    from masktfx.drift import region_descriptors
 
     described = [region_descriptors(images, masks) for images, masks in zip(rows.images,
                                                                              rows.masks)]

@@ -100,8 +100,8 @@ def main() -> None:
         loop(*args.loop)
         return
 
-    from masktfx.components.model_config import version_folders
     from masktfx.demo_data import write_synthetic
+    from masktfx.model_config import version_folders
 
     versions = version_folders(args.model_base_path)
     if not versions:

@@ -101,8 +101,8 @@ def first_request_after_switches(version_dir: str, warmup: bool, switches: int,
     `version_dir`, with or without their warmup file) pushed into a running server."""
     import shutil
 
-    from masktfx.components.warmup import WARMUP_FILE
     from masktfx.serving.client import RestClient
+    from masktfx.warmup import WARMUP_FILE
 
     base = tempfile.mkdtemp(prefix="bench-switch-")
 
@@ -234,7 +234,7 @@ def main() -> None:
                          indent=2))
         return
 
-    from masktfx.components.warmup import read_warmup
+    from masktfx.warmup import read_warmup
 
     if not read_warmup(versions[version]):
         sys.exit(f"{versions[version]} has no warmup requests: push it with this version of "

@@ -1,5 +1,5 @@
 """The DriftCheck component: the span ImportExampleGen read, described and compared with the data
-the newest pushed version was trained on (components/drift.py), and that version's performance on
+the newest pushed version was trained on (masktfx/drift.py), and that version's performance on
 it estimated without labels. With `action` "stop" a span unlike it, or one whose estimated AUC is
 under `min_estimated_auc`, stops the run before Transform; with "warn" the run goes on and says
 so."""
@@ -8,7 +8,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from masktfx.components import drift
+from masktfx import drift
 
 
 @component

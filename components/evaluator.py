@@ -36,8 +36,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import io_utils, json_utils, path_utils
 
-from masktfx import features
-from masktfx.components import attribution, intervals
+from masktfx import attribution, features, intervals
 from masktfx.components.earlier_outputs import find_earlier
 
 MODEL_KEY = standard_component_specs.MODEL_KEY

@@ -31,7 +31,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
-from masktfx.components import warmup
+from masktfx import warmup
 from masktfx.components.earlier_outputs import find_earlier
 
 # TFX's InfraValidator marks its blessing with these files, and Pusher reads `blessed`.

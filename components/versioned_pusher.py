@@ -34,8 +34,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, proto_utils
 
-from masktfx import features
-from masktfx.components import warmup
+from masktfx import features, warmup
 from masktfx.config import OBJECT_STORE_SCHEMES, uri_scheme
 from masktfx.records import split_records
 
@@ -312,7 +311,7 @@ class Executor(pusher_executor.Executor):
         examples = input_dict.get(EXAMPLES_KEY) or []
         if not examples or not exec_properties.get(DESCRIPTORS_KEY):
             return {}
-        from masktfx.components import drift
+        from masktfx import drift
 
         columns = drift.describe_records(split_records(
             [artifact.uri for artifact in examples], [features.TRAIN_SPLIT]))
@@ -330,7 +329,7 @@ class Executor(pusher_executor.Executor):
         evaluations = input_dict.get(EVALUATION_KEY) or []
         if not evaluations:
             return {}
-        from masktfx.components import drift, intervals
+        from masktfx import drift, intervals
 
         path = os.path.join(evaluations[0].uri, intervals.INTERVALS_FILE)
         if not fileio.exists(path):
@@ -364,7 +363,7 @@ class VersionedPusherSpec(standard_component_specs.PusherSpec):
 class VersionedPusher(Pusher):
     """TFX Pusher with atomic, strictly increasing versions, each with TF Serving's warmup
     requests (from `examples`' test split) when `examples` is given, and with
-    `region_descriptors` the descriptors of its training split (components/drift.py)."""
+    `region_descriptors` the descriptors of its training split (masktfx/drift.py)."""
 
     SPEC_CLASS = VersionedPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)

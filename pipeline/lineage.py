@@ -209,7 +209,7 @@ def _follow_trainer(store: Store, trainer_inputs: dict[str, list[Artifact]],
 def _labels_of(config: PipelineConfig, version: int) -> list[str]:
     """The labels the serving dir's models.config gives the version ([] without the file, or
     when the serving dir is an object store, where `masktfx promote` does not write)."""
-    from masktfx.components.model_config import CONFIG_FILE, read_config
+    from masktfx.model_config import CONFIG_FILE, read_config
 
     if uri_scheme(config.resolved_serving_dir):
         return []

@@ -13,8 +13,8 @@ import os
 from typing import Any
 
 from masktfx import features
-from masktfx.components.intervals import METRICS
 from masktfx.config import PipelineConfig
+from masktfx.intervals import METRICS
 from masktfx.pipeline.lineage import format_lineage
 from masktfx.pipeline.report_data import SAMPLE_PER_SPLIT, ReportData, collect, collect_record
 from masktfx.pipeline.report_figures import (

@@ -15,11 +15,11 @@ import numpy as np
 from tfx.dsl.io import fileio
 
 from masktfx import features, images, node_ids
-from masktfx.components.attribution import read_maps
-from masktfx.components.drift import DRIFT_FILE
+from masktfx.attribution import read_maps
 from masktfx.components.evaluator import CANDIDATE, evaluated_models, load_candidate_result
-from masktfx.components.intervals import INTERVALS_FILE
 from masktfx.config import PipelineConfig
+from masktfx.drift import DRIFT_FILE
+from masktfx.intervals import INTERVALS_FILE
 from masktfx.pipeline.lineage import Lineage, lineage
 from masktfx.pipeline.summary import (
     RunRecord,

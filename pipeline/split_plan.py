@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from tensorflow.core.example import feature_pb2
 
 from masktfx import features
-from masktfx.components.intervals import MIN_GROUPS
 from masktfx.config import PipelineConfig
+from masktfx.intervals import MIN_GROUPS
 
 
 class SplitPlanError(ValueError):

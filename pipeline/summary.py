@@ -16,8 +16,7 @@ from tfx.dsl.io import fileio
 from tfx.utils import path_utils
 
 from masktfx import features, node_ids
-from masktfx.components.attribution import ATTRIBUTION_FILE
-from masktfx.components.drift import DRIFT_PROPERTY, ESTIMATE_PROPERTY
+from masktfx.attribution import ATTRIBUTION_FILE
 from masktfx.components.evaluator import (
     ATTRIBUTION_GATE_PROPERTY,
     INTERVAL_GATE_PROPERTY,
@@ -27,6 +26,7 @@ from masktfx.components.evaluator import (
 from masktfx.components.serving_check import REASON_PROPERTY
 from masktfx.components.versioned_pusher import NEW_VERSION_PROPERTY
 from masktfx.config import PipelineConfig
+from masktfx.drift import DRIFT_PROPERTY, ESTIMATE_PROPERTY
 from masktfx.pipeline.metadata_connection import open_store
 
 _STATE_NAMES = {value: name for name, value in

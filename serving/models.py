@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from masktfx import features
-from masktfx.components.model_config import version_folders
 from masktfx.config import PipelineConfig
 from masktfx.images import (
     REGION_AT,
@@ -27,6 +26,7 @@ from masktfx.images import (
     check_region,
     read_header,
 )
+from masktfx.model_config import version_folders
 from masktfx.serving.batching import Batcher, BatchingParameters, QueueFullError
 from masktfx.serving.limits import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_REGIONS
 from masktfx.tf_errors import op_message
@@ -278,7 +278,7 @@ class ModelManager:
 def replay_warmup(module: Any, path: str) -> int:
     """Call the version with the warmup requests stored beside it, as TF Serving does before it
     serves a version; a request that fails fails the load. Returns how many were replayed."""
-    from masktfx.components.warmup import WARMUP_FILE, read_warmup
+    from masktfx.warmup import WARMUP_FILE, read_warmup
 
     logs = read_warmup(path)
     for index, entry in enumerate(logs):

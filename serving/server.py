@@ -14,7 +14,7 @@ import logging
 import threading
 from concurrent import futures
 
-from masktfx.components.model_config import ModelConfigError, read_config
+from masktfx.model_config import ModelConfigError, read_config
 from masktfx.serving.budget import InflightBudget
 from masktfx.serving.grpc_service import grpc_services
 from masktfx.serving.limits import (

@@ -12,8 +12,7 @@ import pytest
 import tensorflow as tf
 from conftest import train_tiny_model
 
-from masktfx import features
-from masktfx.components import attribution
+from masktfx import attribution, features
 from masktfx.demo_data import write_synthetic
 from masktfx.records import make_example
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from conftest import ingest_manifest, tiny_examples
 
-from masktfx import cli, features
-from masktfx.components import drift
+from masktfx import cli, drift, features
 from masktfx.demo_data import write_synthetic
 from masktfx.images import encode_png, encode_raster
 from masktfx.records import make_example, read_examples

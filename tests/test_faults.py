@@ -17,10 +17,10 @@ import time
 import pytest
 
 from masktfx import cli
-from masktfx.components.model_config import version_folders
 from masktfx.components.versioned_pusher import PARTIAL_PREFIX, existing_versions, publish_version
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
+from masktfx.model_config import version_folders
 from masktfx.pipeline.summary import list_runs
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from masktfx.components.intervals import (
+from masktfx.intervals import (
     MIN_GROUPS,
     auc,
     gate_failures,

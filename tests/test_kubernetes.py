@@ -125,7 +125,7 @@ def test_the_mysql_variant_keeps_the_run_metadata_in_the_database_service(tmp_pa
 def _run_seed(container: dict, tmp_path, config_map: dict) -> None:
     """The init container's script, run here with its two mounts as local folders: it copies
     the ConfigMap's default once, and keeps a config `masktfx promote` wrote since."""
-    from masktfx.components.model_config import read_config
+    from masktfx.model_config import read_config
 
     models, config = tmp_path / "models", tmp_path / "config"
     models.mkdir()

@@ -14,8 +14,8 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from masktfx import cli
-from masktfx.components.model_config import CONFIG_FILE, ModelConfigError, promote, read_config
 from masktfx.components.versioned_pusher import publish_version
+from masktfx.model_config import CONFIG_FILE, ModelConfigError, promote, read_config
 from masktfx.serving.client import GrpcClient, RestClient, ServingClientError
 from masktfx.serving.models import ModelManager
 from masktfx.serving.server import ModelServer

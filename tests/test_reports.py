@@ -16,8 +16,7 @@ import pytest
 import tensorflow_model_analysis as tfma
 from PIL import Image
 
-from masktfx import cli, features
-from masktfx.components import attribution
+from masktfx import attribution, cli, features
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
 from masktfx.pipeline.lineage import lineage
@@ -242,7 +241,7 @@ def test_the_reports_intervals_are_a_bootstrap_of_the_test_predictions(two_runs)
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 
-    from masktfx.components.intervals import resample_indices
+    from masktfx.intervals import resample_indices
 
     workdir, first, path = two_runs
     config = PipelineConfig.for_workdir(workdir)

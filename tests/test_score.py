@@ -19,7 +19,7 @@ import tensorflow as tf
 from conftest import IN_PROCESS_BEAM, ingest_manifest, square_mask, write_manifest, write_png
 
 from masktfx import cli, features
-from masktfx.components.model_config import CONFIG_FILE, ServedModel, write_config
+from masktfx.model_config import CONFIG_FILE, ServedModel, write_config
 from masktfx.records import make_example
 
 

@@ -14,14 +14,14 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from masktfx import features
 from masktfx.components.versioned_pusher import publish_version
-from masktfx.components.warmup import (
+from masktfx.records import make_example
+from masktfx.serving.models import ModelManager
+from masktfx.warmup import (
     WARMUP_FILE,
     encode_warmup,
     read_warmup,
     warmup_requests,
 )
-from masktfx.records import make_example
-from masktfx.serving.models import ModelManager
 
 
 def _serialized(count: int) -> list[bytes]:

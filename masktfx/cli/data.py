@@ -97,7 +97,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from masktfx.components import drift
+    from masktfx import drift
     from masktfx.config import PipelineConfig
     from masktfx.images import RegionInputError, load_region
     from masktfx.manifest import ManifestError, read_manifest

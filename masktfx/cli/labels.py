@@ -53,7 +53,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str, str]:
         raise CommandError(f"{serving_dir}: labels are written to a local models.config; mount "
                            "the serving volume and give its path")
     model_name = args.model_name or config.model_name
-    from masktfx.components.model_config import CONFIG_FILE
+    from masktfx.model_config import CONFIG_FILE
 
     config_file = args.config_file or os.path.join(serving_dir, CONFIG_FILE)
     return config_file, model_name, os.path.join(os.path.abspath(serving_dir), model_name)
@@ -69,7 +69,7 @@ def _show(args: argparse.Namespace, config_file: str, served, done: str) -> None
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from masktfx.components.model_config import ModelConfigError, promote
+    from masktfx.model_config import ModelConfigError, promote
 
     config_file, model_name, base_path = _target(args)
     wait = _loaded_on(args.server, model_name, args.wait_seconds) if args.server else None
@@ -107,7 +107,7 @@ def _loaded_on(url: str, model_name: str, seconds: float):
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from masktfx.components.model_config import ModelConfigError, rollback
+    from masktfx.model_config import ModelConfigError, rollback
 
     config_file, model_name, _ = _target(args)
     wait = _loaded_on(args.server, model_name, args.wait_seconds) if args.server else None

@@ -142,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _served_models(args: argparse.Namespace) -> dict[str, str]:
     """Model name -> base path: the one named on the command line, or the config file's."""
-    from masktfx.components.model_config import ModelConfigError, read_config
+    from masktfx.model_config import ModelConfigError, read_config
 
     if (args.model_name is None) != (args.model_base_path is None):
         raise CommandError("--model-name and --model-base-path go together")

@@ -11,7 +11,7 @@ from typing import Any
 from apache_beam.ml.inference.base import ModelHandler
 
 from masktfx import features
-from masktfx.components.model_config import (
+from masktfx.model_config import (
     CONFIG_FILE,
     ModelConfigError,
     read_config,
