@@ -112,27 +112,48 @@ def _become_cold_worker(reason: str) -> None:
     os.execv(sys.executable, [sys.executable, "-m", BEAM_WORKER_MODULE])
 
 
-def run_client() -> int:
-    """Ask the server for a worker with this process's environment and streams; wait for it."""
-    address = os.environ.get(SERVER_ENV, "")
-    if not address:
-        _become_cold_worker("")
+def request_worker(address: str, env: dict[str, str], cwd: str,
+                   streams: Sequence[int] = (0, 1, 2)) -> socket.socket:
+    """Ask the server at `address` for a Beam worker with this environment, working directory
+    and standard streams; the open connection once it has forked one. The worker stops when the
+    connection closes, and sends its exit status on it when it ends. Raises OSError when the
+    server cannot be reached or starts no worker."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect(address)
     except OSError as error:
         connection.close()
-        _become_cold_worker(f"cannot reach {address} ({error})")
-    request = json.dumps({"env": dict(os.environ), "cwd": os.getcwd()}).encode()
+        raise ConnectionError(f"cannot reach {address} ({error})") from error
     try:
-        socket.send_fds(connection, [_HEADER.pack(len(request))], [0, 1, 2])
+        request = json.dumps({"env": env, "cwd": cwd}).encode()
+        socket.send_fds(connection, [_HEADER.pack(len(request))], list(streams))
         connection.sendall(request)
         forked = connection.recv(1) == _FORKED
     except OSError:
         forked = False
-    if not forked:  # the server ended before it forked a worker for us
+    if not forked:  # the server ended before it forked a worker
         connection.close()
-        _become_cold_worker(f"the server at {address} did not start a worker")
+        raise ConnectionError(f"the server at {address} did not start a worker")
+    return connection
+
+
+def wait_for_worker(connection: socket.socket) -> int | None:
+    """The exit status of the worker on `connection`; None when it ended without one."""
+    try:
+        return _STATUS.unpack(_receive_exactly(connection, _STATUS.size))[0]
+    except OSError:
+        return None
+
+
+def run_client() -> int:
+    """Ask the server for a worker with this process's environment and streams; wait for it."""
+    address = os.environ.get(SERVER_ENV, "")
+    if not address:
+        _become_cold_worker("")
+    try:
+        connection = request_worker(address, dict(os.environ), os.getcwd())
+    except OSError as error:
+        _become_cold_worker(str(error))
 
     def stop(signum: int, _frame: object) -> None:
         # Closing our end tells the worker to stop (see _watch_client).
@@ -142,13 +163,12 @@ def run_client() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:
-        status = _receive_exactly(connection, _STATUS.size)
-    except (ConnectionError, OSError):
+    status = wait_for_worker(connection)
+    if status is None:
         print("masktfx fork server: the worker ended without an exit status "
               "(killed, or out of memory?)", file=sys.stderr)
         return 1
-    return _STATUS.unpack(status)[0]
+    return status
 
 
 # --- the server ---------------------------------------------------------------------------------

@@ -31,17 +31,25 @@ def _wait_for(port: int, process: subprocess.Popen, what: str) -> None:
 
 
 @contextlib.contextmanager
-def portable_services(log_dir: str, workers: int = 1) -> Iterator[list[str]]:
+def portable_services(log_dir: str, workers: int = 1, pool: str = "beam",
+                      preload: str = "pipeline") -> Iterator[list[str]]:
     """For the block, a job service and a worker pool; yields the Beam args that send work to
-    them (`workers` SDK workers per job)."""
+    them (`workers` SDK workers per job). `pool`: "beam" is Beam's own pool, which starts each
+    worker as a new process; "masktfx" is `masktfx beam-worker-pool`, which forks them warm
+    (`preload` as its flag; each fork is a line in LOG_DIR/forks.log)."""
+    os.makedirs(log_dir, exist_ok=True)
     job_port, pool_port = _free_port(), _free_port()
     # The pool starts each worker as `python -c ...` from PATH: this environment's Python first
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1",
+           "MASKTFX_FORK_SERVER_LOG": os.path.join(log_dir, "forks.log"),
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    pools = {"beam": ["apache_beam.runners.worker.worker_pool_main",
+                      f"--service_port={pool_port}"],
+             "masktfx": ["masktfx.cli", "beam-worker-pool", f"--port={pool_port}",
+                         f"--preload={preload}"]}
     commands = {"jobs": ["apache_beam.runners.portability.local_job_service_main",
                          f"--port={job_port}"],
-                "workers": ["apache_beam.runners.worker.worker_pool_main",
-                            f"--service_port={pool_port}"]}
+                "workers": pools[pool]}
     processes = {}
     try:
         for name, command in commands.items():

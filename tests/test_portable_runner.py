@@ -1,6 +1,7 @@
 """Beam's portability framework, as Flink or Spark on Kubernetes run our Beam pipelines: work sent
 to a job service, run by SDK workers that are separate processes of a worker pool, every function
-pickled across that boundary. `masktfx ingest` and a whole `masktfx run` on it."""
+pickled across that boundary. `masktfx ingest` on Beam's own worker pool and on ours, and a whole
+`masktfx run` on ours (`masktfx beam-worker-pool`, whose workers are forked warm)."""
 
 from __future__ import annotations
 
@@ -17,24 +18,41 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def portable_args(tmp_path_factory):
-    with portable_services(str(tmp_path_factory.mktemp("portable"))) as args:
+def beam_pool_args(tmp_path_factory):
+    with portable_services(str(tmp_path_factory.mktemp("beam-pool"))) as args:
         yield args
 
 
-def test_ingest_and_a_whole_run_on_the_portable_runner(tmp_path, portable_args, capsys):
+@pytest.fixture(scope="module")
+def warm_pool(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("masktfx-pool")
+    with portable_services(str(logs), pool="masktfx") as args:
+        yield args, logs / "forks.log"
+
+
+def _ingested(folder) -> dict:
+    return {example.features.feature[features.ID_KEY].bytes_list.value[0]: example
+            for example in read_examples(str(folder / features.SHARD_GLOB))}
+
+
+def test_ingest_and_a_whole_run_on_the_portable_runner(tmp_path, beam_pool_args, warm_pool,
+                                                       capsys):
+    warm_args, forks = warm_pool
     manifest = write_synthetic(str(tmp_path / "data"), num_examples=160, size=32)
-    # ingest: the same records as the DirectRunner writes
-    for name, args in (("portable", portable_args), ("direct", IN_PROCESS_BEAM)):
+    # ingest: the same records as the DirectRunner writes, on either pool
+    for name, args in (("beam-pool", beam_pool_args), ("warm-pool", warm_args),
+                       ("direct", IN_PROCESS_BEAM)):
         assert cli.main(["ingest", manifest, "--output", str(tmp_path / name), "--no-progress",
                          "--beam-args", *args]) == 0
-    found = {name: {example.features.feature[features.ID_KEY].bytes_list.value[0]: example
-                    for example in read_examples(str(tmp_path / name / features.SHARD_GLOB))}
-             for name in ("portable", "direct")}
-    assert len(found["portable"]) == 160 and found["portable"] == found["direct"]
-    # the whole pipeline, each Beam component's work done by the pool's workers
+    direct = _ingested(tmp_path / "direct")
+    assert len(direct) == 160
+    assert _ingested(tmp_path / "beam-pool") == direct
+    assert _ingested(tmp_path / "warm-pool") == direct
+    forked_for_ingest = forks.read_text().count("forked Beam worker")
+    assert forked_for_ingest >= 1  # the warm pool's workers came from its fork server
+    # the whole pipeline, each Beam component's work done by the warm pool's workers
     config = tmp_path / "portable.yaml"
-    config.write_text(yaml.safe_dump({"beam_args": portable_args}))
+    config.write_text(yaml.safe_dump({"beam_args": warm_args}))
     capsys.readouterr()
     assert cli.main(["run", "--config", str(config), "--data", manifest, "--workdir",
                      str(tmp_path / "work"), "--image-size", "16", "--model-preset", "seed",
@@ -45,3 +63,5 @@ def test_ingest_and_a_whole_run_on_the_portable_runner(tmp_path, portable_args, 
     for node in ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator"):
         assert f"  {node} COMPLETE" in out, out
     assert "pushed: version" in out, out
+    # a worker per job of ingest, StatisticsGen, Transform and the Evaluator at least
+    assert forks.read_text().count("forked Beam worker") >= forked_for_ingest + 3

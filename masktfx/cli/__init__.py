@@ -19,12 +19,12 @@ from masktfx.config import ConfigError
 __all__ = ["CommandError", "build_parser", "main", "print_json", "run_and_summarize"]
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
-    data.add_ingest, data.add_demo_data, data.add_drift, run.add_run, serving.add_serve,
-    serving.add_predict, score.add_score, labels.add_labels, kubeflow.add_kubeflow,
-    reports.add_reports]
+    data.add_ingest, data.add_demo_data, data.add_drift, run.add_run, run.add_beam_worker_pool,
+    serving.add_serve, serving.add_predict, score.add_score, labels.add_labels,
+    kubeflow.add_kubeflow, reports.add_reports]
 # Commands that load TensorFlow (`run` keeps the libraries' output in its log instead).
-TENSORFLOW_COMMANDS = ("drift", "serve", "predict", "score", "promote", "rollback", "compile",
-                       "submit", "schedule", "report", "runs", "lineage")
+TENSORFLOW_COMMANDS = ("drift", "beam-worker-pool", "serve", "predict", "score", "promote",
+                       "rollback", "compile", "submit", "schedule", "report", "runs", "lineage")
 
 
 def version_line() -> str:

@@ -109,3 +109,30 @@ def _run_in(terminal: Terminal, config: PipelineConfig, data: str, run_id: str,
     else:
         terminal.say(format_summary(outcome.summary))
     return 0
+
+
+def add_beam_worker_pool(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "beam-worker-pool", help="serve Beam SDK workers that start warm, for a portable runner",
+        description="A Beam worker pool (what --environment_type=EXTERNAL "
+                    "--environment_config=HOST:PORT names) that forks each job's SDK workers "
+                    "from a process that has imported Beam, masktfx and the TFX libraries once. "
+                    "Runs until interrupted.")
+    parser.add_argument("--port", type=int, default=50000,
+                        help="the port to listen on (0: any free one; the log line names it)")
+    parser.add_argument("--host", default="localhost",
+                        help="the interface to listen on (0.0.0.0 in a pod beside Flink's task "
+                             "manager)")
+    parser.add_argument("--preload", choices=("pipeline", "ingest"), default="pipeline",
+                        help="what the workers find imported: everything the pipeline's Beam "
+                             "components use (TensorFlow, TFX libraries), or ingest's only")
+    parser.set_defaults(handler=cmd_beam_worker_pool)
+
+
+def cmd_beam_worker_pool(args: argparse.Namespace) -> int:
+    from masktfx.beam_worker_pool import serve
+    from masktfx.fork_server import INGEST_PRELOAD, PIPELINE_PRELOAD
+
+    serve(args.port, args.host,
+          PIPELINE_PRELOAD if args.preload == "pipeline" else INGEST_PRELOAD)
+    return 0
