@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from masktfx.config_values import (
+    AUGMENTATIONS,
+    CHOICES,
     ConfigError,
     MetadataLocation,
     coerce_field_value,
@@ -20,24 +22,6 @@ from masktfx.config_values import (
     parse_threshold_policy,
 )
 
-MASK_MODES = ("crop", "zero", "channel", "none")
-NORMALIZATIONS = ("region", "dataset")
-MODEL_PRESETS = ("seed", "resnet")
-NORM_LAYERS = ("group", "layer", "batch", "none")
-AUGMENTATIONS = ("flip", "intensity", "color", "noise", "blur", "scale")
-RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
-DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
-
-
-IMAGE_FORMATS = ("", "pictures", "rasters")
-DRIFT_ACTIONS = ("warn", "stop")
-SCORE_FORMATS = ("csv", "parquet", "geojson", "tfrecord")
-# Fields whose value is one of a few names ('': from the data, or none).
-CHOICES = {"split_by": ("group", "id"), "mask_mode": MASK_MODES, "normalization": NORMALIZATIONS,
-           "image_format": IMAGE_FORMATS, "model_preset": MODEL_PRESETS,
-           "norm_layer": NORM_LAYERS, "distribution_strategy": DISTRIBUTION_STRATEGIES,
-           "drift_action": DRIFT_ACTIONS, "score_format": SCORE_FORMATS,
-           "direct_running_mode": RUNNING_MODES}
 # A component_config entry that is no config field: the fingerprint of the code the module
 # files run (pipeline/code_fingerprint.py), so editing that code invalidates the cache.
 CODE_FINGERPRINT_KEY = "code_fingerprint"

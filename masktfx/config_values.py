@@ -7,6 +7,24 @@ import dataclasses
 import os
 from typing import Any
 
+# The names a choice field may take.
+MASK_MODES = ("crop", "zero", "channel", "none")
+NORMALIZATIONS = ("region", "dataset")
+MODEL_PRESETS = ("seed", "resnet")
+NORM_LAYERS = ("group", "layer", "batch", "none")
+AUGMENTATIONS = ("flip", "intensity", "color", "noise", "blur", "scale")
+RUNNING_MODES = ("multi_processing", "multi_threading", "in_memory")
+DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
+IMAGE_FORMATS = ("", "pictures", "rasters")
+DRIFT_ACTIONS = ("warn", "stop")
+SCORE_FORMATS = ("csv", "parquet", "geojson", "tfrecord")
+# Fields whose value is one of a few names ('': from the data, or none).
+CHOICES = {"split_by": ("group", "id"), "mask_mode": MASK_MODES, "normalization": NORMALIZATIONS,
+           "image_format": IMAGE_FORMATS, "model_preset": MODEL_PRESETS,
+           "norm_layer": NORM_LAYERS, "distribution_strategy": DISTRIBUTION_STRATEGIES,
+           "drift_action": DRIFT_ACTIONS, "score_format": SCORE_FORMATS,
+           "direct_running_mode": RUNNING_MODES}
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from masktfx.cli.common import CommandError, add_manifest_reading_flags, print_json
-from masktfx.config import SCORE_FORMATS
+from masktfx.config_values import SCORE_FORMATS
 
 
 def add_score(sub: argparse._SubParsersAction) -> None:

@@ -31,8 +31,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from masktfx import features
 from masktfx.beam_args import ingest_beam_args
-from masktfx.config import SCORE_FORMATS as FORMATS
 from masktfx.config import PipelineConfig
+from masktfx.config_values import SCORE_FORMATS as FORMATS
 from masktfx.ingest import WORK_OWNER, claim_work_dir, remove_abandoned_work_dirs
 from masktfx.manifest import read_manifest
 from masktfx.progress import ProgressCounter, progress_bar
