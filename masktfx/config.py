@@ -136,6 +136,18 @@ class PipelineConfig:
         "trainer", default=False,
         help="also decide on each region's intensity statistics inside and around its mask (mean, "
              "spread per channel; what the region normalization hides)")
+    backbone: str = setting(
+        "trainer", default="",
+        help="a tf.keras.applications architecture as every view's tower instead of the "
+             "preset's (MobileNetV2, ResNet50, EfficientNetB0, ...); empty: the preset's")
+    backbone_weights: str = setting(
+        "trainer", default="",
+        help="the backbone's weights: a Keras .h5 weights file of the architecture without its "
+             "classifier, a path or gs:// or s3:// URI read at training time (nothing is "
+             "downloaded); empty: the backbone trains from scratch")
+    backbone_train_layers: int = setting(
+        "trainer", default=0,
+        help="how many of the backbone's last layers train: 0 keeps it frozen, -1 trains all")
     epochs: int = setting("trainer", default=30, help="training epochs (upper bound)")
     train_steps: int = setting(
         "trainer", default=0,
@@ -316,6 +328,14 @@ class PipelineConfig:
         _require(not self.bands or self.channels in (0, len(self.bands)), "bands",
                  f"selects {len(self.bands)} band(s) but channels is {self.channels}; set "
                  f"channels to 0 (what bands selects) or {len(self.bands)}")
+        _require(self.backbone or not self.backbone_weights, "backbone_weights",
+                 "needs backbone: the architecture the weights belong to")
+        _require(self.backbone_train_layers >= -1, "backbone_train_layers",
+                 f"must be -1 (all), 0 (frozen) or a count of layers, got "
+                 f"{self.backbone_train_layers}")
+        _require(not self.backbone or self.backbone_weights or self.backbone_train_layers,
+                 "backbone_train_layers", "is 0 (frozen) but backbone_weights is empty: a "
+                 "backbone without weights must train (-1), or give it weights")
         unknown = sorted(set(self.augmentation_list) - set(AUGMENTATIONS))
         _require(not unknown, "augmentations",
                  f"has unknown name(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}")

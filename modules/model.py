@@ -6,15 +6,22 @@
   (`norm_layer`) default to group normalization: it normalizes each region by its own feature
   statistics, so no statistic of the training sites is frozen into the served model, as batch
   normalization's moving averages are (measured in bench/quality: see the README).
+
+With `backbone` set, the tower is instead an architecture of tf.keras.applications with the
+user's pretrained weights, frozen, partly or wholly trained.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from masktfx import features
-from masktfx.config import PipelineConfig
+from masktfx.config import ConfigError, PipelineConfig
 
 keras = tf.keras
 
@@ -175,7 +182,87 @@ def resnet_tower(input_shape: tuple[int, int, int], norm: str = "group",
     return keras.Model(inputs, x, name="resnet_tower")
 
 
+def backbone_application(name: str) -> Any:
+    """The tf.keras.applications constructor called `name`; ConfigError naming the field when
+    there is none."""
+    application = getattr(keras.applications, name, None)
+    if not (name[:1].isupper() and callable(application)):
+        known = ", ".join(sorted(attribute for attribute in dir(keras.applications)
+                                 if attribute[:1].isupper()))
+        raise ConfigError(f"backbone: {name!r} is no tf.keras.applications architecture; "
+                          f"known: {known}")
+    return application
+
+
+def check_backbone(config: PipelineConfig) -> None:
+    """Before any component runs: the architecture exists and its weights file can be read."""
+    if not config.backbone:
+        return
+    application = backbone_application(config.backbone)
+    try:  # an architecture has a smallest input it takes
+        application(include_top=False, weights=None, pooling="avg",
+                    input_shape=(config.image_size, config.image_size, 3))
+    except ValueError as error:
+        raise ConfigError(f"backbone: {config.backbone} does not take image_size "
+                          f"{config.image_size} ({error})") from None
+    if config.backbone_weights and not tf.io.gfile.exists(config.backbone_weights):
+        raise ConfigError(f"backbone_weights: no file at {config.backbone_weights}")
+
+
+def _adapter_kernel(channels: int) -> np.ndarray:
+    """A 1x1 convolution from the region's channels to the backbone's three that starts as what
+    the weights expect: the first three channels as they are (the mask channel, if any, at 0),
+    or one gray channel in all three."""
+    kernel = np.zeros((1, 1, channels, 3), np.float32)
+    if channels >= 3:
+        kernel[0, 0, [0, 1, 2], [0, 1, 2]] = 1.0
+    else:
+        kernel[0, 0, 0, :] = 1.0
+    return kernel
+
+
+def _load_backbone_weights(backbone: keras.Model, uri: str) -> None:
+    """Keras reads .h5 weights from a local file only: a URI is copied to one first."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="masktfx-backbone-") as folder:
+        local = os.path.join(folder, "weights.h5")
+        tf.io.gfile.copy(uri, local)
+        try:
+            backbone.load_weights(local)
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"backbone_weights: {uri} does not hold weights of "
+                              f"{backbone.name} without its classifier ({error})") from None
+
+
+def backbone_tower(config: PipelineConfig, input_shape: tuple[int, int, int]) -> keras.Model:
+    """The user's pretrained architecture as the tower: the region mapped to three channels and
+    to the pixel range its weights were trained on, then the architecture without its
+    classifier, globally pooled; its last `backbone_train_layers` layers train."""
+    application = backbone_application(config.backbone)
+    inputs = keras.Input(input_shape)
+    adapted = keras.layers.Conv2D(
+        3, 1, use_bias=False, name="backbone_adapter",
+        kernel_initializer=keras.initializers.Constant(_adapter_kernel(input_shape[-1])))(inputs)
+    # The Transform standardizes each region; a photograph's pixels spread about 64 grey
+    # levels around the middle of 0-255, the range the architecture's own preprocessing expects.
+    pixels = keras.layers.Rescaling(64.0, offset=128.0, name="backbone_pixels")(adapted)
+    preprocess = sys.modules[application.__module__].preprocess_input
+    backbone = application(include_top=False, weights=None, pooling="avg",
+                           input_shape=(input_shape[0], input_shape[1], 3))
+    if config.backbone_weights:
+        _load_backbone_weights(backbone, config.backbone_weights)
+    if config.backbone_train_layers == 0:
+        backbone.trainable = False
+    elif config.backbone_train_layers > 0:
+        for layer in backbone.layers[:-config.backbone_train_layers]:
+            layer.trainable = False
+    return keras.Model(inputs, backbone(preprocess(pixels)), name="backbone_tower")
+
+
 def build_tower(config: PipelineConfig, input_shape: tuple[int, int, int]) -> keras.Model:
+    if config.backbone:
+        return backbone_tower(config, input_shape)
     if config.model_preset == "seed":
         return seed_tower(input_shape)
     return resnet_tower(input_shape, config.norm_layer, config.stem_norm)

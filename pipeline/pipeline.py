@@ -184,6 +184,10 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
     (masktfx/beam_runner.py), which keeps them out of TFX's cache keys.
     """
     config.validate()
+    if config.backbone:  # checked now rather than when the Trainer starts, after Transform
+        from masktfx.modules.model import check_backbone
+
+        check_backbone(config)
     example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate = data_components(
         config, data_root)
     examples = example_gen.outputs["examples"]

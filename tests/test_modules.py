@@ -321,7 +321,12 @@ def test_statistics_input_lets_the_model_see_the_brightness_region_normalization
             examples=pair)[features.PROBABILITY_OUTPUT].numpy()
     assert abs(probabilities[False][0] - probabilities[False][1]) < 1e-5
     assert abs(probabilities[True][0] - probabilities[True][1]) > 1e-3
-    # its signatures agree with each other, the attribution's included
+    _assert_signatures_agree(loaded, examples)
+
+
+def _assert_signatures_agree(loaded, examples) -> None:
+    """The serving, raw and attribution signatures give the same probabilities, with a
+    non-negative heat map and an OOD score."""
     serialized = tf.constant([make_example([img], [m]).SerializeToString()
                               for _, img, m in examples])
     by_example = loaded.signatures[features.SERVING_SIGNATURE](examples=serialized)
@@ -344,3 +349,80 @@ def test_statistics_input_needs_the_training_moments():
     model = build_model(config, (np.zeros(5), np.ones(5)))
     assert {tensor.name.split(":")[0] for tensor in model.inputs} == {
         features.REGION_KEY, features.REGION_STATISTICS_KEY}
+
+
+@pytest.fixture(scope="module")
+def user_backbone_weights(tmp_path_factory):
+    """The weights a user brings: MobileNet without its classifier, saved here (nothing is
+    downloaded) and read through a URI (TensorFlow's in-memory file system)."""
+    reference = tf.keras.applications.MobileNet(include_top=False, weights=None,
+                                                  pooling="avg", input_shape=(32, 32, 3))
+    local = str(tmp_path_factory.mktemp("weights") / "mobilenet_notop.h5")
+    reference.save_weights(local)
+    uri = "ram://user-weights/mobilenet_notop.h5"
+    tf.io.gfile.copy(local, uri, overwrite=True)
+    # by layer name (the input layer's is numbered, and holds no weights)
+    return uri, {layer.name: layer.get_weights() for layer in reference.layers}
+
+
+def _backbone(model: tf.keras.Model) -> tf.keras.Model:
+    tower = model.get_layer("views").layer
+    return next(layer for layer in tower.layers if isinstance(layer, tf.keras.Model))
+
+
+def test_a_backbone_the_user_brings_is_loaded_then_frozen_partly_or_wholly_trained(
+        user_backbone_weights, rng):
+    uri, saved = user_backbone_weights
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=32, backbone="MobileNet",
+                            backbone_weights=uri).validate()
+    regions = rng.normal(size=(8, 1, 32, 32, config.input_channels)).astype(np.float32)
+    labels = np.array([0, 1] * 4)
+    for train_layers, trains in ((0, False), (-1, None), (4, True)):  # None: not fitted
+        model = build_model(config.replace(backbone_train_layers=train_layers))
+        backbone = _backbone(model)
+
+        def moved(layer: tf.keras.layers.Layer) -> bool:
+            return any(not np.array_equal(now, before)
+                       for now, before in zip(layer.get_weights(), saved.get(layer.name, [])))
+
+        assert not any(moved(layer) for layer in backbone.layers)  # the user's weights
+        trainable = [layer.name for layer in backbone.layers if layer.trainable]
+        assert trainable == {0: [], -1: [layer.name for layer in backbone.layers],
+                             4: [layer.name for layer in backbone.layers[-4:]]}[train_layers]
+        if trains is None:
+            continue
+        model.fit(regions, labels, epochs=1, batch_size=8, verbose=0)
+        changed = [layer.name for layer in backbone.layers if moved(layer)]
+        assert bool(changed) == trains
+        assert set(changed) <= set(trainable)
+
+
+def test_a_backbone_that_does_not_fit_is_refused_by_the_field_that_names_it(
+        user_backbone_weights):
+    from masktfx.modules.model import check_backbone
+
+    uri, _ = user_backbone_weights
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=32, backbone="MobileNet",
+                            backbone_weights=uri)
+    with pytest.raises(ConfigError, match="backbone: .MobileNetV9.*MobileNetV2"):
+        check_backbone(config.replace(backbone="MobileNetV9"))
+    with pytest.raises(ConfigError, match="backbone: MobileNet does not take image_size 16"):
+        check_backbone(config.replace(image_size=16))
+    with pytest.raises(ConfigError, match="backbone_weights: no file at ram://elsewhere"):
+        check_backbone(config.replace(backbone_weights="ram://elsewhere/w.h5"))
+    with pytest.raises(ConfigError, match="backbone_weights: .* does not hold weights of"):
+        build_model(config.replace(backbone="MobileNetV3Small"))
+    with pytest.raises(ConfigError, match="backbone_weights.*needs backbone"):
+        config.replace(backbone="").validate()
+    with pytest.raises(ConfigError, match="backbone_train_layers.*must train"):
+        config.replace(backbone_weights="").validate()
+
+
+def test_run_fn_with_a_backbone_saves_a_model_whose_signatures_agree(
+        tmp_path, user_backbone_weights):
+    from conftest import train_tiny_model
+
+    serving_dir, examples = train_tiny_model(
+        tmp_path, image_size=32, epochs=1, backbone="MobileNet",
+        backbone_weights=user_backbone_weights[0], backbone_train_layers=0)
+    _assert_signatures_agree(tf.saved_model.load(serving_dir), examples)
