@@ -55,6 +55,28 @@ $sudo mkdir -p "$ROOT/proc" "$ROOT/dev/shm"
 $sudo mount -t proc proc "$ROOT/proc"
 $sudo mount -t tmpfs shm "$ROOT/dev/shm"  # multiprocessing's semaphores
 
+# The servers two kinds of tests start: Debian's headless Chromium (the report) and MariaDB (run
+# metadata in a database server), as .ci/run installs them on this machine. policy-rc.d keeps
+# the packages from starting their services in the root filesystem.
+require=()
+if $sudo chroot "$ROOT" /bin/sh -c 'command -v chromium && command -v mariadbd' >/dev/null 2>&1
+then
+    require=(MASKTFX_REQUIRE_CHROMIUM=1 MASKTFX_REQUIRE_MARIADB=1)
+else
+    echo "ci-new-stack: installing chromium and mariadb-server in the root filesystem"
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$ROOT/usr/sbin/policy-rc.d" >/dev/null
+    $sudo chmod +x "$ROOT/usr/sbin/policy-rc.d"
+    if $sudo chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+            DEBIAN_FRONTEND=noninteractive /bin/sh -c 'apt-get update -q && apt-get install -y \
+            -q --no-install-recommends chromium mariadb-server' \
+            >"$(dirname "$ROOT")/apt.log" 2>&1; then
+        require=(MASKTFX_REQUIRE_CHROMIUM=1 MASKTFX_REQUIRE_MARIADB=1)
+    else
+        tail -n 5 "$(dirname "$ROOT")/apt.log" >&2
+        echo "ci-new-stack: could not install them; their tests will be skipped" >&2
+    fi
+fi
+
 $sudo rm -rf "$ROOT/src"
 $sudo mkdir -p "$ROOT/src"
 git ls-files -z | tar --null -T - -cf - | $sudo tar -xf - -C "$ROOT/src"
@@ -62,5 +84,5 @@ git ls-files -z | tar --null -T - -cf - | $sudo tar -xf - -C "$ROOT/src"
 echo "ci-new-stack: make lint and make test in Debian $(cat "$ROOT/etc/debian_version")"
 $sudo chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root \
     LANG=C.UTF-8 PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-    PYTEST_ARGS="${PYTEST_ARGS:-}" \
+    PYTEST_ARGS="${PYTEST_ARGS:-}" "${require[@]}" \
     /bin/bash -c 'cd /src && make lint && make test'

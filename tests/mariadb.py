@@ -12,8 +12,13 @@ import time
 USER, PASSWORD = "masktfx", "not-a-real-secret"
 
 
+def server_binary() -> str | None:
+    """Debian installs the server in /usr/sbin, outside the PATH of most users."""
+    return shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/sbin")
+
+
 def available() -> bool:
-    return bool(shutil.which("mariadbd") and shutil.which("mariadb-install-db"))
+    return bool(server_binary() and shutil.which("mariadb-install-db"))
 
 
 class MariaDB:
@@ -36,8 +41,8 @@ class MariaDB:
                        check=True, capture_output=True)
         log = open(os.path.join(self.folder, "server.log"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            ["mariadbd", "--no-defaults", f"--datadir={data}", *user, f"--port={self.port}",
-             "--bind-address=127.0.0.1", f"--socket={self.socket}",
+            [server_binary() or "mariadbd", "--no-defaults", f"--datadir={data}", *user,
+             f"--port={self.port}", "--bind-address=127.0.0.1", f"--socket={self.socket}",
              f"--pid-file={os.path.join(self.folder, 'mysqld.pid')}", "--skip-log-bin",
              "--innodb-buffer-pool-size=64M"], stdout=log, stderr=log)
         import pymysql
