@@ -30,8 +30,35 @@ def ingest_beam_args(beam_args: Sequence[str], running_mode: str = "") -> list[s
               "direct_running_mode": running_mode or defaults.direct_running_mode,
               "direct_num_workers": str(defaults.direct_num_workers)}
     given = beam_flags(beam_args, dict.fromkeys(wanted, None))
-    return [*beam_args, *(f"--{name}={value}" for name, value in wanted.items()
-                          if given[name] is None)]
+    return [*with_long_job_runners(beam_args), *(f"--{name}={value}"
+                                                 for name, value in wanted.items()
+                                                 if given[name] is None)]
+
+
+# Beam's runners that submit to a job service, and masktfx.beam_runner's subclass of each: Beam
+# gives a job's state and message streams the deadline `--job_server_timeout` (300 s by default),
+# which fails any job that runs longer; ours open them without one.
+LONG_JOB_RUNNERS = {"portablerunner": "masktfx.beam_runner.PortableRunner",
+                    "flinkrunner": "masktfx.beam_runner.FlinkRunner",
+                    "sparkrunner": "masktfx.beam_runner.SparkRunner"}
+
+
+def long_job_runner(runner: str) -> str:
+    """masktfx's runner for a portable runner's name (short or dotted), else the name as is."""
+    return LONG_JOB_RUNNERS.get(runner.split(".")[-1].lower(), runner)
+
+
+def with_long_job_runners(beam_args: Sequence[str]) -> list[str]:
+    """The args with a portable runner (`--runner=PortableRunner`, FlinkRunner, SparkRunner, in
+    either flag form) named by masktfx's subclass of it."""
+    args, result = list(beam_args), []
+    for index, arg in enumerate(args):
+        if arg.startswith("--runner="):
+            arg = "--runner=" + long_job_runner(arg.split("=", 1)[1])
+        elif index and args[index - 1] == "--runner":
+            arg = long_job_runner(arg)
+        result.append(arg)
+    return result
 
 
 # Runners whose SDK workers run on this machine, in this environment: Beam's direct runners (by

@@ -16,6 +16,11 @@ DirectRunner gives them, with that one command replaced by masktfx.fork_server's
 runner's class path: masktfx.fork_server.fork_server_for adds
 `--runner=masktfx.beam_runner.ForkServerDirectRunner` to Beam args that run DirectRunner in
 multi_processing mode, for `masktfx run` and `masktfx ingest`.
+
+`PortableRunner`, `FlinkRunner`, `SparkRunner`: Beam's, except that a job may run longer than
+`--job_server_timeout`, which Beam also gives the job's state stream as its deadline.
+masktfx.beam_args.with_long_job_runners names them for Beam's in ingest's and the pipeline's
+args, and EnvironmentArgsRunner runs them for Beam's.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from collections.abc import Iterator, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability import python_urns
 from apache_beam.portability.api import beam_provision_api_pb2, beam_runner_api_pb2
+from apache_beam.runners.portability import flink_runner, portable_runner, spark_runner
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
-from masktfx.beam_args import runs_on_this_machine
+from masktfx.beam_args import long_job_runner, runs_on_this_machine
 from masktfx.fork_server import BEAM_WORKER_MODULE, worker_command
 
 
@@ -139,4 +145,42 @@ class EnvironmentArgsRunner(PipelineRunner):
         runner_name = options.view_as(StandardOptions).runner or "DirectRunner"
         if runner_name.endswith("EnvironmentArgsRunner"):
             raise RuntimeError(f"{BEAM_ARGS_ENV} names EnvironmentArgsRunner itself")
-        return create_runner(runner_name).run_pipeline(pipeline, options)
+        return create_runner(long_job_runner(runner_name)).run_pipeline(pipeline, options)
+
+
+class _StreamsWithoutDeadline:
+    """A job service stub whose job state and message streams have no deadline. Beam opens them
+    with `--job_server_timeout` (JobServiceHandle.run), so a job that runs longer fails with
+    DEADLINE_EXCEEDED; the job's preparation and the connection keep the timeout."""
+
+    def __init__(self, stub: object) -> None:
+        self._stub = stub
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stub, name)
+
+    def GetStateStream(self, request, timeout=None, **kwargs):  # noqa: N802 - gRPC's name
+        return self._stub.GetStateStream(request, **kwargs)
+
+    def GetMessageStream(self, request, timeout=None, **kwargs):  # noqa: N802 - gRPC's name
+        return self._stub.GetMessageStream(request, **kwargs)
+
+
+class _LongJobs:
+    """Mixed into Beam's portable runners: jobs may run longer than `--job_server_timeout`
+    (masktfx.beam_args.with_long_job_runners names these runners for Beam's)."""
+
+    def create_job_service_handle(self, job_service, options) -> JobServiceHandle:
+        return JobServiceHandle(_StreamsWithoutDeadline(job_service), options)
+
+
+class PortableRunner(_LongJobs, portable_runner.PortableRunner):
+    pass
+
+
+class FlinkRunner(_LongJobs, flink_runner.FlinkRunner):
+    pass
+
+
+class SparkRunner(_LongJobs, spark_runner.SparkRunner):
+    pass

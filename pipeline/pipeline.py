@@ -29,6 +29,7 @@ from tfx.proto import example_gen_pb2, pusher_pb2, range_config_pb2, trainer_pb2
 from tfx.types import Channel, standard_artifacts
 
 from masktfx import features, node_ids
+from masktfx.beam_args import with_long_job_runners
 from masktfx.components.anomaly_gate import AnomalyGate
 from masktfx.components.drift_check import DriftCheck
 from masktfx.components.evaluator import SingleBaselineEvaluator
@@ -299,8 +300,8 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
                     *([scorer] if scorer else []), report],
         enable_cache=True,
         metadata_connection_config=None,
-        beam_pipeline_args=config.beam_pipeline_args if beam_pipeline_args is None
-        else beam_pipeline_args)
+        beam_pipeline_args=with_long_job_runners(config.beam_pipeline_args)
+        if beam_pipeline_args is None else beam_pipeline_args)
 
 
 def data_fingerprint(path: str) -> str:
@@ -350,5 +351,5 @@ def create_span_pipeline(config: PipelineConfig, span: int,
         components=list(data_components(config, span=span)),
         enable_cache=True,
         metadata_connection_config=None,
-        beam_pipeline_args=config.beam_pipeline_args if beam_pipeline_args is None
-        else beam_pipeline_args)
+        beam_pipeline_args=with_long_job_runners(config.beam_pipeline_args)
+        if beam_pipeline_args is None else beam_pipeline_args)

@@ -93,3 +93,20 @@ def test_tfx_builds_no_package_of_itself_for_workers_that_run_here(tmp_path, mon
     assert not os.listdir(tmp_path)  # nothing built, nothing left behind
     with beam_args_in_environment(["--runner=DataflowRunner", "--project=p"]):
         assert dependency_utils.make_beam_dependency_flags is original
+
+
+def test_portable_runners_are_named_by_ours_in_either_flag_form():
+    from masktfx.beam_args import ingest_beam_args, with_long_job_runners
+
+    assert with_long_job_runners(["--runner=PortableRunner", "--job_endpoint=x:1"]) == [
+        "--runner=masktfx.beam_runner.PortableRunner", "--job_endpoint=x:1"]
+    assert with_long_job_runners(["--runner", "FlinkRunner"]) == [
+        "--runner", "masktfx.beam_runner.FlinkRunner"]
+    assert with_long_job_runners(
+        ["--runner=apache_beam.runners.portability.spark_runner.SparkRunner"]) == [
+        "--runner=masktfx.beam_runner.SparkRunner"]
+    for others in (["--runner=DataflowRunner"], ["--runner=DirectRunner"], ["--job_endpoint",
+                                                                            "PortableRunner"]):
+        assert with_long_job_runners(others) == others
+    assert "--runner=masktfx.beam_runner.PortableRunner" in ingest_beam_args(
+        ["--runner=PortableRunner"])

@@ -65,3 +65,13 @@ def test_ingest_and_a_whole_run_on_the_portable_runner(tmp_path, beam_pool_args,
     assert "pushed: version" in out, out
     # a worker per job of ingest, StatisticsGen, Transform and the Evaluator at least
     assert forks.read_text().count("forked Beam worker") >= forked_for_ingest + 3
+
+
+def test_a_portable_job_may_run_longer_than_the_job_server_timeout(tmp_path, warm_pool):
+    # Beam's PortableRunner gives the job's state stream the deadline --job_server_timeout:
+    # this ingest runs past 1 s, which fails with DEADLINE_EXCEEDED on Beam's runner alone
+    warm_args, _ = warm_pool
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=1000, size=32)
+    assert cli.main(["ingest", manifest, "--output", str(tmp_path / "out"), "--no-progress",
+                     "--beam-args", *warm_args, "--job_server_timeout=1"]) == 0
+    assert len(_ingested(tmp_path / "out")) == 1000
