@@ -136,8 +136,8 @@ def test_ingest_fills_only_the_beam_flags_the_caller_left_out():
                                     "--direct_running_mode=multi_processing",
                                     "--direct_num_workers=0"]
     # both spellings of a flag count as given, as they do for Beam
-    args = ingest_beam_args(["--runner", "FlinkRunner", "--direct_num_workers=3"])
-    assert args == ["--runner", "FlinkRunner", "--direct_num_workers=3",
+    args = ingest_beam_args(["--runner", "DataflowRunner", "--direct_num_workers=3"])
+    assert args == ["--runner", "DataflowRunner", "--direct_num_workers=3",
                     "--direct_running_mode=multi_processing"]
 
 
