@@ -5,9 +5,10 @@ The per-request limits (body size, regions, decoded bytes) bound one request; wi
 `--max-connections` requests could each hold their whole allowance at the same time. A request
 reserves what it will hold before it holds it (its body before the body is read, what parsing
 makes of it, what its images decode to before the model runs) and gives it back when it is
-answered. Past the budget a REST request waits up to `wait_s` for others to finish, then gets
-503; a gRPC message, which has arrived whole by the time it can be counted, gets
-RESOURCE_EXHAUSTED at once (both messages name the limit's flag).
+answered. Past the budget a request waits up to `wait_s` for others to finish, then gets 503
+(REST) or RESOURCE_EXHAUSTED (gRPC); both messages name the limit's flag. A gRPC message's size
+is known only once it has arrived whole, so a Predict call reserves the largest message's
+receipt before it reads its message, then keeps what the message comes to.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from masktfx.serving.limits import return_freed_memory
 from masktfx.serving.models import ServingError
 
 # What a request can cost beyond its bytes per value it carries (counted in REST bodies by the
@@ -36,6 +38,16 @@ def rest_body_cost(body: bytes) -> int:
     number becomes."""
     separators = body.count(b",") + body.count(b"[") + body.count(b"{")
     return int(REST_BYTES_PER_BODY_BYTE * len(body)) + BYTES_PER_VALUE * separators
+
+
+# A reservation at least this large, given back, gives malloc's free pages back to the system.
+RETURN_FREED_AFTER_BYTES = 16 * 2**20
+
+
+def grpc_receipt_cost(max_message_bytes: int) -> int:
+    """Bytes a gRPC message may hold while it arrives, before its size is known: gRPC's buffers
+    of the largest message the server takes, and their copy as Python bytes."""
+    return 2 * max_message_bytes
 
 
 def grpc_message_cost(byte_size: int) -> int:
@@ -73,10 +85,21 @@ class Reservation:
         self._budget._take(nbytes, what, self._budget.wait_s if wait else 0.0)
         self.bytes += nbytes
 
+    def resize(self, nbytes: int, what: str) -> None:
+        """Hold exactly `nbytes`: give back what is over it, or reserve the rest without
+        waiting (what it counts has arrived: it is refused rather than held while it waits)."""
+        if nbytes > self.bytes:
+            self.grow(nbytes - self.bytes, what, wait=False)
+        elif nbytes < self.bytes:
+            self._budget._give_back(self.bytes - nbytes)
+            self.bytes = nbytes
+
     def close(self) -> None:
         held, self.bytes = self.bytes, 0
         if held:
             self._budget._give_back(held)
+        if held >= RETURN_FREED_AFTER_BYTES:
+            return_freed_memory()
 
 
 class InflightBudget:

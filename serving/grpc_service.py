@@ -3,16 +3,19 @@ model managers, and the checks a TensorProto gets before anything is allocated f
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from masktfx.serving.budget import (
     BYTES_PER_VALUE,
-    BudgetExceeded,
     InflightBudget,
     Reservation,
     grpc_message_cost,
+    grpc_receipt_cost,
 )
 from masktfx.serving.metrics import ServingMetrics
 from masktfx.serving.models import (
@@ -21,6 +24,8 @@ from masktfx.serving.models import (
     check_input_names,
     check_region_count,
 )
+
+log = logging.getLogger("masktfx.serve")
 
 # The TensorProto fields that carry typed values, and how many of their entries make one value.
 _VALUE_FIELDS = {"string_val": 1, "float_val": 1, "double_val": 1, "int_val": 1,
@@ -89,45 +94,10 @@ def check_tensor_proto(name: str, proto: Any, max_regions: int, allowed: Any = N
     return declared
 
 
-class BudgetedRequest:
-    """A PredictRequest and its reservation of the server's budget, taken before the message
-    was parsed; `refused` when the budget had no room. The reservation is given back when the
-    call ends, or when this object is collected (a call cancelled before its handler ran)."""
-
-    def __init__(self, request: Any, reservation: Reservation,
-                 refused: BudgetExceeded | None = None):
-        import weakref
-
-        self.request = request
-        self.reservation = reservation
-        self.refused = refused
-        self.release = weakref.finalize(self, reservation.close)
-
-
-def budgeted_deserializer(budget: InflightBudget):
-    """PredictRequest's deserializer for gRPC, reserving what the message will come to in
-    `budget` before it is parsed. Unlike a REST body, which waits for room unread, a gRPC
-    message has arrived whole by then: it is refused at once rather than held while it waits."""
-    from tensorflow_serving.apis import predict_pb2
-
-    def deserialize(data: bytes) -> BudgetedRequest:
-        reservation = budget.open()
-        try:
-            reservation.grow(grpc_message_cost(len(data)), "the request", wait=False)
-        except BudgetExceeded as refused:
-            return BudgetedRequest(None, reservation, refused)
-        try:
-            return BudgetedRequest(predict_pb2.PredictRequest.FromString(data), reservation)
-        except Exception:
-            reservation.close()
-            raise
-
-    return deserialize
-
-
-def prediction_service_handler(servicer: Any, budget: InflightBudget) -> Any:
-    """TF Serving's PredictionService as the generated code registers it, with Predict's
-    message parsed by `budgeted_deserializer`."""
+def prediction_service_handler(servicer: Any) -> Any:
+    """TF Serving's PredictionService as the generated code registers it, but for Predict: its
+    handler reads its one message itself (see `PredictionService.Predict`), which on the wire is
+    the same unary call."""
     import grpc
     from tensorflow_serving.apis import (
         classification_pb2,
@@ -137,9 +107,9 @@ def prediction_service_handler(servicer: Any, budget: InflightBudget) -> Any:
         regression_pb2,
     )
 
-    def method(behavior, request_type, response_type, deserializer=None):
+    def method(behavior, request_type, response_type):
         return grpc.unary_unary_rpc_method_handler(
-            behavior, request_deserializer=deserializer or request_type.FromString,
+            behavior, request_deserializer=request_type.FromString,
             response_serializer=response_type.SerializeToString)
 
     return grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
@@ -147,8 +117,8 @@ def prediction_service_handler(servicer: Any, budget: InflightBudget) -> Any:
                            classification_pb2.ClassificationResponse),
         "Regress": method(servicer.Regress, regression_pb2.RegressionRequest,
                           regression_pb2.RegressionResponse),
-        "Predict": method(servicer.Predict, predict_pb2.PredictRequest,
-                          predict_pb2.PredictResponse, budgeted_deserializer(budget)),
+        "Predict": grpc.stream_unary_rpc_method_handler(
+            servicer.Predict, response_serializer=predict_pb2.PredictResponse.SerializeToString),
         "MultiInference": method(servicer.MultiInference, inference_pb2.MultiInferenceRequest,
                                  inference_pb2.MultiInferenceResponse),
         "GetModelMetadata": method(servicer.GetModelMetadata,
@@ -158,7 +128,7 @@ def prediction_service_handler(servicer: Any, budget: InflightBudget) -> Any:
 
 
 def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics,
-                  budget: InflightBudget):
+                  budget: InflightBudget, max_message_bytes: int):
     import grpc
     import tensorflow as tf
     from tensorflow.core.protobuf import meta_graph_pb2
@@ -193,22 +163,40 @@ def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics,
                 context.abort(codes.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
         return wrapper
 
+    receipt = min(grpc_receipt_cost(max_message_bytes), budget.limit_bytes)
+
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, budgeted: BudgetedRequest, context):  # noqa: N802 (gRPC naming)
-            with metrics.observe("grpc") as labels:
+        def Predict(self, messages: Iterator[bytes], context):  # noqa: N802 (gRPC naming)
+            """The request's message is read here, not by gRPC before the handler runs: until
+            it is read, gRPC holds no more of it than its flow-control window, so the largest
+            message's receipt is reserved first (waiting for room, as REST does), then what
+            this one comes to is kept."""
+            with metrics.observe("grpc") as labels, budget.reserve() as held:
                 try:
-                    if budgeted.refused is not None:
-                        raise budgeted.refused
-                    return self._predict(budgeted.request, context, labels,
-                                         budgeted.reservation)
+                    held.grow(receipt, "a request message as it arrives")
+                    message = next(messages, None)
+                    if message is None:
+                        raise ServingError("INVALID_ARGUMENT", "Predict takes one request")
+                    held.resize(grpc_message_cost(len(message)), "the request")
+                    try:
+                        request = predict_pb2.PredictRequest.FromString(message)
+                    except DecodeError:
+                        raise ServingError("INVALID_ARGUMENT",
+                                           "the message is not a PredictRequest") from None
+                    del message  # what is held past here is the parsed request
+                    response = self._predict(request, context, labels, held)
+                    del request
+                    return response
                 except ServingError as error:
                     labels["code"] = error.code
                     context.abort(codes.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
+                except grpc.RpcError:  # the client left while its message arrived
+                    labels["code"] = "CANCELLED"
+                    log.info("gRPC client %s disconnected before its answer", context.peer())
+                    return None
                 except Exception:
                     labels["code"] = "UNKNOWN"  # gRPC answers UNKNOWN
                     raise
-                finally:
-                    budgeted.release()
 
         def _predict(self, request, context, labels, held: Reservation):
             manager, version = lookup(request.model_spec, context)
@@ -282,5 +270,5 @@ def grpc_services(models: dict[str, ModelManager], metrics: ServingMetrics,
         def HandleReloadConfigRequest(self, request, context):  # noqa: N802
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "model config reload is not supported")
 
-    return prediction_service_handler(PredictionService(), budget), ModelService(), \
+    return prediction_service_handler(PredictionService()), ModelService(), \
         model_service_pb2_grpc

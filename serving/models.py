@@ -7,6 +7,7 @@ started on, so a switch never fails a request in flight.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -28,8 +29,15 @@ from masktfx.images import (
 )
 from masktfx.model_config import version_folders
 from masktfx.serving.batching import Batcher, BatchingParameters, QueueFullError
-from masktfx.serving.limits import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_REGIONS
+from masktfx.serving.limits import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_REGIONS,
+    LARGE_MODEL_CALL_BYTES,
+)
 from masktfx.tf_errors import op_message
+
+# Model calls over LARGE_MODEL_CALL_BYTES run one at a time in the process, whatever the model.
+LARGE_MODEL_CALLS = threading.Lock()
 
 log = logging.getLogger("masktfx.serve")
 
@@ -254,7 +262,7 @@ class ModelManager:
         specs = function.structured_input_signature[1]
         arrays = check_inputs(inputs, specs)
         check_region_count(len(next(iter(arrays.values()))), self.max_regions)
-        check_signature_regions(arrays, self.max_pixels, self.max_decoded_bytes, held)
+        decoded = check_signature_regions(arrays, self.max_pixels, self.max_decoded_bytes, held)
 
         def call(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             # the arrays that were checked are the ones the model gets
@@ -266,13 +274,15 @@ class ModelManager:
                 raise ServingError("INVALID_ARGUMENT", op_message(exc)) from None
             return {key: value.numpy() for key, value in outputs.items()}
 
-        batcher = self.batcher
-        if batcher is None:
-            return servable.version, name, call(arrays)
-        try:
-            return servable.version, name, batcher.submit((servable.version, name), call, arrays)
-        except QueueFullError as exc:
-            raise ServingError("UNAVAILABLE", str(exc)) from None
+        with LARGE_MODEL_CALLS if decoded > LARGE_MODEL_CALL_BYTES else contextlib.nullcontext():
+            batcher = self.batcher
+            if batcher is None:
+                return servable.version, name, call(arrays)
+            try:
+                return servable.version, name, batcher.submit((servable.version, name), call,
+                                                              arrays)
+            except QueueFullError as exc:
+                raise ServingError("UNAVAILABLE", str(exc)) from None
 
 
 def replay_warmup(module: Any, path: str) -> int:

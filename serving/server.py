@@ -23,6 +23,7 @@ from masktfx.serving.limits import (
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_READ_TIMEOUT_S,
     DEFAULT_REST_THREADS,
+    GRPC_STREAM_WINDOW_BYTES,
 )
 from masktfx.serving.metrics import ServingMetrics
 from masktfx.serving.models import ModelManager
@@ -81,11 +82,18 @@ class ModelServer:
                 maximum_concurrent_rpcs=max_connections,  # past it: RESOURCE_EXHAUSTED
                 options=[("grpc.max_receive_message_length", body_limit),
                          ("grpc.max_send_message_length", body_limit),
-                         # streams past the workers would only wait, their messages arriving
-                         # into buffers the budget cannot see; refused, a client retries them
-                         ("grpc.max_concurrent_streams", grpc_workers)])
+                         # streams past the workers would only wait, each holding a window of
+                         # its message that the budget does not count; refused, a client
+                         # retries them
+                         ("grpc.max_concurrent_streams", grpc_workers),
+                         # A stream's window is what gRPC takes of a message before the handler
+                         # reads it. Grown by bandwidth-delay probing, it took whole messages of
+                         # calls still waiting for room in the budget (bench/serving --budget);
+                         # fixed, a message beyond it arrives once its handler asks for it.
+                         ("grpc.http2.bdp_probe", 0),
+                         ("grpc.http2.lookahead_bytes", GRPC_STREAM_WINDOW_BYTES)])
             prediction, model_service, model_grpc = grpc_services(models, self.metrics,
-                                                                  self.budget)
+                                                                  self.budget, body_limit)
             self.grpc.add_generic_rpc_handlers((prediction,))
             model_grpc.add_ModelServiceServicer_to_server(model_service, self.grpc)
             if grpc_port is not None:

@@ -388,9 +388,13 @@ def test_requests_in_flight_share_one_budget_past_which_they_wait_then_get_503(t
         masks = tf.make_tensor_proto(np.array([[MASK]], dtype=object))
         grpc_stub = prediction_service_pb2_grpc.PredictionServiceStub(
             grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}"))
+        started = time.monotonic()
         with pytest.raises(grpc.RpcError) as error:
             grpc_stub.Predict(_grpc_request(images, masks), timeout=30)
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # it waited for room to receive its message, as REST does, before it was refused
+        assert 0.9 <= time.monotonic() - started < 1.9
+        assert "taken by other requests" in error.value.details()
         time.sleep(max(0.0, stalled_at + 5.5 - time.monotonic()))  # the read timeout drops
         # the stalled client and its reservation
         assert served.budget.held == 0
@@ -424,6 +428,30 @@ def test_requests_in_flight_share_one_budget_past_which_they_wait_then_get_503(t
     with pytest.raises(BudgetExceeded), budget.reserve() as held:
         held.grow(101, "too much")
     assert budget.held == 0
+    # resized to what a message came to: what is over is given back, more is taken only if
+    # there is room now (what it counts has arrived)
+    with budget.reserve() as held:
+        held.grow(80, "receipt")
+        held.resize(30, "message")
+        assert budget.held == held.bytes == 30
+        with budget.reserve() as other:
+            other.grow(60, "other")
+            started = time.monotonic()
+            with pytest.raises(BudgetExceeded):
+                held.resize(50, "message")
+            assert time.monotonic() - started < 0.5 and budget.held == 90
+    assert budget.held == 0
+
+
+def test_a_grpc_predict_message_that_is_not_a_predict_request_is_an_invalid_argument(server):
+    """Predict reads its message itself: bytes that do not parse are the client's error."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+    with pytest.raises(grpc.RpcError) as error:
+        predict(b"\xff\xff\xff", timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a PredictRequest" in error.value.details()
+    channel.close()
 
 
 def test_large_rest_bodies_take_a_slot_while_small_requests_and_status_calls_never_wait(
