@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import shutil
 import socket
 import threading
@@ -491,3 +492,52 @@ def test_large_rest_bodies_take_a_slot_while_small_requests_and_status_calls_nev
         assert answered == [200]
     finally:
         served.stop()
+
+
+def test_a_large_model_call_waits_for_the_one_running_while_small_ones_are_answered(
+        server, monkeypatch):
+    """Model calls whose images decode to more than the limit run one at a time in the server;
+    smaller calls never wait for them."""
+    from masktfx.serving import models
+
+    # one region decodes to 800 bytes (a 20x20 gray image and its mask): small; two: large
+    monkeypatch.setattr(models, "LARGE_MODEL_CALL_BYTES", 1000)
+    answers: list[int] = []
+    with models.LARGE_MODEL_CALLS:  # a large call is running
+        assert _post(server, _raw(1))[0] == 200
+        waiter = threading.Thread(target=lambda: answers.append(_post(server, _raw(2))[0]))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not answers
+    waiter.join(timeout=30)
+    assert answers == [200]
+
+
+def _own_rss() -> int:
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_large_reservation_given_back_returns_what_malloc_holds_free_to_the_system():
+    """Memory freed by a request stays with malloc (and in the process's RSS) until it is given
+    back: closing a reservation of RETURN_FREED_AFTER_BYTES or more gives it back, a smaller
+    one does not."""
+    import ctypes
+
+    from masktfx.serving.budget import RETURN_FREED_AFTER_BYTES, InflightBudget
+
+    if not hasattr(ctypes.CDLL(None), "malloc_trim"):
+        pytest.skip("malloc_trim is glibc's")
+    budget = InflightBudget(2**30, wait_s=0.0)
+    blocks = [bytes(60_000) for _ in range(5000)]  # on malloc's heap: under its mmap threshold
+    kept = blocks[::50]  # blocks still alive between the freed ones keep the heap from shrinking
+    freed = 60_000 * (len(blocks) - len(kept))
+    del blocks
+    before = _own_rss()
+    with budget.reserve() as held:
+        held.grow(RETURN_FREED_AFTER_BYTES - 1, "a small request")
+    assert before - _own_rss() < freed // 10
+    with budget.reserve() as held:
+        held.grow(RETURN_FREED_AFTER_BYTES, "a large request")
+    assert before - _own_rss() > freed // 2
+    assert len(kept) == 100
