@@ -79,6 +79,9 @@ METHODS: dict[str, dict] = {
     "color": {"channels": 0},
     "statistics_input": {"statistics_input": True},
     "layer_norm_statistics_input": {"norm_layer": "layer", "statistics_input": True},
+    # unlabeled regions (issue #31's lever): the other site's regions, their labels unread,
+    # pseudo-labelled after training (`modules.trainer.self_train`)
+    "pseudo_labels": {"unlabeled_training": "pseudo_labels"},
     "less_context": {"crop_margin": 0.1},
     "more_context": {"crop_margin": 0.5},
 }
@@ -256,7 +259,7 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
     import tensorflow as tf
 
     from masktfx.modules.model import model_inputs
-    from masktfx.modules.trainer import statistics_moments, train_model
+    from masktfx.modules.trainer import self_train, statistics_moments, train_model
 
     config, fit, validation = prepared or prepare(name, base, splits["fit"],
                                                   splits["validation"])
@@ -272,6 +275,17 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
         model, history = train_model(
             seeded, *training_inputs(seeded, fit, validation), verbose=0,
             moments=statistics_moments(fit[0][features.REGION_STATISTICS_KEY]))
+        if seeded.unlabeled_training != "none":
+            # the site it is scored on, unlabeled: what a user has of a new site before
+            # anyone labels it (its labels are never read here)
+            unlabeled = x_scored[UNLABELED_SOURCE]
+            _, used = self_train(
+                model, seeded, tf.data.Dataset.from_tensor_slices(
+                    {**fit[0], features.TRANSFORMED_LABEL_KEY: fit[1]}),
+                np.bincount(fit[1], minlength=2).tolist(),
+                tf.data.Dataset.from_tensor_slices(unlabeled),
+                training_inputs(seeded, fit, validation)[1], verbose=0)
+            found.setdefault("pseudo_labels_per_seed", []).append(used)
         found["train_seconds"].append(round(time.perf_counter() - start, 1))
         found["train_cpu_seconds_per_seed"].append(round(time.process_time() - cpu_start, 1))
         found["epochs"].append(len(history.history["loss"]))
@@ -295,6 +309,10 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
         found[key] = auc_summary(rows.labels, plain[key])
         found[key]["tta_auc_median"] = auc_summary(rows.labels, flipped[key])["auc_median"]
     return found
+
+
+# The unlabeled regions of `unlabeled_training` methods: the other site's (trees only).
+UNLABELED_SOURCE = "other_site"
 
 
 # The reference of issue #16's training-time target, and the method held to it.

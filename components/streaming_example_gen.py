@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 import apache_beam as beam
-from google.protobuf import wrappers_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 from tfx import types
 from tfx.components.example_gen import utils, write_split
 from tfx.components.example_gen.component import FileBasedExampleGen
@@ -30,21 +30,54 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from masktfx import features
 from masktfx.components.span_window import SPLIT_KEY_PROPERTY, split_key
 
 
-def span_feature_config(name: str) -> example_gen_pb2.CustomConfig:
+def example_gen_config(span_feature: str = "", unlabeled_split: bool = False
+                       ) -> example_gen_pb2.CustomConfig | None:
+    """The executor's custom config: the span feature's name alone (the form of the releases
+    before unlabeled regions, so the split keys of the spans they read stay valid), or both
+    settings; None when neither is set."""
+    if not span_feature and not unlabeled_split:
+        return None
     config = example_gen_pb2.CustomConfig()
-    config.custom_config.Pack(wrappers_pb2.StringValue(value=name))
+    if unlabeled_split:
+        settings = struct_pb2.Struct()
+        settings.update({SPAN_FEATURE: span_feature, UNLABELED_SPLIT_SETTING: True})
+        config.custom_config.Pack(settings)
+    else:
+        config.custom_config.Pack(wrappers_pb2.StringValue(value=span_feature))
     return config
 
 
-def span_feature_name(custom_config: example_gen_pb2.CustomConfig | None) -> str:
+SPAN_FEATURE = "span_feature"
+UNLABELED_SPLIT_SETTING = "unlabeled_split"
+
+
+def read_example_gen_config(custom_config: example_gen_pb2.CustomConfig | None
+                            ) -> tuple[str, bool]:
+    """(span feature, unlabeled split) of `example_gen_config`'s result."""
     if custom_config is None or not custom_config.HasField("custom_config"):
-        return ""
+        return "", False
+    if custom_config.custom_config.Is(struct_pb2.Struct.DESCRIPTOR):
+        settings = struct_pb2.Struct()
+        custom_config.custom_config.Unpack(settings)
+        return (str(settings[SPAN_FEATURE]) if SPAN_FEATURE in settings else "",
+                bool(settings[UNLABELED_SPLIT_SETTING]) if UNLABELED_SPLIT_SETTING in settings
+                else False)
     value = wrappers_pb2.StringValue()
     custom_config.custom_config.Unpack(value)
-    return value.value
+    return value.value, False
+
+
+def is_unlabeled(record: Any) -> bool:
+    """Whether a record (serialized or parsed tf.Example) is an unlabeled region."""
+    from tensorflow.core.example import example_pb2
+
+    example = example_pb2.Example.FromString(record) if isinstance(record, bytes) else record
+    label = example.features.feature.get(features.LABEL_KEY)
+    return label is not None and list(label.int64_list.value) == [features.UNLABELED]
 
 
 def span_suffix(name: str, span: int) -> bytes:
@@ -79,15 +112,19 @@ class Executor(import_executor.Executor):
             custom_config = proto_utils.json_to_proto(
                 exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY],
                 example_gen_pb2.CustomConfig())
-        span_feature = span_feature_name(custom_config)
+        span_feature, unlabeled_split = read_example_gen_config(custom_config)
         examples = output_dict[standard_component_specs.EXAMPLES_KEY]
         artifact = artifact_utils.get_single_instance(examples)
         artifact.split_names = artifact_utils.encode_split_names(
-            utils.generate_output_split_names(input_config, output_config))
+            utils.generate_output_split_names(input_config, output_config)
+            + ([features.UNLABELED_SPLIT] if unlabeled_split else []))
         artifact.set_string_custom_property(
             SPLIT_KEY_PROPERTY, split_key(output_config, custom_config))
         with self._make_beam_pipeline() as pipeline:
-            for split, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
+            splits = self.GenerateExamplesByBeam(pipeline, exec_properties)
+            if unlabeled_split:
+                splits = route_unlabeled(splits)
+            for split, records in splits.items():
                 if span_feature:
                     suffix = span_suffix(span_feature, exec_properties[utils.SPAN_PROPERTY_NAME])
                     records = records | f"AddSpan[{split}]" >> beam.Map(_with_suffix, suffix)
@@ -106,17 +143,31 @@ class Executor(import_executor.Executor):
                 examples_utils.set_file_format(output, write_split.to_file_format_str(file_format))
 
 
+def route_unlabeled(splits: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
+    """The unlabeled regions of every split moved into a split of their own, whatever their
+    group's hash: a labelled split (and so the Evaluator's test split) holds none."""
+    routed, unlabeled = {}, []
+    for split, records in splits.items():
+        routed[split], found = records | f"RouteUnlabeled[{split}]" >> beam.Partition(
+            lambda record, _: int(is_unlabeled(record)), 2)
+        unlabeled.append(found)
+    routed[features.UNLABELED_SPLIT] = tuple(unlabeled) | "JoinUnlabeled" >> beam.Flatten()
+    return routed
+
+
 class StreamingImportExampleGen(ImportExampleGen):
     """ImportExampleGen (driver, spec, outputs) with the executor above; `span_feature` names the
-    feature each record's span is written into (empty: none)."""
+    feature each record's span is written into (empty: none); with `unlabeled_split` the
+    unlabeled regions go to a split of their own (`features.UNLABELED_SPLIT`)."""
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, input_base: Any = None, input_config: Any = None,
-                 output_config: Any = None, range_config: Any = None, span_feature: str = ""):
+                 output_config: Any = None, range_config: Any = None, span_feature: str = "",
+                 unlabeled_split: bool = False):
         # ImportExampleGen's own __init__ takes no custom_config; its base class does.
         FileBasedExampleGen.__init__(
             self, input_base=input_base, input_config=input_config,
             output_config=output_config, range_config=range_config,
-            custom_config=span_feature_config(span_feature) if span_feature else None,
+            custom_config=example_gen_config(span_feature, unlabeled_split),
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE)

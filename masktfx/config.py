@@ -93,6 +93,10 @@ class PipelineConfig:
     metadata_columns: list[str] = setting(
         "data", factory=list, cli=False,
         help="metadata columns of the data (resolved from it)")
+    unlabeled_split: bool = setting(
+        "data", default=False, cli=False,
+        help="the data holds unlabeled regions, which ImportExampleGen puts in their own split "
+             "(resolved from it)")
     num_views: int = setting("transform", default=0, help="views per example; 0: from the data")
     num_masks: int = setting(
         "transform", default=0,
@@ -164,6 +168,14 @@ class PipelineConfig:
         "trainer", default="flip,intensity,color,noise,blur,scale",
         help="comma-separated: flip (flips and rotations), intensity (brightness, contrast), color"
              " (per-channel gain and saturation), noise, blur, scale (zoom)")
+    unlabeled_training: str = setting(
+        "trainer", default="none",
+        help="what the Trainer does with the data's unlabeled regions (rows with an empty label):"
+             " none, or pseudo_labels (after training, regions it is confident about join the "
+             "training data with the label it predicts, and training goes on)")
+    pseudo_label_confidence: float = setting(
+        "trainer", default=0.9,
+        help="pseudo_labels: the probability (or 1 minus it) a prediction needs to be used")
     distribution_strategy: str = setting(
         "trainer", default="",
         help="tf.distribute strategy for the Trainer: '' (none), mirrored (the devices of one "
@@ -336,6 +348,12 @@ class PipelineConfig:
         _require(not self.backbone or self.backbone_weights or self.backbone_train_layers,
                  "backbone_train_layers", "is 0 (frozen) but backbone_weights is empty: a "
                  "backbone without weights must train (-1), or give it weights")
+        _require(0.5 < self.pseudo_label_confidence < 1.0, "pseudo_label_confidence",
+                 f"must be above 0.5 and below 1, got {self.pseudo_label_confidence}")
+        _require(not (self.unlabeled_split and self.windowed), "span_window",
+                 f"is {self.span_window}, but the data holds unlabeled regions: a window of "
+                 "spans with unlabeled regions is not supported yet; use span_window 1 or "
+                 "label them")
         unknown = sorted(set(self.augmentation_list) - set(AUGMENTATIONS))
         _require(not unknown, "augmentations",
                  f"has unknown name(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}")

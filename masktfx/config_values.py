@@ -18,12 +18,13 @@ DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
 IMAGE_FORMATS = ("", "pictures", "rasters")
 DRIFT_ACTIONS = ("warn", "stop")
 SCORE_FORMATS = ("csv", "parquet", "geojson", "tfrecord")
+UNLABELED_TRAINING = ("none", "pseudo_labels")
 # Fields whose value is one of a few names ('': from the data, or none).
 CHOICES = {"split_by": ("group", "id"), "mask_mode": MASK_MODES, "normalization": NORMALIZATIONS,
            "image_format": IMAGE_FORMATS, "model_preset": MODEL_PRESETS,
            "norm_layer": NORM_LAYERS, "distribution_strategy": DISTRIBUTION_STRATEGIES,
            "drift_action": DRIFT_ACTIONS, "score_format": SCORE_FORMATS,
-           "direct_running_mode": RUNNING_MODES}
+           "direct_running_mode": RUNNING_MODES, "unlabeled_training": UNLABELED_TRAINING}
 
 
 class ConfigError(ValueError):

@@ -8,6 +8,10 @@ that a rename cannot leave one side of the contract behind.
 IMAGES_KEY = "images"  # bytes list: K encoded images (PNG/JPEG as read, TIFF re-encoded as PNG)
 MASKS_KEY = "masks"  # bytes list: 1 (shared) or K single-channel PNG masks, 0 outside, 255 inside
 LABEL_KEY = "label"  # int64: 1 when the feature is present inside the region
+# The label of a region nobody has labelled yet (a manifest row whose label is empty): such
+# regions go to the `unlabeled` split, which the Trainer may learn from (`unlabeled_training`)
+# and nothing scores.
+UNLABELED = -1
 ID_KEY = "id"  # bytes: the example's identifier
 GROUP_KEY = "group"  # bytes: patient/subject/scene/site; a group never straddles the splits
 
@@ -63,6 +67,10 @@ RELIABILITY_FILE = "assets.extra/masktfx_reliability.json"
 # the SavedModel, so a pushed version carries the threshold it serves with.
 OPERATING_POINT_FILE = "assets.extra/masktfx_operating_point.json"
 
+# The Trainer's account of its training (class weights, the unlabeled regions it used, the
+# history of each epoch), in its `model_run` output.
+TRAINING_SUMMARY = "training_summary.json"
+
 # The logger the Trainer reports each epoch to (record args: epoch, epochs and Keras' logs), which
 # `masktfx run` shows live.
 TRAINER_PROGRESS_LOGGER = "masktfx.trainer"
@@ -75,3 +83,7 @@ TRAIN_SPLIT = "train"
 VALIDATION_SPLIT = "validation"
 TEST_SPLIT = "test"
 SPLITS = (TRAIN_SPLIT, VALIDATION_SPLIT, TEST_SPLIT)
+# Every unlabeled region, whatever its group's hash (ExampleGen routes them here when the data
+# holds any): Transform transforms it, the Trainer reads it beside `train`; the Evaluator never
+# does, so no metric counts it.
+UNLABELED_SPLIT = "unlabeled"

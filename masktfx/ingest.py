@@ -41,6 +41,7 @@ from masktfx.progress import (
 from masktfx.records import write_tfrecord
 
 COVERAGE_BINS = 20
+UNLABELED_COUNT = "unlabeled"  # the stats' key of rows whose label is empty
 # Rows per output shard: enough shards for every worker, few enough that each is worth a file.
 MAX_ROWS_PER_SHARD = 256
 MIN_ROWS_PER_SHARD = 16
@@ -75,6 +76,9 @@ class IngestResult:
         """What `masktfx ingest` and `masktfx run` print after ingesting."""
         text = (f"ingested {self.written} of {self.report['rows']} rows into {self.output_dir}"
                 f" ({self.rejected} rejected)")
+        if self.report.get("unlabeled"):
+            text += (f"\n{self.report['unlabeled']} of them unlabeled (empty label): training "
+                     "may use them (`unlabeled_training`), no metric counts them")
         if self.rejected:
             text += (f"\nrejected rows and reasons: "
                      f"{os.path.join(self.output_dir, features.REJECTED_CSV)}")
@@ -95,11 +99,12 @@ def encode_region(row: ManifestRow, max_pixels: int, resize_masks: bool
     except imageio.RegionFileError as exc:
         raise RowFailure(exc.path, f"{exc.part}: {exc.reason}") from None
     infos, masks, coverages = region.images, region.masks, region.coverages
-    example = make_example([info.encoded for info in infos], masks, row.label, row.example_id,
-                           row.group, row.metadata)
+    example = make_example([info.encoded for info in infos], masks,
+                           features.UNLABELED if row.label is None else row.label,
+                           row.example_id, row.group, row.metadata)
     serialized = example.SerializeToString()
     stats = {
-        "label": row.label,
+        "label": UNLABELED_COUNT if row.label is None else row.label,
         "size": f"{infos[0].width}x{infos[0].height}",
         "channels": infos[0].channels,
         "bit_depth": max(info.bit_depth for info in infos),
@@ -179,8 +184,8 @@ class IngestStatsFn(beam.CombineFn):
     """Counts and histograms with constant memory, whatever the number of rows."""
 
     def create_accumulator(self):
-        return {"examples": 0, "labels": {"0": 0, "1": 0}, "sizes": {}, "channels": {},
-                "bit_depths": {}, "coverage_sum": 0.0, "coverage_min": None,
+        return {"examples": 0, "labels": {"0": 0, "1": 0, UNLABELED_COUNT: 0}, "sizes": {},
+                "channels": {}, "bit_depths": {}, "coverage_sum": 0.0, "coverage_min": None,
                 "coverage_max": None, "coverage_hist": [0] * COVERAGE_BINS, "groups": {},
                 "bytes": 0}
 
@@ -242,6 +247,7 @@ def build_report(stats: dict, rejections: list[Rejection], manifest_path: str,
                  views: tuple[str, ...], shared_mask: bool, metadata_columns: tuple[str, ...],
                  span: int | None) -> dict:
     examples = stats["examples"]
+    labelled = examples - stats["labels"][UNLABELED_COUNT]
     return {
         "manifest": os.path.abspath(manifest_path),
         "span": span,
@@ -249,8 +255,10 @@ def build_report(stats: dict, rejections: list[Rejection], manifest_path: str,
         "examples_written": examples,
         "rejected": len(rejections),
         "label_balance": {"0": stats["labels"]["0"], "1": stats["labels"]["1"],
-                          "positive_fraction": (stats["labels"]["1"] / examples) if examples
+                          "positive_fraction": (stats["labels"]["1"] / labelled) if labelled
                           else None},
+        # rows whose label is empty: written with label -1 (features.UNLABELED)
+        "unlabeled": stats["labels"][UNLABELED_COUNT],
         "views": [view or "image" for view in views],
         "num_views": len(views),
         "shared_mask": shared_mask,
@@ -305,7 +313,8 @@ def run_ingest(manifest_path: str, output: str, span: int | None = None,
     bar goes to `progress_stream` (default stderr), shown by default when that is a terminal."""
     if max_pixels is None:
         max_pixels = PipelineConfig().max_pixels
-    manifest = read_manifest(manifest_path, allow_outside=allow_outside_paths, id_field=id_field)
+    manifest = read_manifest(manifest_path, allow_outside=allow_outside_paths, id_field=id_field,
+                             empty_labels=True)
     rows_per_shard = min(MAX_ROWS_PER_SHARD,
                          max(MIN_ROWS_PER_SHARD, -(-len(manifest.rows) // 8)))
     final_dir = target_dir(output, span)

@@ -188,11 +188,12 @@ def resolve_path(base: str, value: str, allow_outside: bool) -> str:
 
 
 def read_manifest(path: str, allow_outside: bool = False, id_field: str = "",
-                  labels_optional: bool = False) -> Manifest:
+                  labels_optional: bool = False, empty_labels: bool = False) -> Manifest:
     """Parse and check the manifest; rows that cannot be used are listed in `rejected`.
     `id_field` names the property that holds each polygon's id in GeoJSON mask files. With
     `labels_optional` (new data scored before anyone labels it) the `label` column may be
-    missing or empty, and such rows get label None."""
+    missing or empty, and such rows get label None; with `empty_labels` (ingest) the column is
+    required but may be empty: such rows are unlabeled regions, label None."""
     try:
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             lines = list(csv.reader(handle))
@@ -235,7 +236,8 @@ def read_manifest(path: str, allow_outside: bool = False, id_field: str = "",
         try:
             rows, bad_polygons = _parse_row(number, values, views, mask_columns,
                                             metadata_columns, base, allow_outside,
-                                            first_row_of_id, id_field, labels_optional)
+                                            first_row_of_id, id_field,
+                                            labels_optional or empty_labels)
             manifest.rows.extend(rows)
             manifest.rejected.extend(bad_polygons)
         except _RowRejected as exc:

@@ -31,7 +31,9 @@ def contract_schema(config: PipelineConfig) -> schema_pb2.Schema:
     add(features.IMAGES_KEY, schema_pb2.BYTES, config.num_views).image_domain.SetInParent()
     add(features.MASKS_KEY, schema_pb2.BYTES, config.num_masks).image_domain.SetInParent()
     label = add(features.LABEL_KEY, schema_pb2.INT, 1)
-    label.int_domain.min = 0
+    # -1 (features.UNLABELED) only where the data holds unlabeled regions, which ExampleGen
+    # keeps apart in their own split
+    label.int_domain.min = features.UNLABELED if config.unlabeled_split else 0
     label.int_domain.max = 1
     add(features.ID_KEY, schema_pb2.BYTES, 1)
     add(features.GROUP_KEY, schema_pb2.BYTES, 1)

@@ -30,8 +30,6 @@ from masktfx.modules.model import build_model, model_inputs
 from masktfx.modules.operating_point import operating_point
 from masktfx.modules.transform import transform_regions
 
-TRAINING_SUMMARY = "training_summary.json"
-
 
 def _transformed_dataset(file_pattern: list[str] | str, tf_transform_output: tft.TFTransformOutput,
                          batch_size: int) -> tf.data.Dataset:
@@ -147,19 +145,32 @@ def training_pairs(batches: tf.data.Dataset, config: PipelineConfig, training: b
     return batches.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def labelled(batches: tf.data.Dataset, unlabeled: bool = False) -> tf.data.Dataset:
+    """The labelled regions of batches of transformed feature dicts (or, with `unlabeled`,
+    those nobody has labelled), one by one."""
+    def keep(example: dict[str, tf.Tensor]) -> tf.Tensor:
+        is_unlabeled = tf.equal(example[features.TRANSFORMED_LABEL_KEY], features.UNLABELED)
+        return is_unlabeled if unlabeled else tf.logical_not(is_unlabeled)
+
+    return batches.unbatch().filter(keep)
+
+
 def label_counts_and_moments(file_pattern: list[str] | str,
                              tf_transform_output: tft.TFTransformOutput
-                             ) -> tuple[list[int], tuple[np.ndarray, np.ndarray]]:
-    """[negatives, positives] of the training split, and the mean and standard deviation of
-    its region statistics, from one cheap pass."""
+                             ) -> tuple[list[int], tuple[np.ndarray, np.ndarray], int]:
+    """[negatives, positives] of the labelled training regions, the mean and standard deviation
+    of their region statistics, and the number of unlabeled regions, from one cheap pass."""
     counts = [0, 0]
+    unlabeled = 0
     statistics = []
     for batch in _transformed_dataset(file_pattern, tf_transform_output, 1024):
-        labels = batch[features.TRANSFORMED_LABEL_KEY].numpy()
-        counts[1] += int(labels.sum())
-        counts[0] += int(len(labels) - labels.sum())
-        statistics.append(batch[features.REGION_STATISTICS_KEY].numpy())
-    return counts, statistics_moments(np.concatenate(statistics))
+        labels = batch[features.TRANSFORMED_LABEL_KEY].numpy().reshape(-1)
+        known = labels != features.UNLABELED
+        counts[1] += int((labels == 1).sum())
+        counts[0] += int((labels == 0).sum())
+        unlabeled += int((~known).sum())
+        statistics.append(batch[features.REGION_STATISTICS_KEY].numpy()[known])
+    return counts, statistics_moments(np.concatenate(statistics)), unlabeled
 
 
 def statistics_moments(statistics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -333,16 +344,83 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
     return model, history
 
 
+# The most pseudo-labelled regions kept in memory for the second stage of `self_train`.
+MAX_PSEUDO_LABELS = 20_000
+
+
+def pseudo_labels(model: tf.keras.Model, unlabeled: tf.data.Dataset, config: PipelineConfig
+                  ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The unlabeled regions (a dataset of transformed feature dicts, one region each) that
+    `model` is confident about, with the label it predicts (the mean of its probabilities over
+    the four flips of each view: a label that holds under flips is less often wrong), and what
+    was found: regions seen, and kept per label."""
+    kept: dict[str, list[np.ndarray]] = {}
+    seen = 0
+    for batch in unlabeled.batch(256):
+        regions = batch[features.REGION_KEY]
+        probability = tf.reduce_mean(tf.stack([
+            tf.reshape(model(model_inputs({**batch, features.REGION_KEY: tf.reverse(
+                regions, axis) if axis else regions}, config), training=False), [-1])
+            for axis in ([], [2], [3], [2, 3])]), axis=0).numpy()
+        seen += len(probability)
+        confident = np.maximum(probability, 1.0 - probability) >= config.pseudo_label_confidence
+        if not confident.any():
+            continue
+        found = {key: value.numpy()[confident] for key, value in batch.items()}
+        found[features.TRANSFORMED_LABEL_KEY] = (probability[confident] >= 0.5).astype(np.int64)
+        for key, value in found.items():
+            kept.setdefault(key, []).append(value)
+        if sum(len(part) for part in kept[features.TRANSFORMED_LABEL_KEY]) >= MAX_PSEUDO_LABELS:
+            break
+    joined = {key: np.concatenate(parts)[:MAX_PSEUDO_LABELS] for key, parts in kept.items()}
+    labels = joined.get(features.TRANSFORMED_LABEL_KEY, np.zeros(0, np.int64))
+    return joined, {"unlabeled_seen": seen, "pseudo_labelled_0": int((labels == 0).sum()),
+                    "pseudo_labelled_1": int((labels == 1).sum())}
+
+
+def self_train(model: tf.keras.Model, config: PipelineConfig, labelled_regions: tf.data.Dataset,
+               counts: list[int], unlabeled: tf.data.Dataset, evaluation: tf.data.Dataset,
+               verbose: int = 2) -> tuple[tf.keras.callbacks.History | None, dict[str, int]]:
+    """Pseudo-labelling (`unlabeled_training: pseudo_labels`): the trained `model` labels the
+    unlabeled regions it is confident about, and training goes on from its weights on the
+    labelled regions and those, drawn in proportion, with early stopping on the validation
+    split as before. `labelled_regions` and `unlabeled` hold transformed feature dicts, one
+    region each (`labelled`). Returns the second stage's history (None when no region was
+    confident enough) and the counts of `pseudo_labels`."""
+    found, used = pseudo_labels(model, unlabeled, config)
+    pseudo = len(found.get(features.TRANSFORMED_LABEL_KEY, ()))
+    logging.info("pseudo-labels: %s", used)
+    if not pseudo:
+        return None, used
+    labelled_count = sum(counts)
+    mixed = tf.data.Dataset.sample_from_datasets(
+        [labelled_regions.repeat(), tf.data.Dataset.from_tensor_slices(found).repeat()],
+        weights=[labelled_count / (labelled_count + pseudo), pseudo / (labelled_count + pseudo)],
+        seed=config.seed)
+    train = training_pairs(mixed.batch(config.batch_size), config, True)
+    weights = class_weights([counts[0] + used["pseudo_labelled_0"],
+                             counts[1] + used["pseudo_labelled_1"]])
+    callbacks = [tf.keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=config.early_stopping_patience,
+        restore_best_weights=True), EpochLog(config.epochs)]
+    history = model.fit(train, validation_data=evaluation, epochs=max(1, config.epochs // 2),
+                        steps_per_epoch=max(1, math.ceil((labelled_count + pseudo)
+                                                         / config.batch_size)),
+                        class_weight=weights, callbacks=callbacks, verbose=verbose)
+    return history, used
+
+
 def region_outputs(model: tf.keras.Model, file_pattern: list[str] | str,
                    tf_transform_output: tft.TFTransformOutput, config: PipelineConfig,
                    limit: int | None = None) -> dict[str, np.ndarray]:
-    """Labels, probabilities, fused features and region statistics of the transformed examples
-    (the first `limit` of them), without augmentation."""
+    """Labels, probabilities, fused features and region statistics of the labelled transformed
+    examples (the first `limit` of them), without augmentation."""
     scorer = with_embedding(model)
     found: dict[str, list[np.ndarray]] = {"labels": [], "probabilities": [], "embeddings": [],
                                           "statistics": []}
     seen = 0
-    for batch in _transformed_dataset(file_pattern, tf_transform_output, 256):
+    for batch in labelled(_transformed_dataset(file_pattern, tf_transform_output, 256)).batch(
+            256):
         output, embedding = scorer(model_inputs(batch, config), training=False)
         found["probabilities"].append(tf.reshape(output, [-1]).numpy())
         found["embeddings"].append(embedding.numpy())
@@ -389,9 +467,16 @@ def run_fn(fn_args: Any) -> None:
     config = PipelineConfig.from_component_config(fn_args.custom_config)
     tf.keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    train = make_input(fn_args.train_files, tf_transform_output, config, training=True)
+
+    def regions(unlabeled: bool = False) -> tf.data.Dataset:
+        # `train` and, when the data holds unlabeled regions, the `unlabeled` split
+        return labelled(_transformed_dataset(fn_args.train_files, tf_transform_output,
+                                             config.batch_size), unlabeled)
+
+    train = training_pairs(regions().batch(config.batch_size), config, training=True)
     evaluation = make_input(fn_args.eval_files, tf_transform_output, config, training=False)
-    counts, moments = label_counts_and_moments(fn_args.train_files, tf_transform_output)
+    counts, moments, unlabeled_count = label_counts_and_moments(fn_args.train_files,
+                                                                tf_transform_output)
     weights = class_weights(counts)
     # One iterator across all epochs: the shuffle buffer fills once, not at every epoch start.
     train = train.repeat()
@@ -402,6 +487,14 @@ def run_fn(fn_args: Any) -> None:
     model, history = train_model(config, train, evaluation, weights, fn_args.model_run_dir,
                                  steps_per_epoch, moments=moments)
     logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
+    unlabeled_use = {"unlabeled_regions": unlabeled_count,
+                     "unlabeled_training": config.unlabeled_training}
+    histories = [history]
+    if unlabeled_count and config.unlabeled_training == "pseudo_labels":
+        second, found = self_train(model, config, regions(), counts, regions(unlabeled=True),
+                                   evaluation)
+        unlabeled_use.update(found)
+        histories += [second] if second else []
     validation = region_outputs(model, fn_args.eval_files, tf_transform_output, config)
     point = choose_operating_point(validation, config)
     ood, reliability_found = fit_reliability(
@@ -420,6 +513,9 @@ def run_fn(fn_args: Any) -> None:
         with tf.io.gfile.GFile(path, "w") as out:
             out.write(json.dumps(found, indent=1))
     tf.io.gfile.makedirs(fn_args.model_run_dir)
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY), "w") as out:
-        out.write(json.dumps({"class_weights": weights, "history": {
-            key: [float(v) for v in values] for key, values in history.history.items()}}))
+    summary_path = os.path.join(fn_args.model_run_dir, features.TRAINING_SUMMARY)
+    with tf.io.gfile.GFile(summary_path, "w") as out:
+        out.write(json.dumps({"class_weights": weights, "unlabeled": unlabeled_use,
+                              "history": {key: [float(v) for found in histories
+                                                for v in found.history[key]]
+                                          for key in history.history}}))

@@ -8,6 +8,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import tensorflow as tf
 
@@ -126,7 +127,7 @@ def verify_shards(files: list[str], record_path: str) -> dict[str, dict]:
     for name in files:
         stat = tf.io.gfile.stat(name)
         key = [int(stat.length), int(stat.mtime_nsec)]
-        if verified.get(name, {}).get("stat") == key:
+        if verified.get(name, {}).get("stat") == key and UNLABELED_ENTRY in verified[name]:
             continue
         try:
             verified[name] = {"stat": key, **_partition_labels(name)}
@@ -152,23 +153,45 @@ def _read_verified(record_path: str) -> dict[str, dict]:
     return {name: entry for name, entry in recorded.items() if isinstance(entry, dict)}
 
 
-def _partition_labels(shard: str) -> dict[str, dict[str, list[int]]]:
-    """{"group": {value: [negatives, positives]}, "id": {...}} for one shard (values as text:
-    the bytes decoded with surrogateescape, so any value round-trips through JSON)."""
+UNLABELED_ENTRY = "unlabeled"  # a verified shard's count of unlabeled regions
+
+
+def _partition_labels(shard: str) -> dict[str, Any]:
+    """{"group": {value: [negatives, positives]}, "id": {...}, "unlabeled": count} for one
+    shard (values as text: the bytes decoded with surrogateescape, so any value round-trips
+    through JSON)."""
     spec = {features.GROUP_KEY: tf.io.FixedLenFeature([], tf.string, default_value=b""),
             features.ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-            features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+            # missing: -2, apart from an unlabeled region's -1
+            features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-2)}
     counts: dict[str, dict[str, list[int]]] = {features.GROUP_KEY: {}, features.ID_KEY: {}}
+    unlabeled = 0
     dataset = tf.data.TFRecordDataset(shard, compression_type="GZIP").batch(512).map(
         lambda records: tf.io.parse_example(records, spec))
     for batch in dataset.as_numpy_iterator():
         for index, label in enumerate(batch[features.LABEL_KEY]):
+            if label == features.UNLABELED:
+                unlabeled += 1
             if label not in (0, 1):
                 continue  # ExampleValidator reports records that break the contract
             for column in counts:
                 value = batch[column][index].decode("utf-8", "surrogateescape")
                 counts[column].setdefault(value, [0, 0])[int(label)] += 1
-    return counts
+    return {**counts, UNLABELED_ENTRY: unlabeled}
+
+
+def shard_labels(files: list[str]) -> dict[str, dict]:
+    """What `verify_shards` records of each shard, read now (a data sample's, say)."""
+    try:
+        return {name: _partition_labels(name) for name in files}
+    except tf.errors.OpError as exc:
+        raise DataLayoutError(f"{files}: cannot be read ({getattr(exc, 'message', exc)})"
+                              ) from None
+
+
+def unlabeled_regions(verified: dict[str, dict]) -> int:
+    """The unlabeled regions of the shards, from what `verify_shards` returned."""
+    return sum(entry[UNLABELED_ENTRY] for entry in verified.values())
 
 
 def labels_by_partition(verified: dict[str, dict], column: str) -> dict[bytes, list[int]]:

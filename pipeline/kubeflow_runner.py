@@ -17,8 +17,14 @@ from tfx import v1 as tfx
 from masktfx import node_ids
 from masktfx.config import ConfigError, PipelineConfig, uri_scheme
 from masktfx.modules.schema import write_schema
-from masktfx.pipeline.data import describe_data, resolve_config
-from masktfx.pipeline.pipeline import create_pipeline, schema_path
+from masktfx.pipeline.data import (
+    describe_data,
+    resolve_config,
+    shard_labels,
+    shards_to_read,
+    unlabeled_regions,
+)
+from masktfx.pipeline.pipeline import create_pipeline, schema_path, training_splits
 
 DATA_ROOT_PARAMETER = "data-root"
 # TFX 1.16 takes Trainer's train_args as a runtime parameter holding TrainArgs as JSON.
@@ -33,6 +39,8 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str,
                           "spec in YAML (other names give a JSON job wrapper)")
     if data_sample:
         config = resolve_config(config, describe_data(data_sample))
+        config = config.replace(unlabeled_split=unlabeled_regions(
+            shard_labels(shards_to_read(data_sample, config))) > 0)
     if config.num_views < 1 or config.num_masks < 1 or config.channels < 1:
         raise ConfigError("num_views, num_masks and channels must be known to compile: set "
                           "them (and metadata_columns) in --config, or pass --data-sample with a "
@@ -51,7 +59,8 @@ def compile_pipeline(config: PipelineConfig, output: str, image: str,
         name=DATA_ROOT_PARAMETER, ptype=str, default=config.data_root)
     train_args = tfx.dsl.experimental.RuntimeParameter(
         name=TRAIN_ARGS_PARAMETER, ptype=str,
-        default=json.dumps({"num_steps": config.train_steps}))
+        default=json.dumps({"num_steps": config.train_steps, **(
+            {"splits": training_splits(config)} if training_splits(config) else {})}))
     pipeline = create_pipeline(config, data_root=data_root, train_args=train_args)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(

@@ -30,6 +30,7 @@ from masktfx.pipeline.data import (
     list_spans,
     resolve_config,
     shards_to_read,
+    unlabeled_regions,
     verify_shards,
 )
 from masktfx.pipeline.metadata_connection import connection_config, store_exists
@@ -108,6 +109,8 @@ def prepare(config: PipelineConfig, data: str, progress_stream: TextIO | None = 
                             describe_data(data_root))
     verified = verify_shards(shards_to_read(data_root, config),
                              os.path.join(config.workdir, VERIFIED_SHARDS))
+    # unlabeled regions get a split of their own (ExampleGen), read by Transform and Trainer
+    config = config.replace(unlabeled_split=unlabeled_regions(verified) > 0).validate()
     try:
         plan = check_split(labels_by_partition(verified, partition_feature_name(config)), config)
     except SplitPlanError as exc:

@@ -37,7 +37,7 @@ from masktfx.components.serving_check import ServingCheck
 from masktfx.components.span_window import SpanWindowStrategy, split_key
 from masktfx.components.streaming_example_gen import (
     StreamingImportExampleGen,
-    span_feature_config,
+    example_gen_config,
 )
 from masktfx.components.versioned_pusher import VersionedPusher
 from masktfx.config import TRAINER_FIELDS, TRANSFORM_FIELDS, PipelineConfig
@@ -89,14 +89,28 @@ def example_gen_configs(config: PipelineConfig, span: int | None = None) -> dict
             partition_feature_name=partition_feature_name(config))),
         "range_config": range_config,
         "span_feature": features.SPAN_KEY if config.windowed else "",
+        "unlabeled_split": config.unlabeled_split,
     }
 
 
 def example_split_key(config: PipelineConfig) -> str:
     """The key our ExampleGen stamps on what it writes with this config (components/span_window)."""
     configs = example_gen_configs(config)
-    custom = span_feature_config(configs["span_feature"]) if configs["span_feature"] else None
-    return split_key(configs["output_config"], custom)
+    return split_key(configs["output_config"], example_gen_config(
+        configs["span_feature"], configs["unlabeled_split"]))
+
+
+def trained_unlabeled_splits(config: PipelineConfig) -> list[str]:
+    """The unlabeled split where the data holds one and the Trainer learns from it."""
+    return [features.UNLABELED_SPLIT] if (
+        config.unlabeled_split and config.unlabeled_training != "none") else []
+
+
+def training_splits(config: PipelineConfig) -> list[str]:
+    """What the Trainer reads as its training data (its TrainArgs' splits); empty: TFX's
+    default, `train` alone (left unset, so such runs keep their cache keys)."""
+    unlabeled = trained_unlabeled_splits(config)
+    return [features.TRAIN_SPLIT, *unlabeled] if unlabeled else []
 
 
 def interval_settings(config: PipelineConfig) -> dict[str, Any] | None:
@@ -211,7 +225,8 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         # the Evaluator and the ServingCheck read raw examples through the serving signature.
         splits_config=transform_pb2.SplitsConfig(
             analyze=[features.TRAIN_SPLIT],
-            transform=[features.TRAIN_SPLIT, features.VALIDATION_SPLIT]),
+            transform=[features.TRAIN_SPLIT, features.VALIDATION_SPLIT,
+                       *trained_unlabeled_splits(config)]),
         custom_config=config.component_config(TRANSFORM_FIELDS,
                                               code_fingerprint([TRANSFORM_MODULE])),
         # StatisticsGen already describes the raw data, and nothing reads statistics of the
@@ -236,7 +251,8 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps)
+        train_args=trainer_pb2.TrainArgs(num_steps=config.train_steps,
+                                         splits=training_splits(config))
         if train_args is None else train_args,
         # `validation` for early stopping, the operating point, calibration and the OOD threshold
         eval_args=trainer_pb2.EvalArgs(num_steps=0, splits=[features.VALIDATION_SPLIT]),

@@ -54,6 +54,8 @@ class RunSummary:
     drift: str = ""  # the region descriptors that moved against the served model's data
     estimate: str = ""  # the served model's estimated performance on the span (no labels)
     attribution: dict[str, Any] = field(default_factory=dict)  # the Evaluator's attribution file
+    # what the Trainer did with the unlabeled regions (its training summary's `unlabeled`)
+    unlabeled: dict[str, Any] = field(default_factory=dict)
     report_path: str = ""  # the page the run's RunReport step wrote
 
     def as_dict(self) -> dict[str, Any]:
@@ -168,6 +170,9 @@ def summarize_record(record: RunRecord) -> RunSummary:
     _read_evaluation(outputs.get(node_ids.EVALUATOR, {}), summary)
     for model in outputs.get(node_ids.TRAINER, {}).get("model", []):
         summary.operating_point = operating_point_of(path_utils.serving_model_path(model.uri))
+    for model_run in outputs.get(node_ids.TRAINER, {}).get("model_run", []):
+        found = read_json_file(os.path.join(model_run.uri, features.TRAINING_SUMMARY))
+        summary.unlabeled = (found or {}).get("unlabeled") or {}
     _read_serving_check(outputs.get(node_ids.SERVING_CHECK, {}), summary)
     for report in outputs.get(node_ids.DRIFT_CHECK, {}).get("drift_report", []):
         if DRIFT_PROPERTY in report.custom_properties:
@@ -360,6 +365,19 @@ def format_attribution(found: dict[str, Any]) -> str:
             f"label 1: {by_class['1']['median']:.3f})")
 
 
+def format_unlabeled(regions: int, found: dict[str, Any]) -> str:
+    """What the Trainer did with the span's `regions` unlabeled regions (`found`: its training
+    summary's account), in a line; no metric counts them."""
+    if not found.get("unlabeled_regions"):
+        return (f"unlabeled regions: {regions}, not used for training (unlabeled_training: "
+                "none)")
+    used = found.get("pseudo_labelled_0", 0) + found.get("pseudo_labelled_1", 0)
+    return (f"unlabeled regions: the Trainer used {used} of {found['unlabeled_regions']} as "
+            "pseudo-labels "
+            f"({found.get('pseudo_labelled_0', 0)} absent, {found.get('pseudo_labelled_1', 0)}"
+            " present); no metric counts them")
+
+
 def format_summary(summary: RunSummary) -> str:
     lines = [f"run {summary.run_id}"]
     cached = [node for node, state in summary.components.items() if state == "CACHED"]
@@ -374,8 +392,12 @@ def format_summary(summary: RunSummary) -> str:
     if summary.examples:
         where = f" (span {', '.join(str(s) for s in summary.spans)})" if window else ""
         lines.append(f"  examples{where}: " + ", ".join(
-            f"{split} {summary.examples[split]}" for split in features.SPLITS
+            f"{split} {summary.examples[split]}"
+            for split in (*features.SPLITS, features.UNLABELED_SPLIT)
             if split in summary.examples))
+    if summary.examples.get(features.UNLABELED_SPLIT):
+        lines.append("  " + format_unlabeled(summary.examples[features.UNLABELED_SPLIT],
+                                             summary.unlabeled))
     if summary.drift:
         lines.append(f"  DRIFT: {summary.drift}")
     if summary.estimate:

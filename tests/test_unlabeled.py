@@ -1,0 +1,167 @@
+"""Unlabeled regions (manifest rows whose label is empty): ingest keeps them, ExampleGen puts
+them in a split of their own, the Trainer may learn from them, and no metric counts them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ingest_manifest
+
+from masktfx import cli, features
+from masktfx.config import ConfigError, PipelineConfig
+from masktfx.demo_data import write_synthetic
+from masktfx.manifest import read_manifest
+from masktfx.modules.schema import contract_schema
+from masktfx.modules.trainer import label_counts_and_moments, labelled, pseudo_labels
+from masktfx.pipeline.summary import execution_inputs, node_id, open_store, summarize_run
+from masktfx.records import read_examples
+
+
+def _blank_labels(manifest: str, site: str) -> int:
+    """The rows of `site` made unlabeled (an empty label); returns how many."""
+    with open(manifest, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "label": "" if row["site"] == site else row["label"]}
+                         for row in rows)
+    return sum(row["site"] == site for row in rows)
+
+
+def test_ingest_keeps_rows_with_an_empty_label_as_unlabeled(tmp_path):
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=16, size=16)
+    blanked = _blank_labels(manifest, "site4")
+    assert blanked == 4
+    # a reader that needs labels still refuses them, naming the row
+    refused = read_manifest(manifest).rejected
+    assert len(refused) == 4 and all("empty label" in item.reason for item in refused)
+    records, rejected = ingest_manifest(manifest, str(tmp_path / "out"))
+    assert rejected == {} and len(records) == 16
+    labels = {key: list(feature[features.LABEL_KEY].int64_list.value)
+              for key, feature in records.items()}
+    assert sorted(key for key, value in labels.items() if value == [features.UNLABELED]) == \
+        sorted(key for key, feature in records.items()
+               if feature["site"].bytes_list.value[0] == b"site4")
+    with open(tmp_path / "out" / features.INGEST_REPORT, encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert report["unlabeled"] == 4 and report["examples_written"] == 16
+    assert report["label_balance"]["0"] + report["label_balance"]["1"] == 12
+
+
+def test_the_contract_admits_the_unlabeled_value_only_for_data_that_holds_it():
+    config = PipelineConfig(num_views=1, num_masks=1)
+    for unlabeled_split, lowest in ((False, 0), (True, features.UNLABELED)):
+        schema = contract_schema(config.replace(unlabeled_split=unlabeled_split))
+        label = next(f for f in schema.feature if f.name == features.LABEL_KEY)
+        assert (label.int_domain.min, label.int_domain.max) == (lowest, 1)
+    # a window of spans with unlabeled regions is refused, naming the field
+    with pytest.raises(ConfigError, match="span_window"):
+        config.replace(unlabeled_split=True, span_window=2).validate()
+
+
+def _transformed(labels: list[int], seed: int = 0) -> tf.data.Dataset:
+    rng = np.random.default_rng(seed)
+    count = len(labels)
+    return tf.data.Dataset.from_tensor_slices({
+        features.REGION_KEY: rng.normal(size=(count, 1, 16, 16, 2)).astype(np.float32),
+        features.REGION_STATISTICS_KEY: rng.normal(size=(count, 5)).astype(np.float32),
+        features.TRANSFORMED_LABEL_KEY: np.array(labels, np.int64)}).batch(4)
+
+
+def test_training_counts_and_reads_labelled_and_unlabeled_regions_apart(tmp_path):
+    labels = [0, 1, features.UNLABELED, 1, features.UNLABELED, 0, 0]
+    batches = _transformed(labels)
+    assert [int(x[features.TRANSFORMED_LABEL_KEY]) for x in labelled(batches)] == [0, 1, 1, 0, 0]
+    assert len(list(labelled(batches, unlabeled=True))) == 2
+    # the pass that gives the class weights and the statistics' moments, over gzipped records
+    path = str(tmp_path / "part.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for batch in batches.unbatch():
+            feature = {
+                features.REGION_KEY: tf.train.Feature(float_list=tf.train.FloatList(
+                    value=batch[features.REGION_KEY].numpy().ravel())),
+                features.REGION_STATISTICS_KEY: tf.train.Feature(float_list=tf.train.FloatList(
+                    value=batch[features.REGION_STATISTICS_KEY].numpy())),
+                features.TRANSFORMED_LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[int(batch[features.TRANSFORMED_LABEL_KEY])]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                         .SerializeToString())
+
+    class Output:  # what label_counts_and_moments asks of a TFTransformOutput
+        @staticmethod
+        def transformed_feature_spec():
+            return {features.REGION_KEY: tf.io.FixedLenFeature([1, 16, 16, 2], tf.float32),
+                    features.REGION_STATISTICS_KEY: tf.io.FixedLenFeature([5], tf.float32),
+                    features.TRANSFORMED_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+
+    counts, (mean, _), unlabeled = label_counts_and_moments(path, Output())
+    assert counts == [3, 2] and unlabeled == 2
+    known = np.concatenate([x[features.REGION_STATISTICS_KEY].numpy()
+                            for x in batches])[np.array(labels) != features.UNLABELED]
+    np.testing.assert_allclose(mean, known.mean(axis=0), rtol=1e-6)
+
+
+def test_pseudo_labels_keep_what_the_model_is_confident_about():
+    """A model whose probability is the mean of the region's first channel, sigmoid-squashed:
+    the regions far from 0 are kept with the label their sign gives, the others are not."""
+    config = PipelineConfig(num_views=1, num_masks=1, channels=1, image_size=16,
+                            pseudo_label_confidence=0.9).validate()
+    inputs = tf.keras.Input([1, 16, 16, 2])
+    model = tf.keras.Model(inputs, tf.keras.layers.Lambda(lambda x: tf.sigmoid(
+        40.0 * tf.reduce_mean(x[..., 0], axis=[1, 2, 3])))(inputs))
+    levels = np.array([-1.0, -0.01, 0.0, 0.02, 1.0, 0.5], np.float32)
+    regions = np.broadcast_to(levels[:, None, None, None, None], (6, 1, 16, 16, 2)).copy()
+    unlabeled = tf.data.Dataset.from_tensor_slices({
+        features.REGION_KEY: regions,
+        features.REGION_STATISTICS_KEY: np.zeros((6, 5), np.float32),
+        features.TRANSFORMED_LABEL_KEY: np.full(6, features.UNLABELED, np.int64)})
+    found, used = pseudo_labels(model, unlabeled, config)
+    assert used == {"unlabeled_seen": 6, "pseudo_labelled_0": 1, "pseudo_labelled_1": 2}
+    np.testing.assert_array_equal(found[features.TRANSFORMED_LABEL_KEY], [0, 1, 1])
+    np.testing.assert_array_equal(found[features.REGION_KEY][:, 0, 0, 0, 0], [-1.0, 1.0, 0.5])
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_path, capsys):
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=320, size=32)
+    blanked = _blank_labels(manifest, "site4")  # a site nobody has labelled yet
+    workdir = str(tmp_path / "work")
+    assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
+                     "--epochs", "6", "--batch-size", "16", "--unlabeled-training",
+                     "pseudo_labels", "--pseudo-label-confidence", "0.6",
+                     "--min-accuracy", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"{blanked} of them unlabeled (empty label)" in out, out
+    config = PipelineConfig(workdir=workdir)
+    summary = summarize_run(config)
+    assert summary.examples[features.UNLABELED_SPLIT] == blanked
+    assert sum(summary.examples.values()) == 320
+    # ExampleGen put every unlabeled region in their split, and none anywhere else
+    for split in (*features.SPLITS, features.UNLABELED_SPLIT):
+        pattern = os.path.join(config.pipeline_root, "ImportExampleGen", "examples", "*",
+                               f"Split-{split}", "*.gz")
+        labels = {ex.features.feature[features.LABEL_KEY].int64_list.value[0]
+                  for ex in read_examples(pattern)}
+        assert labels == ({features.UNLABELED} if split == features.UNLABELED_SPLIT
+                          else {0, 1}), (split, labels)
+    # the Trainer read the unlabeled split beside train; the Evaluator counted only the test
+    # split's labelled regions
+    store = open_store(config)
+    trainer = next(e for e in store.get_executions() if node_id(store, e.id) == "Trainer")
+    assert json.loads(trainer.custom_properties["train_args"].string_value)["splits"] == [
+        "train", features.UNLABELED_SPLIT]
+    transformed = execution_inputs(store, trainer.id)["examples"][0]
+    assert json.loads(transformed.properties["split_names"].string_value) == [
+        "train", "validation", features.UNLABELED_SPLIT]
+    assert summary.metrics["example_count"] == summary.examples["test"]
+    found = summary.unlabeled
+    assert found["unlabeled_regions"] == blanked and found["unlabeled_seen"] == blanked
+    used = found["pseudo_labelled_0"] + found["pseudo_labelled_1"]
+    assert 0 < used <= blanked
+    assert f"unlabeled regions: the Trainer used {used} of {blanked} as pseudo-labels" in out
