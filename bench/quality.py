@@ -54,11 +54,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from measure import report, write_json  # noqa: E402
 from quality_baselines import BASELINES, baseline_probabilities  # noqa: E402
-from quality_data import Rows, describe_splits, load_rows, three_way, tree_pairs  # noqa: E402
+from quality_data import (  # noqa: E402
+    Rows,
+    describe_splits,
+    load_rows,
+    three_way,
+    tree_pairs,
+    unlabeled_rows,
+)
 
 from masktfx import features  # noqa: E402
 from masktfx.config import PipelineConfig, model_channels  # noqa: E402
-from masktfx.demo_data import write_nuclei, write_synthetic  # noqa: E402
+from masktfx.demo_data import (  # noqa: E402
+    UNLABELED_TREE_SCENE,
+    write_nuclei,
+    write_synthetic,
+)
 
 # One config change per entry, against the default; "logistic" is the classical baseline.
 METHODS: dict[str, dict] = {
@@ -79,9 +90,11 @@ METHODS: dict[str, dict] = {
     "color": {"channels": 0},
     "statistics_input": {"statistics_input": True},
     "layer_norm_statistics_input": {"norm_layer": "layer", "statistics_input": True},
-    # unlabeled regions (issue #31's lever): the other site's regions, their labels unread,
-    # pseudo-labelled after training (`modules.trainer.self_train`)
+    # unlabeled regions (issue #31's lever), pseudo-labelled after training
+    # (`modules.trainer.self_train`): the other site's regions, their labels unread, or
+    # candidate regions of the wheel's unannotated California scene (UNLABELED_SOURCES)
     "pseudo_labels": {"unlabeled_training": "pseudo_labels"},
+    "pseudo_labels_new_scene": {"unlabeled_training": "pseudo_labels"},
     "less_context": {"crop_margin": 0.1},
     "more_context": {"crop_margin": 0.5},
 }
@@ -247,10 +260,13 @@ def auc_summary(labels: np.ndarray, per_seed: list[np.ndarray]) -> dict:
 
 def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
                scored: dict[str, Rows], seeds: list[int], attribution: bool = False,
-               prepared: tuple | None = None) -> dict:
+               prepared: tuple | None = None,
+               unlabeled_sources: dict[str, Rows] | None = None) -> dict:
     """One method trained on the `fit` split (early stopping on `validation`; the baselines fit
     on both) and scored on each of `scored` (name -> rows): AUC per seed, median, spread, the
-    seeds' ensemble and, for the networks, test-time flips."""
+    seeds' ensemble and, for the networks, test-time flips. `unlabeled_sources`: unlabeled rows
+    by name (UNLABELED_SOURCES) besides the scored ones."""
+    unlabeled_sources = unlabeled_sources or {}
     if name in BASELINES:
         train = splits["fit"].joined(splits["validation"])
         runs = [baseline_probabilities(name, seed, train, scored) for seed in seeds]
@@ -278,7 +294,9 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
         if seeded.unlabeled_training != "none":
             # the site it is scored on, unlabeled: what a user has of a new site before
             # anyone labels it (its labels are never read here)
-            unlabeled = x_scored[UNLABELED_SOURCE]
+            source = UNLABELED_SOURCES[name]
+            unlabeled = (x_scored[source] if source in x_scored
+                         else transform(unlabeled_sources[source], config))
             _, used = self_train(
                 model, seeded, tf.data.Dataset.from_tensor_slices(
                     {**fit[0], features.TRANSFORMED_LABEL_KEY: fit[1]}),
@@ -311,8 +329,10 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
     return found
 
 
-# The unlabeled regions of `unlabeled_training` methods: the other site's (trees only).
-UNLABELED_SOURCE = "other_site"
+# The unlabeled regions of the `unlabeled_training` methods (trees only): the other site's
+# regions (scored, their labels never read), or those of the unannotated scene.
+UNLABELED_SOURCES = {"pseudo_labels": "other_site", "pseudo_labels_new_scene": "new_scene"}
+NEW_SCENE_REGIONS = 1000  # candidate regions drawn on the unannotated scene
 
 
 # The reference of issue #16's training-time target, and the method held to it.
@@ -343,7 +363,8 @@ def training_time(result: dict, prepared: dict[str, tuple], rounds: int) -> dict
 
 def evaluate_site(label: str, base: PipelineConfig, splits: dict[str, Rows],
                   scored: dict[str, Rows], runs: list[tuple[str, list[int]]],
-                  attribution: bool = False, time_rounds: int = 0) -> dict:
+                  attribution: bool = False, time_rounds: int = 0,
+                  unlabeled_sources: dict[str, Rows] | None = None) -> dict:
     """Each (method, seeds) of `runs` trained on `splits` (one site's fit / validation /
     holdout) and scored on each of `scored`; with `time_rounds`, also the default's training
     time against the reference's."""
@@ -358,7 +379,8 @@ def evaluate_site(label: str, base: PipelineConfig, splits: dict[str, Rows],
             prepared = prepare(name, base, splits["fit"], splits["validation"])
             if time_rounds and name in (TIME_REFERENCE, TIMED):
                 timed[name] = prepared
-        result[name] = run_method(name, base, splits, scored, seeds, attribution, prepared)
+        result[name] = run_method(name, base, splits, scored, seeds, attribution, prepared,
+                                  unlabeled_sources)
         print(f"{label} {name}: {json.dumps(result[name])} "
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     if time_rounds:
@@ -471,11 +493,17 @@ def main() -> None:
 
     if "trees" in args.datasets:
         result["trees"] = {}
-        for train_site, test_site, train, other in tree_pairs(work):
+        new_scene = "pseudo_labels_new_scene" in [*args.methods, *args.ablations]
+        pairs = list(tree_pairs(work, NEW_SCENE_REGIONS if new_scene else 0))
+        sources = {"new_scene": unlabeled_rows(work)} if new_scene else {}
+        if new_scene:
+            result["unlabeled_new_scene"] = {"regions": len(sources["new_scene"].labels),
+                                             "scene": UNLABELED_TREE_SCENE[1]}
+        for train_site, test_site, train, other in pairs:
             splits, split_by = three_way(train)
             found = evaluate_site(f"trees {train_site}->{test_site}", base, splits,
                                   {"same_scene": splits["holdout"], "other_site": other},
-                                  runs("trees"), args.attribution, args.time_rounds)
+                                  runs("trees"), args.attribution, args.time_rounds, sources)
             result["trees"][f"{train_site}_to_{test_site}"] = {"split_by": split_by, **found}
             write_json(result, args.output)  # after each dataset: a later failure loses none
         candidates = [name for name in [*args.methods, *args.ablations]

@@ -57,13 +57,33 @@ def load_rows(manifest_path: str, site_column: str | None) -> Rows:
     return Rows(images, masks, np.array(labels), groups, sites, channels)
 
 
-def tree_pairs(work: str):
+def tree_pairs(work: str, unlabeled_regions: int = 0):
     """(training site, other site, their rows) of the trees data written under `work`, trained
-    on Wyoming and scored on California, then the reverse."""
-    rows = load_rows(write_trees(os.path.join(work, "trees")), "site")
+    on Wyoming and scored on California, then the reverse. The rows the data holds with an
+    empty label (`unlabeled_regions` of them, from an unannotated scene) are left out here and
+    read by `unlabeled_rows`."""
+    rows = load_rows(write_trees(os.path.join(work, "trees"),
+                                 unlabeled_regions=unlabeled_regions), "site")
     sites = np.array(rows.sites)
     for site, other in (("wyoming", "california"), ("california", "wyoming")):
         yield site, other, rows.take(sites == site), rows.take(sites == other)
+
+
+def unlabeled_rows(work: str) -> Rows:
+    """The unlabeled rows of the trees data `tree_pairs` wrote under `work` (label -1)."""
+    manifest = read_manifest(os.path.join(work, "trees", "manifest.csv"), empty_labels=True)
+    images, masks, groups, sites, channels = [], [], [], [], 1
+    for row in manifest.rows:
+        if row.label is not None:
+            continue
+        region = load_region(row.images, row.masks, 10**8)
+        channels = max(channels, *(info.channels for info in region.images))
+        images.append([info.encoded for info in region.images])
+        masks.append(region.masks)
+        groups.append(row.group)
+        sites.append(dict(row.metadata)["site"])
+    return Rows(images, masks, np.full(len(images), features.UNLABELED), groups, sites,
+                channels)
 
 
 def three_way(rows: Rows) -> tuple[dict[str, Rows], str]:

@@ -123,3 +123,19 @@ def test_trees_come_from_the_two_named_scenes_only(tmp_path):
         assert 0.05 < mask.mean() < 0.5  # the region with context around it
     groups = {r["group"] for r in rows}
     assert all(g.split("-")[0] in by_site for g in groups) and len(groups) > 20
+
+
+def test_trees_can_add_unlabeled_regions_of_the_unannotated_scene(tmp_path):
+    from masktfx.demo_data import UNLABELED_TREE_SCENE, write_trees
+
+    labelled = _rows(write_trees(str(tmp_path / "plain")))
+    rows = _rows(write_trees(str(tmp_path / "more"), unlabeled_regions=30))
+    assert rows[:len(labelled)] == labelled  # the labelled rows are unchanged
+    added = rows[len(labelled):]
+    assert len(added) == 30 and {r["label"] for r in added} == {""}
+    assert {r["scene"] for r in added} == {UNLABELED_TREE_SCENE[1].rsplit("/", 1)[1]}
+    assert {r["site"] for r in added} == {"california"}
+    assert not {r["group"] for r in added} & {r["group"] for r in labelled}
+    for row in added[:5]:
+        mask = np.asarray(Image.open(os.path.join(tmp_path, "more", row["mask"]))) > 0
+        assert 0.05 < mask.mean() < 0.5

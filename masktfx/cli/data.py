@@ -205,6 +205,9 @@ def add_demo_data(sub: argparse._SubParsersAction) -> None:
     trees.add_argument("--block", type=int, default=200,
                        help="side in pixels of the spatial blocks that become groups")
     trees.add_argument("--seed", type=int, default=0)
+    trees.add_argument("--unlabeled-regions", type=int, default=0,
+                       help="also this many unlabeled regions (empty label) of the wheel's "
+                            "unannotated California scene, SOAP_031")
     trees.set_defaults(handler=cmd_demo_trees)
     brain = kinds.add_parser("brain", help="a real T1 MR volume (NIfTI, from the nibabel "
                                            "package) with a NIfTI label map of disk regions")
@@ -245,7 +248,8 @@ def cmd_demo_trees(args: argparse.Namespace) -> int:
     from masktfx.demo_data import write_trees
 
     return _write_demo(write_trees, args.output, wheel_dir=args.wheel_dir, context=args.context,
-                       block=args.block, seed=args.seed)
+                       block=args.block, seed=args.seed,
+                       unlabeled_regions=args.unlabeled_regions)
 
 
 def cmd_demo_brain(args: argparse.Namespace) -> int:
