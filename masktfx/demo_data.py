@@ -19,7 +19,8 @@ regions: `SOAP_061` (California) and `2019_YELL_2_528000_4978000_image_crop2` (W
 annotated crown boxes. Positive: the ellipse inscribed in a crown's box; negative: an ellipse of the
 same size that overlaps no annotated crown. The group is a spatial block of the scene, so
 neighbouring crowns never straddle the split; `site` names the scene's region. Only these two
-scenes are read: the wheel's other images are kept for independent evaluation.
+scenes are read, and on request the unannotated `SOAP_031` as unlabeled imagery: the wheel's other
+images are kept for independent evaluation.
 
 `brain`: a real T1-weighted MR volume, `anatomical.nii` (33 x 41 x 25 voxels), as the `nibabel`
 package ships it, read as NIfTI with a NIfTI label map: regions are disks on its axial slices,
