@@ -10,15 +10,23 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_data_validation as tfdv
 from conftest import ingest_manifest
 
 from masktfx import cli, features
 from masktfx.config import ConfigError, PipelineConfig
 from masktfx.demo_data import write_synthetic
+from masktfx.drift import CURRENT_STATISTICS_FILE
 from masktfx.manifest import read_manifest
 from masktfx.modules.schema import contract_schema
 from masktfx.modules.trainer import label_counts_and_moments, labelled, pseudo_labels
-from masktfx.pipeline.summary import execution_inputs, node_id, open_store, summarize_run
+from masktfx.pipeline.summary import (
+    execution_inputs,
+    execution_outputs,
+    node_id,
+    open_store,
+    summarize_run,
+)
 from masktfx.records import read_examples
 
 
@@ -135,7 +143,8 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
                      "--epochs", "6", "--batch-size", "16", "--unlabeled-training",
                      "pseudo_labels", "--pseudo-label-confidence", "0.6",
-                     "--min-accuracy", "0"]) == 0
+                     "--min-accuracy", "0", "--no-serving-check", "--attribution-regions", "0",
+                     "--no-confidence-intervals"]) == 0
     out = capsys.readouterr().out
     assert f"{blanked} of them unlabeled (empty label)" in out, out
     config = PipelineConfig(workdir=workdir)
@@ -160,6 +169,12 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     assert json.loads(transformed.properties["split_names"].string_value) == [
         "train", "validation", features.UNLABELED_SPLIT]
     assert summary.metrics["example_count"] == summary.examples["test"]
+    # the DriftCheck described every region of the span, the unlabeled ones too
+    drift = execution_outputs(store, next(e for e in store.get_executions()
+                                          if node_id(store, e.id) == "DriftCheck").id)
+    described = tfdv.load_stats_binary(os.path.join(drift["drift_report"][0].uri,
+                                                    CURRENT_STATISTICS_FILE))
+    assert described.datasets[0].num_examples == 320
     found = summary.unlabeled
     assert found["unlabeled_regions"] == blanked and found["unlabeled_seen"] == blanked
     used = found["pseudo_labelled_0"] + found["pseudo_labelled_1"]
