@@ -180,3 +180,25 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     used = found["pseudo_labelled_0"] + found["pseudo_labelled_1"]
     assert 0 < used <= blanked
     assert f"unlabeled regions: the Trainer used {used} of {blanked} as pseudo-labels" in out
+
+
+def test_a_kubeflow_spec_compiled_from_data_with_unlabeled_regions_trains_on_them(tmp_path):
+    import yaml
+
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=16, size=16)
+    _blank_labels(manifest, "site4")
+    ingest_manifest(manifest, str(tmp_path / "ingested"))
+    output = str(tmp_path / "pipeline.yaml")
+    assert cli.main(["compile", "--output", output, "--image", "registry.example/masktfx:0.1.0",
+                     "--pipeline-root", str(tmp_path / "root"), "--data-sample",
+                     str(tmp_path / "ingested"), "--no-use-spans",
+                     "--unlabeled-training", "pseudo_labels"]) == 0
+    with open(output, encoding="utf-8") as handle:
+        spec = next(yaml.safe_load_all(handle))
+    # ExampleGen routes the unlabeled regions, Transform transforms their split
+    tasks = spec["root"]["dag"]["tasks"]
+    example_gen = json.dumps(tasks["ImportExampleGen"])
+    assert "unlabeled_split" in example_gen and "google.protobuf.Struct" in example_gen
+    splits = json.loads(tasks["Transform"]["inputs"]["parameters"]["splits_config"][
+        "runtimeValue"]["constant"])
+    assert splits["transform"] == ["train", "validation", features.UNLABELED_SPLIT]
