@@ -316,8 +316,13 @@ def create_pipeline(config: PipelineConfig, data_root: Any = None,
                     *([scorer] if scorer else []), report],
         enable_cache=True,
         metadata_connection_config=None,
-        beam_pipeline_args=with_long_job_runners(config.beam_pipeline_args)
-        if beam_pipeline_args is None else beam_pipeline_args)
+        beam_pipeline_args=pipeline_beam_args(config, beam_pipeline_args))
+
+
+def pipeline_beam_args(config: PipelineConfig, given: list[str] | None) -> list[str]:
+    """The Beam args of the pipeline's components: `given`, or the config's with a portable
+    runner named by masktfx's subclass of it."""
+    return with_long_job_runners(config.beam_pipeline_args) if given is None else given
 
 
 def data_fingerprint(path: str) -> str:
@@ -367,5 +372,4 @@ def create_span_pipeline(config: PipelineConfig, span: int,
         components=list(data_components(config, span=span)),
         enable_cache=True,
         metadata_connection_config=None,
-        beam_pipeline_args=with_long_job_runners(config.beam_pipeline_args)
-        if beam_pipeline_args is None else beam_pipeline_args)
+        beam_pipeline_args=pipeline_beam_args(config, beam_pipeline_args))
