@@ -173,7 +173,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                         help="image of one view (repeat for K views, in order)")
     parser.add_argument("--mask", action="append", default=[],
                         help="the region's mask (once, or once per view)")
-    parser.add_argument("--manifest", help="a manifest CSV: predict every row")
+    parser.add_argument("--manifest", help="a manifest CSV: predict every row (its label "
+                        "column may be missing or empty)")
     parser.add_argument("--batch-size", type=int, default=32, help="regions per request")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
@@ -189,7 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CommandError("give either --manifest or --image/--mask, not both")
     if args.manifest:
         try:
-            manifest = read_manifest(args.manifest)
+            manifest = read_manifest(args.manifest, labels_optional=True)
         except ManifestError as exc:
             raise CommandError(str(exc)) from None
         regions = [(row.example_id, row.images, row.masks,

@@ -60,7 +60,7 @@ CASES = [
     Case("mask-rgba", "good-1.png", "mask-rgba.png", "1", "reject", "single-channel", "mask"),
     Case("mask-16-bit", "good-2.png", "mask-16bit.png", "1", "accept"),
     Case("label-2", "good-1.png", "mask-good.png", "2", "reject", "label"),
-    Case("label-empty", "good-2.png", "mask-good.png", "", "reject", "label"),
+    Case("label-empty", "good-2.png", "mask-good.png", "", "accept"),  # an unlabeled region
     Case("good-1", "good-3.png", "mask-good.png", "0", "reject", "duplicate id"),
     Case("non-utf8-name", NON_UTF8_NAME.decode("utf-8", "surrogateescape"), "mask-good.png",
          "1", "accept"),
