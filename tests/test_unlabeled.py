@@ -141,7 +141,8 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     blanked = _blank_labels(manifest, "site4")  # a site nobody has labelled yet
     workdir = str(tmp_path / "work")
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
-                     "--epochs", "6", "--batch-size", "16", "--unlabeled-training",
+                     "--epochs", "40", "--early-stopping-patience", "12", "--batch-size",
+                     "16", "--unlabeled-training",
                      "pseudo_labels", "--pseudo-label-confidence", "0.6",
                      "--min-accuracy", "0", "--no-serving-check", "--attribution-regions", "0",
                      "--no-confidence-intervals"]) == 0
