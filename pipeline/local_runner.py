@@ -110,9 +110,14 @@ def prepare(config: PipelineConfig, data: str, progress_stream: TextIO | None = 
     verified = verify_shards(shards_to_read(data_root, config),
                              os.path.join(config.workdir, VERIFIED_SHARDS))
     # unlabeled regions get a split of their own (ExampleGen), read by Transform and Trainer
-    config = config.replace(unlabeled_split=unlabeled_regions(verified) > 0).validate()
+    unlabeled = unlabeled_regions(verified)
+    config = config.replace(unlabeled_split=unlabeled > 0).validate()
+    labels = labels_by_partition(verified, partition_feature_name(config))
+    if unlabeled and not labels:
+        raise DataLayoutError(f"{data_root}: all {unlabeled} regions are unlabeled (an empty "
+                              "label); training and the test split need labelled ones")
     try:
-        plan = check_split(labels_by_partition(verified, partition_feature_name(config)), config)
+        plan = check_split(labels, config)
     except SplitPlanError as exc:
         raise DataLayoutError(f"{data_root}: {exc}") from None
     warnings = []

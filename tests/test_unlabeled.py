@@ -73,6 +73,15 @@ def test_the_contract_admits_the_unlabeled_value_only_for_data_that_holds_it():
         config.replace(unlabeled_split=True, span_window=2).validate()
 
 
+def test_a_run_on_unlabeled_regions_alone_is_refused_before_any_component(tmp_path, capsys):
+    manifest = write_synthetic(str(tmp_path / "data"), num_examples=8, size=16, num_sites=1)
+    _blank_labels(manifest, "site1")
+    workdir = tmp_path / "work"
+    assert cli.main(["run", "--data", manifest, "--workdir", str(workdir)]) == 2
+    assert "all 8 regions are unlabeled" in capsys.readouterr().err
+    assert not (workdir / "pipeline_root").exists()
+
+
 def _transformed(labels: list[int], seed: int = 0) -> tf.data.Dataset:
     rng = np.random.default_rng(seed)
     count = len(labels)
