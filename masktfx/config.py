@@ -171,11 +171,13 @@ class PipelineConfig:
     unlabeled_training: str = setting(
         "trainer", default="none",
         help="what the Trainer does with the data's unlabeled regions (rows with an empty label):"
-             " none, or pseudo_labels (after training, regions it is confident about join the "
-             "training data with the label it predicts, and training goes on)")
-    pseudo_label_confidence: float = setting(
-        "trainer", default=0.9,
-        help="pseudo_labels: the probability (or 1 minus it) a prediction needs to be used")
+             " none, or pseudo_labels (after training, the regions it is most confident about "
+             "join the training data with the label it predicts, and training goes on)")
+    pseudo_label_share: float = setting(
+        "trainer", default=0.5,
+        help="pseudo_labels: the share of the unlabeled regions predicted as each class that "
+             "are used, the most confident first (class-balanced, so neither class crowds out "
+             "the other)")
     distribution_strategy: str = setting(
         "trainer", default="",
         help="tf.distribute strategy for the Trainer: '' (none), mirrored (the devices of one "
@@ -348,8 +350,8 @@ class PipelineConfig:
         _require(not self.backbone or self.backbone_weights or self.backbone_train_layers,
                  "backbone_train_layers", "is 0 (frozen) but backbone_weights is empty: a "
                  "backbone without weights must train (-1), or give it weights")
-        _require(0.5 < self.pseudo_label_confidence < 1.0, "pseudo_label_confidence",
-                 f"must be above 0.5 and below 1, got {self.pseudo_label_confidence}")
+        _require(0.0 < self.pseudo_label_share <= 1.0, "pseudo_label_share",
+                 f"must be above 0 and at most 1, got {self.pseudo_label_share}")
         _require(not (self.unlabeled_split and self.windowed), "span_window",
                  f"is {self.span_window}, but the data holds unlabeled regions: a window of "
                  "spans with unlabeled regions is not supported yet; use span_window 1 or "

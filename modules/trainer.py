@@ -348,30 +348,55 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
 MAX_PSEUDO_LABELS = 20_000
 
 
+def _flip_probabilities(model: tf.keras.Model, batch: dict[str, tf.Tensor],
+                        config: PipelineConfig) -> np.ndarray:
+    """The mean probability over the four flips of each view (a label that holds under flips
+    is less often wrong)."""
+    regions = batch[features.REGION_KEY]
+    return tf.reduce_mean(tf.stack([
+        tf.reshape(model(model_inputs({**batch, features.REGION_KEY: tf.reverse(
+            regions, axis) if axis else regions}, config), training=False), [-1])
+        for axis in ([], [2], [3], [2, 3])]), axis=0).numpy()
+
+
 def pseudo_labels(model: tf.keras.Model, unlabeled: tf.data.Dataset, config: PipelineConfig
                   ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The unlabeled regions (a dataset of transformed feature dicts, one region each) that
-    `model` is confident about, with the label it predicts (the mean of its probabilities over
-    the four flips of each view: a label that holds under flips is less often wrong), and what
-    was found: regions seen, and kept per label."""
-    kept: dict[str, list[np.ndarray]] = {}
-    seen = 0
+    `model` is most confident about, with the label it predicts: of the regions it predicts as
+    each class, the `pseudo_label_share` most confident (class-balanced self-training, Zou et
+    al., ECCV 2018: a threshold per class, so a model that is more sure of one class, or not
+    sure of anything, as on a site it never saw, still gives both). Two passes: the first finds
+    each class's threshold from the probabilities alone, the second keeps the regions at or
+    over it (at most MAX_PSEUDO_LABELS; the order of the passes need not agree). Returns them
+    and what was found: regions seen, and kept per label."""
+    confidences: list[list[float]] = [[], []]
     for batch in unlabeled.batch(256):
-        regions = batch[features.REGION_KEY]
-        probability = tf.reduce_mean(tf.stack([
-            tf.reshape(model(model_inputs({**batch, features.REGION_KEY: tf.reverse(
-                regions, axis) if axis else regions}, config), training=False), [-1])
-            for axis in ([], [2], [3], [2, 3])]), axis=0).numpy()
-        seen += len(probability)
-        confident = np.maximum(probability, 1.0 - probability) >= config.pseudo_label_confidence
-        if not confident.any():
+        probability = _flip_probabilities(model, batch, config)
+        predicted = probability >= 0.5
+        confidence = np.where(predicted, probability, 1.0 - probability)
+        for label in (0, 1):
+            confidences[label].extend(confidence[predicted == bool(label)])
+    seen = len(confidences[0]) + len(confidences[1])
+    # the confidence at which a class's most confident share begins (inf: none predicted)
+    thresholds = [np.sort(found)[::-1][max(0, math.ceil(len(found) * config.pseudo_label_share)
+                                          - 1)] if found else np.inf
+                  for found in confidences]
+    kept: dict[str, list[np.ndarray]] = {}
+    total = 0
+    for batch in unlabeled.batch(256):
+        if total >= MAX_PSEUDO_LABELS:
+            break
+        probability = _flip_probabilities(model, batch, config)
+        label = (probability >= 0.5).astype(np.int64)
+        confidence = np.where(label == 1, probability, 1.0 - probability)
+        keep = confidence >= np.where(label == 1, thresholds[1], thresholds[0])
+        if not keep.any():
             continue
-        found = {key: value.numpy()[confident] for key, value in batch.items()}
-        found[features.TRANSFORMED_LABEL_KEY] = (probability[confident] >= 0.5).astype(np.int64)
+        found = {key: value.numpy()[keep] for key, value in batch.items()}
+        found[features.TRANSFORMED_LABEL_KEY] = label[keep]
         for key, value in found.items():
             kept.setdefault(key, []).append(value)
-        if sum(len(part) for part in kept[features.TRANSFORMED_LABEL_KEY]) >= MAX_PSEUDO_LABELS:
-            break
+        total += int(keep.sum())
     joined = {key: np.concatenate(parts)[:MAX_PSEUDO_LABELS] for key, parts in kept.items()}
     labels = joined.get(features.TRANSFORMED_LABEL_KEY, np.zeros(0, np.int64))
     return joined, {"unlabeled_seen": seen, "pseudo_labelled_0": int((labels == 0).sum()),
@@ -382,11 +407,11 @@ def self_train(model: tf.keras.Model, config: PipelineConfig, labelled_regions: 
                counts: list[int], unlabeled: tf.data.Dataset, evaluation: tf.data.Dataset,
                verbose: int = 2) -> tuple[tf.keras.callbacks.History | None, dict[str, int]]:
     """Pseudo-labelling (`unlabeled_training: pseudo_labels`): the trained `model` labels the
-    unlabeled regions it is confident about, and training goes on from its weights on the
-    labelled regions and those, drawn in proportion, with early stopping on the validation
-    split as before. `labelled_regions` and `unlabeled` hold transformed feature dicts, one
-    region each (`labelled`). Returns the second stage's history (None when no region was
-    confident enough) and the counts of `pseudo_labels`."""
+    unlabeled regions it is most confident about (`pseudo_labels`), and training goes on from
+    its weights on the labelled regions and those, drawn in proportion, with early stopping on
+    the validation split as before. `labelled_regions` and `unlabeled` hold transformed feature
+    dicts, one region each (`labelled`). Returns the second stage's history (None when there
+    was no unlabeled region) and the counts of `pseudo_labels`."""
     found, used = pseudo_labels(model, unlabeled, config)
     pseudo = len(found.get(features.TRANSFORMED_LABEL_KEY, ()))
     logging.info("pseudo-labels: %s", used)

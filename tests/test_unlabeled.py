@@ -124,24 +124,30 @@ def test_training_counts_and_reads_labelled_and_unlabeled_regions_apart(tmp_path
     np.testing.assert_allclose(mean, known.mean(axis=0), rtol=1e-6)
 
 
-def test_pseudo_labels_keep_what_the_model_is_confident_about():
+def test_pseudo_labels_keep_the_most_confident_share_of_each_class():
     """A model whose probability is the mean of the region's first channel, sigmoid-squashed:
-    the regions far from 0 are kept with the label their sign gives, the others are not."""
+    of the regions on either side of 0, the half farthest from it is kept, with the label its
+    side gives, however sure the model is of each side."""
     config = PipelineConfig(num_views=1, num_masks=1, channels=1, image_size=16,
-                            pseudo_label_confidence=0.9).validate()
+                            pseudo_label_share=0.5).validate()
     inputs = tf.keras.Input([1, 16, 16, 2])
     model = tf.keras.Model(inputs, tf.keras.layers.Lambda(lambda x: tf.sigmoid(
         40.0 * tf.reduce_mean(x[..., 0], axis=[1, 2, 3])))(inputs))
-    levels = np.array([-1.0, -0.01, 0.0, 0.02, 1.0, 0.5], np.float32)
-    regions = np.broadcast_to(levels[:, None, None, None, None], (6, 1, 16, 16, 2)).copy()
+    # four regions on the negative side (all barely), three on the positive one (0.0 counts
+    # as positive: probability 0.5), one of them far out
+    levels = np.array([-0.01, -0.02, 0.0, 0.02, -0.005, 1.0, -0.03], np.float32)
+    regions = np.broadcast_to(levels[:, None, None, None, None], (7, 1, 16, 16, 2)).copy()
     unlabeled = tf.data.Dataset.from_tensor_slices({
         features.REGION_KEY: regions,
-        features.REGION_STATISTICS_KEY: np.zeros((6, 5), np.float32),
-        features.TRANSFORMED_LABEL_KEY: np.full(6, features.UNLABELED, np.int64)})
+        features.REGION_STATISTICS_KEY: np.zeros((7, 5), np.float32),
+        features.TRANSFORMED_LABEL_KEY: np.full(7, features.UNLABELED, np.int64)})
     found, used = pseudo_labels(model, unlabeled, config)
-    assert used == {"unlabeled_seen": 6, "pseudo_labelled_0": 1, "pseudo_labelled_1": 2}
-    np.testing.assert_array_equal(found[features.TRANSFORMED_LABEL_KEY], [0, 1, 1])
-    np.testing.assert_array_equal(found[features.REGION_KEY][:, 0, 0, 0, 0], [-1.0, 1.0, 0.5])
+    assert used == {"unlabeled_seen": 7, "pseudo_labelled_0": 2, "pseudo_labelled_1": 2}
+    np.testing.assert_array_equal(found[features.TRANSFORMED_LABEL_KEY], [0, 1, 1, 0])
+    np.testing.assert_array_equal(found[features.REGION_KEY][:, 0, 0, 0, 0],
+                                  np.float32([-0.02, 0.02, 1.0, -0.03]))
+    everything, used = pseudo_labels(model, unlabeled, config.replace(pseudo_label_share=1.0))
+    assert len(everything[features.TRANSFORMED_LABEL_KEY]) == 7
 
 
 @pytest.mark.slow
@@ -152,7 +158,7 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
                      "--epochs", "40", "--early-stopping-patience", "12", "--batch-size",
                      "16", "--unlabeled-training",
-                     "pseudo_labels", "--pseudo-label-confidence", "0.6",
+                     "pseudo_labels",
                      "--min-accuracy", "0", "--no-serving-check", "--attribution-regions", "0",
                      "--no-confidence-intervals"]) == 0
     out = capsys.readouterr().out
