@@ -541,6 +541,6 @@ def run_fn(fn_args: Any) -> None:
     summary_path = os.path.join(fn_args.model_run_dir, features.TRAINING_SUMMARY)
     with tf.io.gfile.GFile(summary_path, "w") as out:
         out.write(json.dumps({"class_weights": weights, "unlabeled": unlabeled_use,
-                              "history": {key: [float(v) for found in histories
-                                                for v in found.history[key]]
+                              "history": {key: [float(v) for stage in histories
+                                                for v in stage.history[key]]
                                           for key in history.history}}))
