@@ -218,3 +218,20 @@ def test_a_kubeflow_spec_compiled_from_data_with_unlabeled_regions_trains_on_the
     splits = json.loads(tasks["Transform"]["inputs"]["parameters"]["splits_config"][
         "runtimeValue"]["constant"])
     assert splits["transform"] == ["train", "validation", features.UNLABELED_SPLIT]
+
+
+def test_the_run_summary_says_what_became_of_the_unlabeled_regions():
+    from masktfx.pipeline.summary import RunSummary, format_summary
+
+    split = features.UNLABELED_SPLIT
+    summary = RunSummary(run_id="r", examples={"train": 30, "validation": 6, "test": 6,
+                                               split: 12})
+    shown = format_summary(summary)
+    assert f"examples: train 30, validation 6, test 6, {split} 12" in shown
+    assert "unlabeled regions: 12, not used for training (unlabeled_training: none)" in shown
+    summary.unlabeled = {"unlabeled_regions": 12, "unlabeled_training": "pseudo_labels",
+                         "unlabeled_seen": 12, "pseudo_labelled_0": 2, "pseudo_labelled_1": 4}
+    assert "the Trainer used 6 of 12 as pseudo-labels (2 absent, 4 present)" in \
+        format_summary(summary)
+    assert "unlabeled regions" not in format_summary(RunSummary(run_id="r", examples={
+        "train": 30, "validation": 6, "test": 6}))
