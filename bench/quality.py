@@ -19,10 +19,13 @@ to choose.
 Methods: the default config (`default`), the default when issue #16 was filed
 (`previous_default`), two classical baselines fitted on fit + validation (`logistic`: a
 logistic regression on colour and intensity statistics inside and around the mask;
-`gradient_boosting`: gradient boosting on the DriftCheck's region descriptors), and one-field
-ablations (`--ablations`). Every network runs with each seed; the JSON gives each seed's AUC,
-the median, the spread, the AUC of the seeds' mean probability (`ensemble_auc`) and the median
-AUC with test-time flips (`tta_auc_median`, four passes per region). The transform and the
+`gradient_boosting`: gradient boosting on the DriftCheck's region descriptors), one-field
+ablations (`--ablations`), and the unlabeled-regions lever (`pseudo_labels`: the scored site's
+regions, their labels unread; `pseudo_labels_new_scene`: 1,000 candidate regions of the
+deepforest wheel's unannotated scene). Every network runs with each seed; the JSON gives
+each seed's AUC, the median, the spread, the AUC of the seeds' mean probability
+(`ensemble_auc`) and the median AUC with test-time flips (`tta_auc_median`, four passes per
+region). The transform and the
 training are the pipeline's own functions (`modules.transform.transform_regions`,
 `modules.trainer.train_model`), run in process.
 
