@@ -295,9 +295,11 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
             seeded, *training_inputs(seeded, fit, validation), verbose=0,
             moments=statistics_moments(fit[0][features.REGION_STATISTICS_KEY]))
         if seeded.unlabeled_training != "none":
-            # the site it is scored on, unlabeled: what a user has of a new site before
-            # anyone labels it (its labels are never read here)
+            # the site it is scored on, unlabeled (what a user has of a new site before
+            # anyone labels it; its labels are never read here), or the unannotated scene
             source = UNLABELED_SOURCES[name]
+            if source not in x_scored and source not in unlabeled_sources:
+                raise SystemExit(f"{name} needs unlabeled regions ({source}): trees only")
             unlabeled = (x_scored[source] if source in x_scored
                          else transform(unlabeled_sources[source], config))
             _, used = self_train(
