@@ -135,7 +135,7 @@ def test_stem_norm_adds_a_normalization_after_the_first_convolution():
 
 
 def test_every_augmentation_keeps_the_mask_binary_and_the_labels_apart(rng):
-    from masktfx.modules.trainer import augment
+    from masktfx.modules.augmentation import augment
 
     batch, size = 16, 16
     image = rng.random((batch, 2, size, size, 3)).astype(np.float32)
@@ -185,7 +185,7 @@ def test_channels_zero_takes_the_channels_of_the_data(tmp_path):
 
 
 def test_augment_moves_views_and_mask_together_and_scales_only_image_channels():
-    from masktfx.modules.trainer import augment
+    from masktfx.modules.augmentation import augment
 
     rng = np.random.default_rng(0)
     batch, views, size = 64, 2, 8
@@ -220,7 +220,7 @@ def test_autograph_leaves_keras_as_written_and_still_converts_our_functions():
     import tf_keras
     from tensorflow.python.autograph.impl import conversion
 
-    from masktfx.modules.trainer import augment
+    from masktfx.modules.augmentation import augment
 
     assert conversion.is_allowlisted(tf_keras.Model.train_step)
     assert conversion.is_allowlisted(tf_keras.metrics.AUC.update_state)
