@@ -17,9 +17,11 @@ from masktfx.config_values import (
     CHOICES,
     ConfigError,
     MetadataLocation,
-    coerce_field_value,
+    coerce_fields,
     parse_metadata,
     parse_threshold_policy,
+    read_config_file,
+    write_config_file,
 )
 
 # A component_config entry that is no config field: the fingerprint of the code the module
@@ -428,49 +430,20 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "PipelineConfig":
-        known = {f.name: f for f in fields(cls)}
-        for name, replacement in REPLACED_FIELDS.items():
-            if name in values:
-                raise ConfigError(f"{source}: field {name!r} was replaced: {replacement}")
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; "
-                              f"known fields: {', '.join(sorted(known))}")
-        converted = {name: coerce_field_value(known[name], value, source)
-                     for name, value in values.items()}
-        return cls(**converted)
+        return cls(**coerce_fields(fields(cls), values, source))
 
     @classmethod
     def from_yaml(cls, path: str, saved_run: bool = False) -> "PipelineConfig":
         """The config in `path`; with `saved_run` (a run's own RUN_CONFIG, written by an earlier
         release perhaps) fields since replaced are dropped rather than refused."""
-        import yaml
-
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values = yaml.safe_load(handle) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
-        if saved_run:
-            values = {k: v for k, v in values.items() if k not in REPLACED_FIELDS}
-        return cls.from_dict(values, source=path)
+        return cls.from_dict(read_config_file(path, saved_run), source=path)
 
     def replace(self, **changes: Any) -> "PipelineConfig":
         return dataclasses.replace(self, **changes)
 
     def save_yaml(self, path: str) -> None:
         """Written beside the run (WORKDIR/RUN_CONFIG) so reports read what the run used."""
-        import yaml
-
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        partial = f"{path}.partial"
-        with open(partial, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(self.to_custom_config(), handle, sort_keys=True)
-        os.replace(partial, path)
+        write_config_file(path, self.to_custom_config())
 
     @classmethod
     def for_workdir(cls, workdir: str) -> "PipelineConfig":
@@ -482,9 +455,6 @@ class PipelineConfig:
 
 
 RUN_CONFIG = "masktfx-config.yaml"
-# Fields a config of an earlier release may still hold, and what to write instead.
-REPLACED_FIELDS = {"eval_buckets": "the data is split three ways now; set validation_buckets "
-                                   "and test_buckets (train_buckets stays)"}
 # Object stores TF Serving reads model base paths from (tensorflow_serving's file systems).
 OBJECT_STORE_SCHEMES = ("gs", "s3")
 

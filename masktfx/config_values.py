@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The names a choice field may take.
@@ -155,3 +156,54 @@ def parse_metadata(text: str, default_path: str) -> MetadataLocation:
         raise ValueError(f"must be mysql://USER@HOST:PORT/DATABASE, got {text!r}")
     return MetadataLocation("mysql", host=parts.hostname, port=port, database=database,
                             user=parts.username)
+
+
+# Fields a config of an earlier release may still hold, and what to write instead.
+REPLACED_FIELDS = {"eval_buckets": "the data is split three ways now; set validation_buckets "
+                                   "and test_buckets (train_buckets stays)"}
+
+
+def coerce_fields(specs: Sequence[dataclasses.Field], values: Mapping[str, Any],
+                  source: str) -> dict[str, Any]:
+    """`values` of the fields `specs`, each coerced to its field's type; a replaced or unknown
+    field is refused, naming `source`."""
+    known = {spec.name: spec for spec in specs}
+    for name, replacement in REPLACED_FIELDS.items():
+        if name in values:
+            raise ConfigError(f"{source}: field {name!r} was replaced: {replacement}")
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; "
+                          f"known fields: {', '.join(sorted(known))}")
+    return {name: coerce_field_value(known[name], value, source)
+            for name, value in values.items()}
+
+
+def read_config_file(path: str, saved_run: bool = False) -> dict[str, Any]:
+    """The field: value mapping of a YAML config file; with `saved_run` fields since replaced
+    are dropped rather than refused."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+    if saved_run:
+        values = {k: v for k, v in values.items() if k not in REPLACED_FIELDS}
+    return values
+
+
+def write_config_file(path: str, values: Mapping[str, Any]) -> None:
+    """`values` as YAML at `path`, written whole or not at all."""
+    import yaml
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(dict(values), handle, sort_keys=True)
+    os.replace(partial, path)
