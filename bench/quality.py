@@ -99,6 +99,9 @@ METHODS: dict[str, dict] = {
     # candidate regions of the wheel's unannotated California scene (UNLABELED_SOURCES)
     "pseudo_labels": {"unlabeled_training": "pseudo_labels"},
     "pseudo_labels_new_scene": {"unlabeled_training": "pseudo_labels"},
+    # the tower pools its features over the region and around it separately (issue #31's
+    # "statistics pooled inside and around the mask separately", inside the network)
+    "mask_pooling": {"tower_pooling": "mask"},
     "less_context": {"crop_margin": 0.1},
     "more_context": {"crop_margin": 0.5},
 }

@@ -138,6 +138,11 @@ class PipelineConfig:
         "trainer", default=True,
         help="resnet: normalize the first convolution's output as every other's (false: faster to "
              "train on CPU, and less accurate across sites)")
+    tower_pooling: str = setting(
+        "trainer", default="global",
+        help="how the resnet tower pools its last features: global (over the crop) or mask (over "
+             "the region and the context around it separately, side by side; needs the mask "
+             "channel)")
     statistics_input: bool = setting(
         "trainer", default=False,
         help="also decide on each region's intensity statistics inside and around its mask (mean, "
@@ -352,6 +357,11 @@ class PipelineConfig:
         _require(not self.backbone or self.backbone_weights or self.backbone_train_layers,
                  "backbone_train_layers", "is 0 (frozen) but backbone_weights is empty: a "
                  "backbone without weights must train (-1), or give it weights")
+        _require(self.tower_pooling != "mask" or (
+            self.model_preset == "resnet" and not self.backbone
+            and self.input_channels > self.channels), "tower_pooling",
+            "is mask, which needs the resnet preset without a backbone and the mask as a channel "
+            "(mask_mode crop or zero with keep_mask_channel, or channel)")
         _require(0.0 < self.pseudo_label_share <= 1.0, "pseudo_label_share",
                  f"must be above 0 and at most 1, got {self.pseudo_label_share}")
         _require(not (self.unlabeled_split and self.windowed), "span_window",

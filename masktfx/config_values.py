@@ -20,12 +20,14 @@ IMAGE_FORMATS = ("", "pictures", "rasters")
 DRIFT_ACTIONS = ("warn", "stop")
 SCORE_FORMATS = ("csv", "parquet", "geojson", "tfrecord")
 UNLABELED_TRAINING = ("none", "pseudo_labels")
+TOWER_POOLINGS = ("global", "mask")
 # Fields whose value is one of a few names ('': from the data, or none).
 CHOICES = {"split_by": ("group", "id"), "mask_mode": MASK_MODES, "normalization": NORMALIZATIONS,
            "image_format": IMAGE_FORMATS, "model_preset": MODEL_PRESETS,
            "norm_layer": NORM_LAYERS, "distribution_strategy": DISTRIBUTION_STRATEGIES,
            "drift_action": DRIFT_ACTIONS, "score_format": SCORE_FORMATS,
-           "direct_running_mode": RUNNING_MODES, "unlabeled_training": UNLABELED_TRAINING}
+           "direct_running_mode": RUNNING_MODES, "unlabeled_training": UNLABELED_TRAINING,
+           "tower_pooling": TOWER_POOLINGS}
 
 
 class ConfigError(ValueError):

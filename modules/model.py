@@ -164,8 +164,32 @@ def _residual_block(x: tf.Tensor, filters: int, stride: int, norm: str) -> tf.Te
     return keras.layers.ReLU()(keras.layers.Add()([shortcut, y]))
 
 
+class MaskPooling(keras.layers.Layer):
+    """[B, h, w, F] features and the [B, H, W, 1] mask -> [B, 2 F]: the features' mean over the
+    region and over the context around it, each weighted by the mask's share of the feature's
+    cell (the mask averaged down to h x w). The decision then compares the region with its
+    surroundings, as the classical baselines' inside/around statistics do, instead of pooling
+    both into one mean."""
+
+    def call(self, inputs: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        found, mask = inputs
+        shape = tf.shape(found)
+        # where the region is is given, not learnt: no gradient flows into the mask (nor has
+        # the area resize one)
+        inside = tf.image.resize(tf.stop_gradient(mask), shape[1:3], method="area")
+        outside = 1.0 - inside
+
+        def mean(weights: tf.Tensor) -> tf.Tensor:
+            # a region that fills the crop has no context: its context mean is 0
+            return (tf.reduce_sum(found * weights, axis=[1, 2])
+                    / tf.maximum(tf.reduce_sum(weights, axis=[1, 2]), 1e-3))
+
+        return tf.concat([mean(inside), mean(outside)], axis=-1)
+
+
 def resnet_tower(input_shape: tuple[int, int, int], norm: str = "group",
-                 stem_norm: bool = True) -> keras.Model:
+                 stem_norm: bool = True, mask_pooling: bool = False) -> keras.Model:
+    """With `mask_pooling`, the input's last channel is the region's mask (`MaskPooling`)."""
     inputs = keras.Input(input_shape)
     # The stem sees regions already normalized by the Transform, so a normalization layer after
     # it, on the largest activations of the network (full resolution), is optional: without it
@@ -177,7 +201,10 @@ def resnet_tower(input_shape: tuple[int, int, int], norm: str = "group",
     x = keras.layers.ReLU()(x)
     for filters, stride in ((32, 2), (64, 2), (128, 2)):
         x = _residual_block(x, filters, stride, norm)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    if mask_pooling:
+        x = MaskPooling(name="mask_pooling")([x, inputs[..., -1:]])
+    else:
+        x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.3)(x)
     return keras.Model(inputs, x, name="resnet_tower")
 
@@ -265,7 +292,8 @@ def build_tower(config: PipelineConfig, input_shape: tuple[int, int, int]) -> ke
         return backbone_tower(config, input_shape)
     if config.model_preset == "seed":
         return seed_tower(input_shape)
-    return resnet_tower(input_shape, config.norm_layer, config.stem_norm)
+    return resnet_tower(input_shape, config.norm_layer, config.stem_norm,
+                        mask_pooling=config.tower_pooling == "mask")
 
 
 def build_model(config: PipelineConfig,

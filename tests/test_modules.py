@@ -426,3 +426,39 @@ def test_run_fn_with_a_backbone_saves_a_model_whose_signatures_agree(
         tmp_path, image_size=32, epochs=1, backbone="MobileNet",
         backbone_weights=user_backbone_weights[0], backbone_train_layers=0)
     _assert_signatures_agree(tf.saved_model.load(serving_dir), examples)
+
+
+def test_mask_pooling_averages_the_features_inside_and_around_the_region(rng):
+    from masktfx.modules.model import MaskPooling
+
+    found = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    mask = np.zeros((2, 8, 8, 1), np.float32)
+    mask[0, :4, :4] = 1.0  # the top-left 2 x 2 cells of the features
+    mask[1, :4, :3] = 1.0  # the same, but the second column of cells only half covered
+    pooled = MaskPooling()([tf.constant(found), tf.constant(mask)]).numpy()
+    assert pooled.shape == (2, 6)
+    for example, cover in enumerate((np.array([[1.0, 1.0], [1.0, 1.0]]),
+                                     np.array([[1.0, 0.5], [1.0, 0.5]]))):
+        weights = np.zeros((4, 4))
+        weights[:2, :2] = cover
+        for part, weight in ((slice(0, 3), weights), (slice(3, 6), 1.0 - weights)):
+            expected = (found[example] * weight[..., None]).sum((0, 1)) / weight.sum()
+            np.testing.assert_allclose(pooled[example, part], expected, rtol=1e-5)
+
+
+def test_mask_pooling_is_refused_without_the_mask_channel_or_the_resnet_tower():
+    config = PipelineConfig(num_views=1, num_masks=1, tower_pooling="mask")
+    tower = build_model(config.validate()).get_layer("views").layer
+    assert tower.get_layer("mask_pooling").output_shape == (None, 256)  # 128 inside, 128 around
+    for change in ({"keep_mask_channel": False}, {"mask_mode": "none"},
+                   {"model_preset": "seed"}):
+        with pytest.raises(ConfigError, match="tower_pooling. is mask, which needs"):
+            config.replace(**change).validate()
+
+
+def test_run_fn_with_mask_pooling_saves_a_model_whose_signatures_agree(tmp_path):
+    from conftest import train_tiny_model
+
+    serving_dir, examples = train_tiny_model(tmp_path, epochs=1, model_preset="resnet",
+                                             tower_pooling="mask")
+    _assert_signatures_agree(tf.saved_model.load(serving_dir), examples)
