@@ -66,6 +66,13 @@ from quality_data import (  # noqa: E402
     unlabeled_rows,
 )
 from quality_decisions import NEVER_SELECTED_ON, SELECTION_DATA, decisions  # noqa: E402
+from quality_methods import (  # noqa: E402
+    ABLATIONS,
+    HEADLINE,
+    METHODS,
+    NEW_SCENE_REGIONS,
+    UNLABELED_SOURCES,
+)
 
 from masktfx import features  # noqa: E402
 from masktfx.config import PipelineConfig, model_channels  # noqa: E402
@@ -74,39 +81,6 @@ from masktfx.demo_data import (  # noqa: E402
     write_nuclei,
     write_synthetic,
 )
-
-# One config change per entry, against the default; "logistic" is the classical baseline.
-METHODS: dict[str, dict] = {
-    "default": {},
-    "seed": {"model_preset": "seed"},
-    "logistic": {},
-    "gradient_boosting": {},
-    "mask_off": {"mask_mode": "none"},
-    # the default when issue #16 was filed: the reference of its training-time target
-    "previous_default": {"norm_layer": "batch", "augmentations": "flip,intensity",
-                         "stem_norm": True},
-    "batch_norm": {"norm_layer": "batch"},
-    "layer_norm": {"norm_layer": "layer"},
-    "no_norm": {"norm_layer": "none"},
-    "no_stem_norm": {"stem_norm": False},
-    "flip_intensity_only": {"augmentations": "flip,intensity"},
-    "no_augmentation": {"augment": False},
-    "color": {"channels": 0},
-    "statistics_input": {"statistics_input": True},
-    "layer_norm_statistics_input": {"norm_layer": "layer", "statistics_input": True},
-    # unlabeled regions (issue #31's lever), pseudo-labelled after training
-    # (`modules.trainer.self_train`): the other site's regions, their labels unread, or
-    # candidate regions of the wheel's unannotated California scene (UNLABELED_SOURCES)
-    "pseudo_labels": {"unlabeled_training": "pseudo_labels"},
-    "pseudo_labels_new_scene": {"unlabeled_training": "pseudo_labels"},
-    # the tower pools its features over the region and around it separately (issue #31's
-    # "statistics pooled inside and around the mask separately", inside the network)
-    "mask_pooling": {"tower_pooling": "mask"},
-    "less_context": {"crop_margin": 0.1},
-    "more_context": {"crop_margin": 0.5},
-}
-HEADLINE = ("default", "previous_default", "logistic", "gradient_boosting")
-ABLATIONS = tuple(name for name in METHODS if name not in HEADLINE)
 
 
 def resolve(config: PipelineConfig, rows: Rows) -> PipelineConfig:
@@ -344,10 +318,6 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
     return found
 
 
-# The unlabeled regions of the `unlabeled_training` methods (trees only): the other site's
-# regions (scored, their labels never read), or those of the unannotated scene.
-UNLABELED_SOURCES = {"pseudo_labels": "other_site", "pseudo_labels_new_scene": "new_scene"}
-NEW_SCENE_REGIONS = 1000  # candidate regions drawn on the unannotated scene
 
 
 # The reference of issue #16's training-time target, and the method held to it.

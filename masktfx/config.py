@@ -178,13 +178,13 @@ class PipelineConfig:
     unlabeled_training: str = setting(
         "trainer", default="none",
         help="what the Trainer does with the data's unlabeled regions (rows with an empty label):"
-             " none, or pseudo_labels (after training, the regions it is most confident about "
-             "join the training data with the label it predicts, and training goes on)")
+             " none; pseudo_labels (after training, those it is surest of join the training data "
+             "with the label it predicts, and training goes on); ranked_pseudo_labels (the same, "
+             "taken from both ends of its ranking, split as the labelled regions are)")
     pseudo_label_share: float = setting(
         "trainer", default=0.5,
-        help="pseudo_labels: the share of the unlabeled regions predicted as each class that "
-             "are used, the most confident first (class-balanced, so neither class crowds out "
-             "the other)")
+        help="the share of the unlabeled regions used: of those predicted as each class, the "
+             "surest first (pseudo_labels), or of all of them (ranked_pseudo_labels)")
     distribution_strategy: str = setting(
         "trainer", default="",
         help="tf.distribute strategy for the Trainer: '' (none), mirrored (the devices of one "

@@ -19,7 +19,7 @@ DISTRIBUTION_STRATEGIES = ("", "mirrored", "multi_worker_mirrored")
 IMAGE_FORMATS = ("", "pictures", "rasters")
 DRIFT_ACTIONS = ("warn", "stop")
 SCORE_FORMATS = ("csv", "parquet", "geojson", "tfrecord")
-UNLABELED_TRAINING = ("none", "pseudo_labels")
+UNLABELED_TRAINING = ("none", "pseudo_labels", "ranked_pseudo_labels")
 TOWER_POOLINGS = ("global", "mask")
 # Fields whose value is one of a few names ('': from the data, or none).
 CHOICES = {"split_by": ("group", "id"), "mask_mode": MASK_MODES, "normalization": NORMALIZATIONS,

@@ -283,44 +283,60 @@ def _flip_probabilities(model: tf.keras.Model, batch: dict[str, tf.Tensor],
         for axis in ([], [2], [3], [2, 3])]), axis=0).numpy()
 
 
-def pseudo_labels(model: tf.keras.Model, unlabeled: tf.data.Dataset, config: PipelineConfig
-                  ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def pseudo_labels(model: tf.keras.Model, unlabeled: tf.data.Dataset, config: PipelineConfig,
+                  present_share: float = 0.5) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The unlabeled regions (a dataset of transformed feature dicts, one region each) that
-    `model` is most confident about, with the label it predicts: of the regions it predicts as
-    each class, the `pseudo_label_share` most confident (class-balanced self-training, Zou et
-    al., ECCV 2018: a threshold per class, so a model that is more sure of one class, or not
-    sure of anything, as on a site it never saw, still gives both). Two passes: the first finds
-    each class's threshold from the probabilities alone, the second keeps the regions at or
-    over it (at most MAX_PSEUDO_LABELS; the order of the passes need not agree). Returns them
-    and what was found: regions seen, and kept per label."""
-    confidences: list[list[float]] = [[], []]
-    for batch in unlabeled.batch(256):
-        probability = _flip_probabilities(model, batch, config)
-        predicted = probability >= 0.5
-        confidence = np.where(predicted, probability, 1.0 - probability)
-        for label in (0, 1):
-            confidences[label].extend(confidence[predicted == bool(label)])
-    seen = len(confidences[0]) + len(confidences[1])
-    # the confidence at which a class's most confident share begins (inf: none predicted)
-    thresholds = [np.sort(found)[::-1][max(0, math.ceil(len(found) * config.pseudo_label_share)
-                                          - 1)] if found else np.inf
-                  for found in confidences]
+    `model` is most confident about, with a label. `pseudo_labels`: of the regions it predicts
+    as each class, the `pseudo_label_share` most confident, with the label it predicts
+    (class-balanced self-training, Zou et al., ECCV 2018: a threshold per class, so a model
+    that is more sure of one class still gives both, when it predicts both).
+    `ranked_pseudo_labels`: the regions ranked by probability, the `pseudo_label_share` of them
+    at the two ends, split between the classes as the labelled regions are (`present_share`):
+    the top ones present, the bottom ones absent, whatever side of 0.5 they fall on. On a site
+    it never saw, a model's probabilities shift while its ranking (its AUC) holds better, so
+    this still gives both classes where the first rule gives one. Two passes over the regions:
+    the first predicts them (the probabilities alone are held) and sets the thresholds, the
+    second keeps the regions past them (at most MAX_PSEUDO_LABELS; the dataset must give the
+    same order twice). Returns them and what was found: regions seen, and kept per label."""
+    ranked = config.unlabeled_training == "ranked_pseudo_labels"
+    probabilities = np.concatenate([_flip_probabilities(model, batch, config)
+                                    for batch in unlabeled.batch(256)] or [np.zeros(0)])
+    seen = len(probabilities)
+    if ranked:
+        ordered = np.sort(probabilities)
+        present = min(seen, round(seen * config.pseudo_label_share * present_share))
+        absent = min(seen - present, round(seen * config.pseudo_label_share
+                                           * (1.0 - present_share)))
+        # the lowest probability called present, the highest called absent
+        lowest_present = ordered[seen - present] if present else np.inf
+        highest_absent = ordered[absent - 1] if absent else -np.inf
+    else:
+        def most_confident(found: np.ndarray, last: bool) -> float:
+            """Where a class's most confident share begins (none predicted: none kept)."""
+            if not len(found):
+                return np.inf if last else -np.inf
+            ordered = np.sort(found)[::-1] if last else np.sort(found)
+            return ordered[max(0, math.ceil(len(found) * config.pseudo_label_share) - 1)]
+
+        predicted = probabilities >= 0.5
+        lowest_present = most_confident(probabilities[predicted], last=True)
+        highest_absent = most_confident(probabilities[~predicted], last=False)
     kept: dict[str, list[np.ndarray]] = {}
-    total = 0
+    offset = 0
+    # the second pass over the regions, whose probabilities the first found
     for batch in unlabeled.batch(256):
-        if total >= MAX_PSEUDO_LABELS:
-            break
-        probability = _flip_probabilities(model, batch, config)
-        label = (probability >= 0.5).astype(np.int64)
-        confidence = np.where(label == 1, probability, 1.0 - probability)
-        keep = confidence >= np.where(label == 1, thresholds[1], thresholds[0])
+        probability = probabilities[offset:offset + len(batch[features.REGION_KEY])]
+        offset += len(probability)
+        keep = (probability >= lowest_present) | (probability <= highest_absent)
         if not keep.any():
             continue
         found = {key: value.numpy()[keep] for key, value in batch.items()}
-        found[features.TRANSFORMED_LABEL_KEY] = label[keep]
+        found[features.TRANSFORMED_LABEL_KEY] = (probability[keep] >= lowest_present).astype(
+            np.int64)
         for key, value in found.items():
             kept.setdefault(key, []).append(value)
-        total += int(keep.sum())
+        if sum(len(part) for part in kept[features.TRANSFORMED_LABEL_KEY]) >= MAX_PSEUDO_LABELS:
+            break
     joined = {key: np.concatenate(parts)[:MAX_PSEUDO_LABELS] for key, parts in kept.items()}
     labels = joined.get(features.TRANSFORMED_LABEL_KEY, np.zeros(0, np.int64))
     return joined, {"unlabeled_seen": seen, "pseudo_labelled_0": int((labels == 0).sum()),
@@ -330,13 +346,13 @@ def pseudo_labels(model: tf.keras.Model, unlabeled: tf.data.Dataset, config: Pip
 def self_train(model: tf.keras.Model, config: PipelineConfig, labelled_regions: tf.data.Dataset,
                counts: list[int], unlabeled: tf.data.Dataset, evaluation: tf.data.Dataset,
                verbose: int = 2) -> tuple[tf.keras.callbacks.History | None, dict[str, int]]:
-    """Pseudo-labelling (`unlabeled_training: pseudo_labels`): the trained `model` labels the
+    """Pseudo-labelling (`unlabeled_training`): the trained `model` labels the
     unlabeled regions it is most confident about (`pseudo_labels`), and training goes on from
     its weights on the labelled regions and those, drawn in proportion, with early stopping on
     the validation split as before. `labelled_regions` and `unlabeled` hold transformed feature
     dicts, one region each (`labelled`). Returns the second stage's history (None when there
     was no unlabeled region) and the counts of `pseudo_labels`."""
-    found, used = pseudo_labels(model, unlabeled, config)
+    found, used = pseudo_labels(model, unlabeled, config, present_share=counts[1] / sum(counts))
     pseudo = len(found.get(features.TRANSFORMED_LABEL_KEY, ()))
     logging.info("pseudo-labels: %s", used)
     if not pseudo:
@@ -439,7 +455,7 @@ def run_fn(fn_args: Any) -> None:
     unlabeled_use = {"unlabeled_regions": unlabeled_count,
                      "unlabeled_training": config.unlabeled_training}
     histories = [history]
-    if unlabeled_count and config.unlabeled_training == "pseudo_labels":
+    if unlabeled_count and config.unlabeled_training != "none":
         second, found = self_train(model, config, regions(), counts, regions(unlabeled=True),
                                    evaluation)
         unlabeled_use.update(found)

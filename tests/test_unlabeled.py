@@ -150,6 +150,32 @@ def test_pseudo_labels_keep_the_most_confident_share_of_each_class():
     assert len(everything[features.TRANSFORMED_LABEL_KEY]) == 7
 
 
+def test_ranked_pseudo_labels_take_both_ends_of_the_ranking_in_the_labelled_shares():
+    """A model that calls every region present (probabilities 0.6-0.95, as on a site it never
+    saw): the confidence rule gives one class; the ranking rule takes the share of all regions
+    at the two ends, split as the labelled regions are (here 3 present to 1 absent)."""
+    inputs = tf.keras.Input([1, 8, 8, 2])
+    model = tf.keras.Model(inputs, tf.keras.layers.Lambda(
+        lambda x: tf.reduce_mean(x[..., 0], axis=[1, 2, 3]))(inputs))
+    levels = np.linspace(0.6, 0.95, 16).astype(np.float32)[::-1].copy()  # any order
+    unlabeled = tf.data.Dataset.from_tensor_slices({
+        features.REGION_KEY: np.broadcast_to(levels[:, None, None, None, None],
+                                             (16, 1, 8, 8, 2)).copy(),
+        features.TRANSFORMED_LABEL_KEY: np.full(16, features.UNLABELED, np.int64)})
+    config = PipelineConfig(num_views=1, num_masks=1, image_size=8, pseudo_label_share=0.5,
+                            unlabeled_training="pseudo_labels").validate()
+    _, used = pseudo_labels(model, unlabeled, config, present_share=0.75)
+    assert used == {"unlabeled_seen": 16, "pseudo_labelled_0": 0, "pseudo_labelled_1": 8}
+    found, used = pseudo_labels(model, unlabeled.batch(1).unbatch(),  # batches do not matter
+                                config.replace(unlabeled_training="ranked_pseudo_labels"),
+                                present_share=0.75)
+    assert used == {"unlabeled_seen": 16, "pseudo_labelled_0": 2, "pseudo_labelled_1": 6}
+    by_level = dict(zip(found[features.REGION_KEY][:, 0, 0, 0, 0].round(4),
+                        found[features.TRANSFORMED_LABEL_KEY]))
+    assert by_level == {**{level: 1 for level in np.sort(levels)[-6:].round(4)},
+                        **{level: 0 for level in np.sort(levels)[:2].round(4)}}
+
+
 @pytest.mark.slow
 def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_path, capsys):
     manifest = write_synthetic(str(tmp_path / "data"), num_examples=320, size=32)
