@@ -16,20 +16,22 @@ Wyoming's same-scene hold-out and the reverse direction (California -> Wyoming);
 labels in the Wyoming -> California direction are scored once per method and never looked at
 to choose.
 
-Methods: the default config (`default`), the default when issue #16 was filed
-(`previous_default`), two classical baselines fitted on fit + validation (`logistic`: a
-logistic regression on colour and intensity statistics inside and around the mask;
-`gradient_boosting`: gradient boosting on the DriftCheck's region descriptors), one-field
-ablations (`--ablations`), and the unlabeled-regions lever (`pseudo_labels`: the scored site's
-regions, their labels unread; `pseudo_labels_new_scene`: 1,000 candidate regions of the
-deepforest wheel's unannotated scene). Every network runs with each seed; the JSON gives
-each seed's AUC, the median, the spread, the AUC of the seeds' mean probability
-(`ensemble_auc`) and the median AUC with test-time flips (`tta_auc_median`, four passes per
-region). The transform and the
-training are the pipeline's own functions (`modules.transform.transform_regions`,
-`modules.trainer.train_model`), run in process.
+Methods (bench/quality_methods.py): the default config (`default`), the default when issue
+#16 was filed (`previous_default`), two classical baselines fitted on fit + validation
+(`logistic`: a logistic regression on colour and intensity statistics inside and around the
+mask; `gradient_boosting`: gradient boosting on the DriftCheck's region descriptors), one-field
+ablations (`--ablations`, or named in `--methods`), and the unlabeled-regions lever
+(`pseudo_labels`, `ranked_pseudo_labels`: the scored site's regions, their labels unread;
+`pseudo_labels_new_scene`: 1,000 candidate regions of the deepforest wheel's unannotated
+scene). Every network runs with each seed (`--reverse-seeds` for California -> Wyoming); the
+JSON gives each seed's AUC, their median, range, mean and its standard error, the AUC of the
+seeds' mean probability (`ensemble_auc`) and the AUC with test-time flips (`tta_auc_median`,
+`tta_auc_mean`; four passes per region). The transform and the training are the pipeline's
+own functions (`modules.transform.transform_regions`, `modules.trainer.train_model`), run in
+process.
 
-    python bench/quality.py [--seeds 0 1 2] [--datasets trees nuclei_hard synthetic]
+    python bench/quality.py [--seeds 0 1 2] [--reverse-seeds 0 1 2 3 4 5 6 7]
+                            [--datasets trees nuclei_hard synthetic]
                             [--methods default previous_default ...] [--ablations color ...]
                             [--attribution] [--time-rounds 8]
                             [--output bench/results/quality.json]

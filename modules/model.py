@@ -5,7 +5,8 @@
   pooling makes it less tied to where in the crop the finding sits. Its normalization layers
   (`norm_layer`) default to group normalization: it normalizes each region by its own feature
   statistics, so no statistic of the training sites is frozen into the served model, as batch
-  normalization's moving averages are (measured in bench/quality: see the README).
+  normalization's moving averages are (measured in bench/quality: see the README). With
+  `tower_pooling: mask` it pools its last features over the region and around it separately.
 
 With `backbone` set, the tower is instead an architecture of tf.keras.applications with the
 user's pretrained weights, frozen, partly or wholly trained.
