@@ -278,10 +278,12 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
         model, history = train_model(
             seeded, *training_inputs(seeded, fit, validation), verbose=0,
             moments=statistics_moments(fit[0][features.REGION_STATISTICS_KEY]))
-        if seeded.unlabeled_training != "none":
-            # the site it is scored on, unlabeled (what a user has of a new site before
-            # anyone labels it; its labels are never read here), or the unannotated scene
-            source = UNLABELED_SOURCES[name]
+        # As in the pipeline, the Trainer learns from unlabeled regions only where the data
+        # holds some: the methods of UNLABELED_SOURCES have the site they are scored on,
+        # unlabeled (what a user has of a new site before anyone labels it; its labels are
+        # never read here), or the unannotated scene; the others have none.
+        source = UNLABELED_SOURCES.get(name)
+        if source and seeded.unlabeled_training != "none":
             if source not in x_scored and source not in unlabeled_sources:
                 raise SystemExit(f"{name} needs unlabeled regions ({source}): trees only")
             unlabeled = (x_scored[source] if source in x_scored

@@ -176,7 +176,7 @@ class PipelineConfig:
         help="comma-separated: flip (flips and rotations), intensity (brightness, contrast), color"
              " (per-channel gain and saturation), noise, blur, scale (zoom)")
     unlabeled_training: str = setting(
-        "trainer", default="none",
+        "trainer", default="ranked_pseudo_labels",
         help="what the Trainer does with the data's unlabeled regions (rows with an empty label):"
              " none; pseudo_labels (after training, those it is surest of join the training data "
              "with the label it predicts, and training goes on); ranked_pseudo_labels (the same, "

@@ -365,6 +365,14 @@ def format_attribution(found: dict[str, Any]) -> str:
             f"label 1: {by_class['1']['median']:.3f})")
 
 
+# What a run whose data holds no unlabeled region misses (issue #31: a default that learns
+# from unlabeled data says why it is worse without it).
+NO_UNLABELED_REGIONS = (
+    "unlabeled regions: none, so the Trainer learnt from labelled regions alone; on a site it "
+    "never saw, a model does better when that site's regions come along as rows with an empty "
+    "label, which it pseudo-labels (unlabeled_training; docs/benchmarks.md, quality across sites)")
+
+
 def format_unlabeled(regions: int, found: dict[str, Any]) -> str:
     """What the Trainer did with the span's `regions` unlabeled regions (`found`: its training
     summary's account), in a line; no metric counts them."""
@@ -398,6 +406,8 @@ def format_summary(summary: RunSummary) -> str:
     if summary.examples.get(features.UNLABELED_SPLIT):
         lines.append("  " + format_unlabeled(summary.examples[features.UNLABELED_SPLIT],
                                              summary.unlabeled))
+    elif summary.unlabeled.get("unlabeled_training", "none") != "none":
+        lines.append("  " + NO_UNLABELED_REGIONS)
     if summary.drift:
         lines.append(f"  DRIFT: {summary.drift}")
     if summary.estimate:

@@ -183,9 +183,7 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     workdir = str(tmp_path / "work")
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
                      "--epochs", "40", "--early-stopping-patience", "12", "--batch-size",
-                     "16", "--unlabeled-training",
-                     "pseudo_labels",
-                     "--min-accuracy", "0", "--no-serving-check", "--attribution-regions", "0",
+                     "16", "--min-accuracy", "0", "--no-serving-check", "--attribution-regions", "0",
                      "--no-confidence-intervals"]) == 0
     out = capsys.readouterr().out
     assert f"{blanked} of them unlabeled (empty label)" in out, out
@@ -233,8 +231,7 @@ def test_a_kubeflow_spec_compiled_from_data_with_unlabeled_regions_trains_on_the
     output = str(tmp_path / "pipeline.yaml")
     assert cli.main(["compile", "--output", output, "--image", "registry.example/masktfx:0.1.0",
                      "--pipeline-root", str(tmp_path / "root"), "--data-sample",
-                     str(tmp_path / "ingested"), "--no-use-spans",
-                     "--unlabeled-training", "pseudo_labels"]) == 0
+                     str(tmp_path / "ingested"), "--no-use-spans"]) == 0
     with open(output, encoding="utf-8") as handle:
         spec = next(yaml.safe_load_all(handle))
     # ExampleGen routes the unlabeled regions, Transform transforms their split
@@ -247,7 +244,7 @@ def test_a_kubeflow_spec_compiled_from_data_with_unlabeled_regions_trains_on_the
 
 
 def test_the_run_summary_says_what_became_of_the_unlabeled_regions():
-    from masktfx.pipeline.summary import RunSummary, format_summary
+    from masktfx.pipeline.summary import NO_UNLABELED_REGIONS, RunSummary, format_summary
 
     split = features.UNLABELED_SPLIT
     summary = RunSummary(run_id="r", examples={"train": 30, "validation": 6, "test": 6,
@@ -259,5 +256,11 @@ def test_the_run_summary_says_what_became_of_the_unlabeled_regions():
                          "unlabeled_seen": 12, "pseudo_labelled_0": 2, "pseudo_labelled_1": 4}
     assert "the Trainer used 6 of 12 as pseudo-labels (2 absent, 4 present)" in \
         format_summary(summary)
-    assert "unlabeled regions" not in format_summary(RunSummary(run_id="r", examples={
-        "train": 30, "validation": 6, "test": 6}))
+    labelled_only = RunSummary(run_id="r", examples={"train": 30, "validation": 6, "test": 6})
+    assert "unlabeled regions" not in format_summary(labelled_only)  # no training summary
+    # the default learns from unlabeled regions: without any, the summary says what it misses
+    labelled_only.unlabeled = {"unlabeled_regions": 0,
+                               "unlabeled_training": PipelineConfig().unlabeled_training}
+    assert NO_UNLABELED_REGIONS in format_summary(labelled_only)
+    labelled_only.unlabeled["unlabeled_training"] = "none"
+    assert "unlabeled regions" not in format_summary(labelled_only)
