@@ -183,8 +183,8 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     workdir = str(tmp_path / "work")
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
                      "--epochs", "40", "--early-stopping-patience", "12", "--batch-size",
-                     "16", "--min-accuracy", "0", "--no-serving-check", "--attribution-regions", "0",
-                     "--no-confidence-intervals"]) == 0
+                     "16", "--min-accuracy", "0", "--no-serving-check",
+                     "--attribution-regions", "0", "--no-confidence-intervals"]) == 0
     out = capsys.readouterr().out
     assert f"{blanked} of them unlabeled (empty label)" in out, out
     config = PipelineConfig(workdir=workdir)
