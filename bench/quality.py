@@ -322,8 +322,6 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
     return found
 
 
-
-
 # The reference of issue #16's training-time target, and the method held to it.
 TIME_REFERENCE, TIMED = "previous_default", "default"
 
@@ -417,7 +415,7 @@ def main() -> None:
         "default_config": {k: v for k, v in base.to_custom_config().items() if k in (
             "model_preset", "norm_layer", "stem_norm", "channels", "image_size", "mask_mode",
             "keep_mask_channel", "crop_margin", "normalization", "augmentations", "epochs",
-            "batch_size", "learning_rate")},
+            "batch_size", "learning_rate", "tower_pooling", "unlabeled_training")},
         "methods": {name: METHODS[name] for name in [*args.methods, *args.ablations]},
         "protocol": {
             "splits": "each site split by group with the pipeline's hash buckets "
