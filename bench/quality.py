@@ -214,6 +214,29 @@ def prepare(name: str, base: PipelineConfig, fit: Rows, validation: Rows
             (transform(validation, config), validation.labels))
 
 
+def train_seed(config: PipelineConfig, fit: tuple, validation: tuple,
+               unlabeled: dict[str, np.ndarray] | None = None) -> tuple:
+    """One training as the Trainer runs it: `train_model` on the transformed fit pairs (early
+    stopping on validation), then, with `unlabeled` transformed regions and `unlabeled_training`
+    other than none, `self_train`. Returns the model, the first stage's history and the
+    pseudo-label counts (None without that second stage)."""
+    import tensorflow as tf
+
+    from masktfx.modules.trainer import self_train, statistics_moments, train_model
+
+    model, history = train_model(
+        config, *training_inputs(config, fit, validation), verbose=0,
+        moments=statistics_moments(fit[0][features.REGION_STATISTICS_KEY]))
+    if unlabeled is None or config.unlabeled_training == "none":
+        return model, history, None
+    _, used = self_train(
+        model, config, tf.data.Dataset.from_tensor_slices(
+            {**fit[0], features.TRANSFORMED_LABEL_KEY: fit[1]}),
+        np.bincount(fit[1], minlength=2).tolist(), tf.data.Dataset.from_tensor_slices(unlabeled),
+        training_inputs(config, fit, validation)[1], verbose=0)
+    return model, history, used
+
+
 def flipped_probabilities(model, x: dict[str, np.ndarray], config: PipelineConfig
                           ) -> np.ndarray:
     """Test-time augmentation: the mean probability over the four flips of each view (regions
@@ -262,7 +285,6 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
     import tensorflow as tf
 
     from masktfx.modules.model import model_inputs
-    from masktfx.modules.trainer import self_train, statistics_moments, train_model
 
     config, fit, validation = prepared or prepare(name, base, splits["fit"],
                                                   splits["validation"])
@@ -275,25 +297,18 @@ def run_method(name: str, base: PipelineConfig, splits: dict[str, Rows],
         seeded = config.replace(seed=seed)
         tf.keras.utils.set_random_seed(seed)
         start, cpu_start = time.perf_counter(), time.process_time()
-        model, history = train_model(
-            seeded, *training_inputs(seeded, fit, validation), verbose=0,
-            moments=statistics_moments(fit[0][features.REGION_STATISTICS_KEY]))
         # As in the pipeline, the Trainer learns from unlabeled regions only where the data
         # holds some: the methods of UNLABELED_SOURCES have the site they are scored on,
         # unlabeled (what a user has of a new site before anyone labels it; its labels are
         # never read here), or the unannotated scene; the others have none.
         source = UNLABELED_SOURCES.get(name)
-        if source and seeded.unlabeled_training != "none":
-            if source not in x_scored and source not in unlabeled_sources:
-                raise SystemExit(f"{name} needs unlabeled regions ({source}): trees only")
-            unlabeled = (x_scored[source] if source in x_scored
-                         else transform(unlabeled_sources[source], config))
-            _, used = self_train(
-                model, seeded, tf.data.Dataset.from_tensor_slices(
-                    {**fit[0], features.TRANSFORMED_LABEL_KEY: fit[1]}),
-                np.bincount(fit[1], minlength=2).tolist(),
-                tf.data.Dataset.from_tensor_slices(unlabeled),
-                training_inputs(seeded, fit, validation)[1], verbose=0)
+        if source and source not in x_scored and source not in unlabeled_sources:
+            raise SystemExit(f"{name} needs unlabeled regions ({source}): trees only")
+        unlabeled = None if not source else (
+            x_scored[source] if source in x_scored
+            else transform(unlabeled_sources[source], config))
+        model, history, used = train_seed(seeded, fit, validation, unlabeled)
+        if used is not None:
             found.setdefault("pseudo_labels_per_seed", []).append(used)
         found["train_seconds"].append(round(time.perf_counter() - start, 1))
         found["train_cpu_seconds_per_seed"].append(round(time.process_time() - cpu_start, 1))
