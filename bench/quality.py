@@ -224,8 +224,9 @@ def train_seed(config: PipelineConfig, fit: tuple, validation: tuple,
 
     from masktfx.modules.trainer import self_train, statistics_moments, train_model
 
+    train, evaluation, weights = training_inputs(config, fit, validation)
     model, history = train_model(
-        config, *training_inputs(config, fit, validation), verbose=0,
+        config, train, evaluation, weights, verbose=0,
         moments=statistics_moments(fit[0][features.REGION_STATISTICS_KEY]))
     if unlabeled is None or config.unlabeled_training == "none":
         return model, history, None
@@ -233,7 +234,7 @@ def train_seed(config: PipelineConfig, fit: tuple, validation: tuple,
         model, config, tf.data.Dataset.from_tensor_slices(
             {**fit[0], features.TRANSFORMED_LABEL_KEY: fit[1]}),
         np.bincount(fit[1], minlength=2).tolist(), tf.data.Dataset.from_tensor_slices(unlabeled),
-        training_inputs(config, fit, validation)[1], verbose=0)
+        evaluation, verbose=0)
     return model, history, used
 
 
@@ -420,13 +421,14 @@ def main() -> None:
                              "epoch by epoch in turns, for this many rounds per dataset")
     parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args()
+    reverse_seeds = args.reverse_seeds or args.seeds
     work = tempfile.mkdtemp(prefix="bench-quality-")
     base = PipelineConfig()
     started = time.perf_counter()
     result: dict = {
         "benchmark": "quality",
         "seeds": args.seeds,
-        "reverse_seeds": args.reverse_seeds or args.seeds,
+        "reverse_seeds": reverse_seeds,
         "default_config": {k: v for k, v in base.to_custom_config().items() if k in (
             "model_preset", "norm_layer", "stem_norm", "channels", "image_size", "mask_mode",
             "keep_mask_channel", "crop_margin", "normalization", "augmentations", "epochs",
@@ -464,8 +466,8 @@ def main() -> None:
             splits, split_by = three_way(train)
             found = evaluate_site(f"trees {train_site}->{test_site}", base, splits,
                                   {"same_scene": splits["holdout"], "other_site": other},
-                                  runs("trees", args.reverse_seeds or args.seeds
-                                       if train_site == "california" else args.seeds),
+                                  runs("trees", reverse_seeds if train_site == "california"
+                                       else args.seeds),
                                   args.attribution, args.time_rounds, sources)
             result["trees"][f"{train_site}_to_{test_site}"] = {"split_by": split_by, **found}
             write_json(result, args.output)  # after each dataset: a later failure loses none

@@ -322,7 +322,7 @@ def pseudo_labels(model: tf.keras.Model, unlabeled: tf.data.Dataset, config: Pip
         lowest_present = most_confident(probabilities[predicted], last=True)
         highest_absent = most_confident(probabilities[~predicted], last=False)
     kept: dict[str, list[np.ndarray]] = {}
-    offset = 0
+    offset = total = 0
     # the second pass over the regions, whose probabilities the first found
     for batch in unlabeled.batch(256):
         probability = probabilities[offset:offset + len(batch[features.REGION_KEY])]
@@ -335,7 +335,8 @@ def pseudo_labels(model: tf.keras.Model, unlabeled: tf.data.Dataset, config: Pip
             np.int64)
         for key, value in found.items():
             kept.setdefault(key, []).append(value)
-        if sum(len(part) for part in kept[features.TRANSFORMED_LABEL_KEY]) >= MAX_PSEUDO_LABELS:
+        total += int(keep.sum())
+        if total >= MAX_PSEUDO_LABELS:
             break
     joined = {key: np.concatenate(parts)[:MAX_PSEUDO_LABELS] for key, parts in kept.items()}
     labels = joined.get(features.TRANSFORMED_LABEL_KEY, np.zeros(0, np.int64))
