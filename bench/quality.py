@@ -14,7 +14,7 @@ or stopped on. Every method is scored on the hold-out (`same_scene`) and, for tr
 other site (`other_site`). Choices between methods (`decisions` in the JSON) look only at
 Wyoming's same-scene hold-out and the reverse direction (California -> Wyoming); California's
 labels in the Wyoming -> California direction are scored once per method and never looked at
-to choose.
+to choose. A change tried with and without unlabeled regions (`PAIRED`) is judged in both.
 
 Methods (bench/quality_methods.py): the default config (`default`), the default when issue
 #16 was filed (`previous_default`), two classical baselines fitted on fit + validation
@@ -67,12 +67,13 @@ from quality_data import (  # noqa: E402
     tree_pairs,
     unlabeled_rows,
 )
-from quality_decisions import NEVER_SELECTED_ON, SELECTION_DATA, decisions  # noqa: E402
+from quality_decisions import NEVER_SELECTED_ON, SELECTION_DATA, paired_decisions  # noqa: E402
 from quality_methods import (  # noqa: E402
     ABLATIONS,
     HEADLINE,
     METHODS,
     NEW_SCENE_REGIONS,
+    PAIRED,
     UNLABELED_SOURCES,
 )
 
@@ -473,7 +474,8 @@ def main() -> None:
             write_json(result, args.output)  # after each dataset: a later failure loses none
         candidates = [name for name in [*args.methods, *args.ablations]
                       if name not in BASELINES]
-        result["decisions"] = decisions(result["trees"], candidates)
+        result["decisions"] = paired_decisions(result["trees"], candidates,
+                                               set(UNLABELED_SOURCES), PAIRED)
     for name in ("nuclei_hard", "synthetic"):
         if name not in args.datasets:
             continue

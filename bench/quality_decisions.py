@@ -29,9 +29,19 @@ OPTION_RULE = ("with the option when it beats the method without it by more than
                "errors of the method's score on the selection data")
 
 
-def decisions(trees: dict, candidates: list[str]) -> list[dict]:
-    """The choices this run makes, each with the data it looked at: the method (MARGIN_RULE),
-    then whether test-time flips and a seed ensemble help it, all on `SELECTION_DATA` only."""
+# A change tried with and without unlabeled regions (quality_methods.PAIRED; written before the
+# run that first used it): the default serves data with and without them, so the change must
+# help in one family and not hurt in the other.
+PAIRED_RULE = ("a change tried without unlabeled regions (against default) and with them "
+               "(against ranked_pseudo_labels, the default's path when the data holds them) "
+               "joins the default when it beats its reference by more than MARGIN_RULE's margin "
+               "in one of the two and scores at least its reference in the other")
+
+
+def decisions(trees: dict, candidates: list[str], reference: str = "default") -> list[dict]:
+    """The choices this run makes, each with the data it looked at: the method (MARGIN_RULE,
+    against `reference`), then whether test-time flips and a seed ensemble help it, all on
+    `SELECTION_DATA` only."""
     def score(method: str, key: str = "auc_mean") -> float:
         return round(statistics.mean(trees[direction][method][scored][key]
                                      for direction, scored in SELECTION_DATA), 4)
@@ -48,11 +58,11 @@ def decisions(trees: dict, candidates: list[str]) -> list[dict]:
     decision = {"decision": "the method", "rule": MARGIN_RULE, "looked_at": looked_at,
                 "never_looked_at": never, "scores": scores,
                 "standard_errors": {method: round(error(method), 4) for method in candidates}}
-    if "default" in scores and best != "default":
-        margin = round(2 * math.hypot(error(best), error("default")), 4)
-        decision.update(best=best, margin=margin)
-        if scores[best] - scores["default"] <= margin:
-            best = "default"
+    if reference in scores and best != reference:
+        margin = round(2 * math.hypot(error(best), error(reference)), 4)
+        decision.update(reference=reference, best=best, margin=margin)
+        if scores[best] - scores[reference] <= margin:
+            best = reference
     found = [{**decision, "chosen": best}]
     for option, key in (("test-time flips", "tta_auc_mean"), ("seed ensemble",
                                                               "ensemble_auc")):
@@ -64,4 +74,35 @@ def decisions(trees: dict, candidates: list[str]) -> list[dict]:
                           "scores": {"without": scores[best], "with": with_it},
                           "margin": margin,
                           "chosen": "with" if with_it - scores[best] > margin else "without"})
+    return found
+
+
+def paired_decisions(trees: dict, candidates: list[str], unlabeled: set[str],
+                     paired: dict[str, str]) -> list[dict]:
+    """With a change tried in both families (`paired`: its method without unlabeled regions ->
+    with them), each family chooses against its own reference, then each change is judged by
+    PAIRED_RULE; otherwise `decisions` over all candidates against the default."""
+    tried = {change: with_it for change, with_it in paired.items()
+             if change in candidates and with_it in candidates}
+    if not tried or "default" not in candidates or "ranked_pseudo_labels" not in candidates:
+        return decisions(trees, candidates)
+    found = []
+    for family, reference in (("without unlabeled regions", "default"),
+                              ("with unlabeled regions", "ranked_pseudo_labels")):
+        members = [name for name in candidates
+                   if (name in unlabeled) == (family == "with unlabeled regions")]
+        found += [{"family": family, **decision}
+                  for decision in decisions(trees, members, reference)]
+    for change, with_it in tried.items():
+        gains, margins = {}, {}
+        for name, reference in ((change, "default"), (with_it, "ranked_pseudo_labels")):
+            judged = decisions(trees, [reference, name], reference)[0]
+            gains[name] = round(judged["scores"][name] - judged["scores"][reference], 4)
+            margins[name] = judged.get("margin", 0.0)
+        clear = [name for name in gains if gains[name] > margins[name]]
+        found.append({"decision": f"{change} in the default", "rule": PAIRED_RULE,
+                      "looked_at": found[0]["looked_at"],
+                      "never_looked_at": found[0]["never_looked_at"], "gains": gains,
+                      "margins": margins,
+                      "chosen": bool(clear) and all(gain >= 0 for gain in gains.values())})
     return found

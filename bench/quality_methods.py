@@ -3,6 +3,10 @@ regions those of issue #31's unlabeled lever learn from."""
 
 from __future__ import annotations
 
+from masktfx.config import PipelineConfig
+
+DEFAULT_AUGMENTATIONS = PipelineConfig().augmentations
+
 # One config change per entry, against the default; "logistic" is the classical baseline.
 METHODS: dict[str, dict] = {
     "default": {},
@@ -34,6 +38,16 @@ METHODS: dict[str, dict] = {
     # the tower pools its features over the region and around it separately (issue #31's
     # "statistics pooled inside and around the mask separately", inside the network)
     "mask_pooling": {"tower_pooling": "mask"},
+    # domain generalization from one site: feature statistics mixed between regions (MixStyle,
+    # Zhou et al. 2021) and random convolutions of the input (Xu et al. 2021), each also with
+    # the unlabeled regions (PAIRED)
+    "mixstyle": {"augmentations": f"{DEFAULT_AUGMENTATIONS},mixstyle"},
+    "random_convolution": {"augmentations": f"{DEFAULT_AUGMENTATIONS},random_convolution"},
+    "mixstyle_ranked_pseudo_labels": {"augmentations": f"{DEFAULT_AUGMENTATIONS},mixstyle",
+                                      "unlabeled_training": "ranked_pseudo_labels"},
+    "random_convolution_ranked_pseudo_labels": {
+        "augmentations": f"{DEFAULT_AUGMENTATIONS},random_convolution",
+        "unlabeled_training": "ranked_pseudo_labels"},
     "less_context": {"crop_margin": 0.1},
     "more_context": {"crop_margin": 0.5},
 }
@@ -45,5 +59,11 @@ ABLATIONS = tuple(name for name in METHODS if name not in HEADLINE)
 # regions (scored, their labels never read), or those of the unannotated scene.
 UNLABELED_SOURCES = {"pseudo_labels": "other_site", "pseudo_labels_new_scene": "new_scene",
                      "ranked_pseudo_labels": "other_site",
-                     "mask_pooling_ranked_pseudo_labels": "other_site"}
+                     "mask_pooling_ranked_pseudo_labels": "other_site",
+                     "mixstyle_ranked_pseudo_labels": "other_site",
+                     "random_convolution_ranked_pseudo_labels": "other_site"}
+# A change tried without unlabeled regions -> the same change with them
+# (quality_decisions.PAIRED_RULE).
+PAIRED = {"mixstyle": "mixstyle_ranked_pseudo_labels",
+          "random_convolution": "random_convolution_ranked_pseudo_labels"}
 NEW_SCENE_REGIONS = 1000  # candidate regions drawn on the unannotated scene

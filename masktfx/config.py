@@ -66,16 +66,13 @@ class PipelineConfig:
         "pipeline", default="",
         help="run metadata (MLMD): sqlite:PATH or mysql://USER@HOST:PORT/DATABASE, the password in"
              " MASKTFX_METADATA_PASSWORD; default sqlite:WORKDIR/metadata.sqlite")
-    pipeline_root_uri: str = setting(
-        "pipeline", default="",
-        help="pipeline root; default WORKDIR/pipeline_root")
+    pipeline_root_uri: str = setting("pipeline", default="",
+                                     help="pipeline root; default WORKDIR/pipeline_root")
     data_root: str = setting("data", default="", help="folder of `masktfx ingest` output")
-    span_window: int = setting(
-        "data", default=1,
-        help="train on the last N spans (1: the latest span only)")
-    use_spans: bool = setting(
-        "data", default=True,
-        help="data root holds span-N/ folders (false: shards at top)")
+    span_window: int = setting("data", default=1,
+                               help="train on the last N spans (1: the latest span only)")
+    use_spans: bool = setting("data", default=True,
+                              help="data root holds span-N/ folders (false: shards at top)")
     split_by: str = setting(
         "data", default="group",
         help="group | id: the feature ImportExampleGen hashes to split train, validation and test "
@@ -89,9 +86,8 @@ class PipelineConfig:
         "data", default=3,
         help="hash buckets of `group` for test (the Evaluator's gates and intervals, the serving "
              "check; nothing else reads it)")
-    max_pixels: int = setting(
-        "data", default=50_000_000,
-        help="refuse images with more pixels (before decoding)")
+    max_pixels: int = setting("data", default=50_000_000,
+                              help="refuse images with more pixels (before decoding)")
     metadata_columns: list[str] = setting(
         "data", factory=list, cli=False,
         help="metadata columns of the data (resolved from it)")
@@ -174,7 +170,8 @@ class PipelineConfig:
     augmentations: str = setting(
         "trainer", default="flip,intensity,color,noise,blur,scale",
         help="comma-separated: flip (flips and rotations), intensity (brightness, contrast), color"
-             " (per-channel gain and saturation), noise, blur, scale (zoom)")
+             " (per-channel gain and saturation), noise, blur, scale (zoom), random_convolution "
+             "(random filters: texture), mixstyle (regions swap feature statistics; resnet)")
     unlabeled_training: str = setting(
         "trainer", default="ranked_pseudo_labels",
         help="what the Trainer does with the data's unlabeled regions (rows with an empty label):"
@@ -371,6 +368,9 @@ class PipelineConfig:
         unknown = sorted(set(self.augmentation_list) - set(AUGMENTATIONS))
         _require(not unknown, "augmentations",
                  f"has unknown name(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}")
+        _require("mixstyle" not in self.augmentation_list or (
+            self.model_preset == "resnet" and not self.backbone), "augmentations",
+            "names mixstyle, which needs the resnet preset without a backbone")
         _require(0 <= self.num_views <= 64, "num_views", f"must be 0..64, got {self.num_views}")
         _require(self.num_masks in (0, 1) or self.num_masks == self.num_views, "num_masks",
                  f"must be 1 (one shared mask) or num_views ({self.num_views}), "

@@ -1,6 +1,7 @@
 """The training augmentations (`augmentations`): flips and rotations, zoom, colour, intensity,
-blur and noise, each drawn per example and each one batched op, applied by the Trainer's input
-pipeline (modules/trainer.py `training_pairs`)."""
+blur, noise and random convolutions, each one batched op, applied by the Trainer's input
+pipeline (modules/trainer.py `training_pairs`). `mixstyle` is not applied here but inside the
+network (modules/model.py `MixStyle`)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,39 @@ def _blur(regions: tf.Tensor) -> tf.Tensor:
     return regions + amount * (blurred - regions)
 
 
+# The random convolutions' kernel sizes (Xu et al. use 1 to 7; a 1 x 1 kernel on one channel
+# is a gain the intensity augmentation already draws).
+RANDOM_KERNEL_SIZES = (3, 5, 7)
+
+
+def _random_convolution(regions: tf.Tensor, channels: int) -> tf.Tensor:
+    """Random convolutions (Xu et al., ICLR 2021): the image channels filtered by one random
+    kernel per batch, of a random size, with Gaussian weights, which changes local texture and
+    contrast (what another sensor, resolution or stain changes) and not shapes; each example's
+    result is scaled back to its own per-channel mean and spread (the region normalization's
+    scale) and blended with the original by a random amount."""
+    size = regions.shape[2]
+    shape = tf.shape(regions)
+    flat = tf.reshape(regions, [shape[0] * shape[1], size, size, shape[4]])
+    image = flat[..., :channels]
+    width = max(RANDOM_KERNEL_SIZES)
+    kernel_size = tf.gather(tf.constant(RANDOM_KERNEL_SIZES),
+                            tf.random.uniform([], 0, len(RANDOM_KERNEL_SIZES), tf.int32))
+    # a width x width kernel, zero outside a centred kernel_size x kernel_size square
+    inside = tf.abs(tf.range(width) - width // 2) <= kernel_size // 2
+    support = tf.cast(inside[:, None] & inside[None, :], regions.dtype)[:, :, None, None]
+    weights = tf.random.normal([width, width, channels, channels]) / tf.sqrt(
+        tf.cast(kernel_size * kernel_size * channels, regions.dtype))
+    filtered = tf.nn.conv2d(image, weights * support, 1, "SAME")
+    mean, variance = tf.nn.moments(image, axes=[1, 2], keepdims=True)
+    found_mean, found_variance = tf.nn.moments(filtered, axes=[1, 2], keepdims=True)
+    filtered = ((filtered - found_mean) * tf.sqrt((variance + 1e-6) / (found_variance + 1e-6))
+                + mean)
+    amount = tf.random.uniform([shape[0] * shape[1], 1, 1, 1], 0.0, 1.0)
+    image = image + amount * (filtered - image)
+    return tf.reshape(tf.concat([image, flat[..., channels:]], axis=-1), shape)
+
+
 def augment(regions: tf.Tensor, channels: int,
             names: tuple[str, ...] | list[str] = ("flip", "intensity")) -> tf.Tensor:
     """The `augmentations` named, each drawn per example.
@@ -79,6 +113,8 @@ def augment(regions: tf.Tensor, channels: int,
                                                                           0.0)
     if "blur" in names:
         regions = tf.where(is_image, _blur(regions), regions)
+    if "random_convolution" in names:
+        regions = _random_convolution(regions, channels)
     if "noise" in names:
         sigma = tf.random.uniform([batch, 1, 1, 1, 1], 0.0, 0.15)
         regions = regions + sigma * tf.random.normal(shape) * image_only

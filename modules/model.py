@@ -6,7 +6,8 @@
   (`norm_layer`) default to group normalization: it normalizes each region by its own feature
   statistics, so no statistic of the training sites is frozen into the served model, as batch
   normalization's moving averages are (measured in bench/quality: see the README). With
-  `tower_pooling: mask` it pools its last features over the region and around it separately.
+  `tower_pooling: mask` it pools its last features over the region and around it separately;
+  with `mixstyle` among the `augmentations` its first blocks mix feature statistics (`MixStyle`).
 
 With `backbone` set, the tower is instead an architecture of tf.keras.applications with the
 user's pretrained weights, frozen, partly or wholly trained.
@@ -188,9 +189,46 @@ class MaskPooling(keras.layers.Layer):
         return tf.concat([mean(inside), mean(outside)], axis=-1)
 
 
+class MixStyle(keras.layers.Layer):
+    """MixStyle (Zhou et al., ICLR 2021), in training only: each [B * K, h, w, F] feature map's
+    per-channel mean and spread, the "style" a site's sensor, light and season leave in early
+    features, mixed with another region's, by a weight drawn from Beta(alpha, alpha), for a
+    `probability` share of the regions. The network then cannot lean on one site's style. The
+    maps come from `TimeDistributed`, region-major: a region's view k is mixed with another
+    region's view k, never with another view (another sequence or date)."""
+
+    def __init__(self, views: int, probability: float = 0.5, alpha: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.views, self.probability, self.alpha = views, probability, alpha
+
+    def call(self, found: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if not training:
+            return found
+        mean = tf.stop_gradient(tf.reduce_mean(found, axis=[1, 2], keepdims=True))
+        spread = tf.stop_gradient(tf.sqrt(tf.math.reduce_variance(
+            found, axis=[1, 2], keepdims=True) + 1e-6))
+        regions = tf.shape(found)[0] // self.views
+        partner = tf.reshape(tf.random.shuffle(tf.range(regions))[:, None] * self.views
+                             + tf.range(self.views)[None, :], [-1])
+        draw = tf.random.gamma([regions], self.alpha), tf.random.gamma([regions], self.alpha)
+        weight = draw[0] / tf.maximum(draw[0] + draw[1], 1e-12)
+        weight = tf.where(tf.random.uniform([regions]) < self.probability, weight, 1.0)
+        weight = tf.reshape(tf.repeat(weight, self.views), [-1, 1, 1, 1])
+        mixed_mean = weight * mean + (1.0 - weight) * tf.gather(mean, partner)
+        mixed_spread = weight * spread + (1.0 - weight) * tf.gather(spread, partner)
+        return (found - mean) / spread * mixed_spread + mixed_mean
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "views": self.views, "probability": self.probability,
+                "alpha": self.alpha}
+
+
 def resnet_tower(input_shape: tuple[int, int, int], norm: str = "group",
-                 stem_norm: bool = True, mask_pooling: bool = False) -> keras.Model:
-    """With `mask_pooling`, the input's last channel is the region's mask (`MaskPooling`)."""
+                 stem_norm: bool = True, mask_pooling: bool = False,
+                 mixstyle_views: int = 0) -> keras.Model:
+    """With `mask_pooling`, the input's last channel is the region's mask (`MaskPooling`). With
+    `mixstyle_views` (the regions' view count), `MixStyle` after the first two blocks, where the
+    method's authors found it helps most (style sits in early features, the label in late)."""
     inputs = keras.Input(input_shape)
     # The stem sees regions already normalized by the Transform, so a normalization layer after
     # it, on the largest activations of the network (full resolution), is optional: without it
@@ -200,8 +238,10 @@ def resnet_tower(input_shape: tuple[int, int, int], norm: str = "group",
     if normalize_stem:
         x = normalization(norm, 32)(x)
     x = keras.layers.ReLU()(x)
-    for filters, stride in ((32, 2), (64, 2), (128, 2)):
+    for block, (filters, stride) in enumerate(((32, 2), (64, 2), (128, 2))):
         x = _residual_block(x, filters, stride, norm)
+        if mixstyle_views and block < 2:
+            x = MixStyle(mixstyle_views, name=f"mixstyle_{block + 1}")(x)
     if mask_pooling:
         x = MaskPooling(name="mask_pooling")([x, inputs[..., -1:]])
     else:
@@ -294,7 +334,9 @@ def build_tower(config: PipelineConfig, input_shape: tuple[int, int, int]) -> ke
     if config.model_preset == "seed":
         return seed_tower(input_shape)
     return resnet_tower(input_shape, config.norm_layer, config.stem_norm,
-                        mask_pooling=config.tower_pooling == "mask")
+                        mask_pooling=config.tower_pooling == "mask",
+                        mixstyle_views=config.num_views if "mixstyle" in config.augmentation_list
+                        else 0)
 
 
 def build_model(config: PipelineConfig,

@@ -143,7 +143,7 @@ def test_every_augmentation_keeps_the_mask_binary_and_the_labels_apart(rng):
     mask[:, :, 4:12, 4:12] = 1.0
     regions = tf.constant(np.concatenate([image, mask], -1))
     tf.random.set_seed(3)
-    names = ("flip", "intensity", "color", "noise", "blur", "scale")
+    names = ("flip", "intensity", "color", "noise", "blur", "scale", "random_convolution")
     out = augment(regions, 3, names).numpy()
     assert out.shape == regions.shape
     assert set(np.unique(out[..., 3])) <= {0.0, 1.0}  # the mask channel stays a mask
