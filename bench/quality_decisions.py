@@ -98,7 +98,10 @@ def paired_decisions(trees: dict, candidates: list[str], unlabeled: set[str],
         for name, reference in ((change, "default"), (with_it, "ranked_pseudo_labels")):
             judged = decisions(trees, [reference, name], reference)[0]
             gains[name] = round(judged["scores"][name] - judged["scores"][reference], 4)
-            margins[name] = judged.get("margin", 0.0)
+            # MARGIN_RULE's margin where it judged one (the change scored higher); else the
+            # same from the rounded standard errors, for the record
+            margins[name] = judged.get("margin", round(
+                2 * math.hypot(*judged["standard_errors"].values()), 4))
         clear = [name for name in gains if gains[name] > margins[name]]
         found.append({"decision": f"{change} in the default", "rule": PAIRED_RULE,
                       "looked_at": found[0]["looked_at"],
