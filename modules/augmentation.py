@@ -51,9 +51,9 @@ RANDOM_KERNEL_SIZES = (3, 5, 7)
 def _random_convolution(regions: tf.Tensor, channels: int) -> tf.Tensor:
     """Random convolutions (Xu et al., ICLR 2021): the image channels filtered by one random
     kernel per batch, of a random size, with Gaussian weights, which changes local texture and
-    contrast (what another sensor, resolution or stain changes) and not shapes; each example's
-    result is scaled back to its own per-channel mean and spread (the region normalization's
-    scale) and blended with the original by a random amount."""
+    contrast (what another sensor, resolution or stain changes) and not shapes; each view's
+    result is scaled back to the view's own per-channel mean and spread (the region
+    normalization's scale) and blended with the original by a random amount."""
     size = regions.shape[2]
     shape = tf.shape(regions)
     flat = tf.reshape(regions, [shape[0] * shape[1], size, size, shape[4]])
