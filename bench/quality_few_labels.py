@@ -64,6 +64,7 @@ def main() -> None:
     scored = {"same_scene": splits["holdout"], "other_site": other_rows}
     probabilities: dict[str, list[np.ndarray]] = {key: [] for key in scored}
     drawn = []
+    scored_inputs: dict | None = None
     for seed in args.seeds:
         rng = np.random.default_rng(seed)
         fit = draw_groups(splits["fit"], args.fit_regions, rng)
@@ -74,9 +75,11 @@ def main() -> None:
         config = config.replace(seed=seed)
         tf.keras.utils.set_random_seed(seed)
         model, _, _ = train_seed(config, fit_pairs, validation_pairs)
-        for key, rows in scored.items():
-            probabilities[key].append(model.predict(
-                model_inputs(transform(rows, config), config), verbose=0).reshape(-1))
+        if scored_inputs is None:  # every draw resolves the same config: transformed once
+            scored_inputs = {key: model_inputs(transform(rows, config), config)
+                             for key, rows in scored.items()}
+        for key, inputs in scored_inputs.items():
+            probabilities[key].append(model.predict(inputs, verbose=0).reshape(-1))
         print(f"seed {seed}: {drawn[-1]}", file=sys.stderr, flush=True)
     report({"benchmark": "quality_few_labels", "trained_on": site, "scored_other_site": other,
             "method": "default, no unlabeled regions", "split_by": split_by,
