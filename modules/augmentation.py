@@ -78,10 +78,12 @@ def _random_convolution(regions: tf.Tensor, channels: int) -> tf.Tensor:
 
 def augment(regions: tf.Tensor, channels: int,
             names: tuple[str, ...] | list[str] = ("flip", "intensity")) -> tf.Tensor:
-    """The `augmentations` named, each drawn per example.
+    """The `augmentations` named, each drawn per example (a random convolution's kernel per
+    batch).
 
     `regions` is [B, K, S, S, C']; views and the mask channel move together (flip, scale), and
-    only the first `channels` (image) channels get intensity, colour, blur and noise. Each step
+    only the first `channels` (image) channels get intensity, colour, blur, random convolutions
+    and noise. Each step
     is one batched op: the input pipeline shares the cores with training, so it must stay cheap.
     """
     size = regions.shape[2]  # static: the transformed feature spec fixes it
