@@ -7,6 +7,8 @@ from masktfx.config import PipelineConfig
 
 DEFAULT_AUGMENTATIONS = PipelineConfig().augmentations
 
+PRETRAINING_EPOCHS = 15
+
 # One config change per entry, against the default; "logistic" is the classical baseline.
 METHODS: dict[str, dict] = {
     "default": {},
@@ -48,6 +50,13 @@ METHODS: dict[str, dict] = {
     "random_convolution_ranked_pseudo_labels": {
         "augmentations": f"{DEFAULT_AUGMENTATIONS},random_convolution",
         "unlabeled_training": "ranked_pseudo_labels"},
+    # contrastive pretraining of the tower (SimCLR; `modules.pretraining`) on the fit regions,
+    # and, with the unlabeled regions, on both sites' regions (PAIRED); its epochs fixed by the
+    # CPU budget before the run (about 20 s of CPU per epoch over the 1,173 regions of the
+    # reverse direction with Wyoming's), not chosen on any score
+    "contrastive": {"pretraining_epochs": PRETRAINING_EPOCHS},
+    "contrastive_ranked_pseudo_labels": {"pretraining_epochs": PRETRAINING_EPOCHS,
+                                         "unlabeled_training": "ranked_pseudo_labels"},
     "less_context": {"crop_margin": 0.1},
     "more_context": {"crop_margin": 0.5},
 }
@@ -61,9 +70,11 @@ UNLABELED_SOURCES = {"pseudo_labels": "other_site", "pseudo_labels_new_scene": "
                      "ranked_pseudo_labels": "other_site",
                      "mask_pooling_ranked_pseudo_labels": "other_site",
                      "mixstyle_ranked_pseudo_labels": "other_site",
-                     "random_convolution_ranked_pseudo_labels": "other_site"}
+                     "random_convolution_ranked_pseudo_labels": "other_site",
+                     "contrastive_ranked_pseudo_labels": "other_site"}
 # A change tried without unlabeled regions -> the same change with them
 # (quality_decisions.PAIRED_RULE).
 PAIRED = {"mixstyle": "mixstyle_ranked_pseudo_labels",
-          "random_convolution": "random_convolution_ranked_pseudo_labels"}
+          "random_convolution": "random_convolution_ranked_pseudo_labels",
+          "contrastive": "contrastive_ranked_pseudo_labels"}
 NEW_SCENE_REGIONS = 1000  # candidate regions drawn on the unannotated scene

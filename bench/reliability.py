@@ -104,7 +104,8 @@ def one_seed(config: PipelineConfig, site: dict, other: dict) -> dict:
                          features.REGION_STATISTICS_KEY: site["stats"][part == index]},
                         site["labels"][part == index]) for index in (0, 1))
     started = time.process_time()
-    model, history = train_model(config, *training_inputs(config, fit, validation), verbose=0)
+    model, history, _ = train_model(config, *training_inputs(config, fit, validation),
+                                    verbose=0)
     train_cpu = time.process_time() - started
     found = {name: outputs(model, site["x"][part == index], site["stats"][part == index],
                            site["labels"][part == index])

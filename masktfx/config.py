@@ -12,15 +12,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from masktfx.config_values import (
+from masktfx.config_values import (  # noqa: F401 (the other layers import these from here)
     AUGMENTATIONS,
     CHOICES,
+    OBJECT_STORE_SCHEMES,
     ConfigError,
     MetadataLocation,
     coerce_fields,
+    model_channels,
     parse_metadata,
     parse_threshold_policy,
     read_config_file,
+    uri_scheme,
     write_config_file,
 )
 
@@ -178,6 +181,10 @@ class PipelineConfig:
              " none; pseudo_labels (after training, those it is surest of join the training data "
              "with the label it predicts, and training goes on); ranked_pseudo_labels (the same, "
              "taken from both ends of its ranking, split as the labelled regions are)")
+    pretraining_epochs: int = setting(
+        "trainer", default=0,
+        help="epochs of contrastive pretraining (SimCLR) of the tower on every training region, "
+             "labelled or not (labels unread), before the supervised training; 0: none")
     pseudo_label_share: float = setting(
         "trainer", default=0.5,
         help="the share of the unlabeled regions used: of those predicted as each class, the "
@@ -409,13 +416,15 @@ class PipelineConfig:
             _require(value >= 1, name, f"must be >= 1, got {value}")
         _require(self.use_spans or self.span_window == 1, "span_window",
                  f"is {self.span_window}, but use_spans is false: a window needs span-N folders")
-        _require(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
+        for name in ("train_steps", "direct_num_workers", "pretraining_epochs"):
+            _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _require(self.learning_rate > 0, "learning_rate",
                  f"must be positive, got {self.learning_rate}")
         _require(self.early_stopping_patience >= 1, "early_stopping_patience",
                  f"must be >= 1, got {self.early_stopping_patience}")
-        _require(self.direct_num_workers >= 0, "direct_num_workers",
-                 f"must be >= 0, got {self.direct_num_workers}")
+        _require(not self.pretraining_epochs or self.augmentation_list, "pretraining_epochs",
+                 f"is {self.pretraining_epochs}, but no augmentation is on: contrastive "
+                 "pretraining learns from two augmentations of each region")
         return self
 
     def to_custom_config(self) -> dict[str, Any]:
@@ -465,25 +474,9 @@ class PipelineConfig:
 
 
 RUN_CONFIG = "masktfx-config.yaml"
-# Object stores TF Serving reads model base paths from (tensorflow_serving's file systems).
-OBJECT_STORE_SCHEMES = ("gs", "s3")
-
-
-def uri_scheme(path: str) -> str:
-    """'gs' for gs://bucket/models, '' for a local or mounted path."""
-    scheme, separator, _ = path.partition("://")
-    return scheme.lower() if separator else ""
-
-
 def _require(condition: bool, name: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config field {name!r} {message}")
-
-
-def model_channels(stored_channels: int) -> int:
-    """The `channels` that 0 stands for, given the channels images are stored with: gray (and
-    gray with alpha) stays 1, colour (RGB, RGBA with alpha dropped, palette) is 3."""
-    return 1 if stored_channels <= 2 else 3
 
 
 def section_fields(*sections: str) -> tuple[str, ...]:

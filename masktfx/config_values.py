@@ -210,3 +210,19 @@ def write_config_file(path: str, values: Mapping[str, Any]) -> None:
     with open(partial, "w", encoding="utf-8") as handle:
         yaml.safe_dump(dict(values), handle, sort_keys=True)
     os.replace(partial, path)
+
+
+# Object stores TF Serving reads model base paths from (tensorflow_serving's file systems).
+OBJECT_STORE_SCHEMES = ("gs", "s3")
+
+
+def uri_scheme(path: str) -> str:
+    """'gs' for gs://bucket/models, '' for a local or mounted path."""
+    scheme, separator, _ = path.partition("://")
+    return scheme.lower() if separator else ""
+
+
+def model_channels(stored_channels: int) -> int:
+    """The `channels` that 0 stands for, given the channels images are stored with: gray (and
+    gray with alpha) stays 1, colour (RGB, RGBA with alpha dropped, palette) is 3."""
+    return 1 if stored_channels <= 2 else 3

@@ -29,6 +29,7 @@ from masktfx.modules import reliability
 from masktfx.modules.augmentation import augment
 from masktfx.modules.model import build_model, model_inputs
 from masktfx.modules.operating_point import operating_point
+from masktfx.modules.pretraining import pretrain
 from masktfx.modules.transform import transform_regions
 
 
@@ -242,13 +243,19 @@ EARLY_STOPPING_WARMUP_EPOCHS = 3
 def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.data.Dataset,
                 weights: dict[int, float], log_dir: str | None = None,
                 steps_per_epoch: int | None = None, verbose: int = 2,
-                moments: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> tuple[tf.keras.Model, tf.keras.callbacks.History]:
+                moments: tuple[np.ndarray, np.ndarray] | None = None,
+                pretraining_regions: tf.data.Dataset | None = None
+                ) -> tuple[tf.keras.Model, tf.keras.callbacks.History, dict]:
     """Fit with early stopping on the validation split's AUC (best weights kept); shared by
     run_fn and bench. `moments`: the training split's `statistics_moments`, which a model with
-    `statistics_input` needs."""
+    `statistics_input` needs. With `pretraining_epochs`, the tower is first pretrained on
+    `pretraining_regions` (modules/pretraining.py); what that found is returned third ({} when
+    it did not run)."""
+    pretrained: dict = {}
     with distribution_strategy(config.distribution_strategy).scope():
         model = build_model(config, moments)
+        if config.pretraining_epochs and pretraining_regions is not None:
+            pretrained = pretrain(model, pretraining_regions, config, verbose)
     callbacks = [
         # The first epochs of a freshly initialized network can score a lucky validation AUC that
         # the next `patience` epochs, still learning, do not beat: watched from the start,
@@ -265,7 +272,7 @@ def train_model(config: PipelineConfig, train: tf.data.Dataset, evaluation: tf.d
     history = model.fit(train, validation_data=evaluation, epochs=config.epochs,
                         steps_per_epoch=steps_per_epoch, class_weight=weights,
                         callbacks=callbacks, verbose=verbose)
-    return model, history
+    return model, history, pretrained
 
 
 # The most pseudo-labelled regions kept in memory for the second stage of `self_train`.
@@ -450,8 +457,11 @@ def run_fn(fn_args: Any) -> None:
         steps_per_epoch = max(1, int(fn_args.train_steps) // config.epochs)
     else:
         steps_per_epoch = max(1, math.ceil(sum(counts) / config.batch_size))
-    model, history = train_model(config, train, evaluation, weights, fn_args.model_run_dir,
-                                 steps_per_epoch, moments=moments)
+    # pretraining reads every region of the train split, labelled or not, its labels unread
+    model, history, pretrained = train_model(
+        config, train, evaluation, weights, fn_args.model_run_dir, steps_per_epoch,
+        moments=moments, pretraining_regions=_transformed_dataset(
+            fn_args.train_files, tf_transform_output, config.batch_size).unbatch())
     logging.info("class weights %s; epochs run %d", weights, len(history.history["loss"]))
     unlabeled_use = {"unlabeled_regions": unlabeled_count,
                      "unlabeled_training": config.unlabeled_training}
@@ -482,6 +492,7 @@ def run_fn(fn_args: Any) -> None:
     summary_path = os.path.join(fn_args.model_run_dir, features.TRAINING_SUMMARY)
     with tf.io.gfile.GFile(summary_path, "w") as out:
         out.write(json.dumps({"class_weights": weights, "unlabeled": unlabeled_use,
+                              "pretraining": pretrained,
                               "history": {key: [float(v) for stage in histories
                                                 for v in stage.history[key]]
                                           for key in history.history}}))

@@ -56,6 +56,8 @@ class RunSummary:
     attribution: dict[str, Any] = field(default_factory=dict)  # the Evaluator's attribution file
     # what the Trainer did with the unlabeled regions (its training summary's `unlabeled`)
     unlabeled: dict[str, Any] = field(default_factory=dict)
+    # the Trainer's contrastive pretraining (its training summary's `pretraining`; {}: none)
+    pretraining: dict[str, Any] = field(default_factory=dict)
     report_path: str = ""  # the page the run's RunReport step wrote
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,6 +175,7 @@ def summarize_record(record: RunRecord) -> RunSummary:
     for model_run in outputs.get(node_ids.TRAINER, {}).get("model_run", []):
         found = read_json_file(os.path.join(model_run.uri, features.TRAINING_SUMMARY))
         summary.unlabeled = (found or {}).get("unlabeled") or {}
+        summary.pretraining = (found or {}).get("pretraining") or {}
     _read_serving_check(outputs.get(node_ids.SERVING_CHECK, {}), summary)
     for report in outputs.get(node_ids.DRIFT_CHECK, {}).get("drift_report", []):
         if DRIFT_PROPERTY in report.custom_properties:
@@ -408,6 +411,10 @@ def format_summary(summary: RunSummary) -> str:
                                              summary.unlabeled))
     elif summary.unlabeled.get("unlabeled_training", "none") != "none":
         lines.append("  " + NO_UNLABELED_REGIONS)
+    if summary.pretraining:
+        lines.append(f"  pretraining: the tower learnt from {summary.pretraining['regions']} "
+                     f"training regions, labelled or not, for {summary.pretraining['epochs']} "
+                     "epochs before the labels (pretraining_epochs)")
     if summary.drift:
         lines.append(f"  DRIFT: {summary.drift}")
     if summary.estimate:

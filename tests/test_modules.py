@@ -289,13 +289,18 @@ def test_training_under_a_mirrored_strategy(rng):
     from masktfx.modules.trainer import train_model
 
     config = PipelineConfig(num_views=1, num_masks=1, image_size=16, epochs=1, batch_size=8,
-                            model_preset="seed", distribution_strategy="mirrored")
+                            model_preset="seed", distribution_strategy="mirrored",
+                            pretraining_epochs=1)
     regions = rng.random((32, 1, 16, 16, config.input_channels)).astype(np.float32)
     labels = (regions[:, 0, :, :, 0].mean(axis=(1, 2)) > 0.5).astype(np.int64)
     data = tf.data.Dataset.from_tensor_slices((regions, labels)).batch(8)
-    model, history = train_model(config, data, data, {0: 1.0, 1: 1.0}, verbose=0)
+    # the contrastive pretraining runs in the same strategy's scope, on the regions it is given
+    model, history, pretrained = train_model(
+        config, data, data, {0: 1.0, 1: 1.0}, verbose=0,
+        pretraining_regions=tf.data.Dataset.from_tensor_slices({features.REGION_KEY: regions}))
     assert isinstance(model.distribute_strategy, tf.distribute.MirroredStrategy)
     assert len(history.history["loss"]) == 1
+    assert pretrained["regions"] == 32 and len(pretrained["loss"]) == 1
     with pytest.raises(ConfigError, match="distribution_strategy"):
         PipelineConfig(distribution_strategy="tpu").validate()
 

@@ -184,11 +184,17 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
                      "--epochs", "40", "--early-stopping-patience", "12", "--batch-size",
                      "16", "--min-accuracy", "0", "--no-serving-check",
-                     "--attribution-regions", "0", "--no-confidence-intervals"]) == 0
+                     "--attribution-regions", "0", "--no-confidence-intervals",
+                     "--pretraining-epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert f"{blanked} of them unlabeled (empty label)" in out, out
     config = PipelineConfig(workdir=workdir)
     summary = summarize_run(config)
+    # the contrastive pretraining read the train split's regions and the unlabeled ones
+    trained_on = summary.examples["train"] + blanked
+    assert summary.pretraining["regions"] == trained_on, summary.pretraining
+    assert len(summary.pretraining["loss"]) == 2
+    assert f"pretraining: the tower learnt from {trained_on} training regions" in out, out
     assert summary.examples[features.UNLABELED_SPLIT] == blanked
     assert sum(summary.examples.values()) == 320
     # ExampleGen put every unlabeled region in their split, and none anywhere else
