@@ -101,9 +101,10 @@ def example_split_key(config: PipelineConfig) -> str:
 
 
 def trained_unlabeled_splits(config: PipelineConfig) -> list[str]:
-    """The unlabeled split where the data holds one and the Trainer learns from it."""
-    return [features.UNLABELED_SPLIT] if (
-        config.unlabeled_split and config.unlabeled_training != "none") else []
+    """The unlabeled split where the data holds one and the Trainer learns from it
+    (pseudo-labels, or the contrastive pretraining)."""
+    return [features.UNLABELED_SPLIT] if config.unlabeled_split and (
+        config.unlabeled_training != "none" or config.pretraining_epochs) else []
 
 
 def training_splits(config: PipelineConfig) -> list[str]:

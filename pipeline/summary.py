@@ -376,12 +376,14 @@ NO_UNLABELED_REGIONS = (
     "label, which it pseudo-labels (unlabeled_training; docs/benchmarks.md, quality across sites)")
 
 
-def format_unlabeled(regions: int, found: dict[str, Any]) -> str:
+def format_unlabeled(regions: int, found: dict[str, Any], pretrained: bool = False) -> str:
     """What the Trainer did with the span's `regions` unlabeled regions (`found`: its training
-    summary's account), in a line; no metric counts them."""
-    if not found.get("unlabeled_regions"):
-        return (f"unlabeled regions: {regions}, not used for training (unlabeled_training: "
-                "none)")
+    summary's account; `pretrained`: the tower's pretraining read them), in a line; no metric
+    counts them."""
+    if not found.get("unlabeled_regions") or found.get("unlabeled_training") == "none":
+        return (f"unlabeled regions: {regions}, "
+                f"{'not pseudo-labelled' if pretrained else 'not used for training'} "
+                "(unlabeled_training: none)")
     used = found.get("pseudo_labelled_0", 0) + found.get("pseudo_labelled_1", 0)
     return (f"unlabeled regions: the Trainer used {used} of {found['unlabeled_regions']} as "
             "pseudo-labels "
@@ -408,7 +410,7 @@ def format_summary(summary: RunSummary) -> str:
             if split in summary.examples))
     if summary.examples.get(features.UNLABELED_SPLIT):
         lines.append("  " + format_unlabeled(summary.examples[features.UNLABELED_SPLIT],
-                                             summary.unlabeled))
+                                             summary.unlabeled, bool(summary.pretraining)))
     elif summary.unlabeled.get("unlabeled_training", "none") != "none":
         lines.append("  " + NO_UNLABELED_REGIONS)
     if summary.pretraining:

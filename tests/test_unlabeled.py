@@ -20,6 +20,7 @@ from masktfx.drift import CURRENT_STATISTICS_FILE
 from masktfx.manifest import read_manifest
 from masktfx.modules.schema import contract_schema
 from masktfx.modules.trainer import label_counts_and_moments, labelled, pseudo_labels
+from masktfx.pipeline.pipeline import training_splits
 from masktfx.pipeline.summary import (
     execution_inputs,
     execution_outputs,
@@ -247,6 +248,12 @@ def test_a_kubeflow_spec_compiled_from_data_with_unlabeled_regions_trains_on_the
     splits = json.loads(tasks["Transform"]["inputs"]["parameters"]["splits_config"][
         "runtimeValue"]["constant"])
     assert splits["transform"] == ["train", "validation", features.UNLABELED_SPLIT]
+    # the Trainer reads the unlabeled split to pseudo-label it, or to pretrain on it
+    base = PipelineConfig(unlabeled_split=True)
+    assert training_splits(base) == ["train", features.UNLABELED_SPLIT]
+    assert training_splits(base.replace(unlabeled_training="none")) == []
+    assert training_splits(base.replace(unlabeled_training="none", pretraining_epochs=2)) == [
+        "train", features.UNLABELED_SPLIT]
 
 
 def test_the_run_summary_says_what_became_of_the_unlabeled_regions():
@@ -258,6 +265,12 @@ def test_the_run_summary_says_what_became_of_the_unlabeled_regions():
     shown = format_summary(summary)
     assert f"examples: train 30, validation 6, test 6, {split} 12" in shown
     assert "unlabeled regions: 12, not used for training (unlabeled_training: none)" in shown
+    summary.pretraining = {"epochs": 3, "regions": 42, "loss": [4.1, 4.0, 3.9]}
+    shown = format_summary(summary)
+    assert "unlabeled regions: 12, not pseudo-labelled (unlabeled_training: none)" in shown
+    assert ("pretraining: the tower learnt from 42 training regions, labelled or not, for 3 "
+            "epochs") in shown
+    summary.pretraining = {}
     summary.unlabeled = {"unlabeled_regions": 12, "unlabeled_training": "pseudo_labels",
                          "unlabeled_seen": 12, "pseudo_labelled_0": 2, "pseudo_labelled_1": 4}
     assert "the Trainer used 6 of 12 as pseudo-labels (2 absent, 4 present)" in \
