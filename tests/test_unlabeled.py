@@ -191,8 +191,11 @@ def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_pat
     assert f"{blanked} of them unlabeled (empty label)" in out, out
     config = PipelineConfig(workdir=workdir)
     summary = summarize_run(config)
-    # the contrastive pretraining read the train split's regions and the unlabeled ones
+    # the contrastive pretraining read the train split's regions and the unlabeled ones (its
+    # batches are twice the training batch; a last batch of one region is left out)
     trained_on = summary.examples["train"] + blanked
+    if trained_on % 32 == 1:
+        trained_on -= 1
     assert summary.pretraining["regions"] == trained_on, summary.pretraining
     assert len(summary.pretraining["loss"]) == 2
     assert f"pretraining: the tower learnt from {trained_on} training regions" in out, out
