@@ -474,6 +474,8 @@ class PipelineConfig:
 
 
 RUN_CONFIG = "masktfx-config.yaml"
+
+
 def _require(condition: bool, name: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config field {name!r} {message}")
