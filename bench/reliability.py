@@ -43,7 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from measure import report  # noqa: E402
-from quality import Rows, load_rows, resolve, training_inputs, transform, tree_pairs  # noqa: E402
+from quality import Rows, load_rows, resolve, transform, tree_pairs  # noqa: E402
+from quality_training import training_inputs  # noqa: E402
 
 from masktfx import features, performance  # noqa: E402
 from masktfx.config import PipelineConfig  # noqa: E402
