@@ -165,13 +165,15 @@ def train_seed(config: PipelineConfig, fit: tuple, validation: tuple,
     train, evaluation, weights = training_inputs(config, fit, validation)
     # pretraining (`pretraining_epochs`) reads the fit regions and the unlabeled ones, as the
     # Trainer reads its train split with the unlabeled regions in it
-    regions = [fit[0][features.REGION_KEY]] + ([] if unlabeled is None else [
-        unlabeled[features.REGION_KEY]])
+    pretraining_regions = None
+    if config.pretraining_epochs:  # the copy of every region only where it is read
+        pretraining_regions = tf.data.Dataset.from_tensor_slices({features.REGION_KEY: (
+            np.concatenate([fit[0][features.REGION_KEY]] + ([] if unlabeled is None else [
+                unlabeled[features.REGION_KEY]])))})
     model, history, pretrained = train_model(
         config, train, evaluation, weights, verbose=0,
         moments=statistics_moments(fit[0][features.REGION_STATISTICS_KEY]),
-        pretraining_regions=tf.data.Dataset.from_tensor_slices(
-            {features.REGION_KEY: np.concatenate(regions)}))
+        pretraining_regions=pretraining_regions)
     if pretrained:  # in the run's log: whether the pretraining learnt
         print(f"pretraining: {pretrained}", file=sys.stderr, flush=True)
     if unlabeled is None or config.unlabeled_training == "none":
