@@ -97,7 +97,8 @@ class PipelineConfig:
     unlabeled_split: bool = setting(
         "data", default=False, cli=False,
         help="the data holds unlabeled regions, which ImportExampleGen puts in their own split "
-             "(resolved from it)")
+             "(resolved from it; in a window of spans, every span gets the split, empty where "
+             "it holds none)")
     num_views: int = setting("transform", default=0, help="views per example; 0: from the data")
     num_masks: int = setting(
         "transform", default=0,
@@ -368,10 +369,6 @@ class PipelineConfig:
             "(mask_mode crop or zero with keep_mask_channel, or channel)")
         _require(0.0 < self.pseudo_label_share <= 1.0, "pseudo_label_share",
                  f"must be above 0 and at most 1, got {self.pseudo_label_share}")
-        _require(not (self.unlabeled_split and self.windowed), "span_window",
-                 f"is {self.span_window}, but the data holds unlabeled regions: a window of "
-                 "spans with unlabeled regions is not supported yet; use span_window 1 or "
-                 "label them")
         unknown = sorted(set(self.augmentation_list) - set(AUGMENTATIONS))
         _require(not unknown, "augmentations",
                  f"has unknown name(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}")

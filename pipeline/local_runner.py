@@ -188,7 +188,8 @@ def run_pipeline(config: PipelineConfig, run_id: str | None = None,
             beam_args_in_environment(beam_args) as component_beam_args:
         run_id = run_id or new_run_id()
         pipelines = [(f"{run_id}-span-{span}",
-                      f"span {span} of the window, not read by any run yet: read and check it",
+                      f"span {span} of the window, not read yet as this run splits it: read and "
+                      "check it",
                       create_span_pipeline(config, span, beam_pipeline_args=component_beam_args))
                      for span in window_spans_to_read(config)]
         pipelines.append((run_id, "", create_pipeline(config,

@@ -29,6 +29,18 @@ def write_png(path: str, array: np.ndarray) -> str:
     return path
 
 
+def blank_labels(manifest: str, site: str) -> int:
+    """The rows of `site` made unlabeled (an empty label); returns how many."""
+    with open(manifest, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "label": "" if row["site"] == site else row["label"]}
+                         for row in rows)
+    return sum(row["site"] == site for row in rows)
+
+
 def square_mask(size: int, lo: int, hi: int) -> np.ndarray:
     mask = np.zeros((size, size), bool)
     mask[lo:hi, lo:hi] = True

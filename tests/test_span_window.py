@@ -1,5 +1,6 @@
 """Training on a window of spans: each span read once, the window from MLMD, the evaluation
-sliced by span; and the strategy that picks the window, on real TFX artifacts."""
+sliced by span, the unlabeled regions of one span learnt from; and the strategy that picks the
+window, on real TFX artifacts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 
 import pytest
+from conftest import blank_labels
 from tfx.types import standard_artifacts
 
 from masktfx import cli, features
@@ -15,7 +17,7 @@ from masktfx.components.span_window import SPLIT_KEY_PROPERTY, window
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
 from masktfx.pipeline.lineage import lineage
-from masktfx.pipeline.summary import list_runs
+from masktfx.pipeline.summary import list_runs, summarize_run
 from masktfx.records import read_examples
 
 FAST = ["--image-size", "16", "--epochs", "2", "--batch-size", "16", "--min-accuracy", "0",
@@ -42,9 +44,13 @@ def test_the_window_keeps_the_newest_read_of_each_of_the_last_spans_split_this_w
     assert window(artifacts, 2, "unknown") == []
 
 
-def _ingest(tmp_path, data_root: str, span: int, **shift: float) -> str:
-    manifest = write_synthetic(str(tmp_path / f"raw{span}"), num_examples=40, size=16, seed=span,
-                               **shift)
+def _write(tmp_path, span: int, **shift: float) -> str:
+    return write_synthetic(str(tmp_path / f"raw{span}"), num_examples=40, size=16, seed=span,
+                           **shift)
+
+
+def _ingest(tmp_path, data_root: str, span: int, manifest: str = "", **shift: float) -> str:
+    manifest = manifest or _write(tmp_path, span, **shift)
     assert cli.main(["ingest", manifest, "--output", data_root, "--span", str(span),
                      "--no-progress", "--beam-args", "--runner=DirectRunner"]) == 0
     return manifest
@@ -56,10 +62,15 @@ def test_a_window_of_two_spans_reads_each_span_once_and_slices_the_evaluation(tm
     import tensorflow_model_analysis as tfma
 
     data_root, workdir = str(tmp_path / "data"), str(tmp_path / "work")
-    for span in (1, 2):
-        _ingest(tmp_path, data_root, span)
+    _ingest(tmp_path, data_root, 1)
+    # span 2 holds the regions of a site nobody has labelled yet
+    manifest = _write(tmp_path, 2)
+    blanked = blank_labels(manifest, "site4")
+    _ingest(tmp_path, data_root, 2, manifest)
     assert cli.main(["run", "--data", data_root, "--workdir", workdir, *FAST]) == 0
-    assert "trained and evaluated on spans 1, 2 (read in this run: 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained and evaluated on spans 1, 2 (read in this run: 2" in out
+    assert f"{blanked} of them unlabeled (empty label)" in out, out
     config = PipelineConfig.for_workdir(workdir)
     first = lineage(config)
     assert first.spans == [1, 2] and first.evaluated_spans == [1, 2]
@@ -74,6 +85,14 @@ def test_a_window_of_two_spans_reads_each_span_once_and_slices_the_evaluation(tm
         spans = {ex.features.feature[features.SPAN_KEY].int64_list.value[0]
                  for ex in read_examples(os.path.join(uri, "Split-*", "*.gz"))}
         assert spans == {span}
+    # both spans were read with an unlabeled split, span 1's empty; the Trainer saw span 2's
+    for uri, expected in zip(uris, (set(), {features.UNLABELED})):
+        split = os.path.join(uri, f"Split-{features.UNLABELED_SPLIT}")
+        labels = {ex.features.feature[features.LABEL_KEY].int64_list.value[0]
+                  for ex in read_examples(os.path.join(split, "*.gz"))}
+        assert os.path.isdir(split) and labels == expected
+    assert summarize_run(config).unlabeled["unlabeled_seen"] == blanked
+    assert "unlabeled regions: the Trainer used " in out and f"of {blanked} as" in out, out
     slices = {key for key, _ in tfma.load_eval_result(first.evaluation_uri).slicing_metrics}
     assert {((features.SPAN_KEY, 1),), ((features.SPAN_KEY, 2),)} <= slices
 
