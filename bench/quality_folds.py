@@ -10,7 +10,9 @@ rest the fit, so with 7 folds about 5/7 of the data trains, as bench/quality's 1
 do. Per seed, the AUC of the out-of-fold probabilities pooled over every region, and the mean of
 the folds' own AUCs; over the seeds, their median, spread, mean and its standard error, and
 the pooled AUC of the seeds' mean probability with the pipeline's cluster bootstrap interval
-(masktfx/intervals.py; the units resampled, 1,000 times).
+(masktfx/intervals.py; the units resampled, 1,000 times); and each network's AUC minus each
+baseline's, on those mean probabilities, with the interval of the difference over the same
+resamples (`paired_differences`).
 
 The networks train as bench/quality trains them (`prepare`, `train_seed`: the pipeline's
 transform and Trainer functions, in process); the baselines fit on fit + validation.
@@ -49,9 +51,9 @@ from quality_methods import METHODS, UNLABELED_SOURCES  # noqa: E402
 
 from masktfx.config import PipelineConfig  # noqa: E402
 from masktfx.demo_data import write_nuclei, write_synthetic  # noqa: E402
-from masktfx.intervals import intervals  # noqa: E402
+from masktfx.intervals import intervals, resample_indices  # noqa: E402
 from masktfx.manifest import read_manifest  # noqa: E402
-from masktfx.performance import auc  # noqa: E402
+from masktfx.performance import auc, group_members, percentile_interval  # noqa: E402
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -132,6 +134,29 @@ def summarize(labels: np.ndarray, unit_of_row: list[str], fold_of_row: np.ndarra
     return found
 
 
+def paired_differences(labels: np.ndarray, unit_of_row: list[str],
+                       mean_probabilities: dict[str, np.ndarray]) -> dict:
+    """Each network's AUC minus each baseline's, on the seeds' mean probabilities, with the
+    interval of the difference over the same resamples of the units (paired: one draw scores
+    both methods)."""
+    members = group_members(np.asarray(unit_of_row, dtype=object), len(labels))
+    draws = [np.concatenate([members[index] for index in row])
+             for row in resample_indices(len(members), BOOTSTRAP_RESAMPLES, 0)]
+    networks = [name for name in mean_probabilities if name not in BASELINES]
+    baselines = [name for name in mean_probabilities if name in BASELINES]
+    found = {}
+    for network in networks:
+        for baseline in baselines:
+            first, second = mean_probabilities[network], mean_probabilities[baseline]
+            resampled = [auc(labels[draw], first[draw]) - auc(labels[draw], second[draw])
+                         for draw in draws]
+            low, high = percentile_interval(resampled)
+            found[f"{network} - {baseline}"] = {
+                "auc_difference": round(auc(labels, first) - auc(labels, second), 4),
+                "interval": [round(low, 4), round(high, 4)]}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,14 +188,18 @@ def main() -> None:
         entry: dict = {"regions": len(rows.labels), "units": len(set(unit_of_row)),
                        "positive_fraction": round(float(rows.labels.mean()), 3),
                        "holdout_regions_per_fold": np.bincount(fold_of_row).tolist()}
+        mean_probabilities = {}
         for name in args.methods:
             begun = time.perf_counter()
             per_seed, record = out_of_fold(name, base, rows, fold_of_row, args.folds,
                                            args.seeds)
+            mean_probabilities[name] = np.mean(per_seed, axis=0)
             entry[name] = {**summarize(rows.labels, unit_of_row, fold_of_row, args.folds,
                                        per_seed), **({} if name in BASELINES else record)}
             print(f"{dataset} {name}: {json.dumps(entry[name])} "
                   f"({time.perf_counter() - begun:.0f} s)", file=sys.stderr, flush=True)
+            entry["paired_differences"] = paired_differences(rows.labels, unit_of_row,
+                                                             mean_probabilities)
             result[dataset] = entry
             write_json(result, args.output)  # after each method: a later failure loses none
     result["seconds"] = round(time.perf_counter() - started, 1)
