@@ -1,5 +1,6 @@
 """Training on a window of spans: each span read once, the window from MLMD, the evaluation
-sliced by span, the unlabeled regions of one span learnt from; and the strategy that picks the
+sliced by span, the unlabeled regions of one span learnt from (the e2e run of unlabeled
+regions: split, pretrained on, pseudo-labelled, never scored); and the strategy that picks the
 window, on real TFX artifacts."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 import re
 
 import pytest
+import tensorflow_data_validation as tfdv
 from conftest import blank_labels
 from tfx.types import standard_artifacts
 
@@ -16,8 +18,15 @@ from masktfx import cli, features
 from masktfx.components.span_window import SPLIT_KEY_PROPERTY, window
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
+from masktfx.drift import CURRENT_STATISTICS_FILE
 from masktfx.pipeline.lineage import lineage
-from masktfx.pipeline.summary import list_runs, summarize_run
+from masktfx.pipeline.summary import (
+    execution_outputs,
+    list_runs,
+    node_id,
+    open_store,
+    summarize_run,
+)
 from masktfx.records import read_examples
 
 FAST = ["--image-size", "16", "--epochs", "2", "--batch-size", "16", "--min-accuracy", "0",
@@ -67,7 +76,8 @@ def test_a_window_of_two_spans_reads_each_span_once_and_slices_the_evaluation(tm
     manifest = _write(tmp_path, 2)
     blanked = blank_labels(manifest, "site4")
     _ingest(tmp_path, data_root, 2, manifest)
-    assert cli.main(["run", "--data", data_root, "--workdir", workdir, *FAST]) == 0
+    assert cli.main(["run", "--data", data_root, "--workdir", workdir, *FAST,
+                     "--pretraining-epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "trained and evaluated on spans 1, 2 (read in this run: 2" in out
     assert f"{blanked} of them unlabeled (empty label)" in out, out
@@ -85,14 +95,39 @@ def test_a_window_of_two_spans_reads_each_span_once_and_slices_the_evaluation(tm
         spans = {ex.features.feature[features.SPAN_KEY].int64_list.value[0]
                  for ex in read_examples(os.path.join(uri, "Split-*", "*.gz"))}
         assert spans == {span}
-    # both spans were read with an unlabeled split, span 1's empty; the Trainer saw span 2's
-    for uri, expected in zip(uris, (set(), {features.UNLABELED})):
-        split = os.path.join(uri, f"Split-{features.UNLABELED_SPLIT}")
-        labels = {ex.features.feature[features.LABEL_KEY].int64_list.value[0]
-                  for ex in read_examples(os.path.join(split, "*.gz"))}
-        assert os.path.isdir(split) and labels == expected
-    assert summarize_run(config).unlabeled["unlabeled_seen"] == blanked
-    assert "unlabeled regions: the Trainer used " in out and f"of {blanked} as" in out, out
+    # both spans were read with an unlabeled split, span 1's empty, span 2's holding every
+    # unlabeled region, and no labelled split any
+    labels = {split: [[ex.features.feature[features.LABEL_KEY].int64_list.value[0]
+                       for ex in read_examples(os.path.join(uri, f"Split-{split}", "*.gz"))]
+                      for uri in uris] for split in (*features.SPLITS, features.UNLABELED_SPLIT)}
+    assert all(os.path.isdir(os.path.join(uri, f"Split-{features.UNLABELED_SPLIT}"))
+               for uri in uris)
+    assert labels[features.UNLABELED_SPLIT] == [[], [features.UNLABELED] * blanked]
+    assert all(set(found) <= {0, 1} for split in features.SPLITS for found in labels[split])
+    # the Trainer read the unlabeled split beside train, pretrained on both (its batches are
+    # twice the training batch; a last batch of one region is left out) and pseudo-labelled the
+    # unlabeled regions; the Evaluator counted only the test split's labelled regions
+    summary = summarize_run(config)
+    trained_on = sum(map(len, labels["train"])) + blanked
+    if trained_on % 32 == 1:
+        trained_on -= 1
+    assert summary.pretraining["regions"] == trained_on and len(summary.pretraining["loss"]) == 2
+    assert f"pretraining: the tower learnt from {trained_on} training regions" in out, out
+    store = open_store(config)
+    trainer = next(e for e in store.get_executions() if node_id(store, e.id) == "Trainer")
+    assert json.loads(trainer.custom_properties["train_args"].string_value)["splits"] == [
+        "train", features.UNLABELED_SPLIT]
+    assert summary.metrics["example_count"] == sum(map(len, labels["test"]))
+    assert summary.unlabeled["unlabeled_seen"] == blanked
+    used = summary.unlabeled["pseudo_labelled_0"] + summary.unlabeled["pseudo_labelled_1"]
+    assert 0 < used <= blanked
+    assert f"unlabeled regions: the Trainer used {used} of {blanked} as pseudo-labels" in out
+    # the DriftCheck described every region of the span it read, the unlabeled ones too
+    drift = execution_outputs(store, next(e for e in store.get_executions()
+                                          if node_id(store, e.id) == "DriftCheck").id)
+    described = tfdv.load_stats_binary(os.path.join(drift["drift_report"][0].uri,
+                                                    CURRENT_STATISTICS_FILE))
+    assert described.datasets[0].num_examples == 40
     slices = {key for key, _ in tfma.load_eval_result(first.evaluation_uri).slicing_metrics}
     assert {((features.SPAN_KEY, 1),), ((features.SPAN_KEY, 2),)} <= slices
 

@@ -1,33 +1,23 @@
 """Unlabeled regions (manifest rows whose label is empty): ingest keeps them, ExampleGen puts
-them in a split of their own, the Trainer may learn from them, and no metric counts them."""
+them in a split of their own, the Trainer may learn from them, and no metric counts them. The
+pipeline run that learns from them is test_span_window.py's (a window whose second span holds
+some)."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
-import pytest
 import tensorflow as tf
-import tensorflow_data_validation as tfdv
 from conftest import blank_labels, ingest_manifest
 
 from masktfx import cli, features
 from masktfx.config import PipelineConfig
 from masktfx.demo_data import write_synthetic
-from masktfx.drift import CURRENT_STATISTICS_FILE
 from masktfx.manifest import read_manifest
 from masktfx.modules.schema import contract_schema
 from masktfx.modules.trainer import label_counts_and_moments, labelled, pseudo_labels
 from masktfx.pipeline.pipeline import training_splits
-from masktfx.pipeline.summary import (
-    execution_inputs,
-    execution_outputs,
-    node_id,
-    open_store,
-    summarize_run,
-)
-from masktfx.records import read_examples
 
 
 def test_ingest_keeps_rows_with_an_empty_label_as_unlabeled(tmp_path):
@@ -159,60 +149,6 @@ def test_ranked_pseudo_labels_take_both_ends_of_the_ranking_in_the_labelled_shar
                         found[features.TRANSFORMED_LABEL_KEY]))
     assert by_level == {**{level: 1 for level in np.sort(levels)[-6:].round(4)},
                         **{level: 0 for level in np.sort(levels)[:2].round(4)}}
-
-
-@pytest.mark.slow
-def test_a_run_trains_on_unlabeled_regions_and_scores_only_labelled_ones(tmp_path, capsys):
-    manifest = write_synthetic(str(tmp_path / "data"), num_examples=320, size=32)
-    blanked = blank_labels(manifest, "site4")  # a site nobody has labelled yet
-    workdir = str(tmp_path / "work")
-    assert cli.main(["run", "--data", manifest, "--workdir", workdir, "--image-size", "32",
-                     "--epochs", "10", "--batch-size", "16", "--min-accuracy", "0",
-                     "--no-serving-check", "--attribution-regions", "0",
-                     "--no-confidence-intervals", "--pretraining-epochs", "2"]) == 0
-    out = capsys.readouterr().out
-    assert f"{blanked} of them unlabeled (empty label)" in out, out
-    config = PipelineConfig(workdir=workdir)
-    summary = summarize_run(config)
-    # the contrastive pretraining read the train split's regions and the unlabeled ones (its
-    # batches are twice the training batch; a last batch of one region is left out)
-    trained_on = summary.examples["train"] + blanked
-    if trained_on % 32 == 1:
-        trained_on -= 1
-    assert summary.pretraining["regions"] == trained_on, summary.pretraining
-    assert len(summary.pretraining["loss"]) == 2
-    assert f"pretraining: the tower learnt from {trained_on} training regions" in out, out
-    assert summary.examples[features.UNLABELED_SPLIT] == blanked
-    assert sum(summary.examples.values()) == 320
-    # ExampleGen put every unlabeled region in their split, and none anywhere else
-    for split in (*features.SPLITS, features.UNLABELED_SPLIT):
-        pattern = os.path.join(config.pipeline_root, "ImportExampleGen", "examples", "*",
-                               f"Split-{split}", "*.gz")
-        labels = {ex.features.feature[features.LABEL_KEY].int64_list.value[0]
-                  for ex in read_examples(pattern)}
-        assert labels == ({features.UNLABELED} if split == features.UNLABELED_SPLIT
-                          else {0, 1}), (split, labels)
-    # the Trainer read the unlabeled split beside train; the Evaluator counted only the test
-    # split's labelled regions
-    store = open_store(config)
-    trainer = next(e for e in store.get_executions() if node_id(store, e.id) == "Trainer")
-    assert json.loads(trainer.custom_properties["train_args"].string_value)["splits"] == [
-        "train", features.UNLABELED_SPLIT]
-    transformed = execution_inputs(store, trainer.id)["examples"][0]
-    assert json.loads(transformed.properties["split_names"].string_value) == [
-        "train", "validation", features.UNLABELED_SPLIT]
-    assert summary.metrics["example_count"] == summary.examples["test"]
-    # the DriftCheck described every region of the span, the unlabeled ones too
-    drift = execution_outputs(store, next(e for e in store.get_executions()
-                                          if node_id(store, e.id) == "DriftCheck").id)
-    described = tfdv.load_stats_binary(os.path.join(drift["drift_report"][0].uri,
-                                                    CURRENT_STATISTICS_FILE))
-    assert described.datasets[0].num_examples == 320
-    found = summary.unlabeled
-    assert found["unlabeled_regions"] == blanked and found["unlabeled_seen"] == blanked
-    used = found["pseudo_labelled_0"] + found["pseudo_labelled_1"]
-    assert 0 < used <= blanked
-    assert f"unlabeled regions: the Trainer used {used} of {blanked} as pseudo-labels" in out
 
 
 def test_a_kubeflow_spec_compiled_from_data_with_unlabeled_regions_trains_on_them(tmp_path):
