@@ -63,6 +63,7 @@ from quality_data import (  # noqa: E402
     Rows,
     describe_splits,
     load_rows,
+    single_site_manifest,
     three_way,
     tree_pairs,
     unlabeled_rows,
@@ -82,8 +83,6 @@ from masktfx import features  # noqa: E402
 from masktfx.config import PipelineConfig, model_channels  # noqa: E402
 from masktfx.demo_data import (  # noqa: E402
     UNLABELED_TREE_SCENE,
-    write_nuclei,
-    write_synthetic,
 )
 
 
@@ -400,11 +399,7 @@ def main() -> None:
     for name in ("nuclei_hard", "synthetic"):
         if name not in args.datasets:
             continue
-        if name == "nuclei_hard":
-            manifest = write_nuclei(os.path.join(work, name), hard=True)
-        else:
-            manifest = write_synthetic(os.path.join(work, name),
-                                       num_examples=args.synthetic_examples, size=64)
+        manifest = single_site_manifest(work, name, args.synthetic_examples)
         splits, split_by = three_way(load_rows(manifest, None))
         result[name] = {"split_by": split_by, **evaluate_site(
             name, base, splits, {"same_scene": splits["holdout"]}, runs(name, args.seeds),

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from masktfx import features  # noqa: E402
 from masktfx.config import PipelineConfig  # noqa: E402
-from masktfx.demo_data import write_trees  # noqa: E402
+from masktfx.demo_data import write_nuclei, write_synthetic, write_trees  # noqa: E402
 from masktfx.images import load_region  # noqa: E402
 from masktfx.manifest import read_manifest  # noqa: E402
 from masktfx.pipeline.split_plan import split_of  # noqa: E402
@@ -55,6 +55,13 @@ def load_rows(manifest_path: str, site_column: str | None) -> Rows:
         metadata = dict(row.metadata)
         sites.append(metadata[site_column] if site_column else row.group)
     return Rows(images, masks, np.array(labels), groups, sites, channels)
+
+
+def single_site_manifest(work: str, name: str, synthetic_examples: int) -> str:
+    """The manifest of `nuclei_hard` or `synthetic`, written under `work`."""
+    if name == "nuclei_hard":
+        return write_nuclei(os.path.join(work, name), hard=True)
+    return write_synthetic(os.path.join(work, name), num_examples=synthetic_examples, size=64)
 
 
 def tree_pairs(work: str, unlabeled_regions: int = 0):

@@ -46,11 +46,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from measure import report, write_json  # noqa: E402
 from quality import auc_summary, prepare, train_seed, transform  # noqa: E402
 from quality_baselines import BASELINES, baseline_probabilities  # noqa: E402
-from quality_data import Rows, load_rows  # noqa: E402
+from quality_data import Rows, load_rows, single_site_manifest  # noqa: E402
 from quality_methods import METHODS, UNLABELED_SOURCES  # noqa: E402
 
 from masktfx.config import PipelineConfig  # noqa: E402
-from masktfx.demo_data import write_nuclei, write_synthetic  # noqa: E402
 from masktfx.intervals import intervals, resample_indices  # noqa: E402
 from masktfx.manifest import read_manifest  # noqa: E402
 from masktfx.performance import auc, group_members, percentile_interval  # noqa: E402
@@ -177,11 +176,7 @@ def main() -> None:
                     "methods": {name: METHODS[name] for name in args.methods},
                     "targets": "nuclei_hard >= 0.97; synthetic >= 0.99 (issue #31)"}
     for dataset in args.datasets:
-        if dataset == "nuclei_hard":
-            manifest = write_nuclei(os.path.join(work, dataset), hard=True)
-        else:
-            manifest = write_synthetic(os.path.join(work, dataset),
-                                       num_examples=args.synthetic_examples, size=64)
+        manifest = single_site_manifest(work, dataset, args.synthetic_examples)
         rows = load_rows(manifest, None)
         unit_of_row = units(manifest)
         fold_of_row = deal(unit_of_row, args.folds)
